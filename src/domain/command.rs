@@ -1,0 +1,222 @@
+//! Commands: what the leader sequences into the log and every engine applies.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    AccountId, Amount, AssetId, ClientOrderId, OrderId, OrderType, Price, Qty,
+    SelfTradePrevention, Side, SymbolId, TimeInForce,
+};
+
+/// One sequenced command: the engine's entire input. Nothing else reaches the engine.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct Input {
+    /// The global sequence number, strictly increasing (derived from the Raft log index).
+    pub seq: u64,
+    /// The leader's wall clock in nanoseconds since the Unix epoch, stamped by the sequencer.
+    /// Non-decreasing; the engine never reads a clock of its own.
+    pub timestamp_ns: u64,
+    pub command: Command,
+}
+
+/// The size of an archived [`Input`] as it sits in the log. Pinned so a change is deliberate:
+/// it changes the on-disk format.
+pub const INPUT_ARCHIVED_BYTES: usize = 80;
+const _: () = assert!(std::mem::size_of::<ArchivedInput>() == INPUT_ARCHIVED_BYTES);
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[rkyv(derive(Debug))]
+pub enum Command {
+    NewOrder(NewOrder),
+    Cancel(Cancel),
+    CancelReplace(CancelReplace),
+    MassCancel(MassCancel),
+    Admin(AdminCommand),
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct NewOrder {
+    pub account: AccountId,
+    pub symbol: SymbolId,
+    pub client_order_id: ClientOrderId,
+    pub side: Side,
+    pub order_type: OrderType,
+    pub time_in_force: TimeInForce,
+    /// The limit price, or for a market order its protection price (the worst acceptable).
+    pub price: Price,
+    pub qty: Qty,
+    pub self_trade_prevention: SelfTradePrevention,
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct Cancel {
+    pub account: AccountId,
+    pub order_id: OrderId,
+}
+
+/// Changes a resting order's price and/or open quantity. Reducing the quantity at the same
+/// price keeps the order's place in its queue; a new price or a larger quantity loses it
+/// (the order re-enters as if new, and may trade if the new price crosses).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct CancelReplace {
+    pub account: AccountId,
+    pub order_id: OrderId,
+    pub price: Price,
+    /// The new open (leaves) quantity.
+    pub qty: Qty,
+}
+
+/// Cancels every open order of an account, on one symbol or on all.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct MassCancel {
+    pub account: AccountId,
+    pub symbol: Option<SymbolId>,
+}
+
+/// Static description of a tradable symbol.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct SymbolSpec {
+    pub symbol: SymbolId,
+    pub base: AssetId,
+    pub quote: AssetId,
+    /// Prices must be positive multiples of this.
+    pub tick_size: Price,
+    /// Quantities must be positive multiples of this.
+    pub lot_size: Qty,
+    /// Orders priced further than this from the reference price are rejected, in basis points
+    /// of the reference price. 0 disables the band.
+    pub price_band_bps: u32,
+    /// The reference price until the first trade (0: none yet, so no band applies).
+    pub reference_price: Price,
+}
+
+/// Per-account pre-trade limits.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct RiskLimits {
+    pub max_order_qty: Qty,
+    /// Largest `price * qty` of a single order, in quote-asset units.
+    pub max_order_notional: Amount,
+    pub max_open_orders: u32,
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(tag = "admin", rename_all = "snake_case")]
+#[rkyv(derive(Debug))]
+pub enum AdminCommand {
+    /// Opens an account with the engine's default risk limits.
+    CreateAccount { account: AccountId },
+    Deposit { account: AccountId, asset: AssetId, amount: Amount },
+    Withdraw { account: AccountId, asset: AssetId, amount: Amount },
+    AddSymbol(SymbolSpec),
+    SetRiskLimits { account: AccountId, limits: RiskLimits },
+    /// Sets the price band and, when `reference_price` is positive, the reference price.
+    SetPriceBand { symbol: SymbolId, price_band_bps: u32, reference_price: Price },
+    HaltSymbol { symbol: SymbolId },
+    ResumeSymbol { symbol: SymbolId },
+}

@@ -1,0 +1,545 @@
+//! Output events: everything the engine says, in the order it says it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    AccountId, Amount, AssetId, ClientOrderId, ExecId, OrderId, OrderType, Price, Qty, RiskLimits,
+    Side, SymbolId, SymbolSpec, TimeInForce, TradeId,
+};
+
+/// One output event, stamped with the sequence number and timestamp of the input that caused it.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct Output {
+    pub seq: u64,
+    pub timestamp_ns: u64,
+    pub event: Event,
+}
+
+/// Why a command was refused. Exhaustive: every refusal in the exchange is one of these, and
+/// the numbers (grouped by the stage that decides) are stable on the wire and in reports.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[rkyv(derive(Debug, PartialEq))]
+pub enum RejectReason {
+    // 1xx: the command itself is malformed or names something that does not exist.
+    UnknownSymbol,
+    UnknownAccount,
+    UnknownOrder,
+    InvalidPrice,
+    PriceOffTick,
+    InvalidQuantity,
+    QtyOffLot,
+    /// A market order must be IOC or FOK.
+    InvalidTimeInForce,
+    // 2xx: risk and state checks before matching.
+    SymbolHalted,
+    MaxOrderQtyExceeded,
+    MaxNotionalExceeded,
+    PriceOutsideBand,
+    MaxOpenOrdersExceeded,
+    NotOrderOwner,
+    /// The exchange-wide bound on resting orders is reached.
+    OrderCapacityExceeded,
+    // 3xx: funds.
+    InsufficientFunds,
+    // 4xx: matching.
+    PostOnlyWouldTrade,
+    // 5xx: administration.
+    AccountExists,
+    SymbolExists,
+    InvalidAmount,
+    /// The deposit would take the asset's total in the exchange past what an amount can hold.
+    BalanceOverflow,
+    InvalidSymbolSpec,
+    InvalidRiskLimits,
+    /// The account already holds as many different assets as an account may.
+    TooManyAssets,
+    TooManyAccounts,
+    TooManySymbols,
+}
+
+impl RejectReason {
+    /// The stable numeric code (1xx request, 2xx risk, 3xx funds, 4xx matching, 5xx admin).
+    pub fn code(self) -> u16 {
+        match self {
+            RejectReason::UnknownSymbol => 100,
+            RejectReason::UnknownAccount => 101,
+            RejectReason::UnknownOrder => 102,
+            RejectReason::InvalidPrice => 103,
+            RejectReason::PriceOffTick => 104,
+            RejectReason::InvalidQuantity => 105,
+            RejectReason::QtyOffLot => 106,
+            RejectReason::InvalidTimeInForce => 107,
+            RejectReason::SymbolHalted => 200,
+            RejectReason::MaxOrderQtyExceeded => 201,
+            RejectReason::MaxNotionalExceeded => 202,
+            RejectReason::PriceOutsideBand => 203,
+            RejectReason::MaxOpenOrdersExceeded => 204,
+            RejectReason::NotOrderOwner => 205,
+            RejectReason::OrderCapacityExceeded => 206,
+            RejectReason::InsufficientFunds => 300,
+            RejectReason::PostOnlyWouldTrade => 400,
+            RejectReason::AccountExists => 500,
+            RejectReason::SymbolExists => 501,
+            RejectReason::InvalidAmount => 502,
+            RejectReason::BalanceOverflow => 503,
+            RejectReason::InvalidSymbolSpec => 504,
+            RejectReason::InvalidRiskLimits => 505,
+            RejectReason::TooManyAssets => 506,
+            RejectReason::TooManyAccounts => 507,
+            RejectReason::TooManySymbols => 508,
+        }
+    }
+}
+
+/// Why an order left the book without being filled.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[rkyv(derive(Debug, PartialEq))]
+#[repr(u8)]
+pub enum CancelReason {
+    /// The owner asked.
+    Requested = 0,
+    /// The owner's mass cancel.
+    MassCancel = 1,
+    /// What an IOC or market order could not trade at once.
+    Unfilled = 2,
+    /// A fill-or-kill order that could not be filled completely.
+    FillOrKill = 3,
+    /// Self-trade prevention.
+    SelfTrade = 4,
+}
+
+/// Maker (the resting order) or taker (the incoming one).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[rkyv(derive(Debug, PartialEq))]
+#[repr(u8)]
+pub enum Liquidity {
+    Maker = 0,
+    Taker = 1,
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[rkyv(derive(Debug))]
+pub enum Event {
+    /// A new order passed every check; it now trades and/or rests.
+    Accepted {
+        order_id: OrderId,
+        account: AccountId,
+        symbol: SymbolId,
+        client_order_id: ClientOrderId,
+        side: Side,
+        order_type: OrderType,
+        time_in_force: TimeInForce,
+        price: Price,
+        qty: Qty,
+    },
+    /// A new order was refused; no order exists.
+    Rejected {
+        account: AccountId,
+        symbol: SymbolId,
+        client_order_id: ClientOrderId,
+        reason: RejectReason,
+    },
+    /// One side of one match. `leaves_qty` is what remains open: zero means filled, more
+    /// means partially filled.
+    Execution {
+        exec_id: ExecId,
+        trade_id: TradeId,
+        order_id: OrderId,
+        account: AccountId,
+        symbol: SymbolId,
+        client_order_id: ClientOrderId,
+        side: Side,
+        price: Price,
+        qty: Qty,
+        leaves_qty: Qty,
+        liquidity: Liquidity,
+        counter_order_id: OrderId,
+    },
+    /// An order left the book (or an incoming order's remainder was dropped) unfilled.
+    Cancelled {
+        order_id: OrderId,
+        account: AccountId,
+        symbol: SymbolId,
+        client_order_id: ClientOrderId,
+        leaves_qty: Qty,
+        reason: CancelReason,
+    },
+    /// A cancel-replace took effect. `qty` is the new open quantity.
+    Replaced {
+        order_id: OrderId,
+        account: AccountId,
+        symbol: SymbolId,
+        price: Price,
+        qty: Qty,
+        priority_kept: bool,
+    },
+    CancelRejected {
+        account: AccountId,
+        order_id: OrderId,
+        reason: RejectReason,
+    },
+    ReplaceRejected {
+        account: AccountId,
+        order_id: OrderId,
+        reason: RejectReason,
+    },
+    /// A mass cancel finished; one `Cancelled` event per order precedes it.
+    MassCancelled {
+        account: AccountId,
+        symbol: Option<SymbolId>,
+        count: u32,
+    },
+    MassCancelRejected {
+        account: AccountId,
+        reason: RejectReason,
+    },
+    AccountCreated {
+        account: AccountId,
+    },
+    /// A deposit (positive delta) or withdrawal (negative delta) took effect.
+    BalanceChanged {
+        account: AccountId,
+        asset: AssetId,
+        delta: Amount,
+        available: Amount,
+        held: Amount,
+    },
+    SymbolAdded {
+        spec: SymbolSpec,
+    },
+    RiskLimitsSet {
+        account: AccountId,
+        limits: RiskLimits,
+    },
+    PriceBandSet {
+        symbol: SymbolId,
+        price_band_bps: u32,
+        reference_price: Price,
+    },
+    TradingStatus {
+        symbol: SymbolId,
+        halted: bool,
+    },
+    AdminRejected {
+        reason: RejectReason,
+    },
+}
+
+/// The longest canonical encoding of an [`Output`]: 2 header words, a tag and at most 12 fields.
+pub const OUTPUT_CANONICAL_BYTES_MAX: usize = 15 * 8;
+
+/// Encodes into whole little-endian words, so the encoding is the same on every platform.
+struct WordWriter<'a> {
+    buf: &'a mut [u8; OUTPUT_CANONICAL_BYTES_MAX],
+    len: usize,
+}
+
+impl WordWriter<'_> {
+    #[inline(always)]
+    fn word(&mut self, value: u64) -> &mut Self {
+        self.buf[self.len..self.len + 8].copy_from_slice(&value.to_le_bytes());
+        self.len += 8;
+        self
+    }
+    #[inline(always)]
+    fn signed(&mut self, value: i64) -> &mut Self {
+        self.word(value as u64)
+    }
+}
+
+impl Output {
+    /// Writes the canonical byte encoding of this output into `buf` and returns its length.
+    ///
+    /// This encoding defines the engine's output hash: replicas and replays compare hashes of
+    /// it, so it must never depend on memory layout or compiler choices. Changing it changes
+    /// every recorded hash: do so only deliberately.
+    #[inline]
+    pub fn canonical_bytes(&self, buf: &mut [u8; OUTPUT_CANONICAL_BYTES_MAX]) -> usize {
+        let mut w = WordWriter { buf, len: 0 };
+        w.word(self.seq).word(self.timestamp_ns);
+        match self.event {
+            Event::Accepted {
+                order_id,
+                account,
+                symbol,
+                client_order_id,
+                side,
+                order_type,
+                time_in_force,
+                price,
+                qty,
+            } => {
+                w.word(1)
+                    .word(order_id.0)
+                    .word(account.0)
+                    .word(symbol.0 as u64)
+                    .word(client_order_id.0)
+                    .word(side as u64)
+                    .word(order_type as u64)
+                    .word(time_in_force as u64)
+                    .signed(price.0)
+                    .signed(qty.0);
+            }
+            Event::Rejected {
+                account,
+                symbol,
+                client_order_id,
+                reason,
+            } => {
+                w.word(2)
+                    .word(account.0)
+                    .word(symbol.0 as u64)
+                    .word(client_order_id.0)
+                    .word(reason.code() as u64);
+            }
+            Event::Execution {
+                exec_id,
+                trade_id,
+                order_id,
+                account,
+                symbol,
+                client_order_id,
+                side,
+                price,
+                qty,
+                leaves_qty,
+                liquidity,
+                counter_order_id,
+            } => {
+                w.word(3)
+                    .word(exec_id.0)
+                    .word(trade_id.0)
+                    .word(order_id.0)
+                    .word(account.0)
+                    .word(symbol.0 as u64)
+                    .word(client_order_id.0)
+                    .word(side as u64)
+                    .signed(price.0)
+                    .signed(qty.0)
+                    .signed(leaves_qty.0)
+                    .word(liquidity as u64)
+                    .word(counter_order_id.0);
+            }
+            Event::Cancelled {
+                order_id,
+                account,
+                symbol,
+                client_order_id,
+                leaves_qty,
+                reason,
+            } => {
+                w.word(4)
+                    .word(order_id.0)
+                    .word(account.0)
+                    .word(symbol.0 as u64)
+                    .word(client_order_id.0)
+                    .signed(leaves_qty.0)
+                    .word(reason as u64);
+            }
+            Event::Replaced {
+                order_id,
+                account,
+                symbol,
+                price,
+                qty,
+                priority_kept,
+            } => {
+                w.word(5)
+                    .word(order_id.0)
+                    .word(account.0)
+                    .word(symbol.0 as u64)
+                    .signed(price.0)
+                    .signed(qty.0)
+                    .word(priority_kept as u64);
+            }
+            Event::CancelRejected {
+                account,
+                order_id,
+                reason,
+            } => {
+                w.word(6)
+                    .word(account.0)
+                    .word(order_id.0)
+                    .word(reason.code() as u64);
+            }
+            Event::ReplaceRejected {
+                account,
+                order_id,
+                reason,
+            } => {
+                w.word(7)
+                    .word(account.0)
+                    .word(order_id.0)
+                    .word(reason.code() as u64);
+            }
+            Event::MassCancelled {
+                account,
+                symbol,
+                count,
+            } => {
+                w.word(8)
+                    .word(account.0)
+                    .word(symbol.map_or(u64::MAX, |s| s.0 as u64))
+                    .word(count as u64);
+            }
+            Event::MassCancelRejected { account, reason } => {
+                w.word(16).word(account.0).word(reason.code() as u64);
+            }
+            Event::AccountCreated { account } => {
+                w.word(9).word(account.0);
+            }
+            Event::BalanceChanged {
+                account,
+                asset,
+                delta,
+                available,
+                held,
+            } => {
+                w.word(10)
+                    .word(account.0)
+                    .word(asset.0 as u64)
+                    .signed(delta.0)
+                    .signed(available.0)
+                    .signed(held.0);
+            }
+            Event::SymbolAdded { spec } => {
+                w.word(11)
+                    .word(spec.symbol.0 as u64)
+                    .word(spec.base.0 as u64)
+                    .word(spec.quote.0 as u64)
+                    .signed(spec.tick_size.0)
+                    .signed(spec.lot_size.0)
+                    .word(spec.price_band_bps as u64)
+                    .signed(spec.reference_price.0);
+            }
+            Event::RiskLimitsSet { account, limits } => {
+                w.word(12)
+                    .word(account.0)
+                    .signed(limits.max_order_qty.0)
+                    .signed(limits.max_order_notional.0)
+                    .word(limits.max_open_orders as u64);
+            }
+            Event::PriceBandSet {
+                symbol,
+                price_band_bps,
+                reference_price,
+            } => {
+                w.word(13)
+                    .word(symbol.0 as u64)
+                    .word(price_band_bps as u64)
+                    .signed(reference_price.0);
+            }
+            Event::TradingStatus { symbol, halted } => {
+                w.word(14).word(symbol.0 as u64).word(halted as u64);
+            }
+            Event::AdminRejected { reason } => {
+                w.word(15).word(reason.code() as u64);
+            }
+        }
+        w.len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_bytes_differ_when_any_field_differs() {
+        let base = Output {
+            seq: 7,
+            timestamp_ns: 9,
+            event: Event::Cancelled {
+                order_id: OrderId(1),
+                account: AccountId(2),
+                symbol: SymbolId(3),
+                client_order_id: ClientOrderId(4),
+                leaves_qty: Qty(5),
+                reason: CancelReason::Requested,
+            },
+        };
+        let mut other = base;
+        if let Event::Cancelled { reason, .. } = &mut other.event {
+            *reason = CancelReason::MassCancel;
+        }
+        let (mut a, mut b) = ([0u8; OUTPUT_CANONICAL_BYTES_MAX], [0u8; OUTPUT_CANONICAL_BYTES_MAX]);
+        let (la, lb) = (base.canonical_bytes(&mut a), other.canonical_bytes(&mut b));
+        assert_eq!(la, lb);
+        assert_ne!(a[..la], b[..lb]);
+    }
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let event = Event::MassCancelled {
+            account: AccountId(1),
+            symbol: None,
+            count: 3,
+        };
+        let json = serde_json::to_string(&event).expect("serialize");
+        let back: Event = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(event, back);
+    }
+}

@@ -1,0 +1,1 @@
+//! The mmap event log (work in progress: see issue 3).
