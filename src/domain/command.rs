@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccountId, Amount, AssetId, ClientOrderId, OrderId, OrderType, Price, Qty,
-    SelfTradePrevention, Side, SymbolId, TimeInForce,
+    AccountId, Amount, AssetId, ClientOrderId, OrderId, OrderType, Price, Qty, SelfTradePrevention,
+    Side, SymbolId, TimeInForce,
 };
 
 /// One sequenced command: the engine's entire input. Nothing else reaches the engine.
@@ -210,13 +210,34 @@ pub struct RiskLimits {
 #[rkyv(derive(Debug))]
 pub enum AdminCommand {
     /// Opens an account with the engine's default risk limits.
-    CreateAccount { account: AccountId },
-    Deposit { account: AccountId, asset: AssetId, amount: Amount },
-    Withdraw { account: AccountId, asset: AssetId, amount: Amount },
+    CreateAccount {
+        account: AccountId,
+    },
+    Deposit {
+        account: AccountId,
+        asset: AssetId,
+        amount: Amount,
+    },
+    Withdraw {
+        account: AccountId,
+        asset: AssetId,
+        amount: Amount,
+    },
     AddSymbol(SymbolSpec),
-    SetRiskLimits { account: AccountId, limits: RiskLimits },
+    SetRiskLimits {
+        account: AccountId,
+        limits: RiskLimits,
+    },
     /// Sets the price band and, when `reference_price` is positive, the reference price.
-    SetPriceBand { symbol: SymbolId, price_band_bps: u32, reference_price: Price },
-    HaltSymbol { symbol: SymbolId },
-    ResumeSymbol { symbol: SymbolId },
+    SetPriceBand {
+        symbol: SymbolId,
+        price_band_bps: u32,
+        reference_price: Price,
+    },
+    HaltSymbol {
+        symbol: SymbolId,
+    },
+    ResumeSymbol {
+        symbol: SymbolId,
+    },
 }

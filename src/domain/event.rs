@@ -525,7 +525,10 @@ mod tests {
         if let Event::Cancelled { reason, .. } = &mut other.event {
             *reason = CancelReason::MassCancel;
         }
-        let (mut a, mut b) = ([0u8; OUTPUT_CANONICAL_BYTES_MAX], [0u8; OUTPUT_CANONICAL_BYTES_MAX]);
+        let (mut a, mut b) = (
+            [0u8; OUTPUT_CANONICAL_BYTES_MAX],
+            [0u8; OUTPUT_CANONICAL_BYTES_MAX],
+        );
         let (la, lb) = (base.canonical_bytes(&mut a), other.canonical_bytes(&mut b));
         assert_eq!(la, lb);
         assert_ne!(a[..la], b[..lb]);

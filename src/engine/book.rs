@@ -59,7 +59,9 @@ impl BookSide {
         // Most lookups hit the best level; check it before searching.
         match self.levels.last() {
             Some(best) if best.price == price => Ok(self.levels.len() - 1),
-            _ => self.levels.binary_search_by_key(&key, |level| self.key(level.price)),
+            _ => self
+                .levels
+                .binary_search_by_key(&key, |level| self.key(level.price)),
         }
     }
 

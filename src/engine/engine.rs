@@ -63,6 +63,16 @@ impl<S: EventSink> Emitter<'_, S> {
     }
 }
 
+/// A resting order as queries see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenOrder {
+    pub account: AccountId,
+    pub symbol: SymbolId,
+    pub side: Side,
+    pub price: Price,
+    pub leaves: Qty,
+}
+
 /// The deterministic matching engine: `(state, input) -> (state', outputs)`.
 ///
 /// It never reads a clock, a random source or the environment, and performs no IO: the same
@@ -184,11 +194,17 @@ impl Engine {
         ids
     }
 
-    /// An open order's price and leaves quantity.
-    pub fn open_order(&self, order_id: OrderId) -> Option<(Side, Price, Qty)> {
+    /// A resting order, if `order_id` is open.
+    pub fn open_order(&self, order_id: OrderId) -> Option<OpenOrder> {
         let handle = *self.state.order_index.get(&order_id)?;
         let order = self.state.orders.get(handle);
-        Some((order.side, order.price, order.leaves))
+        Some(OpenOrder {
+            account: self.state.accounts[order.account as usize].id,
+            symbol: self.state.markets[order.symbol as usize].spec.symbol,
+            side: order.side,
+            price: order.price,
+            leaves: order.leaves,
+        })
     }
 
     /// An account's (available, held) amounts of an asset.

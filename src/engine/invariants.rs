@@ -54,11 +54,16 @@ impl Engine {
                     );
                 }
                 for level in &book_side.levels {
-                    let (mut handle, mut prev, mut count, mut total) = (level.head, NIL, 0u32, 0i64);
+                    let (mut handle, mut prev, mut count, mut total) =
+                        (level.head, NIL, 0u32, 0i64);
                     let mut last_priority = None;
                     while handle != NIL {
                         let order = state.orders.get(handle);
-                        ensure!(order.prev == prev, "order {} has a broken queue link", order.id);
+                        ensure!(
+                            order.prev == prev,
+                            "order {} has a broken queue link",
+                            order.id
+                        );
                         ensure!(
                             order.symbol as usize == market_index
                                 && order.side == side
@@ -66,7 +71,11 @@ impl Engine {
                             "order {} sits in the wrong level",
                             order.id
                         );
-                        ensure!(order.leaves.0 > 0, "order {} rests with nothing left", order.id);
+                        ensure!(
+                            order.leaves.0 > 0,
+                            "order {} rests with nothing left",
+                            order.id
+                        );
                         ensure!(
                             last_priority.is_none_or(|p| p < order.priority),
                             "order {} is out of time priority at {}",
@@ -124,7 +133,8 @@ impl Engine {
         let mut totals: BTreeMap<exchange_domain::AssetId, i64> = BTreeMap::new();
         let mut listed = 0u32;
         for (account_index, account) in state.accounts.iter().enumerate() {
-            let (mut handle, mut prev, mut count, mut last_id) = (account.orders_head, NIL, 0, None);
+            let (mut handle, mut prev, mut count, mut last_id) =
+                (account.orders_head, NIL, 0, None);
             while handle != NIL {
                 let order = state.orders.get(handle);
                 ensure!(
@@ -173,7 +183,12 @@ impl Engine {
                 *totals.entry(balance.asset).or_insert(0) += balance.available + balance.held;
             }
         }
-        ensure!(listed == resting, "{} orders in accounts, {} in books", listed, resting);
+        ensure!(
+            listed == resting,
+            "{} orders in accounts, {} in books",
+            listed,
+            resting
+        );
         for (asset, total) in &state.asset_totals {
             let held_by_accounts = totals.get(asset).copied().unwrap_or(0);
             ensure!(

@@ -30,13 +30,13 @@ mod limits;
 mod matching;
 mod orders;
 mod sink;
-mod wallet;
 mod snapshot;
+mod wallet;
 
 #[cfg(test)]
 mod tests;
 
-pub use engine::Engine;
+pub use engine::{Engine, OpenOrder};
 pub use hash::OutputHasher;
 pub use invariants::InvariantViolation;
 pub use limits::{

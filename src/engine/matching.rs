@@ -5,8 +5,8 @@
 //! match settles both wallets and emits two executions, the maker's first.
 
 use exchange_domain::{
-    Amount, CancelReason, ClientOrderId, Event, ExecId, Liquidity, OrderId, Price, Qty, SelfTradePrevention,
-    Side, TradeId,
+    Amount, CancelReason, ClientOrderId, Event, ExecId, Liquidity, OrderId, Price, Qty,
+    SelfTradePrevention, Side, TradeId,
 };
 
 use crate::arena::{Handle, Order, NIL};

@@ -3,13 +3,15 @@
 //!
 //! Pipeline of a new order, in the order the checks run (the first failure is the reason):
 //!
-//!     symbol, account ─▶ price and quantity (positive, on tick, on lot) ─▶ order type
-//!       ─▶ halted ─▶ risk (max quantity, max notional, price band, open orders, capacity)
-//!       ─▶ post-only would trade ─▶ funds hold ─▶ Accepted ─▶ match ─▶ rest or cancel remainder
+//! ```text
+//! symbol, account ─▶ price and quantity (positive, on tick, on lot) ─▶ order type
+//!   ─▶ halted ─▶ risk (max quantity, max notional, price band, open orders, capacity)
+//!   ─▶ post-only would trade ─▶ funds hold ─▶ Accepted ─▶ match ─▶ rest or cancel remainder
+//! ```
 
 use exchange_domain::{
-    AccountId, Amount, Cancel, CancelReason, CancelReplace, Event, MassCancel, NewOrder, OrderId, OrderType,
-    Price, Qty, RejectReason, RiskLimits, Side, SymbolSpec, TimeInForce,
+    AccountId, Amount, Cancel, CancelReason, CancelReplace, Event, MassCancel, NewOrder, OrderId,
+    OrderType, Price, Qty, RejectReason, RiskLimits, Side, SymbolSpec, TimeInForce,
 };
 
 use crate::arena::{Handle, Order, NIL};
@@ -144,7 +146,10 @@ impl State {
                 self.rest(handle);
             }
             (MatchEnd::Done, TimeInForce::Ioc | TimeInForce::Fok) => {
-                debug_assert!(cmd.time_in_force != TimeInForce::Fok, "FOK left a remainder");
+                debug_assert!(
+                    cmd.time_in_force != TimeInForce::Fok,
+                    "FOK left a remainder"
+                );
                 self.drop_taker(&taker, CancelReason::Unfilled, out)
             }
         }
@@ -246,11 +251,7 @@ impl State {
     }
 
     /// The resting order `order_id`, if it exists and belongs to `account`.
-    fn owned_order(
-        &self,
-        account: AccountId,
-        order_id: OrderId,
-    ) -> Result<Handle, RejectReason> {
+    fn owned_order(&self, account: AccountId, order_id: OrderId) -> Result<Handle, RejectReason> {
         let handle = *self
             .order_index
             .get(&order_id)

@@ -7,8 +7,8 @@
 //! is an error, never a panic, and a restored state must pass the invariant check.
 
 use exchange_domain::{
-    AccountId, AssetId, ClientOrderId, OrderId, Price, Qty, RiskLimits, SelfTradePrevention,
-    Side, SymbolSpec, TimeInForce,
+    AccountId, AssetId, ClientOrderId, OrderId, Price, Qty, RiskLimits, SelfTradePrevention, Side,
+    SymbolSpec, TimeInForce,
 };
 
 use crate::arena::{Order, NIL};
@@ -219,7 +219,10 @@ impl Engine {
         }
         for saved in &snapshot.accounts {
             if saved.balances.len() > crate::limits::ASSETS_PER_ACCOUNT_MAX {
-                return Err(inconsistent(format!("account {} holds too many assets", saved.id)));
+                return Err(inconsistent(format!(
+                    "account {} holds too many assets",
+                    saved.id
+                )));
             }
             let index = state.accounts.len() as u32;
             if state.account_index.insert(saved.id, index).is_some() {
@@ -244,7 +247,10 @@ impl Engine {
                 .insert(saved.spec.symbol, market_index as u32)
                 .is_some()
             {
-                return Err(inconsistent(format!("symbol {} appears twice", saved.spec.symbol)));
+                return Err(inconsistent(format!(
+                    "symbol {} appears twice",
+                    saved.spec.symbol
+                )));
             }
             state.markets.push(Market {
                 spec: saved.spec,
@@ -254,9 +260,13 @@ impl Engine {
             });
             for (side, orders) in [(Side::Buy, &saved.bids), (Side::Sell, &saved.asks)] {
                 for saved_order in orders {
-                    let account_index = *state.account_index.get(&saved_order.account).ok_or_else(
-                        || inconsistent(format!("order {} has no account", saved_order.id)),
-                    )?;
+                    let account_index =
+                        *state
+                            .account_index
+                            .get(&saved_order.account)
+                            .ok_or_else(|| {
+                                inconsistent(format!("order {} has no account", saved_order.id))
+                            })?;
                     let account = &state.accounts[account_index as usize];
                     let (Some(base_slot), Some(quote_slot)) = (
                         account.slot_of(saved.spec.base),
@@ -295,7 +305,10 @@ impl Engine {
                         account_next: NIL,
                     });
                     if state.order_index.insert(saved_order.id, handle).is_some() {
-                        return Err(inconsistent(format!("order {} appears twice", saved_order.id)));
+                        return Err(inconsistent(format!(
+                            "order {} appears twice",
+                            saved_order.id
+                        )));
                     }
                     state.markets[market_index]
                         .book
