@@ -1,0 +1,10 @@
+//! What `exchange-cli` does, as library code so tests and benches can call it directly.
+//!
+//! - [`replay`]: `engine-replay`, a CSV of orders and cancels through one engine (backtest,
+//!   audit);
+//! - [`workload`]: the seeded synthetic order stream of `engine-bench` and the benchmarks;
+//! - [`bench`]: `engine-bench`, throughput and per-command latency percentiles.
+
+pub mod bench;
+pub mod replay;
+pub mod workload;
