@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use exchange::cli::{bench, replay, workload};
+use exchange::cli::{bench, lobster, replay, workload};
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +67,23 @@ enum Commands {
         #[arg(long, value_name = "FILE")]
         write_csv: Option<PathBuf>,
     },
+    /// Replay a LOBSTER message file and compare the engine's book with LOBSTER's, row by row.
+    ///
+    /// Reports how many rows match exactly, how many after reconciling liquidity the files
+    /// could not show (orders older than the file, events outside the visible levels), and
+    /// any real mismatch. Exits with an error if there is a real mismatch.
+    LobsterCheck {
+        /// The LOBSTER message file (TICKER_..._message_N.csv).
+        messages: PathBuf,
+        /// The matching order book file (TICKER_..._orderbook_N.csv).
+        orderbook: PathBuf,
+        /// Levels in the order book file (N in its name).
+        #[arg(long)]
+        levels: usize,
+        /// Print one JSON line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +111,12 @@ fn main() -> ExitCode {
             };
             engine_bench(config, json, write_csv)
         }
+        Commands::LobsterCheck {
+            messages,
+            orderbook,
+            levels,
+            json,
+        } => lobster_check(messages, orderbook, levels, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -207,6 +230,59 @@ fn engine_bench(
             report.p50_ns, report.p90_ns, report.p99_ns, report.p999_ns, report.max_ns
         );
         println!("output hash       {}", report.output_hash);
+    }
+    Ok(())
+}
+
+fn lobster_check(
+    messages: PathBuf,
+    orderbook: PathBuf,
+    levels: usize,
+    json: bool,
+) -> Result<(), String> {
+    if levels == 0 {
+        return Err("--levels must be positive".into());
+    }
+    let report = lobster::check(&messages, &orderbook, levels).map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!("rows                      {}", report.rows);
+        println!("matched exactly           {}", report.rows_matched);
+        println!(
+            "matched after reveal      {}",
+            report.rows_matched_after_reveal
+        );
+        println!("real mismatches           {}", report.rows_mismatched);
+        println!(
+            "events                    {} new, {} partial cancels, {} deletions, {} executions, {} hidden, {} halts",
+            report.submissions,
+            report.partial_cancels,
+            report.deletions,
+            report.executions,
+            report.hidden_executions_ignored,
+            report.halts
+        );
+        println!("executions not first      {}", report.executions_not_first);
+        println!(
+            "events on unseen orders   {}",
+            report.events_on_unseen_orders
+        );
+        println!("levels reconciled         {}", report.reveals);
+        println!("cancels reattributed      {}", report.cancels_reattributed);
+        println!("engine rejects            {}", report.engine_rejects);
+        for mismatch in &report.first_mismatches {
+            println!("  {mismatch}");
+        }
+    }
+    if report.rows_mismatched > 0 {
+        return Err(format!(
+            "{} rows differ from the LOBSTER book",
+            report.rows_mismatched
+        ));
     }
     Ok(())
 }

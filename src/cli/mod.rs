@@ -6,5 +6,6 @@
 //! - [`bench`]: `engine-bench`, throughput and per-command latency percentiles.
 
 pub mod bench;
+pub mod lobster;
 pub mod replay;
 pub mod workload;

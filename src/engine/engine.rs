@@ -175,6 +175,18 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// The total quantity resting at one price (zero when there is no such level).
+    pub fn level_qty(&self, symbol: SymbolId, side: Side, price: Price) -> Qty {
+        let Some(market) = self.market(symbol) else {
+            return Qty(0);
+        };
+        let book_side = market.book.side(side);
+        match book_side.find(price) {
+            Ok(index) => book_side.levels[index].total,
+            Err(_) => Qty(0),
+        }
+    }
+
     /// The order ids at one price level, front of the queue first.
     pub fn queue(&self, symbol: SymbolId, side: Side, price: Price) -> Vec<OrderId> {
         let Some(market) = self.market(symbol) else {
