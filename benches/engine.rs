@@ -67,7 +67,7 @@ fn stream(c: &mut Criterion) {
     });
     group.bench_function("lobster_crate", |b| {
         b.iter_batched(
-            || (lobster::OrderBook::new(COMMANDS, 64, false), orders.clone()),
+            || (lobster::OrderBook::new(4_096, 16, false), orders.clone()),
             |(mut book, orders)| {
                 for order in orders {
                     criterion::black_box(book.execute(order));

@@ -4,6 +4,11 @@
 //! matching, which works at the best price, pops and pushes at the end, and a new price near
 //! the top of the book (where almost all activity is) moves few elements. Levels are found by
 //! binary search. Nothing here allocates per order.
+//!
+//! A level that empties inside the vector stays as an empty slot, because orders come back to
+//! the same prices all the time and re-inserting would move every level behind it. The last
+//! (best) level is never empty, and empty slots are compacted away once they outnumber the
+//! live levels, so the vector stays proportional to the live book.
 
 use exchange_domain::{Price, Qty, Side};
 
@@ -19,10 +24,15 @@ pub(crate) struct Level {
     pub tail: Handle,
 }
 
+/// Empty slots are compacted away when there are more of them than live levels plus this.
+const EMPTY_LEVELS_SLACK: usize = 64;
+
 pub(crate) struct BookSide {
     side: Side,
-    /// Sorted by `key(price)` ascending: best last.
+    /// Sorted by `key(price)` ascending: best last. The last level is never empty.
     pub levels: Vec<Level>,
+    /// Levels with no order left.
+    empty_levels: usize,
 }
 
 impl BookSide {
@@ -30,7 +40,12 @@ impl BookSide {
         BookSide {
             side,
             levels: Vec::new(),
+            empty_levels: 0,
         }
+    }
+
+    pub fn empty_levels(&self) -> usize {
+        self.empty_levels
     }
 
     /// Orders the levels so that the best price sorts last on both sides.
@@ -72,7 +87,12 @@ impl BookSide {
             (order.price, order.leaves)
         };
         let index = match self.find(price) {
-            Ok(index) => index,
+            Ok(index) => {
+                if self.levels[index].count == 0 {
+                    self.empty_levels -= 1;
+                }
+                index
+            }
             Err(index) => {
                 self.levels.insert(
                     index,
@@ -131,13 +151,28 @@ impl BookSide {
         level.total.0 -= leaves.0;
         level.count -= 1;
         if level.count == 0 {
-            self.levels.remove(index);
+            self.empty_levels += 1;
+            if index + 1 == self.levels.len() {
+                // Keep the best level live: drop it and any empty slots it uncovers.
+                while self.levels.last().is_some_and(|l| l.count == 0) {
+                    self.levels.pop();
+                    self.empty_levels -= 1;
+                }
+            } else if self.empty_levels > self.levels.len() - self.empty_levels + EMPTY_LEVELS_SLACK {
+                self.levels.retain(|l| l.count > 0);
+                self.empty_levels = 0;
+            }
         }
     }
 
     /// Price levels from the best, as (price, total quantity).
     pub fn depth(&self) -> impl Iterator<Item = (Price, Qty)> + '_ {
-        self.levels.iter().rev().map(|l| (l.price, l.total))
+        self.live_levels().rev().map(|l| (l.price, l.total))
+    }
+
+    /// The levels that hold orders, worst first.
+    pub fn live_levels(&self) -> impl DoubleEndedIterator<Item = &Level> + '_ {
+        self.levels.iter().filter(|l| l.count > 0)
     }
 }
 

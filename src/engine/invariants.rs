@@ -53,7 +53,30 @@ impl Engine {
                         pair[1].price
                     );
                 }
+                ensure!(
+                    book_side.levels.last().is_none_or(|l| l.count > 0),
+                    "the best {:?} level of symbol {} is empty",
+                    side,
+                    market.spec.symbol
+                );
+                let empty = book_side.levels.iter().filter(|l| l.count == 0).count();
+                ensure!(
+                    empty == book_side.empty_levels(),
+                    "{:?} side of symbol {} counts {} empty levels, has {}",
+                    side,
+                    market.spec.symbol,
+                    book_side.empty_levels(),
+                    empty
+                );
                 for level in &book_side.levels {
+                    if level.count == 0 {
+                        ensure!(
+                            level.total.0 == 0 && level.head == NIL && level.tail == NIL,
+                            "empty level {} still links orders",
+                            level.price
+                        );
+                        continue;
+                    }
                     let (mut handle, mut prev, mut count, mut total) =
                         (level.head, NIL, 0u32, 0i64);
                     let mut last_priority = None;

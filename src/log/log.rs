@@ -1,0 +1,409 @@
+//! The writer: append, sync, truncate, purge.
+
+use std::fs;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::config::{Config, FlushPolicy};
+use crate::dir;
+use crate::error::{Error, Result};
+use crate::meta::MetaFile;
+use crate::reader::{LogReader, RecordIter, Shared, Table};
+use crate::record::{record_bytes, Header, Record, RECORD_HEADER_BYTES};
+use crate::recovery;
+use crate::segment::{self, payload_bytes_max, Segment, SEGMENT_HEADER_BYTES};
+
+/// The meta file in the log directory holding the first index not purged.
+const FIRST_INDEX_FILE: &str = "first-index.meta";
+
+/// What an append achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The last index in the log (None only for an empty batch on an empty log).
+    pub last_index: Option<u64>,
+    /// Whether everything up to `last_index` is on disk. Always true after an append under
+    /// `Always` or `Batch`; under `Never`, true only once `sync` ran.
+    pub durable: bool,
+}
+
+/// The one writer of a log directory. Readers come from `reader()`.
+pub struct Log {
+    dir: PathBuf,
+    config: Config,
+    meta: MetaFile,
+    shared: Arc<Shared>,
+    /// The writer's copy of the segment table (the one readers see).
+    table: Arc<Table>,
+    /// The segment being appended to. None until the next append starts a new one: the writer
+    /// never appends to a segment it did not create in this process, nor after a truncate.
+    active: Option<Active>,
+    first_index: u64,
+    next_index: u64,
+    /// Written but unsynced ranges of segments no longer active (under `Never`).
+    pending: Vec<Pending>,
+    /// Segment files made or removed since the last directory sync (under `Never`).
+    dir_pending: bool,
+    reader: LogReader,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("first_index", &self.first_index)
+            .field("next_index", &self.next_index)
+            .field("segments", &self.table.segments.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Active {
+    segment: Arc<Segment>,
+    /// Where the next record goes.
+    offset: usize,
+    /// Bytes before this are on disk.
+    synced: usize,
+}
+
+#[derive(Debug)]
+struct Pending {
+    segment: Arc<Segment>,
+    from: usize,
+    to: usize,
+}
+
+impl Log {
+    /// Open the log in `dir` (made if missing), recovering from a crash: see `recovery`.
+    ///
+    /// One process at a time may open a directory: nothing stops a second, and two writers
+    /// corrupt each other.
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Log> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        let meta = MetaFile::new(dir.join(FIRST_INDEX_FILE));
+        let recovered = recovery::recover(&dir, &meta, &config)?;
+        let shared = Arc::new(Shared::default());
+        shared.first.store(recovered.first_index, Ordering::Release);
+        shared.end.0.store(recovered.next_index, Ordering::Release);
+        shared
+            .durable
+            .0
+            .store(recovered.next_index, Ordering::Release);
+        let table = shared.publish_table(recovered.segments);
+        let reader = LogReader::new(Arc::clone(&shared));
+        Ok(Log {
+            dir,
+            config,
+            meta,
+            shared,
+            table,
+            active: None,
+            first_index: recovered.first_index,
+            next_index: recovered.next_index,
+            pending: Vec::new(),
+            dir_pending: false,
+            reader,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The first index not purged (equal to `next_index` when the log is empty).
+    pub fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    /// The index the next append must carry.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    pub fn last_index(&self) -> Option<u64> {
+        (self.next_index > self.first_index).then(|| self.next_index - 1)
+    }
+
+    /// One past the last durable record.
+    pub fn durable_next_index(&self) -> u64 {
+        self.shared.durable.0.load(Ordering::Acquire)
+    }
+
+    /// The largest payload a record may carry with this configuration.
+    pub fn payload_bytes_max(&self) -> usize {
+        payload_bytes_max(self.config.segment_bytes)
+    }
+
+    /// A reader for another thread.
+    pub fn reader(&self) -> LogReader {
+        LogReader::new(Arc::clone(&self.shared))
+    }
+
+    /// Read one record (see `LogReader::get`).
+    pub fn get(&mut self, index: u64) -> Result<Record<'_>> {
+        self.reader.get(index)
+    }
+
+    /// Read a range of records (see `LogReader::range`).
+    pub fn range(&mut self, range: Range<u64>) -> Result<RecordIter<'_>> {
+        self.reader.range(range)
+    }
+
+    /// Append one record; see `append_batch`.
+    pub fn append(&mut self, record: Record<'_>) -> Result<Appended> {
+        self.append_batch([record])
+    }
+
+    /// Append records, each carrying the next index, and sync as the flush policy says.
+    ///
+    /// On an error (a wrong index, a record too large, a failed write) the records before the
+    /// failing one stay appended and visible to readers, but are not synced; `next_index` says
+    /// where the log stands.
+    pub fn append_batch<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = Record<'a>>,
+    ) -> Result<Appended> {
+        let written = self.write_all(records);
+        self.shared.end.0.store(self.next_index, Ordering::Release);
+        written?;
+        if self.config.flush == FlushPolicy::Batch {
+            self.sync()?;
+        }
+        Ok(Appended {
+            last_index: self.last_index(),
+            durable: self.durable_next_index() == self.next_index,
+        })
+    }
+
+    fn write_all<'a>(&mut self, records: impl IntoIterator<Item = Record<'a>>) -> Result<()> {
+        for record in records {
+            self.write(record)?;
+            if self.config.flush == FlushPolicy::Always {
+                self.shared.end.0.store(self.next_index, Ordering::Release);
+                self.sync()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy one record into the active segment. It becomes visible when the end is published.
+    fn write(&mut self, record: Record<'_>) -> Result<()> {
+        if record.index != self.next_index {
+            return Err(Error::NonContiguous {
+                expected: self.next_index,
+                got: record.index,
+            });
+        }
+        let Some(next_index) = record.index.checked_add(1) else {
+            return Err(Error::IndexOutOfRange {
+                index: record.index,
+                first: self.first_index,
+                next: self.next_index,
+            });
+        };
+        let max = self.payload_bytes_max();
+        if record.payload.len() > max {
+            return Err(Error::RecordTooLarge {
+                payload_bytes: record.payload.len(),
+                max,
+            });
+        }
+        let bytes = record_bytes(record.payload.len());
+        let fits = self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.offset + bytes <= a.segment.len());
+        if !fits {
+            self.start_segment()?;
+        }
+        let Some(active) = self.active.as_mut() else {
+            unreachable!("start_segment sets the active segment");
+        };
+        // The payload fits a u32: it is at most payload_bytes_max(SEGMENT_BYTES_MAX).
+        let header = Header::for_record(&record, record.payload.len() as u32);
+        // SAFETY: `&mut self` makes us the one writer, and `active.offset` lies past every
+        // record published so far, in a segment this process created: no reader can reach
+        // these bytes until `end` is stored after this write.
+        unsafe { active.segment.write(active.offset, header, record.payload) };
+        let slot = record.index - active.segment.first_index();
+        active.segment.offsets.set(slot, active.offset as u32);
+        active.offset += bytes;
+        self.next_index = next_index;
+        Ok(())
+    }
+
+    /// Start a new segment at the next index, after the active one filled up, or because there
+    /// is none (a new log, or after open, truncate or purge).
+    fn start_segment(&mut self) -> Result<()> {
+        if let Some(old) = self.active.take() {
+            self.pending.push(Pending {
+                segment: old.segment,
+                from: old.synced,
+                to: old.offset,
+            });
+        }
+        let mut segments = self.table.segments.clone();
+        // A segment that starts at the next index holds no record; the new one replaces it.
+        if segments
+            .last()
+            .is_some_and(|s| s.first_index() == self.next_index)
+        {
+            segments.pop();
+        }
+        let durable = self.config.flush != FlushPolicy::Never;
+        let segment = Arc::new(Segment::create(
+            &self.dir,
+            self.next_index,
+            self.config.segment_bytes,
+            durable,
+        )?);
+        self.dir_pending |= !durable;
+        segments.push(Arc::clone(&segment));
+        self.table = self.shared.publish_table(segments);
+        self.active = Some(Active {
+            segment,
+            offset: SEGMENT_HEADER_BYTES,
+            synced: SEGMENT_HEADER_BYTES,
+        });
+        Ok(())
+    }
+
+    /// Make every appended record durable. Cheap when nothing is pending.
+    pub fn sync(&mut self) -> Result<()> {
+        while let Some(pending) = self.pending.last() {
+            pending.segment.sync_range(pending.from, pending.to)?;
+            self.pending.pop();
+        }
+        if let Some(active) = self.active.as_mut() {
+            active.segment.sync_range(active.synced, active.offset)?;
+            active.synced = active.offset;
+        }
+        if self.dir_pending {
+            dir::sync_dir(&self.dir)?;
+            self.dir_pending = false;
+        }
+        self.shared
+            .durable
+            .0
+            .store(self.next_index, Ordering::Release);
+        Ok(())
+    }
+
+    /// Remove the records from `index` on (Raft: a conflicting suffix). Durable on return,
+    /// whatever the flush policy. A no-op when `index` is past the end.
+    ///
+    /// Readers must not rely on records from `index` on: one that reads them concurrently gets
+    /// an error or the old record. Raft never truncates committed entries.
+    pub fn truncate(&mut self, index: u64) -> Result<()> {
+        if index >= self.next_index {
+            return Ok(());
+        }
+        if index < self.first_index {
+            return Err(Error::IndexOutOfRange {
+                index,
+                first: self.first_index,
+                next: self.next_index,
+            });
+        }
+        self.next_index = index;
+        self.shared.end.0.store(index, Ordering::Release);
+        self.shared.durable.0.fetch_min(index, Ordering::Release);
+        if let Some(old) = self.active.take() {
+            self.pending.push(Pending {
+                segment: old.segment,
+                from: old.synced,
+                to: old.offset,
+            });
+        }
+
+        // Remove whole segments from the end, and make that durable before hiding records in
+        // the segment that remains: a crash in between then leaves a shorter log, never a
+        // segment that ends before the next one begins.
+        let mut segments = self.table.segments.clone();
+        let mut removed = false;
+        while segments.last().is_some_and(|s| s.first_index() >= index) {
+            if let Some(last) = segments.pop() {
+                segment::remove(&last)?;
+                removed = true;
+            }
+        }
+        self.pending.retain(|p| p.segment.first_index() < index);
+        if removed {
+            dir::sync_dir(&self.dir)?;
+        }
+        if let Some(last) = segments.last() {
+            let slot = index - last.first_index();
+            if let Some(offset) = last.offsets.get(slot) {
+                let offset = offset as usize;
+                last.clear_header(offset);
+                last.offsets.clear_from(slot);
+                last.sync_range(offset, offset + RECORD_HEADER_BYTES)?;
+            }
+        }
+        self.table = self.shared.publish_table(segments);
+        Ok(())
+    }
+
+    /// Remove the records up to and including `upto` (Raft: covered by a snapshot). Durable on
+    /// return. Whole segments go; the one holding `upto + 1` stays, and the first index is
+    /// kept in a meta file. Purging past the end empties the log, and the next append must
+    /// carry `upto + 1`.
+    ///
+    /// Readers still reading below `upto` get `IndexOutOfRange`; a record already read stays
+    /// valid (the segment's map lives until the last reader lets go of it).
+    pub fn purge(&mut self, upto: u64) -> Result<()> {
+        let Some(first) = upto.checked_add(1) else {
+            return Err(Error::IndexOutOfRange {
+                index: upto,
+                first: self.first_index,
+                next: self.next_index,
+            });
+        };
+        if first <= self.first_index {
+            return Ok(());
+        }
+        // The meta file first: after a crash, recovery removes what it says is purged.
+        self.meta.write(&first.to_le_bytes())?;
+        self.first_index = first;
+        self.shared.first.store(first, Ordering::Release);
+        if self.next_index <= first {
+            self.next_index = first;
+            self.shared.end.0.store(first, Ordering::Release);
+            self.shared.durable.0.store(first, Ordering::Release);
+            self.active = None;
+        }
+
+        let mut segments = self.table.segments.clone();
+        let mut keep_from = 0;
+        for (k, segment) in segments.iter().enumerate() {
+            let end = segments
+                .get(k + 1)
+                .map_or(self.next_index, |next| next.first_index());
+            if end > first {
+                break;
+            }
+            segment::remove(segment)?;
+            keep_from = k + 1;
+        }
+        if keep_from == 0 {
+            return Ok(());
+        }
+        segments.drain(..keep_from);
+        if segments.is_empty() {
+            self.active = None;
+        }
+        let kept = |s: &Arc<Segment>| segments.iter().any(|k| Arc::ptr_eq(k, s));
+        self.pending.retain(|p| kept(&p.segment));
+        dir::sync_dir(&self.dir)?;
+        self.table = self.shared.publish_table(segments);
+        Ok(())
+    }
+}
