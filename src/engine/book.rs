@@ -158,7 +158,8 @@ impl BookSide {
                     self.levels.pop();
                     self.empty_levels -= 1;
                 }
-            } else if self.empty_levels > self.levels.len() - self.empty_levels + EMPTY_LEVELS_SLACK {
+            } else if self.empty_levels > self.levels.len() - self.empty_levels + EMPTY_LEVELS_SLACK
+            {
                 self.levels.retain(|l| l.count > 0);
                 self.empty_levels = 0;
             }
