@@ -35,6 +35,10 @@ pub(crate) struct Order {
     /// The account's list of open orders, in order id order.
     pub account_prev: Handle,
     pub account_next: Handle,
+    /// Where the order's level was in its side's vector when the order joined it. Levels move
+    /// only when a new price is inserted below them or empty slots are compacted, so this is
+    /// usually still right and saves a search; it is checked before use.
+    pub level_hint: u32,
 }
 
 #[derive(Default)]

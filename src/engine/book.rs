@@ -12,7 +12,7 @@
 
 use exchange_domain::{Price, Qty, Side};
 
-use crate::arena::{Handle, OrderArena, NIL};
+use crate::arena::{Handle, Order, OrderArena, NIL};
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Level {
@@ -109,6 +109,7 @@ impl BookSide {
         };
         let level = &mut self.levels[index];
         let order = orders.get_mut(handle);
+        order.level_hint = index as u32;
         order.prev = level.tail;
         order.next = NIL;
         let old_tail = level.tail;
@@ -125,11 +126,25 @@ impl BookSide {
     /// Unlinks an order from its level (found by the order's price), dropping the level if it
     /// empties.
     pub fn unlink(&mut self, orders: &mut OrderArena, handle: Handle) {
-        let order = *orders.get(handle);
-        let Ok(index) = self.find(order.price) else {
-            unreachable!("resting order {} has no level", order.id);
-        };
+        let index = self.locate(orders.get(handle));
         self.unlink_at(orders, index, handle);
+    }
+
+    /// The index of a resting order's level.
+    #[inline]
+    pub fn locate(&self, order: &Order) -> usize {
+        let hint = order.level_hint as usize;
+        if self
+            .levels
+            .get(hint)
+            .is_some_and(|l| l.price == order.price)
+        {
+            return hint;
+        }
+        match self.find(order.price) {
+            Ok(index) => index,
+            Err(_) => unreachable!("resting order {} has no level", order.id),
+        }
     }
 
     pub fn unlink_at(&mut self, orders: &mut OrderArena, index: usize, handle: Handle) {

@@ -142,6 +142,7 @@ impl State {
                     next: NIL,
                     account_prev: NIL,
                     account_next: NIL,
+                    level_hint: 0,
                 });
                 self.rest(handle);
             }
@@ -306,9 +307,7 @@ impl State {
             let book_side = self.markets[order.symbol as usize]
                 .book
                 .side_mut(order.side);
-            let Ok(level) = book_side.find(order.price) else {
-                unreachable!("resting order {} has no level", order.id);
-            };
+            let level = book_side.locate(&order);
             book_side.levels[level].total.0 -= reduction.0;
             self.orders.get_mut(handle).leaves = cmd.qty;
             let account = &mut self.accounts[order.account as usize];

@@ -303,6 +303,7 @@ impl Engine {
                         next: NIL,
                         account_prev: NIL,
                         account_next: NIL,
+                        level_hint: 0,
                     });
                     if state.order_index.insert(saved_order.id, handle).is_some() {
                         return Err(inconsistent(format!(
