@@ -7,6 +7,7 @@
 //! - [`engine`] (`src/engine`): the pure state machine: order manager (risk, wallets), order
 //!   books, matching, output hash, snapshots. No IO, no clock, no async.
 //! - [`log`] (`src/log`): the mmap event log: segments, CRC32C records, recovery, group commit.
+//! - [`replication`]: openraft over the log, the engine thread it feeds, the node network.
 //! - [`cli`]: what `exchange-cli` does (replay, synthetic workloads, engine benchmark).
 //!
 //! Data flows down this list; nothing below reaches back up. Binaries: `exchange-node` and
@@ -17,3 +18,4 @@ pub use exchange_engine as engine;
 pub use exchange_log as log;
 
 pub mod cli;
+pub mod replication;

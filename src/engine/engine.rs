@@ -143,6 +143,11 @@ impl Engine {
         self.state.last_seq
     }
 
+    /// The timestamp of the last command processed.
+    pub fn last_timestamp_ns(&self) -> u64 {
+        self.state.last_timestamp_ns
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.state.config
     }

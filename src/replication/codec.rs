@@ -1,0 +1,165 @@
+//! How a Raft entry sits in a log record.
+//!
+//! The record carries the term and index; the payload carries the rest:
+//!
+//! ```text
+//! [kind u64][leader node id u64][body]
+//! kind 0: blank (a new leader's first entry), no body
+//! kind 1: a batch of commands, body = its rkyv archive (8-byte aligned: read in place)
+//! kind 2: a membership change, body = postcard of openraft's Membership
+//! ```
+
+use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
+
+use super::batch::Batch;
+use super::types::{Entry, NodeAddr, NodeId};
+
+const KIND_BLANK: u64 = 0;
+const KIND_BATCH: u64 = 1;
+const KIND_MEMBERSHIP: u64 = 2;
+/// Kind and leader id, in whole words so the body stays 8-byte aligned.
+pub const PAYLOAD_HEADER_BYTES: usize = 16;
+
+/// A record that is not a valid entry: the log's checksum passed, so this is a bug or a
+/// version mismatch, never a torn write.
+#[derive(Debug)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "undecodable log entry: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Appends the payload of `entry` to `out`.
+pub fn encode_payload(entry: &Entry, out: &mut Vec<u8>) {
+    let (kind, body): (u64, Vec<u8>) = match &entry.payload {
+        EntryPayload::Blank => (KIND_BLANK, Vec::new()),
+        EntryPayload::Normal(batch) => (KIND_BATCH, batch.to_bytes().to_vec()),
+        EntryPayload::Membership(membership) => (
+            KIND_MEMBERSHIP,
+            // Plain owned data into a vector: no failure mode.
+            postcard::to_allocvec(membership).unwrap_or_default(),
+        ),
+    };
+    out.extend_from_slice(&kind.to_le_bytes());
+    out.extend_from_slice(&entry.log_id.leader_id.node_id.to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+/// Rebuilds the entry stored at (`term`, `index`) from its payload.
+pub fn decode(term: u64, index: u64, payload: &[u8]) -> Result<Entry, DecodeError> {
+    if payload.len() < PAYLOAD_HEADER_BYTES {
+        return Err(DecodeError(format!(
+            "entry {index}: payload of {} bytes",
+            payload.len()
+        )));
+    }
+    let word = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&payload[at..at + 8]);
+        u64::from_le_bytes(bytes)
+    };
+    let (kind, leader) = (word(0), word(8));
+    let body = &payload[PAYLOAD_HEADER_BYTES..];
+    let payload = match kind {
+        KIND_BLANK => EntryPayload::Blank,
+        KIND_BATCH => EntryPayload::Normal(
+            Batch::from_bytes(body).map_err(|e| DecodeError(format!("entry {index}: {e}")))?,
+        ),
+        KIND_MEMBERSHIP => EntryPayload::Membership(
+            postcard::from_bytes::<Membership<NodeId, NodeAddr>>(body)
+                .map_err(|e| DecodeError(format!("entry {index}: {e}")))?,
+        ),
+        other => return Err(DecodeError(format!("entry {index}: unknown kind {other}"))),
+    };
+    Ok(Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
+        payload,
+    })
+}
+
+/// The log id of the entry stored at (`term`, `index`), from its payload's header alone.
+pub fn log_id(
+    term: u64,
+    index: u64,
+    payload: &[u8],
+) -> Result<openraft::LogId<NodeId>, DecodeError> {
+    if payload.len() < PAYLOAD_HEADER_BYTES {
+        return Err(DecodeError(format!(
+            "entry {index}: payload of {} bytes",
+            payload.len()
+        )));
+    }
+    let mut leader = [0u8; 8];
+    leader.copy_from_slice(&payload[8..16]);
+    Ok(LogId::new(
+        CommittedLeaderId::new(term, u64::from_le_bytes(leader)),
+        index,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    fn round_trip(entry: Entry) {
+        let mut payload = Vec::new();
+        encode_payload(&entry, &mut payload);
+        let back =
+            decode(entry.log_id.leader_id.term, entry.log_id.index, &payload).expect("decode");
+        assert_eq!(back.log_id, entry.log_id);
+        assert_eq!(
+            format!("{:?}", back.payload),
+            format!("{:?}", entry.payload)
+        );
+        assert_eq!(
+            log_id(entry.log_id.leader_id.term, entry.log_id.index, &payload).expect("id"),
+            entry.log_id
+        );
+    }
+
+    #[test]
+    fn every_kind_of_entry_round_trips() {
+        let id = LogId::new(CommittedLeaderId::new(3, 2), 41);
+        round_trip(Entry {
+            log_id: id,
+            payload: EntryPayload::Blank,
+        });
+        round_trip(Entry {
+            log_id: id,
+            payload: EntryPayload::Normal(Batch {
+                timestamp_ns: 9,
+                commands: vec![],
+            }),
+        });
+        let nodes = BTreeMap::from([(
+            1,
+            NodeAddr {
+                raft: "a".into(),
+                broker: "b".into(),
+            },
+        )]);
+        let membership = Membership::new(vec![BTreeSet::from([1])], nodes);
+        round_trip(Entry {
+            log_id: id,
+            payload: EntryPayload::Membership(membership),
+        });
+    }
+
+    #[test]
+    fn damaged_payloads_are_errors() {
+        assert!(decode(1, 1, &[1, 2, 3]).is_err());
+        let mut unknown = vec![0u8; 16];
+        unknown[0] = 9;
+        assert!(decode(1, 1, &unknown).is_err());
+        let mut batch = vec![0u8; 16];
+        batch[0] = 1;
+        batch.extend_from_slice(&[0xff; 5]);
+        assert!(decode(1, 1, &batch).is_err());
+    }
+}

@@ -1,0 +1,595 @@
+//! The engine thread: the one thread that owns the engine state.
+//!
+//! The async world (openraft's state machine, the node's control paths) hands it requests
+//! through a bounded lock-free queue and gets answers through oneshot channels; nothing holds a
+//! lock while an order is matched. The thread waits for work with an idle strategy: `spin`
+//! (lowest latency, burns a core), `yield`, or `backoff` (spin, then yield, then park; the
+//! default, so that three nodes share a two-core machine). `--pin-core` pins it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use exchange_domain::Output;
+use exchange_engine::{DiscardSink, Engine, EngineConfig, EventSink, RestoreError, Snapshot};
+use tokio::sync::oneshot;
+
+use super::batch::Batch;
+use super::types::{LogId, StoredMembership};
+
+/// Requests waiting for the engine thread. Bounded so a stalled engine pushes back on Raft
+/// instead of growing memory; a request carries many entries, so this is plenty.
+pub const ENGINE_QUEUE_REQUESTS_MAX: usize = 1_024;
+/// Backoff: busy polls before yielding, and yields before parking.
+const BACKOFF_SPINS: u32 = 256;
+const BACKOFF_YIELDS: u32 = 64;
+/// A parked engine thread wakes at least this often even if an unpark were lost.
+const PARK_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// How the engine thread waits for work.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleStrategy {
+    /// Poll without pause: lowest latency, one core fully busy.
+    Spin,
+    /// Poll, yielding the core between polls.
+    Yield,
+    /// Spin briefly, then yield, then park until woken (the default).
+    #[default]
+    Backoff,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct EngineThreadConfig {
+    pub engine: EngineConfig,
+    pub idle: IdleStrategy,
+    /// Pin the engine thread to this core.
+    pub pin_core: Option<usize>,
+}
+
+/// A committed log entry as the engine sees it. Blank and membership entries carry no
+/// commands but still advance the applied position, which a snapshot records.
+#[derive(Clone, Debug)]
+pub struct CommittedEntry {
+    pub log_id: LogId,
+    pub batch: Option<Batch>,
+    /// The cluster membership this entry installs, if it is a membership entry.
+    pub membership: Option<StoredMembership>,
+}
+
+impl CommittedEntry {
+    pub fn index(&self) -> u64 {
+        self.log_id.index
+    }
+}
+
+/// The outputs of one entry's commands, in order: `outputs[i]` belongs to command `i`. Empty
+/// when the node does not publish (a follower).
+#[derive(Clone, Debug, Default)]
+pub struct EntryOutcome {
+    pub index: u64,
+    pub outputs: Vec<Vec<Output>>,
+}
+
+/// The engine state after one applied entry, as snapshot bytes, with the Raft position and
+/// membership it corresponds to.
+#[derive(Clone, Debug)]
+pub struct EngineSnapshot {
+    pub last_log_id: Option<LogId>,
+    pub membership: StoredMembership,
+    pub output_hash: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Where the engine stands in the Raft log.
+#[derive(Clone, Debug, Default)]
+pub struct AppliedPosition {
+    pub last_log_id: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// What other threads may read about the engine without asking it.
+#[derive(Debug, Default)]
+pub struct EngineStatus {
+    /// A sequence lock over (applied index, output hash): odd while the engine writes them.
+    version: AtomicU64,
+    applied_index: AtomicU64,
+    output_hash: AtomicU64,
+    last_timestamp_ns: AtomicU64,
+    publishing: AtomicBool,
+}
+
+impl EngineStatus {
+    /// The last log index the engine has applied.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::SeqCst)
+    }
+
+    /// The applied index and the output hash after it, read consistently.
+    pub fn applied(&self) -> (u64, u64) {
+        loop {
+            let before = self.version.load(Ordering::SeqCst);
+            if before % 2 == 0 {
+                let index = self.applied_index.load(Ordering::SeqCst);
+                let hash = self.output_hash.load(Ordering::SeqCst);
+                if self.version.load(Ordering::SeqCst) == before {
+                    return (index, hash);
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn publish(&self, index: u64, hash: u64) {
+        self.version.fetch_add(1, Ordering::SeqCst);
+        self.applied_index.store(index, Ordering::SeqCst);
+        self.output_hash.store(hash, Ordering::SeqCst);
+        self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The largest leader timestamp among the applied batches.
+    pub fn last_timestamp_ns(&self) -> u64 {
+        self.last_timestamp_ns.load(Ordering::Acquire)
+    }
+}
+
+/// The engine thread stopped (it panicked on a broken invariant, or was shut down).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineStopped;
+
+impl std::fmt::Display for EngineStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the engine thread has stopped")
+    }
+}
+
+impl std::error::Error for EngineStopped {}
+
+enum Request {
+    Apply {
+        entries: Vec<CommittedEntry>,
+        reply: oneshot::Sender<Vec<EntryOutcome>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<EngineSnapshot>,
+    },
+    Restore {
+        position: AppliedPosition,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), RestoreError>>,
+    },
+    Shutdown,
+}
+
+/// The handle the async world holds. Dropping it stops the thread.
+pub struct EngineHandle {
+    queue: Arc<ArrayQueue<Request>>,
+    thread: Thread,
+    status: Arc<EngineStatus>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread on an empty engine, or on a snapshot taken at `position`.
+    pub fn spawn(
+        config: EngineThreadConfig,
+        start: Option<(AppliedPosition, &Snapshot)>,
+    ) -> Result<Self, RestoreError> {
+        let (engine, position) = match start {
+            Some((position, snapshot)) => (Engine::restore(snapshot)?, position),
+            None => (Engine::new(config.engine), AppliedPosition::default()),
+        };
+        let status = Arc::new(EngineStatus::default());
+        status.publish(index_of(&position), engine.output_hash());
+        status
+            .last_timestamp_ns
+            .store(engine.last_timestamp_ns(), Ordering::Release);
+        let queue = Arc::new(ArrayQueue::new(ENGINE_QUEUE_REQUESTS_MAX));
+        let worker = Worker {
+            engine,
+            position,
+            config,
+            queue: Arc::clone(&queue),
+            status: Arc::clone(&status),
+        };
+        let join = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || worker.run())
+            .map_err(|e| RestoreError::Malformed(format!("cannot start the engine thread: {e}")))?;
+        Ok(EngineHandle {
+            queue,
+            thread: join.thread().clone(),
+            status,
+            join: Some(join),
+        })
+    }
+
+    pub fn status(&self) -> &EngineStatus {
+        &self.status
+    }
+
+    /// Whether the engine collects outputs for publishing (the leader) or only hashes them.
+    pub fn set_publishing(&self, publishing: bool) {
+        self.status.publishing.store(publishing, Ordering::Release);
+    }
+
+    async fn submit(&self, mut request: Request) -> Result<(), EngineStopped> {
+        loop {
+            if self.join.as_ref().is_none_or(|j| j.is_finished()) {
+                return Err(EngineStopped);
+            }
+            match self.queue.push(request) {
+                Ok(()) => {
+                    self.thread.unpark();
+                    return Ok(());
+                }
+                Err(back) => {
+                    request = back;
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    /// Applies committed entries, in log order, and returns their outcomes.
+    pub async fn apply(
+        &self,
+        entries: Vec<CommittedEntry>,
+    ) -> Result<Vec<EntryOutcome>, EngineStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Apply { entries, reply }).await?;
+        answer.await.map_err(|_| EngineStopped)
+    }
+
+    /// A snapshot of the engine at its applied index.
+    pub async fn snapshot(&self) -> Result<EngineSnapshot, EngineStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Snapshot { reply }).await?;
+        answer.await.map_err(|_| EngineStopped)
+    }
+
+    /// Replaces the engine state with a snapshot taken at `position`.
+    pub async fn restore(
+        &self,
+        position: AppliedPosition,
+        bytes: Vec<u8>,
+    ) -> Result<Result<(), RestoreError>, EngineStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Restore {
+            position,
+            bytes,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| EngineStopped)
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        let mut request = Request::Shutdown;
+        // The queue may be full of work the thread is about to finish: wait for room.
+        while let Err(back) = self.queue.push(request) {
+            if self.join.as_ref().is_none_or(|j| j.is_finished()) {
+                break;
+            }
+            request = back;
+            std::thread::yield_now();
+        }
+        self.thread.unpark();
+        if let Some(join) = self.join.take() {
+            let _ = join.join();
+        }
+    }
+}
+
+struct Worker {
+    engine: Engine,
+    position: AppliedPosition,
+    config: EngineThreadConfig,
+    queue: Arc<ArrayQueue<Request>>,
+    status: Arc<EngineStatus>,
+}
+
+/// Collects each command's outputs into its own vector.
+struct PerCommand<'a>(&'a mut Vec<Output>);
+
+impl EventSink for PerCommand<'_> {
+    #[inline]
+    fn emit(&mut self, output: &Output) {
+        self.0.push(*output);
+    }
+}
+
+impl Worker {
+    fn run(mut self) {
+        if let Some(core) = self.config.pin_core {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                tracing::warn!(core, "could not pin the engine thread");
+            }
+        }
+        let mut idle_rounds = 0u32;
+        loop {
+            match self.queue.pop() {
+                Some(Request::Shutdown) => return,
+                Some(request) => {
+                    idle_rounds = 0;
+                    self.handle(request);
+                }
+                None => {
+                    idle(self.config.idle, idle_rounds);
+                    idle_rounds = idle_rounds.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Apply { entries, reply } => {
+                let outcomes = self.apply(entries);
+                let _ = reply.send(outcomes);
+            }
+            Request::Snapshot { reply } => {
+                let _ = reply.send(EngineSnapshot {
+                    last_log_id: self.position.last_log_id,
+                    membership: self.position.membership.clone(),
+                    output_hash: self.engine.output_hash(),
+                    bytes: self.engine.snapshot().to_bytes(),
+                });
+            }
+            Request::Restore {
+                position,
+                bytes,
+                reply,
+            } => {
+                let restored = Snapshot::from_bytes(&bytes).and_then(|s| Engine::restore(&s));
+                let result = restored.map(|engine| {
+                    self.engine = engine;
+                    self.position = position;
+                    self.status
+                        .last_timestamp_ns
+                        .store(self.engine.last_timestamp_ns(), Ordering::Release);
+                    self.publish_applied();
+                });
+                let _ = reply.send(result);
+            }
+            Request::Shutdown => {}
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<CommittedEntry>) -> Vec<EntryOutcome> {
+        let publishing = self.status.publishing.load(Ordering::Acquire);
+        let mut outcomes = Vec::with_capacity(if publishing { entries.len() } else { 0 });
+        for entry in entries {
+            // Raft applies in order, each entry once: anything else is a bug upstream.
+            assert!(
+                self.position
+                    .last_log_id
+                    .is_none_or(|last| entry.index() > last.index),
+                "entry {} applied after {:?}",
+                entry.index(),
+                self.position.last_log_id
+            );
+            let mut outcome = EntryOutcome {
+                index: entry.index(),
+                outputs: Vec::new(),
+            };
+            if let Some(batch) = &entry.batch {
+                for input in batch.inputs(entry.index()) {
+                    if publishing {
+                        let mut outputs = Vec::new();
+                        self.engine.process(&input, &mut PerCommand(&mut outputs));
+                        outcome.outputs.push(outputs);
+                    } else {
+                        self.engine.process(&input, &mut DiscardSink);
+                    }
+                }
+                self.status
+                    .last_timestamp_ns
+                    .fetch_max(batch.timestamp_ns, Ordering::AcqRel);
+            }
+            self.position.last_log_id = Some(entry.log_id);
+            if let Some(membership) = entry.membership {
+                self.position.membership = membership;
+            }
+            self.publish_applied();
+            if publishing {
+                outcomes.push(outcome);
+            }
+        }
+        outcomes
+    }
+
+    fn publish_applied(&self) {
+        self.status
+            .publish(index_of(&self.position), self.engine.output_hash());
+    }
+}
+
+/// The applied index; 0 before anything (Raft's first entry, at index 0, has no commands).
+fn index_of(position: &AppliedPosition) -> u64 {
+    position.last_log_id.map_or(0, |id| id.index)
+}
+
+fn idle(strategy: IdleStrategy, rounds: u32) {
+    match strategy {
+        IdleStrategy::Spin => std::hint::spin_loop(),
+        IdleStrategy::Yield => std::thread::yield_now(),
+        IdleStrategy::Backoff if rounds < BACKOFF_SPINS => std::hint::spin_loop(),
+        IdleStrategy::Backoff if rounds < BACKOFF_SPINS + BACKOFF_YIELDS => {
+            std::thread::yield_now()
+        }
+        IdleStrategy::Backoff => std::thread::park_timeout(PARK_TIMEOUT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use exchange_domain::{
+        AccountId, AdminCommand, Amount, AssetId, ClientOrderId, Command, NewOrder, OrderType,
+        Price, Qty, SelfTradePrevention, Side, SymbolId, SymbolSpec, TimeInForce,
+    };
+
+    use super::*;
+
+    fn config(idle: IdleStrategy) -> EngineThreadConfig {
+        EngineThreadConfig {
+            engine: EngineConfig::default(),
+            idle,
+            pin_core: None,
+        }
+    }
+
+    fn setup_batch() -> Batch {
+        let mut commands = vec![Command::Admin(AdminCommand::AddSymbol(SymbolSpec {
+            symbol: SymbolId(1),
+            base: AssetId(1),
+            quote: AssetId(2),
+            tick_size: Price(1),
+            lot_size: Qty(1),
+            price_band_bps: 0,
+            reference_price: Price(0),
+        }))];
+        for account in [AccountId(1), AccountId(2)] {
+            commands.push(Command::Admin(AdminCommand::CreateAccount { account }));
+            for asset in [AssetId(1), AssetId(2)] {
+                commands.push(Command::Admin(AdminCommand::Deposit {
+                    account,
+                    asset,
+                    amount: Amount(1_000_000),
+                }));
+            }
+        }
+        Batch {
+            timestamp_ns: 10,
+            commands,
+        }
+    }
+
+    fn order(account: u64, side: Side, price: i64) -> Command {
+        Command::NewOrder(NewOrder {
+            account: AccountId(account),
+            symbol: SymbolId(1),
+            client_order_id: ClientOrderId(0),
+            side,
+            order_type: OrderType::Limit,
+            time_in_force: TimeInForce::Gtc,
+            price: Price(price),
+            qty: Qty(5),
+            self_trade_prevention: SelfTradePrevention::None,
+        })
+    }
+
+    fn entry(index: u64, batch: Option<Batch>) -> CommittedEntry {
+        CommittedEntry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            batch,
+            membership: None,
+        }
+    }
+
+    fn entries() -> Vec<CommittedEntry> {
+        vec![
+            entry(1, None),
+            entry(2, Some(setup_batch())),
+            entry(
+                3,
+                Some(Batch {
+                    timestamp_ns: 20,
+                    commands: vec![order(1, Side::Sell, 100), order(2, Side::Buy, 101)],
+                }),
+            ),
+        ]
+    }
+
+    /// The same entries processed directly, as the reference.
+    fn reference() -> (Engine, Vec<Output>) {
+        let mut engine = Engine::new(EngineConfig::default());
+        let mut outputs = Vec::new();
+        for entry in entries() {
+            if let Some(batch) = &entry.batch {
+                for input in batch.inputs(entry.index()) {
+                    engine.process(&input, &mut outputs);
+                }
+            }
+        }
+        (engine, outputs)
+    }
+
+    #[tokio::test]
+    async fn a_publishing_engine_returns_each_commands_outputs() {
+        let handle = EngineHandle::spawn(config(IdleStrategy::Backoff), None).expect("spawn");
+        handle.set_publishing(true);
+        let outcomes = handle.apply(entries()).await.expect("apply");
+        let (engine, outputs) = reference();
+        let flat: Vec<Output> = outcomes
+            .iter()
+            .flat_map(|o| o.outputs.iter().flatten().copied())
+            .collect();
+        assert_eq!(flat, outputs);
+        assert_eq!(outcomes.len(), 3);
+        assert_eq!(outcomes[2].outputs.len(), 2, "one vector per command");
+        assert_eq!(handle.status().applied(), (3, engine.output_hash()));
+        assert_eq!(handle.status().last_timestamp_ns(), 20);
+    }
+
+    #[tokio::test]
+    async fn a_follower_computes_the_same_hash_without_collecting() {
+        for idle in [
+            IdleStrategy::Spin,
+            IdleStrategy::Yield,
+            IdleStrategy::Backoff,
+        ] {
+            let handle = EngineHandle::spawn(config(idle), None).expect("spawn");
+            let outcomes = handle.apply(entries()).await.expect("apply");
+            assert!(outcomes.is_empty());
+            assert_eq!(handle.status().applied().1, reference().0.output_hash());
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshot_and_restore_through_the_thread() {
+        let leader = EngineHandle::spawn(config(IdleStrategy::Backoff), None).expect("spawn");
+        leader.apply(entries()).await.expect("apply");
+        let snapshot = leader.snapshot().await.expect("snapshot");
+        assert_eq!(snapshot.last_log_id.map(|id| id.index), Some(3));
+        let position = AppliedPosition {
+            last_log_id: snapshot.last_log_id,
+            membership: snapshot.membership.clone(),
+        };
+
+        let fresh = EngineHandle::spawn(config(IdleStrategy::Backoff), None).expect("spawn");
+        fresh
+            .restore(position.clone(), snapshot.bytes.clone())
+            .await
+            .expect("thread")
+            .expect("restore");
+        assert_eq!(fresh.status().applied(), leader.status().applied());
+        let garbage = fresh
+            .restore(AppliedPosition::default(), vec![1, 2, 3])
+            .await
+            .expect("thread");
+        assert!(garbage.is_err(), "bad snapshot bytes are refused");
+        assert_eq!(fresh.status().applied_index(), 3, "and change nothing");
+
+        // Restarting from the snapshot also works.
+        let decoded = Snapshot::from_bytes(&snapshot.bytes).expect("decode");
+        let restarted =
+            EngineHandle::spawn(config(IdleStrategy::Backoff), Some((position, &decoded)))
+                .expect("spawn");
+        assert_eq!(restarted.status().applied(), leader.status().applied());
+    }
+}

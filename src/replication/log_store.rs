@@ -1,0 +1,388 @@
+//! Raft's log storage on the mmap event log.
+//!
+//! One thread, the WAL thread, owns the log's writer: appends, truncations, purges and vote
+//! writes reach it through a channel and take effect in the order they were submitted, as
+//! openraft requires. An append returns once its entries are readable; the WAL thread then
+//! syncs and only then calls openraft's flush callback, so no entry is ever reported durable
+//! before it is (the trap in openraft's rocksdb example). The sync runs on the WAL thread, not
+//! on a tokio worker, so heartbeats and votes go on while the disk works.
+//!
+//! Readers (openraft's replication and apply tasks) read records directly from the map through
+//! their own `LogReader`, decoding each into an entry.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+
+use exchange_log::{Config as LogConfig, FlushPolicy, Log, LogReader, MetaFile, Record};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader, StorageIOError};
+use tokio::sync::oneshot;
+
+use super::codec;
+use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// When appended entries are made durable (`--fsync`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// Sync every entry on its own.
+    Always,
+    /// Sync once per append (group commit): the default.
+    #[default]
+    Batch,
+    /// Never sync: an acknowledged order can be lost if a majority loses power. For tests.
+    Never,
+}
+
+const VOTE_FILE: &str = "vote.meta";
+const LAST_PURGED_FILE: &str = "last-purged.meta";
+
+enum WalRequest {
+    Append {
+        payloads: Vec<u8>,
+        /// (term, index, end of the payload in `payloads`).
+        records: Vec<(u64, u64, usize)>,
+        written: oneshot::Sender<Result<(), String>>,
+        flushed: LogFlushed<TypeConfig>,
+    },
+    Truncate {
+        index: u64,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Purge {
+        log_id: LogId,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    SaveVote {
+        vote: Vote,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// The writer side, given to openraft.
+pub struct LogStore {
+    wal: mpsc::Sender<WalRequest>,
+    reader: LogReader,
+    dir: PathBuf,
+    last_purged: Option<LogId>,
+    /// The largest leader timestamp in any batch this node has stored.
+    max_timestamp_ns: Arc<AtomicU64>,
+}
+
+/// A reader, given to openraft's replication tasks.
+#[derive(Clone)]
+pub struct LogStoreReader {
+    reader: LogReader,
+}
+
+fn io_error(message: impl Into<String>) -> std::io::Error {
+    std::io::Error::other(message.into())
+}
+
+fn write_error(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_logs(&io_error(e.to_string())).into()
+}
+
+fn read_error(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::read_logs(&io_error(e.to_string())).into()
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, recovering a torn tail, and starts the WAL thread.
+    pub fn open(dir: &Path, fsync: Fsync, segment_bytes: u64) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let config = LogConfig {
+            segment_bytes,
+            // The WAL thread syncs itself after reporting the entries readable, except under
+            // `always`, where every record is synced as it is written.
+            flush: match fsync {
+                Fsync::Always => FlushPolicy::Always,
+                Fsync::Batch | Fsync::Never => FlushPolicy::Never,
+            },
+            first_index: 0,
+        };
+        let log = Log::open(dir, config).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut reader = log.reader();
+        let last_purged = read_meta::<LogId>(&dir.join(LAST_PURGED_FILE))?;
+        let max_timestamp_ns = Arc::new(AtomicU64::new(last_timestamp(&mut reader)?));
+        let (wal, requests) = mpsc::channel();
+        let fsync_after_write = fsync == Fsync::Batch;
+        let wal_dir = dir.to_path_buf();
+        std::thread::Builder::new()
+            .name("wal".into())
+            .spawn(move || wal_thread(log, wal_dir, fsync_after_write, requests))
+            .map_err(|e| format!("cannot start the WAL thread: {e}"))?;
+        Ok(LogStore {
+            wal,
+            reader,
+            dir: dir.to_path_buf(),
+            last_purged,
+            max_timestamp_ns,
+        })
+    }
+
+    /// Shared view of the largest timestamp stored, for the sequencer.
+    pub fn max_timestamp(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.max_timestamp_ns)
+    }
+
+    /// A reader of the committed log for other tasks (audits, catch-up).
+    pub fn reader(&self) -> LogReader {
+        self.reader.clone()
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> WalRequest,
+        map: impl Fn(String) -> StorageError,
+        value: T,
+    ) -> Result<T, StorageError> {
+        let (done, answer) = oneshot::channel();
+        self.wal
+            .send(make(done))
+            .map_err(|_| map("the WAL thread has stopped".into()))?;
+        match answer.await {
+            Ok(Ok(())) => Ok(value),
+            Ok(Err(e)) => Err(map(e)),
+            Err(_) => Err(map("the WAL thread has stopped".into())),
+        }
+    }
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+    match MetaFile::new(path).read() {
+        Ok(None) => Ok(None),
+        Ok(Some(bytes)) => postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+fn write_meta<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    let bytes = postcard::to_allocvec(value).map_err(|e| e.to_string())?;
+    MetaFile::new(path)
+        .write(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The timestamp of the last batch in the log: batches are stamped in rising order along it.
+fn last_timestamp(reader: &mut LogReader) -> Result<u64, String> {
+    let Some(mut index) = reader.last_index() else {
+        return Ok(0);
+    };
+    loop {
+        let record = reader.get(index).map_err(|e| e.to_string())?;
+        let entry =
+            codec::decode(record.term, record.index, record.payload).map_err(|e| e.to_string())?;
+        if let EntryPayload::Normal(batch) = entry.payload {
+            return Ok(batch.timestamp_ns);
+        }
+        if index == reader.first_index() {
+            return Ok(0);
+        }
+        index -= 1;
+    }
+}
+
+fn wal_thread(
+    mut log: Log,
+    dir: PathBuf,
+    fsync_after_write: bool,
+    requests: mpsc::Receiver<WalRequest>,
+) {
+    for request in requests {
+        match request {
+            WalRequest::Append {
+                payloads,
+                records,
+                written,
+                flushed,
+            } => {
+                let mut start = 0;
+                let result = log.append_batch(records.iter().map(|&(term, index, end)| {
+                    let payload = &payloads[start..end];
+                    start = end;
+                    Record {
+                        term,
+                        index,
+                        payload,
+                    }
+                }));
+                let failed = result.as_ref().err().map(|e| e.to_string());
+                let _ = written.send(result.map(|_| ()).map_err(|e| e.to_string()));
+                let flush = match failed {
+                    Some(e) => Err(io_error(e)),
+                    None if fsync_after_write => log.sync().map_err(|e| io_error(e.to_string())),
+                    None => Ok(()),
+                };
+                flushed.log_io_completed(flush);
+            }
+            WalRequest::Truncate { index, done } => {
+                let _ = done.send(log.truncate(index).map_err(|e| e.to_string()));
+            }
+            WalRequest::Purge { log_id, done } => {
+                // The purge point is recorded first: a crash between the two leaves entries
+                // the log still holds but Raft no longer asks for, never a gap.
+                let result = write_meta(&dir.join(LAST_PURGED_FILE), &log_id)
+                    .and_then(|()| log.purge(log_id.index).map_err(|e| e.to_string()));
+                let _ = done.send(result);
+            }
+            WalRequest::SaveVote { vote, done } => {
+                let _ = done.send(write_meta(&dir.join(VOTE_FILE), &vote));
+            }
+        }
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>, first: u64, next: u64) -> std::ops::Range<u64> {
+    let start = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i + 1,
+        Bound::Unbounded => first,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&i) => i + 1,
+        Bound::Excluded(&i) => i,
+        Bound::Unbounded => next,
+    };
+    start.max(first)..end.min(next)
+}
+
+fn read_entries(
+    reader: &mut LogReader,
+    range: &impl RangeBounds<u64>,
+) -> Result<Vec<Entry>, StorageError> {
+    let range = bounds(range, reader.first_index(), reader.next_index());
+    let mut entries = Vec::with_capacity(range.end.saturating_sub(range.start) as usize);
+    if range.is_empty() {
+        return Ok(entries);
+    }
+    for record in reader.range(range).map_err(read_error)? {
+        let record = record.map_err(read_error)?;
+        entries.push(codec::decode(record.term, record.index, record.payload).map_err(read_error)?);
+    }
+    Ok(entries)
+}
+
+impl RaftLogReader<TypeConfig> for LogStoreReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        read_entries(&mut self.reader, &range)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        read_entries(&mut self.reader, &range)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStoreReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_log_id = match self.reader.last_index() {
+            Some(index) => {
+                let record = self.reader.get(index).map_err(read_error)?;
+                Some(codec::log_id(record.term, record.index, record.payload).map_err(read_error)?)
+            }
+            None => self.last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: self.last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogStoreReader {
+            reader: self.reader.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let vote = *vote;
+        self.request(
+            |done| WalRequest::SaveVote { vote, done },
+            |e| StorageIOError::write_vote(&io_error(e)).into(),
+            (),
+        )
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        read_meta::<Vote>(&self.dir.join(VOTE_FILE))
+            .map_err(|e| StorageIOError::read_vote(&io_error(e)).into())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut payloads = Vec::new();
+        let mut records = Vec::new();
+        for entry in entries {
+            if let EntryPayload::Normal(batch) = &entry.payload {
+                self.max_timestamp_ns
+                    .fetch_max(batch.timestamp_ns, Ordering::AcqRel);
+            }
+            codec::encode_payload(&entry, &mut payloads);
+            records.push((
+                entry.log_id.leader_id.term,
+                entry.log_id.index,
+                payloads.len(),
+            ));
+        }
+        let (written, answer) = oneshot::channel();
+        self.wal
+            .send(WalRequest::Append {
+                payloads,
+                records,
+                written,
+                flushed: callback,
+            })
+            .map_err(|_| write_error("the WAL thread has stopped"))?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(write_error(e)),
+            Err(_) => Err(write_error("the WAL thread has stopped")),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let index = log_id.index;
+        self.request(|done| WalRequest::Truncate { index, done }, write_error, ())
+            .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.request(|done| WalRequest::Purge { log_id, done }, write_error, ())
+            .await?;
+        self.last_purged = Some(log_id);
+        Ok(())
+    }
+}
