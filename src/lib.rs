@@ -7,7 +7,10 @@
 //! - [`engine`] (`src/engine`): the pure state machine: order manager (risk, wallets), order
 //!   books, matching, output hash, snapshots. No IO, no clock, no async.
 //! - [`log`] (`src/log`): the mmap event log: segments, CRC32C records, recovery, group commit.
+//! - [`net`]: QUIC plumbing: TLS from the cluster's authority, length-prefixed frames.
 //! - [`replication`]: openraft over the log, the engine thread it feeds, the node network.
+//! - [`gateway`]: the broker endpoint (QUIC), its protocol and the client library.
+//! - [`node`]: one node wired together: configuration, start, roles, stop.
 //! - [`cli`]: what `exchange-cli` does (replay, synthetic workloads, engine benchmark).
 //!
 //! Data flows down this list; nothing below reaches back up. Binaries: `exchange-node` and
@@ -18,4 +21,7 @@ pub use exchange_engine as engine;
 pub use exchange_log as log;
 
 pub mod cli;
+pub mod gateway;
+pub mod net;
+pub mod node;
 pub mod replication;

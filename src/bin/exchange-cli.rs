@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use exchange::cli::{bench, lobster, replay, workload};
+use exchange::cli::{bench, cluster, lobster, replay, workload};
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +84,26 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Every node's view of the cluster: role, term, leader, log, commit and applied index,
+    /// and the output hash at the applied index (equal hashes at equal indexes: no divergence).
+    Status {
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
+    /// Send an order command to the cluster's leader and print its outputs.
+    Order {
+        #[command(subcommand)]
+        order: cluster::OrderCommand,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
+    /// Send an administrative command (accounts, funds, symbols, limits, halts).
+    Admin {
+        #[command(subcommand)]
+        admin: cluster::AdminArg,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -117,6 +137,15 @@ fn main() -> ExitCode {
             levels,
             json,
         } => lobster_check(messages, orderbook, levels, json),
+        Commands::Status { cluster } => runtime().and_then(|rt| rt.block_on(status(cluster))),
+        Commands::Order { order, cluster } => {
+            let command = cluster::order_command(&order);
+            runtime().and_then(|rt| rt.block_on(submit(cluster, command)))
+        }
+        Commands::Admin { admin, cluster } => {
+            let command = cluster::admin_command(&admin);
+            runtime().and_then(|rt| rt.block_on(submit(cluster, command)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -285,4 +314,66 @@ fn lobster_check(
         ));
     }
     Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+async fn status(args: cluster::ClusterArgs) -> Result<(), String> {
+    let client = args.client()?;
+    let mut rows = Vec::new();
+    for addr in &args.nodes {
+        match client.status_of(*addr).await {
+            Ok(status) => {
+                rows.push(serde_json::json!({ "node": addr.to_string(), "status": status }))
+            }
+            Err(e) => rows.push(serde_json::json!({ "node": addr.to_string(), "error": e })),
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    println!(
+        "{:<18} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9}  output hash",
+        "node", "id", "role", "term", "leader", "last log", "commit", "applied"
+    );
+    for row in rows {
+        let node = row["node"].as_str().unwrap_or("?");
+        match serde_json::from_value::<exchange::gateway::protocol::NodeStatus>(
+            row["status"].clone(),
+        ) {
+            Ok(s) => println!(
+                "{:<18} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9}  {}",
+                node,
+                s.id,
+                s.role,
+                s.term,
+                s.leader.map_or("-".into(), |l| l.to_string()),
+                s.last_log_index.map_or("-".into(), |i| i.to_string()),
+                s.commit_index,
+                s.applied_index,
+                s.output_hash
+            ),
+            Err(_) => println!(
+                "{:<18} unreachable: {}",
+                node,
+                row["error"].as_str().unwrap_or("?")
+            ),
+        }
+    }
+    Ok(())
+}
+
+async fn submit(
+    args: cluster::ClusterArgs,
+    command: exchange::domain::Command,
+) -> Result<(), String> {
+    let mut client = args.client()?;
+    let outputs = client.submit(command).await.map_err(|e| e.to_string())?;
+    cluster::print_outputs(&outputs, args.json)
 }

@@ -1,13 +1,15 @@
 //! `exchange-node`: one node of the exchange cluster.
-//!
-//! The replicated node (Raft over the mmap log, the engine thread, the broker endpoint) is
-//! being built; this binary documents its interface and refuses to start until then, saying so.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use exchange::node::config::{self, parse_peer, FileConfig, NodeConfig};
+use exchange::node::run::Node;
+use exchange::replication::engine_thread::IdleStrategy;
+use exchange::replication::log_store::Fsync;
 
 #[derive(Parser)]
 #[command(
@@ -16,34 +18,199 @@ use clap::Parser;
     about = "One node of the exchange cluster",
     long_about = "One node of the exchange cluster. Every node runs the same deterministic matching \
 engine over the command stream that the leader sequences and Raft replicates; the leader answers \
-brokers and publishes, followers are hot standbys.\n\n\
-Example: exchange-node --id 1 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --data-dir d1"
+brokers, followers are hot standbys that redirect brokers to the leader.\n\n\
+Example: exchange-node --id 1 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --data-dir d1\n\n\
+A peer is id=RAFT_ADDR (its broker address is then the same host, port + 100) or \
+id=RAFT_ADDR/BROKER_ADDR. The lowest id founds a fresh cluster.",
+    args_conflicts_with_subcommands = true
 )]
-struct Args {
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make development TLS certificates: a cluster authority and one certificate per node.
+    GenCerts {
+        /// Where to write them (an existing authority there is reused).
+        #[arg(long, default_value = "cluster/certs")]
+        dir: PathBuf,
+        /// Node ids, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        nodes: Vec<u64>,
+        /// Extra addresses or names the node certificates are valid for.
+        #[arg(long = "san", value_name = "NAME_OR_IP")]
+        sans: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
     /// This node's id; must appear in --peers.
     #[arg(long)]
-    id: u64,
-    /// Every node of the cluster as id=address pairs, comma separated.
+    id: Option<u64>,
+    /// Every node of the cluster, comma separated: id=RAFT_ADDR[/BROKER_ADDR].
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
-    /// Where this node keeps its log, vote and snapshots.
-    #[arg(long, default_value = "data")]
-    data_dir: PathBuf,
-    /// Address brokers connect to.
+    /// A TOML file with any of these settings (see cluster/three-nodes.toml); flags win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where this node keeps its log, vote and snapshot [default: data/node-ID].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The TLS certificate directory [default: cluster/certs].
+    #[arg(long)]
+    certs_dir: Option<PathBuf>,
+    /// Bind Raft here instead of this node's address in --peers (e.g. 0.0.0.0:7001).
+    #[arg(long)]
+    raft_listen: Option<SocketAddr>,
+    /// Bind the broker endpoint here instead of this node's broker address.
     #[arg(long)]
     broker_listen: Option<SocketAddr>,
+    /// When log appends are made durable [default: batch].
+    #[arg(long, value_enum)]
+    fsync: Option<Fsync>,
+    /// How the engine thread waits for work [default: backoff].
+    #[arg(long, value_enum)]
+    idle: Option<IdleStrategy>,
+    /// Pin the engine thread to this CPU core.
+    #[arg(long)]
+    pin_core: Option<usize>,
+    /// Leader heartbeat interval [default: 50].
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Election timeout range, lower end [default: 150].
+    #[arg(long)]
+    election_min_ms: Option<u64>,
+    /// Election timeout range, upper end [default: 300].
+    #[arg(long)]
+    election_max_ms: Option<u64>,
+    /// Snapshot (and purge the log behind it) every this many entries [default: 20000].
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+    /// Log segment size in MiB [default: 64].
+    #[arg(long)]
+    segment_mib: Option<u64>,
+}
+
+fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let id = args.id.ok_or("--id is required")?;
+    let peer_texts = if args.peers.is_empty() {
+        file.peers.clone().unwrap_or_default()
+    } else {
+        args.peers.clone()
+    };
+    if peer_texts.is_empty() {
+        return Err("--peers is required (or a --config file with peers)".into());
+    }
+    let mut peers = BTreeMap::new();
+    for text in &peer_texts {
+        let (peer_id, addr) = parse_peer(text)?;
+        if peers.insert(peer_id, addr).is_some() {
+            return Err(format!("node {peer_id} appears twice in --peers"));
+        }
+    }
+    let me = *peers
+        .get(&id)
+        .ok_or(format!("--id {id} is not among --peers"))?;
+    let segment_mib = args
+        .segment_mib
+        .or(file.segment_mib)
+        .unwrap_or(config::SEGMENT_MIB_DEFAULT);
+    Ok(NodeConfig {
+        id,
+        data_dir: args
+            .data_dir
+            .or(file.data_dir.map(|d| d.join(format!("node-{id}"))))
+            .unwrap_or_else(|| PathBuf::from(format!("data/node-{id}"))),
+        certs_dir: args
+            .certs_dir
+            .or(file.certs_dir)
+            .unwrap_or_else(|| PathBuf::from("cluster/certs")),
+        raft_listen: args.raft_listen.unwrap_or(me.raft),
+        broker_listen: args.broker_listen.unwrap_or(me.broker),
+        peers,
+        fsync: args.fsync.or(file.fsync).unwrap_or_default(),
+        idle: args.idle.or(file.idle).unwrap_or_default(),
+        pin_core: args.pin_core,
+        heartbeat_ms: args
+            .heartbeat_ms
+            .or(file.heartbeat_ms)
+            .unwrap_or(config::HEARTBEAT_MS_DEFAULT),
+        election_min_ms: args
+            .election_min_ms
+            .or(file.election_min_ms)
+            .unwrap_or(config::ELECTION_MIN_MS_DEFAULT),
+        election_max_ms: args
+            .election_max_ms
+            .or(file.election_max_ms)
+            .unwrap_or(config::ELECTION_MAX_MS_DEFAULT),
+        snapshot_every: args
+            .snapshot_every
+            .or(file.snapshot_every)
+            .unwrap_or(config::SNAPSHOT_EVERY_DEFAULT),
+        segment_bytes: segment_mib.saturating_mul(1 << 20),
+    })
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    eprintln!(
-        "exchange-node {}: the replicated node is not available in this build yet (node {} in {} \
-         was not started); run `exchange-cli engine-replay` or `exchange-cli engine-bench` to use \
-         the matching engine",
-        env!("CARGO_PKG_VERSION"),
-        args.id,
-        args.data_dir.display()
-    );
-    let _ = (args.peers, args.broker_listen);
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    if let Some(Command::GenCerts { dir, nodes, sans }) = cli.command {
+        return match exchange::net::tls::generate(&dir, &nodes, &sans) {
+            Ok(written) => {
+                for path in written {
+                    println!("wrote {}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("exchange-node gen-certs: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = match resolve(cli.run) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("exchange-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("exchange-node: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let node = Node::start(&config).await?;
+        node.run_until_signalled().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("exchange-node {}: {e}", config.id);
+            ExitCode::from(1)
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! - [`bench`]: `engine-bench`, throughput and per-command latency percentiles.
 
 pub mod bench;
+pub mod cluster;
 pub mod lobster;
 pub mod replay;
 pub mod workload;

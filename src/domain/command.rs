@@ -47,7 +47,7 @@ const _: () = assert!(std::mem::size_of::<ArchivedInput>() == INPUT_ARCHIVED_BYT
     rkyv::Serialize,
     rkyv::Deserialize,
 )]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 #[rkyv(derive(Debug))]
 pub enum Command {
     NewOrder(NewOrder),
@@ -206,7 +206,7 @@ pub struct RiskLimits {
     rkyv::Serialize,
     rkyv::Deserialize,
 )]
-#[serde(tag = "admin", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 #[rkyv(derive(Debug))]
 pub enum AdminCommand {
     /// Opens an account with the engine's default risk limits.

@@ -180,7 +180,7 @@ pub enum Liquidity {
     rkyv::Serialize,
     rkyv::Deserialize,
 )]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 #[rkyv(derive(Debug))]
 pub enum Event {
     /// A new order passed every check; it now trades and/or rests.
@@ -532,6 +532,26 @@ mod tests {
         let (la, lb) = (base.canonical_bytes(&mut a), other.canonical_bytes(&mut b));
         assert_eq!(la, lb);
         assert_ne!(a[..la], b[..lb]);
+    }
+
+    #[test]
+    fn events_round_trip_through_a_binary_format() {
+        let event = Event::Accepted {
+            order_id: OrderId(1),
+            account: AccountId(2),
+            symbol: SymbolId(3),
+            client_order_id: ClientOrderId(4),
+            side: Side::Sell,
+            order_type: OrderType::Limit,
+            time_in_force: TimeInForce::Ioc,
+            price: Price(5),
+            qty: Qty(6),
+        };
+        let bytes = postcard::to_allocvec(&event).expect("serialize");
+        assert_eq!(
+            postcard::from_bytes::<Event>(&bytes).expect("deserialize"),
+            event
+        );
     }
 
     #[test]

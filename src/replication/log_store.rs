@@ -80,6 +80,9 @@ pub struct LogStore {
     last_purged: Option<LogId>,
     /// The largest leader timestamp in any batch this node has stored.
     max_timestamp_ns: Arc<AtomicU64>,
+    /// The last index this node knows committed (kept in memory only: after a restart the
+    /// leader says it again).
+    committed: Arc<AtomicU64>,
 }
 
 /// A reader, given to openraft's replication tasks.
@@ -131,7 +134,13 @@ impl LogStore {
             dir: dir.to_path_buf(),
             last_purged,
             max_timestamp_ns,
+            committed: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Shared view of the committed index, for status reports.
+    pub fn committed(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.committed)
     }
 
     /// Shared view of the largest timestamp stored, for the sequencer.
@@ -327,6 +336,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             (),
         )
         .await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(committed) = committed {
+            self.committed.fetch_max(committed.index, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {

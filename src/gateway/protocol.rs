@@ -1,0 +1,49 @@
+//! The broker protocol (version 0): postcard-encoded frames on a QUIC bidirectional stream,
+//! one reply per request, in order. A client may open several streams to pipeline.
+
+use exchange_domain::{Command, Output};
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u16 = 0;
+/// The largest request or reply frame. A request is one command; a reply is one command's
+/// outputs (a mass cancel of a full account is the largest).
+pub const BROKER_FRAME_BYTES_MAX: usize = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Sequence a command; the reply is its outputs.
+    Submit(Command),
+    /// This node's view of the cluster.
+    Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The command was committed and applied: everything the engine said about it.
+    Outputs(Vec<Output>),
+    /// Ask the leader instead. `broker` is its broker address, when known.
+    NotLeader {
+        leader_id: Option<u64>,
+        broker: Option<String>,
+    },
+    Status(NodeStatus),
+    /// The request could not be served (malformed, node stopping, ...).
+    Error(String),
+}
+
+/// One node's view, as `exchange-cli status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    /// leader, follower, candidate, learner or shutdown.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    /// The last index this node knows committed.
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// The engine's output hash after the applied index, as 16 hex digits.
+    pub output_hash: String,
+    pub voters: Vec<u64>,
+}

@@ -1,0 +1,107 @@
+//! Serves brokers on the node's broker address.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::ServerState;
+
+use super::protocol::{NodeStatus, Reply, Request, BROKER_FRAME_BYTES_MAX};
+use crate::net::frame::{read_frame, write_frame};
+use crate::replication::engine_thread::EngineHandle;
+use crate::replication::sequencer::{Sequencer, SubmitError};
+use crate::replication::types::Raft;
+
+/// What the gateway needs of its node.
+#[derive(Clone)]
+pub struct Gateway {
+    pub id: u64,
+    pub raft: Raft,
+    pub sequencer: Sequencer,
+    pub engine: Arc<EngineHandle>,
+    pub committed: Arc<AtomicU64>,
+}
+
+impl Gateway {
+    pub fn status(&self) -> NodeStatus {
+        // Clone at once: holding the metrics borrow would block Raft's updates.
+        let metrics = self.raft.metrics().borrow().clone();
+        let (applied_index, output_hash) = self.engine.status().applied();
+        NodeStatus {
+            id: self.id,
+            role: match metrics.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            commit_index: self.committed.load(Ordering::Acquire),
+            applied_index,
+            output_hash: format!("{output_hash:016x}"),
+            voters: metrics.membership_config.membership().voter_ids().collect(),
+        }
+    }
+
+    async fn handle(&self, request: Request) -> Reply {
+        match request {
+            Request::Status => Reply::Status(self.status()),
+            Request::Submit(command) => match self.sequencer.submit(command).await {
+                Ok(outputs) => Reply::Outputs(outputs),
+                Err(SubmitError::NotLeader { leader_id, leader }) => Reply::NotLeader {
+                    leader_id,
+                    broker: leader.map(|node| node.broker),
+                },
+                Err(e) => Reply::Error(e.to_string()),
+            },
+        }
+    }
+}
+
+/// Accepts brokers until the endpoint closes.
+pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
+    while let Some(incoming) = endpoint.accept().await {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else {
+                return;
+            };
+            while let Ok((send, recv)) = connection.accept_bi().await {
+                tokio::spawn(serve_stream(gateway.clone(), send, recv));
+            }
+        });
+    }
+}
+
+async fn serve_stream(gateway: Gateway, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    loop {
+        let reply = match read_frame(&mut recv, BROKER_FRAME_BYTES_MAX).await {
+            Ok(None) => break,
+            Ok(Some(bytes)) => match postcard::from_bytes::<Request>(&bytes) {
+                Ok(request) => gateway.handle(request).await,
+                Err(e) => {
+                    // A frame that does not decode ends the stream after saying why.
+                    let reply = Reply::Error(format!("malformed request: {e}"));
+                    let _ = write(&mut send, &reply).await;
+                    break;
+                }
+            },
+            Err(e) => {
+                let _ = write(&mut send, &Reply::Error(e.to_string())).await;
+                break;
+            }
+        };
+        if write(&mut send, &reply).await.is_err() {
+            break;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn write(send: &mut quinn::SendStream, reply: &Reply) -> Result<(), ()> {
+    let bytes = postcard::to_allocvec(reply).map_err(|_| ())?;
+    write_frame(send, &bytes).await.map_err(|_| ())
+}

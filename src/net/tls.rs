@@ -1,0 +1,282 @@
+//! TLS for the cluster: a certificate authority, one certificate per node (valid as server
+//! and client, so nodes authenticate each other), and the QUIC configurations built on them.
+//!
+//! Files in the certificate directory (`exchange-node gen-certs` writes them):
+//! `ca.pem`, `ca.key` (to sign more), and `node-<id>.pem`, `node-<id>.key` per node. A node's
+//! certificate names `node-<id>` and `localhost` and the loopback and listed addresses; peers
+//! dial it by the name `node-<id>`, so addresses can change without new certificates.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+#[derive(Debug)]
+pub struct TlsError(pub String);
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> TlsError {
+    TlsError(format!("{context}: {e}"))
+}
+
+/// The name a node's certificate carries and peers dial it by.
+pub fn node_name(id: u64) -> String {
+    format!("node-{id}")
+}
+
+/// The certificate and key a node presents, and the authority it trusts.
+#[derive(Debug)]
+pub struct Identity {
+    pub ca: CertificateDer<'static>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            ca: self.ca.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+fn read_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
+    CertificateDer::from_pem_file(path).map_err(|e| err(path.display(), e))
+}
+
+/// The authority's certificate alone: what a broker needs to trust the cluster.
+pub fn load_ca(dir: &Path) -> Result<CertificateDer<'static>, TlsError> {
+    read_cert(&dir.join("ca.pem"))
+}
+
+/// Node `id`'s identity from the certificate directory.
+pub fn load_identity(dir: &Path, id: u64) -> Result<Identity, TlsError> {
+    let name = node_name(id);
+    let key_path = dir.join(format!("{name}.key"));
+    Ok(Identity {
+        ca: load_ca(dir)?,
+        chain: vec![read_cert(&dir.join(format!("{name}.pem")))?],
+        key: PrivateKeyDer::from_pem_file(&key_path).map_err(|e| err(key_path.display(), e))?,
+    })
+}
+
+/// Writes a new authority and one certificate per node into `dir`; an existing authority is
+/// reused so that certificates for new nodes join the same cluster. Returns the files written.
+pub fn generate(
+    dir: &Path,
+    nodes: &[u64],
+    extra_sans: &[String],
+) -> Result<Vec<PathBuf>, TlsError> {
+    std::fs::create_dir_all(dir).map_err(|e| err(dir.display(), e))?;
+    let (ca_pem, ca_key_pem) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let mut written = Vec::new();
+    let ca_key = if ca_key_pem.exists() {
+        let pem = std::fs::read_to_string(&ca_key_pem).map_err(|e| err(ca_key_pem.display(), e))?;
+        KeyPair::from_pem(&pem).map_err(|e| err(ca_key_pem.display(), e))?
+    } else {
+        KeyPair::generate().map_err(|e| err("generating the CA key", e))?
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(|e| err("CA", e))?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "exchange cluster CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // Re-signing the same parameters with the same key gives an equivalent authority, so
+    // certificates made earlier stay valid.
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(|e| err("CA", e))?;
+    if !ca_key_pem.exists() {
+        write_private(&ca_key_pem, &ca_key.serialize_pem())?;
+        written.push(ca_key_pem);
+    }
+    if !ca_pem.exists() {
+        std::fs::write(&ca_pem, ca_cert.pem()).map_err(|e| err(ca_pem.display(), e))?;
+        written.push(ca_pem);
+    }
+    for &id in nodes {
+        let name = node_name(id);
+        let mut sans = vec![
+            name.clone(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "::1".into(),
+        ];
+        sans.extend(extra_sans.iter().cloned());
+        let mut params = CertificateParams::new(sans).map_err(|e| err(&name, e))?;
+        params.distinguished_name.push(DnType::CommonName, &name);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().map_err(|e| err(&name, e))?;
+        let cert = params
+            .signed_by(&key, &ca_cert, &ca_key)
+            .map_err(|e| err(&name, e))?;
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).map_err(|e| err(cert_path.display(), e))?;
+        write_private(&key_path, &key.serialize_pem())?;
+        written.extend([cert_path, key_path]);
+    }
+    Ok(written)
+}
+
+fn write_private(path: &Path, pem: &str) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| err(path.display(), e))?;
+    file.write_all(pem.as_bytes())
+        .map_err(|e| err(path.display(), e))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Transport settings: dead peers are noticed within `idle_timeout`; keep-alives keep idle
+/// links open; the first round trip assumes a LAN.
+pub fn transport(idle_timeout: Duration) -> Arc<TransportConfig> {
+    let mut transport = TransportConfig::default();
+    let idle =
+        IdleTimeout::try_from(idle_timeout).unwrap_or(IdleTimeout::from(VarInt::from_u32(10_000)));
+    transport.max_idle_timeout(Some(idle));
+    transport.keep_alive_interval(Some(idle_timeout / 4));
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(1_024));
+    transport.initial_rtt(Duration::from_millis(1));
+    Arc::new(transport)
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .map_err(|e| err("CA certificate", e))?;
+    Ok(Arc::new(roots))
+}
+
+/// A server that requires a client certificate from the cluster's authority (node to node).
+pub fn mutual_server(
+    identity: &Identity,
+    transport: Arc<TransportConfig>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&identity.ca)?, provider())
+        .build()
+        .map_err(|e| err("client verifier", e))?;
+    let tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err("TLS", e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| err("node certificate", e))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(
+        QuicServerConfig::try_from(tls).map_err(|e| err("QUIC TLS", e))?,
+    ));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// A client presenting the node's certificate (node to node).
+pub fn mutual_client(
+    identity: &Identity,
+    transport: Arc<TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err("TLS", e))?
+        .with_root_certificates(roots(&identity.ca)?)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| err("node certificate", e))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls).map_err(|e| err("QUIC TLS", e))?,
+    ));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// A server brokers connect to: it proves itself with the node certificate; brokers prove
+/// themselves with credentials inside the protocol.
+pub fn broker_server(
+    identity: &Identity,
+    transport: Arc<TransportConfig>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err("TLS", e))?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| err("node certificate", e))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(
+        QuicServerConfig::try_from(tls).map_err(|e| err("QUIC TLS", e))?,
+    ));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// A broker's client: trusts the cluster's authority.
+pub fn broker_client(
+    ca: &CertificateDer<'static>,
+    transport: Arc<TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err("TLS", e))?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
+    let mut config = quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls).map_err(|e| err("QUIC TLS", e))?,
+    ));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_load_and_a_second_run_keeps_the_authority() {
+        let dir = std::env::temp_dir().join(format!("exchange-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        generate(&dir, &[1, 2], &[]).expect("generate");
+        let ca_before = std::fs::read(dir.join("ca.pem")).expect("ca");
+        let one = load_identity(&dir, 1).expect("node 1");
+        generate(&dir, &[3], &["10.77.0.3".into()]).expect("add node 3");
+        assert_eq!(std::fs::read(dir.join("ca.pem")).expect("ca"), ca_before);
+        let three = load_identity(&dir, 3).expect("node 3");
+        assert_eq!(one.ca, three.ca);
+        assert!(
+            load_identity(&dir, 9).is_err(),
+            "a missing node is an error"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

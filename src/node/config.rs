@@ -1,0 +1,157 @@
+//! A node's configuration: command-line flags, optionally on top of a TOML file (the examples
+//! in cluster/). A flag given on the command line wins over the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::replication::engine_thread::IdleStrategy;
+use crate::replication::log_store::Fsync;
+
+/// Where a peer listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr {
+    pub raft: SocketAddr,
+    pub broker: SocketAddr,
+}
+
+/// The broker port of a peer given only its Raft address: the Raft port plus this.
+pub const BROKER_PORT_OFFSET: u16 = 100;
+
+/// Parses `id=RAFT_ADDR` or `id=RAFT_ADDR/BROKER_ADDR`.
+pub fn parse_peer(text: &str) -> Result<(u64, PeerAddr), String> {
+    let (id, addrs) = text
+        .split_once('=')
+        .ok_or_else(|| format!("peer '{text}' is not id=address"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("peer '{text}': '{id}' is not a node id"))?;
+    let (raft, broker) = match addrs.split_once('/') {
+        Some((raft, broker)) => (raft, Some(broker)),
+        None => (addrs, None),
+    };
+    let raft: SocketAddr = raft
+        .trim()
+        .parse()
+        .map_err(|e| format!("peer '{text}': '{raft}': {e}"))?;
+    let broker = match broker {
+        Some(broker) => broker
+            .trim()
+            .parse()
+            .map_err(|e| format!("peer '{text}': '{broker}': {e}"))?,
+        None => {
+            let port = raft.port().checked_add(BROKER_PORT_OFFSET).ok_or_else(|| {
+                format!(
+                    "peer '{text}': no room for a broker port above {}",
+                    raft.port()
+                )
+            })?;
+            SocketAddr::new(raft.ip(), port)
+        }
+    };
+    Ok((id, PeerAddr { raft, broker }))
+}
+
+/// What a node runs with, after flags and file are merged and checked.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub peers: BTreeMap<u64, PeerAddr>,
+    pub data_dir: PathBuf,
+    pub certs_dir: PathBuf,
+    /// Where to bind the Raft and broker listeners (default: the addresses in `peers`).
+    pub raft_listen: SocketAddr,
+    pub broker_listen: SocketAddr,
+    pub fsync: Fsync,
+    pub idle: IdleStrategy,
+    pub pin_core: Option<usize>,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot (and purge the log behind it) every this many entries.
+    pub snapshot_every: u64,
+    pub segment_bytes: u64,
+}
+
+/// The TOML file: every key optional, with the flags' names.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub peers: Option<Vec<String>>,
+    pub data_dir: Option<PathBuf>,
+    pub certs_dir: Option<PathBuf>,
+    pub fsync: Option<Fsync>,
+    pub idle: Option<IdleStrategy>,
+    pub heartbeat_ms: Option<u64>,
+    pub election_min_ms: Option<u64>,
+    pub election_max_ms: Option<u64>,
+    pub snapshot_every: Option<u64>,
+    pub segment_mib: Option<u64>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Defaults, measured rather than guessed: see README (failover).
+pub const HEARTBEAT_MS_DEFAULT: u64 = 50;
+pub const ELECTION_MIN_MS_DEFAULT: u64 = 150;
+pub const ELECTION_MAX_MS_DEFAULT: u64 = 300;
+pub const SNAPSHOT_EVERY_DEFAULT: u64 = 20_000;
+pub const SEGMENT_MIB_DEFAULT: u64 = 64;
+
+impl NodeConfig {
+    pub fn check(&self) -> Result<(), String> {
+        if !self.peers.contains_key(&self.id) {
+            return Err(format!("--id {} is not among --peers", self.id));
+        }
+        if self.heartbeat_ms == 0
+            || self.election_min_ms <= self.heartbeat_ms
+            || self.election_max_ms <= self.election_min_ms
+        {
+            return Err(format!(
+                "timeouts must satisfy 0 < heartbeat ({}) < election min ({}) < election max ({})",
+                self.heartbeat_ms, self.election_min_ms, self.election_max_ms
+            ));
+        }
+        if self.snapshot_every == 0 {
+            return Err("--snapshot-every must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_with_and_without_broker_addresses() {
+        let (id, peer) = parse_peer("2=127.0.0.1:7002").expect("parse");
+        assert_eq!(id, 2);
+        assert_eq!(peer.broker, "127.0.0.1:7102".parse::<SocketAddr>().expect("addr"));
+        let (_, peer) = parse_peer("3=10.0.0.3:7000/10.0.0.3:9000").expect("parse");
+        assert_eq!(peer.broker, "10.0.0.3:9000".parse::<SocketAddr>().expect("addr"));
+        for bad in ["7002", "x=127.0.0.1:7002", "1=nowhere", "1=127.0.0.1:65500"] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cluster_examples_parse() {
+        for file in ["three-nodes.toml", "five-nodes.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("cluster")
+                .join(file);
+            let config = FileConfig::load(&path).expect("parse");
+            let peers = config.peers.expect("peers");
+            assert!(peers.iter().all(|p| parse_peer(p).is_ok()));
+        }
+    }
+}

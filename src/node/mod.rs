@@ -1,0 +1,4 @@
+//! One node wired together: configuration, the threads and tasks, and its roles.
+
+pub mod config;
+pub mod run;

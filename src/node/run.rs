@@ -1,0 +1,191 @@
+//! Starting and stopping a node.
+//!
+//! ```text
+//! certificates ─▶ log (recover torn tail) ─▶ snapshot? ─▶ engine thread ─▶ state machine
+//!   ─▶ Raft (QUIC mutual TLS between nodes) ─▶ initialize (lowest id, fresh cluster only)
+//!   ─▶ sequencer ─▶ broker endpoint ─▶ run until SIGINT/SIGTERM ─▶ shut down Raft
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{Config, SnapshotPolicy};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::config::NodeConfig;
+use crate::gateway::server::{serve as serve_brokers, Gateway};
+use crate::net::tls;
+use crate::replication::engine_thread::{AppliedPosition, EngineHandle, EngineThreadConfig};
+use crate::replication::log_store::LogStore;
+use crate::replication::network::{serve as serve_raft, Network};
+use crate::replication::sequencer::Sequencer;
+use crate::replication::state_machine::{StateMachine, StoredSnapshot};
+use crate::replication::types::{NodeAddr, Raft};
+
+/// A running node.
+pub struct Node {
+    pub id: u64,
+    pub raft: Raft,
+    raft_endpoint: quinn::Endpoint,
+    broker_endpoint: quinn::Endpoint,
+}
+
+fn raft_config(config: &NodeConfig) -> Result<Config, String> {
+    Config {
+        cluster_name: "exchange".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_min_ms,
+        election_timeout_max: config.election_max_ms,
+        // AppendEntries must finish within a heartbeat, the follower's fsync included: keep
+        // each message to a bounded number of (already batched) entries.
+        max_payload_entries: 64,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        // Keep enough log behind a snapshot that a briefly lagging follower catches up from
+        // the log rather than by a full snapshot.
+        max_in_snapshot_log_to_keep: config.snapshot_every / 2,
+        purge_batch_size: 256,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| format!("Raft settings: {e}"))
+}
+
+impl Node {
+    pub async fn start(config: &NodeConfig) -> Result<Node, String> {
+        config.check()?;
+        let identity = tls::load_identity(&config.certs_dir, config.id).map_err(|e| {
+            format!("{e} (make development certificates with `exchange-node gen-certs`)")
+        })?;
+
+        let log = LogStore::open(
+            &config.data_dir.join("log"),
+            config.fsync,
+            config.segment_bytes,
+        )?;
+        let snapshot = StoredSnapshot::load(&config.data_dir)?;
+        let engine_config = EngineThreadConfig {
+            engine: exchange_engine::EngineConfig::default(),
+            idle: config.idle,
+            pin_core: config.pin_core,
+        };
+        let (engine, position) = match &snapshot {
+            Some(stored) => {
+                let decoded = exchange_engine::Snapshot::from_bytes(&stored.engine)
+                    .map_err(|e| format!("{}: snapshot: {e}", config.data_dir.display()))?;
+                let position = stored.position();
+                let engine = EngineHandle::spawn(engine_config, Some((position.clone(), &decoded)))
+                    .map_err(|e| e.to_string())?;
+                (engine, position)
+            }
+            None => (
+                EngineHandle::spawn(engine_config, None).map_err(|e| e.to_string())?,
+                AppliedPosition::default(),
+            ),
+        };
+        let engine = Arc::new(engine);
+        // Every node collects outputs: the leader answers brokers with them, and a follower
+        // that becomes leader must answer without a pause.
+        engine.set_publishing(true);
+        let max_timestamp = log.max_timestamp();
+        let committed = log.committed();
+        let state_machine =
+            StateMachine::new(Arc::clone(&engine), &config.data_dir, position, snapshot);
+
+        let me = config.peers[&config.id];
+        let transport = tls::transport(Duration::from_millis(config.election_max_ms * 4));
+        let mut raft_endpoint = quinn::Endpoint::server(
+            tls::mutual_server(&identity, Arc::clone(&transport)).map_err(|e| e.to_string())?,
+            config.raft_listen,
+        )
+        .map_err(|e| format!("raft listener {}: {e}", config.raft_listen))?;
+        raft_endpoint.set_default_client_config(
+            tls::mutual_client(&identity, Arc::clone(&transport)).map_err(|e| e.to_string())?,
+        );
+
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config(config)?),
+            Network::new(raft_endpoint.clone()),
+            log,
+            state_machine,
+        )
+        .await
+        .map_err(|e| format!("starting Raft: {e}"))?;
+        tokio::spawn(serve_raft(raft_endpoint.clone(), raft.clone()));
+
+        // The lowest id founds a fresh cluster; on a restart Raft already knows its members.
+        if config.peers.keys().next() == Some(&config.id) {
+            let members: BTreeMap<u64, NodeAddr> = config
+                .peers
+                .iter()
+                .map(|(&id, peer)| {
+                    (
+                        id,
+                        NodeAddr {
+                            raft: peer.raft.to_string(),
+                            broker: peer.broker.to_string(),
+                        },
+                    )
+                })
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!("initialized a new cluster"),
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => {}
+                Err(e) => return Err(format!("initializing the cluster: {e}")),
+            }
+        }
+
+        let sequencer = Sequencer::start(raft.clone(), max_timestamp, Arc::clone(&engine));
+        let broker_endpoint = quinn::Endpoint::server(
+            tls::broker_server(&identity, tls::transport(Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?,
+            config.broker_listen,
+        )
+        .map_err(|e| format!("broker listener {}: {e}", config.broker_listen))?;
+        tokio::spawn(serve_brokers(
+            broker_endpoint.clone(),
+            Gateway {
+                id: config.id,
+                raft: raft.clone(),
+                sequencer,
+                engine,
+                committed,
+            },
+        ));
+        tracing::info!(
+            id = config.id,
+            raft = %me.raft,
+            broker = %me.broker,
+            data = %config.data_dir.display(),
+            "node started"
+        );
+        Ok(Node {
+            id: config.id,
+            raft,
+            raft_endpoint,
+            broker_endpoint,
+        })
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops cleanly.
+    pub async fn run_until_signalled(self) -> Result<(), String> {
+        let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!(id = self.id, "stopping");
+        self.stop().await;
+        Ok(())
+    }
+
+    pub async fn stop(self) {
+        self.broker_endpoint.close(0u32.into(), b"node stopping");
+        let _ = self.raft.shutdown().await;
+        self.raft_endpoint.close(0u32.into(), b"node stopping");
+    }
+}

@@ -1,0 +1,314 @@
+//! Raft's network: one QUIC connection per peer (mutual TLS), one bidirectional stream per
+//! RPC, postcard frames. The outbound side implements openraft's network traits; the inbound
+//! side only decodes and forwards to `raft.append_entries / vote / install_full_snapshot`.
+//!
+//! Every RPC is bounded by openraft's deadline for it; a failed connection is dropped and
+//! re-dialled on the next RPC, so a healed partition reconnects by itself.
+
+use std::future::Future;
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::storage::Snapshot;
+use openraft::OptionalSend;
+use serde::{Deserialize, Serialize};
+
+use super::types::{NodeAddr, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+use crate::net::frame::{read_frame, write_frame, FrameError};
+use crate::net::tls::node_name;
+
+/// The largest Raft frame: a whole snapshot travels in one.
+pub const RAFT_FRAME_BYTES_MAX: usize = 1 << 30;
+/// How long dialling a peer may take before the RPC counts the peer unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A snapshot transfer's deadline: a base plus time per megabyte.
+const SNAPSHOT_TIMEOUT_BASE: Duration = Duration::from_secs(5);
+const SNAPSHOT_TIMEOUT_PER_MIB: Duration = Duration::from_millis(100);
+
+#[derive(Serialize, Deserialize)]
+enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    FullSnapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+enum Response {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    FullSnapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
+    /// The request could not be decoded.
+    Malformed(String),
+}
+
+#[derive(Debug)]
+struct Failure(String);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Creates a connection handle per peer; openraft calls it for each replication stream.
+#[derive(Clone)]
+pub struct Network {
+    endpoint: quinn::Endpoint,
+}
+
+impl Network {
+    pub fn new(endpoint: quinn::Endpoint) -> Self {
+        Network { endpoint }
+    }
+}
+
+pub struct PeerConnection {
+    endpoint: quinn::Endpoint,
+    target: NodeId,
+    addr: String,
+    connection: Option<quinn::Connection>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerConnection {
+        PeerConnection {
+            endpoint: self.endpoint.clone(),
+            target,
+            addr: node.raft.clone(),
+            connection: None,
+        }
+    }
+}
+
+/// What went wrong with one call, before it is mapped to openraft's error types.
+enum CallError {
+    Unreachable(String),
+    Network(String),
+    Timeout,
+}
+
+impl PeerConnection {
+    async fn connection(&mut self) -> Result<quinn::Connection, CallError> {
+        if let Some(connection) = &self.connection {
+            if connection.close_reason().is_none() {
+                return Ok(connection.clone());
+            }
+        }
+        self.connection = None;
+        let addr: SocketAddr = tokio::net::lookup_host(&self.addr)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| CallError::Unreachable(format!("cannot resolve {}", self.addr)))?;
+        let connecting = self
+            .endpoint
+            .connect(addr, &node_name(self.target))
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| CallError::Unreachable(format!("connecting to {} timed out", self.addr)))?
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        self.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn call(&mut self, request: &Request, deadline: Duration) -> Result<Response, CallError> {
+        let bytes =
+            postcard::to_allocvec(request).map_err(|e| CallError::Network(e.to_string()))?;
+        let attempt = async {
+            let connection = self.connection().await?;
+            let (mut send, mut recv) = connection
+                .open_bi()
+                .await
+                .map_err(|e| CallError::Unreachable(e.to_string()))?;
+            let frame_error = |e: FrameError| CallError::Network(e.to_string());
+            write_frame(&mut send, &bytes).await.map_err(frame_error)?;
+            let _ = send.finish();
+            let reply = read_frame(&mut recv, RAFT_FRAME_BYTES_MAX)
+                .await
+                .map_err(frame_error)?
+                .ok_or_else(|| CallError::Network("the peer closed the stream".into()))?;
+            postcard::from_bytes::<Response>(&reply).map_err(|e| CallError::Network(e.to_string()))
+        };
+        match tokio::time::timeout(deadline, attempt).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => {
+                // Drop the connection so the next call dials afresh.
+                self.connection = None;
+                Err(error)
+            }
+            Err(_) => Err(CallError::Timeout),
+        }
+    }
+
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        error: CallError,
+        deadline: Duration,
+        action: openraft::network::RPCTypes,
+    ) -> RPCError<NodeId, NodeAddr, E> {
+        match error {
+            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&Failure(e))),
+            CallError::Network(e) => RPCError::Network(NetworkError::new(&Failure(e))),
+            CallError::Timeout => RPCError::Timeout(Timeout {
+                action,
+                id: 0,
+                target: self.target,
+                timeout: deadline,
+            }),
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>;
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let deadline = option.hard_ttl();
+        match self.call(&Request::AppendEntries(rpc), deadline).await {
+            Ok(Response::AppendEntries(Ok(response))) => Ok(response),
+            Ok(Response::AppendEntries(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(RPCError::Network(NetworkError::new(&Failure(
+                "unexpected reply".into(),
+            )))),
+            Err(e) => Err(self.rpc_error(e, deadline, openraft::network::RPCTypes::AppendEntries)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        let deadline = option.hard_ttl();
+        match self.call(&Request::Vote(rpc), deadline).await {
+            Ok(Response::Vote(Ok(response))) => Ok(response),
+            Ok(Response::Vote(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(RPCError::Network(NetworkError::new(&Failure(
+                "unexpected reply".into(),
+            )))),
+            Err(e) => Err(self.rpc_error(e, deadline, openraft::network::RPCTypes::Vote)),
+        }
+    }
+
+    /// Not used: snapshots travel whole through `full_snapshot`.
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        Err(RPCError::Network(NetworkError::new(&Failure(
+            "chunked snapshots are not supported; snapshots travel whole".into(),
+        ))))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let data = snapshot.snapshot.into_inner();
+        let deadline = SNAPSHOT_TIMEOUT_BASE + SNAPSHOT_TIMEOUT_PER_MIB * (data.len() >> 20) as u32;
+        let request = Request::FullSnapshot {
+            vote,
+            meta: snapshot.meta,
+            data,
+        };
+        let call = self.call(&request, deadline);
+        let result = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            result = call => result,
+        };
+        match result {
+            Ok(Response::FullSnapshot(Ok(response))) => Ok(response),
+            Ok(Response::FullSnapshot(Err(fatal))) => Err(StreamingError::Unreachable(
+                Unreachable::new(&Failure(format!(
+                    "node {} failed installing the snapshot: {fatal}",
+                    self.target
+                ))),
+            )),
+            Ok(_) => Err(StreamingError::Network(NetworkError::new(&Failure(
+                "unexpected reply".into(),
+            )))),
+            Err(CallError::Unreachable(e)) => {
+                Err(StreamingError::Unreachable(Unreachable::new(&Failure(e))))
+            }
+            Err(CallError::Network(e)) => {
+                Err(StreamingError::Network(NetworkError::new(&Failure(e))))
+            }
+            Err(CallError::Timeout) => Err(StreamingError::Timeout(Timeout {
+                action: openraft::network::RPCTypes::InstallSnapshot,
+                id: 0,
+                target: self.target,
+                timeout: deadline,
+            })),
+        }
+    }
+}
+
+/// Serves Raft RPCs from peers on `endpoint` until it closes.
+pub async fn serve(endpoint: quinn::Endpoint, raft: Raft) {
+    while let Some(incoming) = endpoint.accept().await {
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else {
+                return;
+            };
+            while let Ok((send, recv)) = connection.accept_bi().await {
+                let raft = raft.clone();
+                tokio::spawn(handle_stream(raft, send, recv));
+            }
+        });
+    }
+}
+
+async fn handle_stream(raft: Raft, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let Ok(Some(bytes)) = read_frame(&mut recv, RAFT_FRAME_BYTES_MAX).await else {
+        return;
+    };
+    let response = match postcard::from_bytes::<Request>(&bytes) {
+        Ok(Request::AppendEntries(rpc)) => Response::AppendEntries(raft.append_entries(rpc).await),
+        Ok(Request::Vote(rpc)) => Response::Vote(raft.vote(rpc).await),
+        Ok(Request::FullSnapshot { vote, meta, data }) => {
+            let snapshot = Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            };
+            Response::FullSnapshot(raft.install_full_snapshot(vote, snapshot).await)
+        }
+        Err(e) => Response::Malformed(e.to_string()),
+    };
+    if let Ok(bytes) = postcard::to_allocvec(&response) {
+        let _ = write_frame(&mut send, &bytes).await;
+        let _ = send.finish();
+    }
+}

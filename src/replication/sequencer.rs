@@ -1,0 +1,142 @@
+//! The sequencer: on the leader, turns the commands brokers send into Raft entries.
+//!
+//! Batching is by demand, not by timer: while one batch is being replicated and applied,
+//! everything that arrives queues; the next proposal takes all of it (up to the batch limit).
+//! Under light load a batch is one command; under heavy load, hundreds. Each batch is stamped
+//! with the leader's wall clock, never below any timestamp already in this node's log or
+//! applied by its engine, so stamps never go backwards, across a change of leader too.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use exchange_domain::{Command, Output};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::batch::{Batch, BATCH_COMMANDS_MAX};
+use super::engine_thread::EngineHandle;
+use super::types::{NodeAddr, NodeId, Raft};
+
+/// Commands waiting for the next proposal. Bounded: when the cluster cannot keep up, brokers
+/// wait (and see it in their latency) rather than the node's memory growing.
+pub const SEQUENCER_QUEUE_COMMANDS_MAX: usize = 65_536;
+
+/// Why a command was not sequenced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// This node is not the leader; the leader, if known.
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader: Option<NodeAddr>,
+    },
+    /// The node is shutting down or its Raft has stopped.
+    Stopped,
+    /// Raft refused the proposal for another reason.
+    Failed(String),
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::NotLeader { leader_id, .. } => match leader_id {
+                Some(id) => write!(f, "not the leader; node {id} is"),
+                None => write!(f, "not the leader; no leader is known yet"),
+            },
+            SubmitError::Stopped => write!(f, "the node is stopping"),
+            SubmitError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<Vec<Output>, SubmitError>>,
+}
+
+/// The handle gateways submit through.
+#[derive(Clone)]
+pub struct Sequencer {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Sequencer {
+    /// Starts the proposing task. `log_max_timestamp` and `engine` give the timestamps already
+    /// used, which new stamps must not go below.
+    pub fn start(raft: Raft, log_max_timestamp: Arc<AtomicU64>, engine: Arc<EngineHandle>) -> Self {
+        let (queue, pending) = mpsc::channel(SEQUENCER_QUEUE_COMMANDS_MAX);
+        tokio::spawn(run(raft, pending, log_max_timestamp, engine));
+        Sequencer { queue }
+    }
+
+    /// Sequences one command; returns its outputs once its entry is committed and applied.
+    pub async fn submit(&self, command: Command) -> Result<Vec<Output>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| SubmitError::Stopped)?;
+        answer.await.map_err(|_| SubmitError::Stopped)?
+    }
+}
+
+fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+async fn run(
+    raft: Raft,
+    mut pending: mpsc::Receiver<Pending>,
+    log_max_timestamp: Arc<AtomicU64>,
+    engine: Arc<EngineHandle>,
+) {
+    let mut last_stamp = 0u64;
+    let mut waiting = Vec::with_capacity(BATCH_COMMANDS_MAX.min(4_096));
+    while let Some(first) = pending.recv().await {
+        waiting.push(first);
+        while waiting.len() < BATCH_COMMANDS_MAX {
+            match pending.try_recv() {
+                Ok(next) => waiting.push(next),
+                Err(_) => break,
+            }
+        }
+        // Never below anything stamped before, here or by an earlier leader.
+        let floor = last_stamp
+            .max(log_max_timestamp.load(Ordering::Acquire))
+            .max(engine.status().last_timestamp_ns());
+        let timestamp_ns = wall_clock_ns().max(floor);
+        last_stamp = timestamp_ns;
+        let batch = Batch {
+            timestamp_ns,
+            commands: waiting.iter().map(|p| p.command).collect(),
+        };
+        match raft.client_write(batch).await {
+            Ok(response) => {
+                let mut outputs = response.data.outputs.into_iter();
+                for waiter in waiting.drain(..) {
+                    let result = outputs.next().ok_or_else(|| {
+                        SubmitError::Failed("the engine returned no outputs".into())
+                    });
+                    let _ = waiter.reply.send(result);
+                }
+            }
+            Err(error) => {
+                let error = match error {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                        SubmitError::NotLeader {
+                            leader_id: forward.leader_id,
+                            leader: forward.leader_node,
+                        }
+                    }
+                    RaftError::APIError(other) => SubmitError::Failed(other.to_string()),
+                    RaftError::Fatal(_) => SubmitError::Stopped,
+                };
+                for waiter in waiting.drain(..) {
+                    let _ = waiter.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
