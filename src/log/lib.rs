@@ -41,9 +41,11 @@
 //! # Concurrency
 //!
 //! One writer (`Log`, which takes `&mut self`) and any number of `LogReader`s on other
-//! threads. The writer copies records into the map, then publishes the new end with a Release
-//! store; readers load it with Acquire and read only below it, so they never see a half-written
-//! record and take no lock per record. The segment table is shared as an `Arc` swapped under a
+//! threads. The writer encodes a batch into a buffer of its own and writes it to the segment
+//! file in one `pwrite` (a short one it copies straight into the map instead); either way the
+//! bytes are in the page cache, which the readers' map shows, when the call returns. Only then
+//! does it publish the new end with a Release store; readers load it with Acquire and read only
+//! below it, so they never see a half-written record and take no lock per record. The segment table is shared as an `Arc` swapped under a
 //! mutex when a segment is added or removed; readers notice through a generation counter and
 //! take the lock about once per segment.
 //!

@@ -45,8 +45,18 @@ pub struct Log {
     pending: Vec<Pending>,
     /// Segment files made or removed since the last directory sync (under `Never`).
     dir_pending: bool,
+    /// Records encoded but not yet written to the active segment: they go in one write at the
+    /// end of the batch (or when this grows to `STAGE_BYTES_MAX`). Empty between calls.
+    stage: Vec<u8>,
+    /// The index of the first staged record.
+    stage_first: u64,
     reader: LogReader,
 }
+
+/// Staged bytes that trigger a write in the middle of a batch, and the largest record that is
+/// staged (a larger one is written on its own, not copied twice). Big enough that the system
+/// call is lost in the copy, small enough to stay in the cache.
+const STAGE_BYTES_MAX: usize = 256 << 10;
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,8 +72,10 @@ impl std::fmt::Debug for Log {
 #[derive(Debug)]
 struct Active {
     segment: Arc<Segment>,
-    /// Where the next record goes.
+    /// Where the next record goes (staged records included).
     offset: usize,
+    /// Bytes before this are in the file; staged records lie from here to `offset`.
+    written: usize,
     /// Bytes before this are on disk.
     synced: usize,
 }
@@ -106,6 +118,8 @@ impl Log {
             next_index: recovered.next_index,
             pending: Vec::new(),
             dir_pending: false,
+            stage: Vec::new(),
+            stage_first: recovered.next_index,
             reader,
         })
     }
@@ -183,19 +197,75 @@ impl Log {
         })
     }
 
+    /// Write the records to the active segment, one write per batch (see `stage`). On return
+    /// nothing is staged, and `next_index` is one past the last record written.
     fn write_all<'a>(&mut self, records: impl IntoIterator<Item = Record<'a>>) -> Result<()> {
         for record in records {
-            self.write(record)?;
+            if let Err(e) = self.stage_record(record) {
+                // The records before this one stay appended.
+                self.flush_stage()?;
+                return Err(e);
+            }
             if self.config.flush == FlushPolicy::Always {
+                self.flush_stage()?;
                 self.shared.end.0.store(self.next_index, Ordering::Release);
                 self.sync()?;
             }
         }
-        Ok(())
+        self.flush_stage()
     }
 
-    /// Copy one record into the active segment. It becomes visible when the end is published.
-    fn write(&mut self, record: Record<'_>) -> Result<()> {
+    /// Write the staged records to the active segment. On a failed write they are dropped
+    /// (`next_index` goes back to the first of them) and the segment is left: some of their
+    /// bytes may be in the file, past the records readers know, and the writer does not write
+    /// those bytes twice. They become visible when the end is published.
+    fn flush_stage(&mut self) -> Result<()> {
+        if self.stage.is_empty() {
+            return Ok(());
+        }
+        let Some(active) = self.active.as_mut() else {
+            unreachable!("records are staged only into an active segment");
+        };
+        debug_assert_eq!(active.offset - active.written, self.stage.len());
+        // SAFETY: `&mut self` makes us the one writer, and `active.written` lies past every
+        // record published so far, in a segment this process created: no reader can reach
+        // these bytes until `end` is stored after this write.
+        let written = unsafe { active.segment.write(active.written, &self.stage) };
+        self.stage.clear();
+        if self.stage.capacity() > STAGE_BYTES_MAX {
+            self.stage.shrink_to(STAGE_BYTES_MAX);
+        }
+        match written {
+            Ok(()) => {
+                active.written = active.offset;
+                Ok(())
+            }
+            Err(e) => {
+                self.abandon_records(self.stage_first);
+                Err(e)
+            }
+        }
+    }
+
+    /// Forget the unpublished records from `index` on after a failed write, and leave the
+    /// active segment: the next append starts a new one at `index`.
+    fn abandon_records(&mut self, index: u64) {
+        if let Some(old) = self.active.take() {
+            old.segment
+                .offsets
+                .clear_from(index - old.segment.first_index());
+            self.pending.push(Pending {
+                segment: old.segment,
+                from: old.synced,
+                to: old.written,
+            });
+        }
+        self.next_index = index;
+    }
+
+    /// Encode one record into the stage (or, if it is large, write it on its own). It is in
+    /// the file once the stage is flushed, and visible once the end is published.
+    fn stage_record(&mut self, record: Record<'_>) -> Result<()> {
         if record.index != self.next_index {
             return Err(Error::NonContiguous {
                 expected: self.next_index,
@@ -222,21 +292,66 @@ impl Log {
             .as_ref()
             .is_some_and(|a| a.offset + bytes <= a.segment.len());
         if !fits {
+            self.flush_stage()?;
             self.start_segment()?;
         }
-        let Some(active) = self.active.as_mut() else {
-            unreachable!("start_segment sets the active segment");
-        };
         // The payload fits a u32: it is at most payload_bytes_max(SEGMENT_BYTES_MAX).
         let header = Header::for_record(&record, record.payload.len() as u32);
-        // SAFETY: `&mut self` makes us the one writer, and `active.offset` lies past every
-        // record published so far, in a segment this process created: no reader can reach
-        // these bytes until `end` is stored after this write.
-        unsafe { active.segment.write(active.offset, header, record.payload) };
+        if bytes > STAGE_BYTES_MAX {
+            // Too large to copy twice: write what is staged, then this record by itself.
+            self.flush_stage()?;
+            self.stage_first = record.index;
+            let Some(active) = self.active.as_mut() else {
+                unreachable!("start_segment sets the active segment");
+            };
+            let head = header.to_bytes();
+            // SAFETY: as in `flush_stage`: we are the one writer, and these bytes lie past
+            // the published end, in a segment this process created.
+            let written = unsafe {
+                let segment = &active.segment;
+                segment.write(active.offset, &head).and_then(|()| {
+                    segment.write(active.offset + RECORD_HEADER_BYTES, record.payload)
+                })
+            };
+            // The padding after the payload is left as the file has it: zeros, since bytes
+            // past the published end were never written (the CRC does not cover it anyway).
+            match written {
+                Ok(()) => {
+                    active.offset += bytes;
+                    active.written = active.offset;
+                }
+                Err(e) => {
+                    self.abandon_records(record.index);
+                    return Err(e);
+                }
+            }
+        } else {
+            let Some(active) = self.active.as_mut() else {
+                unreachable!("start_segment sets the active segment");
+            };
+            if self.stage.is_empty() {
+                self.stage_first = record.index;
+            }
+            self.stage.extend_from_slice(&header.to_bytes());
+            self.stage.extend_from_slice(record.payload);
+            self.stage.resize(
+                self.stage.len() + bytes - RECORD_HEADER_BYTES - record.payload.len(),
+                0,
+            );
+            active.offset += bytes;
+        }
+        let Some(active) = self.active.as_ref() else {
+            unreachable!("start_segment sets the active segment");
+        };
         let slot = record.index - active.segment.first_index();
-        active.segment.offsets.set(slot, active.offset as u32);
-        active.offset += bytes;
+        active
+            .segment
+            .offsets
+            .set(slot, (active.offset - bytes) as u32);
         self.next_index = next_index;
+        if self.stage.len() >= STAGE_BYTES_MAX {
+            self.flush_stage()?;
+        }
         Ok(())
     }
 
@@ -247,7 +362,7 @@ impl Log {
             self.pending.push(Pending {
                 segment: old.segment,
                 from: old.synced,
-                to: old.offset,
+                to: old.written,
             });
         }
         let mut segments = self.table.segments.clone();
@@ -271,6 +386,7 @@ impl Log {
         self.active = Some(Active {
             segment,
             offset: SEGMENT_HEADER_BYTES,
+            written: SEGMENT_HEADER_BYTES,
             synced: SEGMENT_HEADER_BYTES,
         });
         Ok(())
@@ -283,8 +399,8 @@ impl Log {
             self.pending.pop();
         }
         if let Some(active) = self.active.as_mut() {
-            active.segment.sync_range(active.synced, active.offset)?;
-            active.synced = active.offset;
+            active.segment.sync_range(active.synced, active.written)?;
+            active.synced = active.written;
         }
         if self.dir_pending {
             dir::sync_dir(&self.dir)?;
@@ -320,7 +436,7 @@ impl Log {
             self.pending.push(Pending {
                 segment: old.segment,
                 from: old.synced,
-                to: old.offset,
+                to: old.written,
             });
         }
 

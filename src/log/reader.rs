@@ -1,6 +1,6 @@
 //! Readers: follow the published watermark, borrow payloads from the maps, no lock per record.
 //!
-//! The writer and all readers share one `Shared`. The writer copies a batch into the map, fills
+//! The writer and all readers share one `Shared`. The writer writes a batch to the file, fills
 //! the offset slots, then stores the new end with Release; a reader loads the end with Acquire,
 //! so every record below it is fully visible. The segment table (which files exist) is an
 //! `Arc<Table>` behind a mutex: the writer swaps in a new one when it adds or removes a

@@ -59,11 +59,19 @@ impl Header {
 
     /// The CRC32C this header should carry for `payload`.
     pub fn checksum(&self, payload: &[u8]) -> u32 {
-        let mut covered = [0u8; RECORD_HEADER_BYTES - 4];
-        covered[0..4].copy_from_slice(&self.len.to_le_bytes());
-        covered[4..12].copy_from_slice(&self.term.to_le_bytes());
-        covered[12..20].copy_from_slice(&self.index.to_le_bytes());
-        crc32c::crc32c_append(crc32c::crc32c(&covered), payload)
+        crc32c::crc32c_append(self.covered_crc(), payload)
+    }
+
+    /// The CRC32C of the header fields the checksum covers: len, term, index, little-endian.
+    /// On the append path for every record, so on x86-64 it is three CRC32 instructions
+    /// rather than a generic call over a 20-byte buffer that starts at an odd alignment.
+    fn covered_crc(&self) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("sse4.2") {
+            // SAFETY: the CPU supports SSE4.2, checked just above.
+            return unsafe { covered_crc_sse42(self.len, self.term, self.index) };
+        }
+        covered_crc_portable(self.len, self.term, self.index)
     }
 
     /// The header as the three little-endian words it occupies on disk.
@@ -95,6 +103,30 @@ impl Header {
     pub fn is_zero(&self) -> bool {
         self.to_words() == [0; 3]
     }
+}
+
+fn covered_crc_portable(len: u32, term: u64, index: u64) -> u32 {
+    let mut covered = [0u8; RECORD_HEADER_BYTES - 4];
+    covered[0..4].copy_from_slice(&len.to_le_bytes());
+    covered[4..12].copy_from_slice(&term.to_le_bytes());
+    covered[12..20].copy_from_slice(&index.to_le_bytes());
+    crc32c::crc32c(&covered)
+}
+
+/// `covered_crc_portable` with the SSE4.2 CRC32 instruction (which computes CRC32C, on
+/// little-endian operands, without the initial and final inversion).
+///
+/// # Safety
+///
+/// The CPU must support SSE4.2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn covered_crc_sse42(len: u32, term: u64, index: u64) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u64};
+    let crc = _mm_crc32_u32(!0, len);
+    let crc = _mm_crc32_u64(u64::from(crc), term);
+    let crc = _mm_crc32_u64(crc, index);
+    !(crc as u32)
 }
 
 /// Bytes a record with a payload of `payload_bytes` occupies, padding included.
@@ -130,6 +162,19 @@ mod tests {
         assert_eq!(Header::from_words(words), header);
         assert_eq!(header.checksum(payload), header.crc);
         assert_ne!(header.checksum(b"abd"), header.crc);
+    }
+
+    #[test]
+    fn the_fast_header_crc_matches_the_portable_one() {
+        for (len, term, index) in [(0, 0, 0), (3, 7, 42), (u32::MAX, u64::MAX, 1 << 63)] {
+            let header = Header {
+                len,
+                crc: 0,
+                term,
+                index,
+            };
+            assert_eq!(header.covered_crc(), covered_crc_portable(len, term, index));
+        }
     }
 
     #[test]

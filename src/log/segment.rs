@@ -12,11 +12,18 @@
 //!
 //! The file is preallocated with `set_len` (sparse: measured no slower to sync than zero-filled
 //! or fallocated files on ext4, and free to create) and mapped shared, read-write, once.
-//! The writer copies records into the map; readers borrow payloads from the same map.
+//! Readers borrow payloads from the map. The writer hands a batch to the kernel with
+//! `pwrite` (a fresh page written through the map costs a page fault, a read-around of the
+//! hole and a zero-fill before the copy: about twice the cost of the copy `pwrite` does), and
+//! copies only small writes (under `MAP_WRITE_BYTES_MAX`) straight into the map, where a
+//! system call would cost more. Both land in the one page cache the map shows (Linux's page
+//! cache is coherent between `pwrite` and shared maps), and both are done before the writer
+//! publishes the records, so readers see them whole. Syncs are `fdatasync`, which writes back
+//! pages dirtied either way.
 //!
 //! Bytes in the map are written at most once while this process has the segment mapped:
-//! records are only ever appended past the published end, and after a truncate or a restart
-//! the writer moves on to a new file instead of writing over old records. That is what makes it
+//! records are only ever appended past the published end, and after a truncate, a restart or
+//! a failed write the writer moves on to a new file instead of writing over old bytes. That is what makes it
 //! sound to hand out `&[u8]` into the map while the writer runs. The only exception is
 //! `clear_header`, which zeroes a truncated record's header with atomic stores (readers load
 //! headers atomically, and never hold a reference to one).
@@ -35,6 +42,10 @@ use crate::offsets::OffsetTable;
 use crate::record::{Header, RECORD_ALIGN, RECORD_HEADER_BYTES};
 
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 32;
+/// Writes shorter than this are copied into the map, longer ones go through `pwrite`. A
+/// system call costs about as much as faulting in one fresh page of the map, so below a page
+/// the copy wins (the page it lands on is usually mapped already), and above it `pwrite` does.
+pub(crate) const MAP_WRITE_BYTES_MAX: usize = 4096;
 const SEGMENT_MAGIC: [u8; 8] = *b"EXCHLOG\0";
 const SEGMENT_VERSION: u32 = 1;
 
@@ -62,8 +73,8 @@ pub(crate) struct Segment {
     map: MmapRaw,
     /// Where each record starts; filled by the writer and by recovery.
     pub(crate) offsets: OffsetTable,
-    // The map needs no open file, but syncs of the directory entry and of size changes do.
-    _file: File,
+    /// For `pwrite` and `fdatasync`.
+    file: File,
 }
 
 impl Segment {
@@ -135,7 +146,7 @@ impl Segment {
             path,
             map,
             offsets,
-            _file: file,
+            file,
         })
     }
 
@@ -180,22 +191,38 @@ impl Segment {
         Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len as usize) })
     }
 
-    /// Write a record at `offset`.
+    /// Write `bytes` (whole records) at `offset`: copied into the map when short, else
+    /// handed to the kernel with `pwrite`. Either way the bytes are in the page cache, and so
+    /// in every map of the file, when this returns. On an error some of them may be written.
     ///
     /// # Safety
     ///
-    /// The caller is the one writer, and no reader can reach `offset..offset + record bytes`
+    /// The caller is the one writer, and no reader can reach `offset..offset + bytes.len()`
     /// yet (it lies past the published end): nothing else references those bytes.
-    pub unsafe fn write(&self, offset: usize, header: Header, payload: &[u8]) {
-        let end = offset + RECORD_HEADER_BYTES + payload.len();
-        assert!(end <= self.len(), "the writer checks that a record fits");
+    pub unsafe fn write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+        let end = offset.checked_add(bytes.len());
+        assert!(
+            end.is_some_and(|end| end <= self.len()),
+            "the writer checks that records fit"
+        );
         assert!(offset % RECORD_ALIGN == 0, "record offsets are aligned");
-        // SAFETY: in bounds (asserted), and exclusively ours by the caller's contract.
-        let dest = unsafe {
-            std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(offset), end - offset)
-        };
-        dest[..RECORD_HEADER_BYTES].copy_from_slice(&header.to_bytes());
-        dest[RECORD_HEADER_BYTES..].copy_from_slice(payload);
+        if bytes.len() < MAP_WRITE_BYTES_MAX {
+            // SAFETY: in bounds (asserted), and exclusively ours by the caller's contract;
+            // `bytes` is the writer's own memory, not the map, so the two do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    self.map.as_mut_ptr().add(offset),
+                    bytes.len(),
+                );
+            }
+            return Ok(());
+        }
+        // The kernel copies into the page cache, the pages the map shows: it touches only
+        // these bytes, which no reader references (the caller's contract).
+        self.file
+            .write_all_at(bytes, offset as u64)
+            .map_err(Error::io(&self.path))
     }
 
     /// Zero the header at `offset`, so that scans stop there: the end of the segment's records
@@ -212,14 +239,14 @@ impl Segment {
         }
     }
 
-    /// Write `from..to` back to disk and wait (msync; Linux runs it as fdatasync of the range).
+    /// Make `from..to` durable: `fdatasync`, which writes back every dirty page of the file,
+    /// whether written by `pwrite` or through the map (the only writer of the file is this
+    /// process's writer, so there are no others to wait for). A no-op for an empty range.
     pub fn sync_range(&self, from: usize, to: usize) -> Result<()> {
         if to <= from {
             return Ok(());
         }
-        self.map
-            .flush_range(from, to - from)
-            .map_err(Error::io(&self.path))
+        self.file.sync_data().map_err(Error::io(&self.path))
     }
 }
 

@@ -135,9 +135,15 @@ mod tests {
     fn peers_parse_with_and_without_broker_addresses() {
         let (id, peer) = parse_peer("2=127.0.0.1:7002").expect("parse");
         assert_eq!(id, 2);
-        assert_eq!(peer.broker, "127.0.0.1:7102".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(
+            peer.broker,
+            "127.0.0.1:7102".parse::<SocketAddr>().expect("addr")
+        );
         let (_, peer) = parse_peer("3=10.0.0.3:7000/10.0.0.3:9000").expect("parse");
-        assert_eq!(peer.broker, "10.0.0.3:9000".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(
+            peer.broker,
+            "10.0.0.3:9000".parse::<SocketAddr>().expect("addr")
+        );
         for bad in ["7002", "x=127.0.0.1:7002", "1=nowhere", "1=127.0.0.1:65500"] {
             assert!(parse_peer(bad).is_err(), "{bad}");
         }

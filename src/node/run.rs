@@ -44,7 +44,7 @@ fn raft_config(config: &NodeConfig) -> Result<Config, String> {
         // Keep enough log behind a snapshot that a briefly lagging follower catches up from
         // the log rather than by a full snapshot.
         max_in_snapshot_log_to_keep: config.snapshot_every / 2,
-        purge_batch_size: 256,
+        purge_batch_size: (config.snapshot_every / 4).clamp(1, 256),
         install_snapshot_timeout: 10_000,
         ..Default::default()
     }

@@ -253,7 +253,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.keep(StoredSnapshot {
             meta: meta.clone(),
             engine: bytes,
-        })
+        })?;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

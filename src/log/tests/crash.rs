@@ -170,6 +170,11 @@ fn apply(damage: &Damage, w: &Written) -> Outcome {
             let next = Expected::new(last.term, last.index + 1, len);
             let bytes = next.encode();
             let written = 1 + ((at * (bytes.len() - 1) as f64) as usize).min(bytes.len() - 2);
+            // A prefix whose missing bytes are all zero (an empty payload and the high bytes
+            // of a small index) is the whole record, which reopening rightly keeps: leave
+            // out at least the last nonzero byte, so that the record stays torn.
+            let last_nonzero = bytes.iter().rposition(|&b| b != 0).unwrap_or(1);
+            let written = written.min(last_nonzero).max(1);
             let offset = (p.offset + p.bytes).next_multiple_of(8);
             let file = OpenOptions::new()
                 .write(true)

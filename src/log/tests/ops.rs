@@ -54,6 +54,48 @@ fn appends_read_back_across_segments_and_reopen() {
     check(&mut log, &expected);
 }
 
+/// Batches of every size the writer treats differently: a few bytes (copied into the map),
+/// many kilobytes (one `pwrite`), more than its staging buffer (several), and records larger
+/// than that buffer (written on their own), under every flush policy, across segments.
+#[test]
+fn large_batches_and_large_records_read_back_and_reopen() {
+    for flush in [FlushPolicy::Never, FlushPolicy::Batch, FlushPolicy::Always] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            segment_bytes: 1 << 20,
+            flush,
+            first_index: 1,
+        };
+        let mut log = Log::open(dir.path(), config).expect("open");
+        let mut expected = Vec::new();
+        let shapes: [(u64, usize); 7] = [
+            (1, 10),
+            (40, 100),
+            (3000, 90),
+            (1, 300 << 10),
+            (3, 200 << 10),
+            (2, 900 << 10),
+            (500, 7),
+        ];
+        for (round, &(n, len)) in shapes.iter().cycle().take(14).enumerate() {
+            let from = log.next_index();
+            let batch: Vec<Expected> = (from..from + n)
+                .map(|i| Expected::new(round as u64 + 1, i, len + (i as usize % 9)))
+                .collect();
+            let appended = log
+                .append_batch(batch.iter().map(Expected::record))
+                .expect("append");
+            assert_eq!(appended.durable, flush != FlushPolicy::Never);
+            expected.extend(batch);
+        }
+        assert!(segment_count(&log) > 5, "records cross many segments");
+        check(&mut log, &expected);
+        drop(log);
+        let mut log = Log::open(dir.path(), config).expect("reopen");
+        check(&mut log, &expected);
+    }
+}
+
 #[test]
 fn bad_appends_are_errors_not_panics() {
     let dir = tempfile::tempdir().expect("tempdir");

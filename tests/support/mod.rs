@@ -1,0 +1,303 @@
+//! A real cluster of `exchange-node` processes on loopback for integration tests.
+//!
+//! Each test gives its own port base so tests never collide. The cluster's processes are
+//! killed and its directory removed when the `Cluster` is dropped, also when the test fails;
+//! on failure the tail of every node's log is printed.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use exchange::domain::{
+    AccountId, AdminCommand, Amount, AssetId, ClientOrderId, Command as ExchangeCommand, Event,
+    NewOrder, OrderId, OrderType, Output, Price, Qty, SelfTradePrevention, Side, SymbolId,
+    SymbolSpec, TimeInForce,
+};
+use exchange::gateway::client::Client;
+use exchange::gateway::protocol::NodeStatus;
+
+pub const SYMBOL: SymbolId = SymbolId(1);
+pub const BASE: AssetId = AssetId(1);
+pub const QUOTE: AssetId = AssetId(2);
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    certs: PathBuf,
+    base_port: u16,
+    size: u64,
+    flags: Vec<String>,
+    nodes: BTreeMap<u64, Child>,
+}
+
+impl Cluster {
+    /// Starts `size` nodes with Raft on `base_port + id` and brokers on `base_port + 100 + id`.
+    pub fn start(name: &str, size: u64, base_port: u16, flags: &[&str]) -> Cluster {
+        for id in 1..=size {
+            for port in [base_port + id as u16, base_port + 100 + id as u16] {
+                assert!(
+                    UdpSocket::bind(("127.0.0.1", port)).is_ok(),
+                    "port {port} is taken: another test or process is using this test's ports"
+                );
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("exchange-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test directory");
+        let certs = dir.join("certs");
+        exchange::net::tls::generate(&certs, &(1..=size).collect::<Vec<_>>(), &[])
+            .expect("certificates");
+        let mut cluster = Cluster {
+            dir,
+            certs,
+            base_port,
+            size,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=size {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    fn peers(&self) -> String {
+        (1..=self.size)
+            .map(|id| format!("{id}=127.0.0.1:{}", self.base_port + id as u16))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn broker(&self, id: u64) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base_port + 100 + id as u16))
+    }
+
+    pub fn brokers(&self) -> Vec<SocketAddr> {
+        (1..=self.size).map(|id| self.broker(id)).collect()
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}"))
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node-{id}.log")))
+            .expect("node log");
+        let child = Command::new(env!("CARGO_BIN_EXE_exchange-node"))
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--peers")
+            .arg(self.peers())
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .arg("--certs-dir")
+            .arg(&self.certs)
+            .args(&self.flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start exchange-node");
+        self.nodes.insert(id, child);
+    }
+
+    /// SIGKILL: a crash, with no chance to clean up.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        let ca = exchange::net::tls::load_ca(&self.certs).expect("CA");
+        Client::new(self.brokers(), &ca).expect("client")
+    }
+
+    /// Every running node's status, asked in parallel (None for a node that does not answer).
+    pub async fn statuses(&self) -> BTreeMap<u64, Option<NodeStatus>> {
+        let client = std::sync::Arc::new(self.client());
+        let mut asks = tokio::task::JoinSet::new();
+        for &id in self.nodes.keys() {
+            let (client, addr) = (std::sync::Arc::clone(&client), self.broker(id));
+            asks.spawn(async move { (id, client.status_of(addr).await.ok()) });
+        }
+        let mut statuses = BTreeMap::new();
+        while let Some(Ok((id, status))) = asks.join_next().await {
+            statuses.insert(id, status);
+        }
+        statuses
+    }
+
+    /// Waits until one node leads and every running node agrees on it.
+    pub async fn wait_for_leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses = self.statuses().await;
+            let running: Vec<&NodeStatus> = statuses
+                .iter()
+                .filter(|(id, _)| self.nodes.contains_key(id))
+                .filter_map(|(_, s)| s.as_ref())
+                .collect();
+            let leaders: Vec<u64> = running
+                .iter()
+                .filter(|s| s.role == "leader")
+                .map(|s| s.id)
+                .collect();
+            if let [leader] = leaders[..] {
+                if running.len() == self.nodes.len()
+                    && running.iter().all(|s| s.leader == Some(leader))
+                {
+                    return leader;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}: {statuses:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every running node has applied the same index, and returns their hashes
+    /// there (one per node).
+    pub async fn wait_for_convergence(&self, within: Duration) -> BTreeMap<u64, (u64, String)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses = self.statuses().await;
+            let applied: BTreeMap<u64, (u64, String)> = statuses
+                .iter()
+                .filter(|(id, _)| self.nodes.contains_key(id))
+                .filter_map(|(id, s)| {
+                    s.as_ref()
+                        .map(|s| (*id, (s.applied_index, s.output_hash.clone())))
+                })
+                .collect();
+            let indexes: std::collections::BTreeSet<u64> = applied.values().map(|a| a.0).collect();
+            let commit = statuses
+                .values()
+                .flatten()
+                .map(|s| s.commit_index)
+                .max()
+                .unwrap_or(0);
+            if applied.len() == self.nodes.len() && indexes.len() == 1 && indexes.contains(&commit)
+            {
+                return applied;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes did not converge within {within:?}: {statuses:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.nodes) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for id in 1..=self.size {
+                let log = std::fs::read_to_string(self.dir.join(format!("node-{id}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!("---- node {id} log (last lines) ----");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Submits a command, retrying while the cluster has no leader (up to `within`).
+pub async fn submit(
+    client: &mut Client,
+    command: ExchangeCommand,
+    within: Duration,
+) -> Vec<Output> {
+    let deadline = Instant::now() + within;
+    loop {
+        match client.submit(command).await {
+            Ok(outputs) => return outputs,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "command not acknowledged within {within:?}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// A symbol and `accounts` accounts, each with plenty of both assets.
+pub async fn setup_market(client: &mut Client, accounts: u64) {
+    let mut commands = vec![ExchangeCommand::Admin(AdminCommand::AddSymbol(
+        SymbolSpec {
+            symbol: SYMBOL,
+            base: BASE,
+            quote: QUOTE,
+            tick_size: Price(1),
+            lot_size: Qty(1),
+            price_band_bps: 0,
+            reference_price: Price(0),
+        },
+    ))];
+    for account in 1..=accounts {
+        commands.push(ExchangeCommand::Admin(AdminCommand::CreateAccount {
+            account: AccountId(account),
+        }));
+        for asset in [BASE, QUOTE] {
+            commands.push(ExchangeCommand::Admin(AdminCommand::Deposit {
+                account: AccountId(account),
+                asset,
+                amount: Amount(1_000_000_000),
+            }));
+        }
+    }
+    for command in commands {
+        let outputs = submit(client, command, Duration::from_secs(10)).await;
+        assert!(
+            !outputs
+                .iter()
+                .any(|o| matches!(o.event, Event::AdminRejected { .. })),
+            "setup rejected: {outputs:?}"
+        );
+    }
+}
+
+pub fn limit(account: u64, side: Side, price: i64, qty: i64) -> ExchangeCommand {
+    ExchangeCommand::NewOrder(NewOrder {
+        account: AccountId(account),
+        symbol: SYMBOL,
+        client_order_id: ClientOrderId(0),
+        side,
+        order_type: OrderType::Limit,
+        time_in_force: TimeInForce::Gtc,
+        price: Price(price),
+        qty: Qty(qty),
+        self_trade_prevention: SelfTradePrevention::None,
+    })
+}
+
+/// The id of the order a command's outputs accepted.
+pub fn accepted(outputs: &[Output]) -> OrderId {
+    outputs
+        .iter()
+        .find_map(|o| match o.event {
+            Event::Accepted { order_id, .. } => Some(order_id),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("order not accepted: {outputs:?}"))
+}
