@@ -79,13 +79,13 @@ struct RunArgs {
     /// Pin the engine thread to this CPU core.
     #[arg(long)]
     pin_core: Option<usize>,
-    /// Leader heartbeat interval [default: 50].
+    /// Leader heartbeat interval; also the deadline of each AppendEntries [default: 10].
     #[arg(long)]
     heartbeat_ms: Option<u64>,
-    /// Election timeout range, lower end [default: 150].
+    /// Election timeout range, lower end [default: 40].
     #[arg(long)]
     election_min_ms: Option<u64>,
-    /// Election timeout range, upper end [default: 300].
+    /// Election timeout range, upper end [default: 80].
     #[arg(long)]
     election_max_ms: Option<u64>,
     /// Snapshot (and purge the log behind it) every this many entries [default: 20000].

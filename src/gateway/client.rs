@@ -12,10 +12,11 @@ use crate::net::tls;
 
 /// Redirects followed, and waits for an election, before a submit gives up.
 const REDIRECTS_MAX: u32 = 20;
-const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
+const NO_LEADER_PAUSE: Duration = Duration::from_millis(10);
 /// A connection silent this long is dead: a crashed leader is given up on this fast (keep-alives
-/// flow four times as often, so a live but idle node is never mistaken for dead).
-const DEAD_NODE_TIMEOUT: Duration = Duration::from_millis(500);
+/// flow four times as often, so a live but idle node is never mistaken for dead). Comparable to
+/// the cluster's election time, so that a client notices a crash about when a new leader is up.
+pub const DEAD_NODE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(100);
 /// A node that does not complete a handshake in this time is taken for down (on a LAN a
 /// handshake takes a millisecond).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -46,17 +47,32 @@ struct Link {
     _connection: quinn::Connection,
 }
 
+/// A node whose connection just failed is not tried again for this long (unless no other node
+/// answers): followers keep naming a crashed leader until they elect a new one.
+const SUSPECT_FOR: Duration = Duration::from_millis(1_000);
+
 /// A broker's connection to the cluster.
 pub struct Client {
     endpoint: quinn::Endpoint,
     nodes: Vec<SocketAddr>,
     link: Option<Link>,
+    /// Nodes whose connection failed recently, and until when they are avoided.
+    suspects: Vec<(SocketAddr, std::time::Instant)>,
 }
 
 impl Client {
     /// A client that trusts the cluster authority `ca` and knows the nodes' broker addresses.
     pub fn new(nodes: Vec<SocketAddr>, ca: &CertificateDer<'static>) -> Result<Self, ClientError> {
-        let config = tls::broker_client(ca, tls::transport(DEAD_NODE_TIMEOUT))
+        Self::with_dead_node_timeout(nodes, ca, DEAD_NODE_TIMEOUT_DEFAULT)
+    }
+
+    /// As `new`, declaring a silent connection dead after `dead_node_timeout`.
+    pub fn with_dead_node_timeout(
+        nodes: Vec<SocketAddr>,
+        ca: &CertificateDer<'static>,
+        dead_node_timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let config = tls::broker_client(ca, tls::transport(dead_node_timeout))
             .map_err(|e| ClientError::Unavailable(e.to_string()))?;
         let bind: SocketAddr = if nodes.first().is_some_and(|a| a.is_ipv6()) {
             "[::]:0".parse().expect("literal address")
@@ -70,6 +86,7 @@ impl Client {
             endpoint,
             nodes,
             link: None,
+            suspects: Vec::new(),
         })
     }
 
@@ -122,23 +139,56 @@ impl Client {
         }
     }
 
+    fn suspect(&mut self, addr: SocketAddr) {
+        self.suspects.retain(|(a, _)| *a != addr);
+        self.suspects
+            .push((addr, std::time::Instant::now() + SUSPECT_FOR));
+    }
+
+    fn is_suspect(&mut self, addr: SocketAddr) -> bool {
+        let now = std::time::Instant::now();
+        self.suspects.retain(|(_, until)| *until > now);
+        self.suspects.iter().any(|(a, _)| *a == addr)
+    }
+
+    /// The nodes not under suspicion, or all of them if every one is.
+    fn healthy_nodes(&mut self) -> Vec<SocketAddr> {
+        let nodes = self.nodes.clone();
+        let healthy: Vec<SocketAddr> = nodes
+            .iter()
+            .copied()
+            .filter(|a| !self.is_suspect(*a))
+            .collect();
+        if healthy.is_empty() {
+            nodes
+        } else {
+            healthy
+        }
+    }
+
     /// Submits a command to the leader, following redirects, and returns its outputs.
     ///
     /// A command whose connection broke before the reply may or may not have been executed:
     /// it is not resent here (exactly-once resends need the broker's client order id).
     pub async fn submit(&mut self, command: Command) -> Result<Vec<Output>, ClientError> {
-        let mut candidates = self.nodes.clone();
+        let mut candidates = self.healthy_nodes();
         let mut last_error = String::from("no node answered");
         for _ in 0..REDIRECTS_MAX {
             let mut link = match self.link.take() {
                 Some(link) => link,
-                // The redirect target first; if it cannot be reached, any node.
+                // The redirect target first; if it cannot be reached, any healthy node.
                 None => match self.connect_any(&candidates).await {
                     Ok(link) => link,
-                    Err(_) => match self.connect_any(&self.nodes.clone()).await {
-                        Ok(link) => link,
-                        Err(e) => return Err(ClientError::Unavailable(e)),
-                    },
+                    Err(_) => {
+                        for addr in &candidates {
+                            self.suspect(*addr);
+                        }
+                        let others = self.healthy_nodes();
+                        match self.connect_any(&others).await {
+                            Ok(link) => link,
+                            Err(e) => return Err(ClientError::Unavailable(e)),
+                        }
+                    }
                 },
             };
             match Self::exchange(&mut link, &Request::Submit(command)).await {
@@ -148,20 +198,22 @@ impl Client {
                 }
                 Ok(Reply::NotLeader { broker, .. }) => {
                     last_error = format!("{} is not the leader", link.addr);
-                    candidates = match broker.and_then(|b| b.parse::<SocketAddr>().ok()) {
-                        Some(leader) => vec![leader],
-                        None => {
-                            // An election is under way: give it a moment.
+                    match broker.and_then(|b| b.parse::<SocketAddr>().ok()) {
+                        Some(leader) if !self.is_suspect(leader) => candidates = vec![leader],
+                        // No leader known, or the one named just failed us: an election is
+                        // under way. Give it a moment, then ask again.
+                        _ => {
                             tokio::time::sleep(NO_LEADER_PAUSE).await;
-                            self.nodes.clone()
+                            self.link = Some(link);
                         }
-                    };
+                    }
                 }
                 Ok(Reply::Error(e)) => return Err(ClientError::Rejected(e)),
                 Ok(other) => {
                     return Err(ClientError::Rejected(format!("unexpected reply {other:?}")))
                 }
                 Err(e) => {
+                    self.suspect(link.addr);
                     return Err(ClientError::Unavailable(format!("{}: {e}", link.addr)));
                 }
             }

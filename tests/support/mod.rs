@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use exchange::domain::{
     AccountId, AdminCommand, Amount, AssetId, ClientOrderId, Command as ExchangeCommand, Event,
-    NewOrder, OrderId, OrderType, Output, Price, Qty, SelfTradePrevention, Side, SymbolId,
-    SymbolSpec, TimeInForce,
+    NewOrder, OrderId, OrderType, Output, Price, Qty, RiskLimits, SelfTradePrevention, Side,
+    SymbolId, SymbolSpec, TimeInForce,
 };
 use exchange::gateway::client::Client;
 use exchange::gateway::protocol::NodeStatus;
@@ -257,6 +257,14 @@ pub async fn setup_market(client: &mut Client, accounts: u64) {
     for account in 1..=accounts {
         commands.push(ExchangeCommand::Admin(AdminCommand::CreateAccount {
             account: AccountId(account),
+        }));
+        commands.push(ExchangeCommand::Admin(AdminCommand::SetRiskLimits {
+            account: AccountId(account),
+            limits: RiskLimits {
+                max_order_qty: Qty(1_000_000),
+                max_order_notional: Amount(i64::MAX),
+                max_open_orders: 1_000_000,
+            },
         }));
         for asset in [BASE, QUOTE] {
             commands.push(ExchangeCommand::Admin(AdminCommand::Deposit {
