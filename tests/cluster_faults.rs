@@ -1,0 +1,107 @@
+//! Faults beyond a single crash: a whole-cluster crash and restart, a minority left alone,
+//! and a torn log tail on a follower.
+
+mod support;
+
+use std::time::Duration;
+
+use exchange::domain::{AccountId, Cancel, CancelReason, Command, Event, OrderId, Side};
+use support::*;
+
+async fn place(client: &mut exchange::gateway::client::Client, count: i64) -> Vec<OrderId> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        ids.push(accepted(&submit(client, limit(1, Side::Buy, 5_000 - i, 1), Duration::from_secs(5)).await));
+    }
+    ids
+}
+
+async fn assert_all_present(client: &mut exchange::gateway::client::Client, ids: &[OrderId]) {
+    for order_id in ids {
+        let outputs = submit(
+            client,
+            Command::Cancel(Cancel { account: AccountId(1), order_id: *order_id }),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            outputs.iter().any(|o| matches!(o.event, Event::Cancelled { order_id: id, reason: CancelReason::Requested, .. } if id == *order_id)),
+            "acknowledged order {order_id} was lost: {outputs:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_crash_and_restart_loses_nothing() {
+    let mut cluster = Cluster::start("restart", 3, 25_000, &[]);
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let mut client = cluster.client();
+    setup_market(&mut client, 1).await;
+    let ids = place(&mut client, 50).await;
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let mut client = cluster.client();
+    assert_all_present(&mut client, &ids).await;
+    let converged = cluster.wait_for_convergence(Duration::from_secs(10)).await;
+    let hashes: std::collections::BTreeSet<&String> = converged.values().map(|(_, hash)| hash).collect();
+    assert_eq!(hashes.len(), 1, "replicas diverged after the restart: {converged:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_survivor_accepts_nothing() {
+    let mut cluster = Cluster::start("minority", 3, 25_200, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let mut client = cluster.client();
+    setup_market(&mut client, 1).await;
+    // Leave the leader alone: it cannot reach a majority, so it must acknowledge nothing.
+    for id in (1..=3).filter(|id| *id != leader) {
+        cluster.kill(id);
+    }
+    let attempt = tokio::time::timeout(Duration::from_secs(2), client.submit(limit(1, Side::Buy, 10, 1))).await;
+    match attempt {
+        Err(_elapsed) => {}
+        Ok(Err(_refused)) => {}
+        Ok(Ok(outputs)) => panic!("a minority acknowledged an order: {outputs:?}"),
+    }
+    let statuses = cluster.statuses().await;
+    let survivor = statuses[&leader].as_ref().expect("survivor status");
+    assert!(survivor.commit_index < survivor.last_log_index.unwrap_or(0) || survivor.role != "leader",
+        "the survivor must not commit alone: {survivor:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_on_a_follower_is_repaired_from_the_leader() {
+    let mut cluster = Cluster::start("torn", 3, 25_400, &["--segment-mib", "1"]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let mut client = cluster.client();
+    setup_market(&mut client, 1).await;
+    let ids = place(&mut client, 30).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.wait_for_convergence(Duration::from_secs(10)).await;
+    cluster.kill(follower);
+
+    // Tear the last record: cut the newest segment a few bytes before its last written byte.
+    let log_dir = cluster.data_dir(follower).join("log");
+    let mut segments: Vec<_> = std::fs::read_dir(&log_dir)
+        .expect("log dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    let last = segments.last().expect("a segment");
+    let bytes = std::fs::read(last).expect("segment");
+    let end = bytes.iter().rposition(|b| *b != 0).expect("written bytes") + 1;
+    std::fs::write(last, &bytes[..end - 7]).expect("tear");
+
+    let more = place(&mut client, 10).await;
+    cluster.start_node(follower);
+    let converged = cluster.wait_for_convergence(Duration::from_secs(15)).await;
+    let hashes: std::collections::BTreeSet<&String> = converged.values().map(|(_, hash)| hash).collect();
+    assert_eq!(hashes.len(), 1, "the repaired follower diverged: {converged:?}");
+    assert_all_present(&mut client, &[ids, more].concat()).await;
+}
