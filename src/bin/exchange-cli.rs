@@ -84,6 +84,24 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Load a running cluster: closed-loop clients sending orders for a while; throughput and
+    /// order-to-acknowledgement latency percentiles (HDR histogram).
+    Bench {
+        /// Concurrent clients, each with its own connection and account.
+        #[arg(long, default_value_t = 16)]
+        clients: u64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// The symbol to create and trade; a fresh one per run keeps runs independent.
+        #[arg(long, default_value_t = 900)]
+        symbol: u32,
+        /// The first of the accounts to create.
+        #[arg(long, default_value_t = 900_000)]
+        first_account: u64,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
     /// Every node's view of the cluster: role, term, leader, log, commit and applied index,
     /// and the output hash at the applied index (equal hashes at equal indexes: no divergence).
     Status {
@@ -138,6 +156,21 @@ fn main() -> ExitCode {
             json,
         } => lobster_check(messages, orderbook, levels, json),
         Commands::Status { cluster } => runtime().and_then(|rt| rt.block_on(status(cluster))),
+        Commands::Bench {
+            clients,
+            duration,
+            symbol,
+            first_account,
+            cluster,
+        } => {
+            let config = exchange::cli::cluster_bench::BenchConfig {
+                clients: clients.max(1),
+                duration: std::time::Duration::from_secs_f64(duration.max(0.1)),
+                symbol,
+                first_account,
+            };
+            multi_thread_runtime().and_then(|rt| rt.block_on(cluster_bench(cluster, config)))
+        }
         Commands::Order { order, cluster } => {
             let command = cluster::order_command(&order);
             runtime().and_then(|rt| rt.block_on(submit(cluster, command)))
@@ -376,4 +409,38 @@ async fn submit(
     let mut client = args.client()?;
     let outputs = client.submit(command).await.map_err(|e| e.to_string())?;
     cluster::print_outputs(&outputs, args.json)
+}
+
+fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+async fn cluster_bench(
+    args: cluster::ClusterArgs,
+    config: exchange::cli::cluster_bench::BenchConfig,
+) -> Result<(), String> {
+    let report = exchange::cli::cluster_bench::run(&args, &config, !args.json).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!("clients           {}", report.clients);
+        println!("duration          {:.1} s", report.duration_s);
+        println!("sent / acked      {} / {}", report.sent, report.acked);
+        println!("rejected, failed  {}, {}", report.rejected, report.failed);
+        println!(
+            "throughput        {:.0} orders/s",
+            report.throughput_per_sec
+        );
+        println!(
+            "order-to-ack (us) p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            report.p50_us, report.p90_us, report.p99_us, report.p999_us, report.max_us
+        );
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod cluster_bench;
 pub mod lobster;
 pub mod replay;
 pub mod workload;
