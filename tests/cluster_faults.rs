@@ -11,7 +11,14 @@ use support::*;
 async fn place(client: &mut exchange::gateway::client::Client, count: i64) -> Vec<OrderId> {
     let mut ids = Vec::new();
     for i in 0..count {
-        ids.push(accepted(&submit(client, limit(1, Side::Buy, 5_000 - i, 1), Duration::from_secs(5)).await));
+        ids.push(accepted(
+            &submit(
+                client,
+                limit(1, Side::Buy, 5_000 - i, 1),
+                Duration::from_secs(5),
+            )
+            .await,
+        ));
     }
     ids
 }
@@ -20,7 +27,10 @@ async fn assert_all_present(client: &mut exchange::gateway::client::Client, ids:
     for order_id in ids {
         let outputs = submit(
             client,
-            Command::Cancel(Cancel { account: AccountId(1), order_id: *order_id }),
+            Command::Cancel(Cancel {
+                account: AccountId(1),
+                order_id: *order_id,
+            }),
             Duration::from_secs(10),
         )
         .await;
@@ -48,8 +58,13 @@ async fn a_whole_cluster_crash_and_restart_loses_nothing() {
     let mut client = cluster.client();
     assert_all_present(&mut client, &ids).await;
     let converged = cluster.wait_for_convergence(Duration::from_secs(10)).await;
-    let hashes: std::collections::BTreeSet<&String> = converged.values().map(|(_, hash)| hash).collect();
-    assert_eq!(hashes.len(), 1, "replicas diverged after the restart: {converged:?}");
+    let hashes: std::collections::BTreeSet<&String> =
+        converged.values().map(|(_, hash)| hash).collect();
+    assert_eq!(
+        hashes.len(),
+        1,
+        "replicas diverged after the restart: {converged:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +77,11 @@ async fn a_lone_survivor_accepts_nothing() {
     for id in (1..=3).filter(|id| *id != leader) {
         cluster.kill(id);
     }
-    let attempt = tokio::time::timeout(Duration::from_secs(2), client.submit(limit(1, Side::Buy, 10, 1))).await;
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.submit(limit(1, Side::Buy, 10, 1)),
+    )
+    .await;
     match attempt {
         Err(_elapsed) => {}
         Ok(Err(_refused)) => {}
@@ -70,8 +89,10 @@ async fn a_lone_survivor_accepts_nothing() {
     }
     let statuses = cluster.statuses().await;
     let survivor = statuses[&leader].as_ref().expect("survivor status");
-    assert!(survivor.commit_index < survivor.last_log_index.unwrap_or(0) || survivor.role != "leader",
-        "the survivor must not commit alone: {survivor:?}");
+    assert!(
+        survivor.commit_index < survivor.last_log_index.unwrap_or(0) || survivor.role != "leader",
+        "the survivor must not commit alone: {survivor:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +122,12 @@ async fn a_torn_tail_on_a_follower_is_repaired_from_the_leader() {
     let more = place(&mut client, 10).await;
     cluster.start_node(follower);
     let converged = cluster.wait_for_convergence(Duration::from_secs(15)).await;
-    let hashes: std::collections::BTreeSet<&String> = converged.values().map(|(_, hash)| hash).collect();
-    assert_eq!(hashes.len(), 1, "the repaired follower diverged: {converged:?}");
+    let hashes: std::collections::BTreeSet<&String> =
+        converged.values().map(|(_, hash)| hash).collect();
+    assert_eq!(
+        hashes.len(),
+        1,
+        "the repaired follower diverged: {converged:?}"
+    );
     assert_all_present(&mut client, &[ids, more].concat()).await;
 }

@@ -93,4 +93,5 @@ async fn full_load_causes_no_leader_change() {
         1,
         "replicas diverged under load: {converged:?}"
     );
+    cluster.assert_no_divergence().await;
 }

@@ -390,7 +390,10 @@ async fn status(args: cluster::ClusterArgs) -> Result<(), String> {
                 s.last_log_index.map_or("-".into(), |i| i.to_string()),
                 s.commit_index,
                 s.applied_index,
-                s.output_hash
+                match &s.divergence {
+                    None => s.output_hash.clone(),
+                    Some(d) => format!("{}  DIVERGED: {d}", s.output_hash),
+                }
             ),
             Err(_) => println!(
                 "{:<18} unreachable: {}",

@@ -46,4 +46,7 @@ pub struct NodeStatus {
     /// The engine's output hash after the applied index, as 16 hex digits.
     pub output_hash: String,
     pub voters: Vec<u64>,
+    /// The first difference found between this node's output hash and a peer's at the same
+    /// index. Always `None` in a healthy cluster.
+    pub divergence: Option<String>,
 }

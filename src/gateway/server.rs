@@ -7,6 +7,7 @@ use openraft::ServerState;
 
 use super::protocol::{NodeStatus, Reply, Request, BROKER_FRAME_BYTES_MAX};
 use crate::net::frame::{read_frame, write_frame};
+use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::EngineHandle;
 use crate::replication::sequencer::{Sequencer, SubmitError};
 use crate::replication::types::Raft;
@@ -19,6 +20,7 @@ pub struct Gateway {
     pub sequencer: Sequencer,
     pub engine: Arc<EngineHandle>,
     pub committed: Arc<AtomicU64>,
+    pub divergence: DivergenceLog,
 }
 
 impl Gateway {
@@ -43,6 +45,7 @@ impl Gateway {
             applied_index,
             output_hash: format!("{output_hash:016x}"),
             voters: metrics.membership_config.membership().voter_ids().collect(),
+            divergence: self.divergence.first().map(|d| d.to_string()),
         }
     }
 

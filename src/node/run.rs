@@ -3,7 +3,8 @@
 //! ```text
 //! certificates ─▶ log (recover torn tail) ─▶ snapshot? ─▶ engine thread ─▶ state machine
 //!   ─▶ Raft (QUIC mutual TLS between nodes) ─▶ initialize (lowest id, fresh cluster only)
-//!   ─▶ sequencer ─▶ broker endpoint ─▶ run until SIGINT/SIGTERM ─▶ shut down Raft
+//!   ─▶ sequencer ─▶ broker endpoint, divergence watcher ─▶ run until SIGINT/SIGTERM
+//!   ─▶ shut down Raft
 //! ```
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::config::NodeConfig;
 use crate::gateway::server::{serve as serve_brokers, Gateway};
 use crate::net::tls;
+use crate::replication::divergence::{watch as watch_divergence, DivergenceLog};
 use crate::replication::engine_thread::{AppliedPosition, EngineHandle, EngineThreadConfig};
 use crate::replication::log_store::LogStore;
 use crate::replication::network::{serve as serve_raft, Network};
@@ -146,6 +148,19 @@ impl Node {
             config.broker_listen,
         )
         .map_err(|e| format!("broker listener {}: {e}", config.broker_listen))?;
+        let divergence = DivergenceLog::default();
+        let peers = config
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != config.id)
+            .map(|(id, peer)| (*id, peer.broker))
+            .collect();
+        tokio::spawn(watch_divergence(
+            Arc::clone(&engine),
+            peers,
+            identity.ca.clone(),
+            divergence.clone(),
+        ));
         tokio::spawn(serve_brokers(
             broker_endpoint.clone(),
             Gateway {
@@ -154,6 +169,7 @@ impl Node {
                 sequencer,
                 engine,
                 committed,
+                divergence,
             },
         ));
         tracing::info!(

@@ -100,9 +100,16 @@ pub struct AppliedPosition {
     pub membership: StoredMembership,
 }
 
+/// Recent (applied index, output hash) pairs, so that replicas can compare hashes at equal
+/// indexes even while they are a few entries apart.
+pub const HASH_HISTORY_ENTRIES: usize = 16_384;
+
 /// What other threads may read about the engine without asking it.
 #[derive(Debug, Default)]
 pub struct EngineStatus {
+    /// The last `HASH_HISTORY_ENTRIES` (index, hash) pairs, oldest first. A std mutex taken
+    /// once per applied entry, never while an order is matched.
+    history: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
     /// A sequence lock over (applied index, output hash): odd while the engine writes them.
     version: AtomicU64,
     applied_index: AtomicU64,
@@ -137,6 +144,22 @@ impl EngineStatus {
         self.applied_index.store(index, Ordering::SeqCst);
         self.output_hash.store(hash, Ordering::SeqCst);
         self.version.fetch_add(1, Ordering::SeqCst);
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if history.back().is_some_and(|(last, _)| *last >= index) {
+            // A snapshot installed over a newer history: start again from it.
+            history.clear();
+        }
+        if history.len() == HASH_HISTORY_ENTRIES {
+            history.pop_front();
+        }
+        history.push_back((index, hash));
+    }
+
+    /// The output hash after applying `index`, if it is recent enough to be remembered.
+    pub fn hash_at(&self, index: u64) -> Option<u64> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let position = history.binary_search_by_key(&index, |(i, _)| *i).ok()?;
+        Some(history[position].1)
     }
 
     /// The largest leader timestamp among the applied batches.
@@ -544,6 +567,16 @@ mod tests {
         assert_eq!(outcomes[2].outputs.len(), 2, "one vector per command");
         assert_eq!(handle.status().applied(), (3, engine.output_hash()));
         assert_eq!(handle.status().last_timestamp_ns(), 20);
+    }
+
+    #[tokio::test]
+    async fn the_hash_history_answers_for_recent_indexes() {
+        let handle = EngineHandle::spawn(config(IdleStrategy::Backoff), None).expect("spawn");
+        handle.apply(entries()).await.expect("apply");
+        let (index, hash) = handle.status().applied();
+        assert_eq!(handle.status().hash_at(index), Some(hash));
+        assert!(handle.status().hash_at(2).is_some());
+        assert_eq!(handle.status().hash_at(99), None);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod codec;
+pub mod divergence;
 pub mod engine_thread;
 pub mod log_store;
 pub mod network;

@@ -220,6 +220,17 @@ impl Drop for Cluster {
     }
 }
 
+impl Cluster {
+    /// After the divergence watchers had time to compare, no node reports a difference.
+    pub async fn assert_no_divergence(&self) {
+        tokio::time::sleep(exchange::replication::divergence::DIVERGENCE_CHECK_INTERVAL * 3).await;
+        for (id, status) in self.statuses().await {
+            let status = status.unwrap_or_else(|| panic!("node {id} does not answer"));
+            assert_eq!(status.divergence, None, "node {id} reports a divergence");
+        }
+    }
+}
+
 /// Submits a command, retrying while the cluster has no leader (up to `within`).
 pub async fn submit(
     client: &mut Client,
