@@ -102,6 +102,13 @@ enum Commands {
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
     },
+    /// Change the cluster's membership online (the leader carries it out).
+    Cluster {
+        #[command(subcommand)]
+        change: MembershipCommand,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
     /// Every node's view of the cluster: role, term, leader, log, commit and applied index,
     /// and the output hash at the applied index (equal hashes at equal indexes: no divergence).
     Status {
@@ -121,6 +128,41 @@ enum Commands {
         admin: cluster::AdminArg,
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum MembershipCommand {
+    /// Replace a dead (or any) voter by a new node: the new node is added as a learner, catches
+    /// up (from a snapshot when the log behind it was purged), then becomes a voter in the old
+    /// one's place. Start the new node first, with --id NEW and the peers list.
+    Replace {
+        /// The voter to remove.
+        #[arg(long)]
+        old: u64,
+        /// The new node's id.
+        #[arg(long)]
+        new: u64,
+        /// The new node's Raft address.
+        #[arg(long)]
+        raft: String,
+        /// The new node's broker address.
+        #[arg(long)]
+        broker: String,
+    },
+    /// Add a node as a learner and wait until it has caught up.
+    AddLearner {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        raft: String,
+        #[arg(long)]
+        broker: String,
+    },
+    /// Make exactly these nodes the voters (comma separated).
+    SetVoters {
+        #[arg(long, value_delimiter = ',')]
+        voters: Vec<u64>,
     },
 }
 
@@ -156,6 +198,9 @@ fn main() -> ExitCode {
             json,
         } => lobster_check(messages, orderbook, levels, json),
         Commands::Status { cluster } => runtime().and_then(|rt| rt.block_on(status(cluster))),
+        Commands::Cluster { change, cluster } => {
+            runtime().and_then(|rt| rt.block_on(membership(cluster, change)))
+        }
         Commands::Bench {
             clients,
             duration,
@@ -446,4 +491,66 @@ async fn cluster_bench(
         );
     }
     Ok(())
+}
+
+async fn membership(args: cluster::ClusterArgs, change: MembershipCommand) -> Result<(), String> {
+    use exchange::gateway::protocol::{Reply, Request};
+    let mut client = args.client()?;
+    async fn ask(
+        client: &mut exchange::gateway::client::Client,
+        request: Request,
+    ) -> Result<Reply, String> {
+        client
+            .request_leader(&request)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    let reply = match change {
+        MembershipCommand::AddLearner { id, raft, broker } => {
+            ask(&mut client, Request::AddLearner { id, raft, broker }).await?
+        }
+        MembershipCommand::SetVoters { voters } => {
+            ask(&mut client, Request::SetVoters { voters }).await?
+        }
+        MembershipCommand::Replace {
+            old,
+            new,
+            raft,
+            broker,
+        } => {
+            let Reply::Membership { voters, .. } = ask(
+                &mut client,
+                Request::AddLearner {
+                    id: new,
+                    raft,
+                    broker,
+                },
+            )
+            .await?
+            else {
+                return Err("unexpected reply to adding the learner".into());
+            };
+            eprintln!("node {new} has caught up as a learner");
+            let voters: Vec<u64> = voters
+                .into_iter()
+                .filter(|v| *v != old)
+                .chain([new])
+                .collect();
+            ask(&mut client, Request::SetVoters { voters }).await?
+        }
+    };
+    match reply {
+        Reply::Membership { voters, learners } => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "voters": voters, "learners": learners })
+                );
+            } else {
+                println!("voters {voters:?}, learners {learners:?}");
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected reply {other:?}")),
+    }
 }

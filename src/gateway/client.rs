@@ -171,6 +171,15 @@ impl Client {
     /// A command whose connection broke before the reply may or may not have been executed:
     /// it is not resent here (exactly-once resends need the broker's client order id).
     pub async fn submit(&mut self, command: Command) -> Result<Vec<Output>, ClientError> {
+        match self.request_leader(&Request::Submit(command)).await? {
+            Reply::Outputs(outputs) => Ok(outputs),
+            other => Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Sends a request the leader must serve (a command, a membership change), following
+    /// redirects, and returns the leader's reply.
+    pub async fn request_leader(&mut self, request: &Request) -> Result<Reply, ClientError> {
         let mut candidates = self.healthy_nodes();
         let mut last_error = String::from("no node answered");
         for _ in 0..REDIRECTS_MAX {
@@ -191,11 +200,7 @@ impl Client {
                     }
                 },
             };
-            match Self::exchange(&mut link, &Request::Submit(command)).await {
-                Ok(Reply::Outputs(outputs)) => {
-                    self.link = Some(link);
-                    return Ok(outputs);
-                }
+            match Self::exchange(&mut link, request).await {
                 Ok(Reply::NotLeader { broker, .. }) => {
                     last_error = format!("{} is not the leader", link.addr);
                     match broker.and_then(|b| b.parse::<SocketAddr>().ok()) {
@@ -208,9 +213,13 @@ impl Client {
                         }
                     }
                 }
-                Ok(Reply::Error(e)) => return Err(ClientError::Rejected(e)),
-                Ok(other) => {
-                    return Err(ClientError::Rejected(format!("unexpected reply {other:?}")))
+                Ok(Reply::Error(e)) => {
+                    self.link = Some(link);
+                    return Err(ClientError::Rejected(e));
+                }
+                Ok(reply) => {
+                    self.link = Some(link);
+                    return Ok(reply);
                 }
                 Err(e) => {
                     self.suspect(link.addr);

@@ -15,6 +15,16 @@ pub enum Request {
     Submit(Command),
     /// This node's view of the cluster.
     Status,
+    /// Membership (leader only): add a node as a learner and wait until it has caught up
+    /// (from the log, or from a snapshot when the log behind it was purged).
+    AddLearner {
+        id: u64,
+        raft: String,
+        broker: String,
+    },
+    /// Membership (leader only): make exactly these nodes the voters. Learners named here are
+    /// promoted; voters not named are removed.
+    SetVoters { voters: Vec<u64> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +37,11 @@ pub enum Reply {
         broker: Option<String>,
     },
     Status(NodeStatus),
+    /// A membership change took effect: the voters now.
+    Membership {
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    },
     /// The request could not be served (malformed, node stopping, ...).
     Error(String),
 }

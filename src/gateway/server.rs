@@ -49,9 +49,52 @@ impl Gateway {
         }
     }
 
+    fn not_leader(&self) -> Reply {
+        let metrics = self.raft.metrics().borrow().clone();
+        let broker = metrics.current_leader.and_then(|leader| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|node| node.broker.clone())
+        });
+        Reply::NotLeader {
+            leader_id: metrics.current_leader,
+            broker,
+        }
+    }
+
+    fn membership(&self) -> Reply {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        Reply::Membership {
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }
+    }
+
     async fn handle(&self, request: Request) -> Reply {
         match request {
             Request::Status => Reply::Status(self.status()),
+            Request::AddLearner { id, raft, broker } => {
+                let node = crate::replication::types::NodeAddr { raft, broker };
+                match self.raft.add_learner(id, node, true).await {
+                    Ok(_) => self.membership(),
+                    Err(e) if e.forward_to_leader().is_some() => self.not_leader(),
+                    Err(e) => Reply::Error(format!("adding node {id}: {e}")),
+                }
+            }
+            Request::SetVoters { voters } => {
+                let voters: std::collections::BTreeSet<u64> = voters.into_iter().collect();
+                if voters.is_empty() {
+                    return Reply::Error("a cluster needs at least one voter".into());
+                }
+                match self.raft.change_membership(voters, false).await {
+                    Ok(_) => self.membership(),
+                    Err(e) if e.forward_to_leader().is_some() => self.not_leader(),
+                    Err(e) => Reply::Error(format!("changing the voters: {e}")),
+                }
+            }
             Request::Submit(command) => match self.sequencer.submit(command).await {
                 Ok(outputs) => Reply::Outputs(outputs),
                 Err(SubmitError::NotLeader { leader_id, leader }) => Reply::NotLeader {

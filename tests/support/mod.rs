@@ -28,7 +28,10 @@ pub struct Cluster {
     pub dir: PathBuf,
     certs: PathBuf,
     base_port: u16,
+    /// The founding members, 1..=size.
     size: u64,
+    /// Nodes that may join later (size+1..=size+spares): certificates and ports reserved.
+    spares: u64,
     flags: Vec<String>,
     nodes: BTreeMap<u64, Child>,
 }
@@ -36,7 +39,18 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `size` nodes with Raft on `base_port + id` and brokers on `base_port + 100 + id`.
     pub fn start(name: &str, size: u64, base_port: u16, flags: &[&str]) -> Cluster {
-        for id in 1..=size {
+        Self::start_with_spares(name, size, 0, base_port, flags)
+    }
+
+    /// As `start`, reserving `spares` more nodes that can join later with `start_spare`.
+    pub fn start_with_spares(
+        name: &str,
+        size: u64,
+        spares: u64,
+        base_port: u16,
+        flags: &[&str],
+    ) -> Cluster {
+        for id in 1..=size + spares {
             for port in [base_port + id as u16, base_port + 100 + id as u16] {
                 assert!(
                     UdpSocket::bind(("127.0.0.1", port)).is_ok(),
@@ -48,13 +62,14 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test directory");
         let certs = dir.join("certs");
-        exchange::net::tls::generate(&certs, &(1..=size).collect::<Vec<_>>(), &[])
+        exchange::net::tls::generate(&certs, &(1..=size + spares).collect::<Vec<_>>(), &[])
             .expect("certificates");
         let mut cluster = Cluster {
             dir,
             certs,
             base_port,
             size,
+            spares,
             flags: flags.iter().map(|f| f.to_string()).collect(),
             nodes: BTreeMap::new(),
         };
@@ -64,8 +79,8 @@ impl Cluster {
         cluster
     }
 
-    fn peers(&self) -> String {
-        (1..=self.size)
+    fn peers(&self, upto: u64) -> String {
+        (1..=upto)
             .map(|id| format!("{id}=127.0.0.1:{}", self.base_port + id as u16))
             .collect::<Vec<_>>()
             .join(",")
@@ -76,7 +91,22 @@ impl Cluster {
     }
 
     pub fn brokers(&self) -> Vec<SocketAddr> {
-        (1..=self.size).map(|id| self.broker(id)).collect()
+        (1..=self.size + self.spares)
+            .map(|id| self.broker(id))
+            .collect()
+    }
+
+    pub fn raft_addr(&self, id: u64) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base_port + id as u16))
+    }
+
+    /// Starts a spare node: it knows the cluster but is no member until the leader adds it.
+    pub fn start_spare(&mut self, id: u64) {
+        assert!(
+            id > self.size && id <= self.size + self.spares,
+            "node {id} is not a spare"
+        );
+        self.spawn(id, self.peers(id));
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -84,6 +114,15 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, id: u64) {
+        let peers = if id <= self.size {
+            self.peers(self.size)
+        } else {
+            self.peers(id)
+        };
+        self.spawn(id, peers);
+    }
+
+    fn spawn(&mut self, id: u64, peers: String) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -93,7 +132,7 @@ impl Cluster {
             .arg("--id")
             .arg(id.to_string())
             .arg("--peers")
-            .arg(self.peers())
+            .arg(peers)
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .arg("--certs-dir")
@@ -206,7 +245,7 @@ impl Drop for Cluster {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            for id in 1..=self.size {
+            for id in 1..=self.size + self.spares {
                 let log = std::fs::read_to_string(self.dir.join(format!("node-{id}.log")))
                     .unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
