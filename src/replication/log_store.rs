@@ -48,6 +48,9 @@ pub enum Fsync {
 }
 
 const VOTE_FILE: &str = "vote.meta";
+/// Requests waiting for the WAL thread. openraft issues one log write at a time and waits for
+/// it, so a handful is plenty; the bound makes a stuck disk stop Raft rather than grow memory.
+const WAL_QUEUE_REQUESTS_MAX: usize = 64;
 const LAST_PURGED_FILE: &str = "last-purged.meta";
 
 enum WalRequest {
@@ -74,7 +77,7 @@ enum WalRequest {
 
 /// The writer side, given to openraft.
 pub struct LogStore {
-    wal: mpsc::Sender<WalRequest>,
+    wal: mpsc::SyncSender<WalRequest>,
     reader: LogReader,
     dir: PathBuf,
     last_purged: Option<LogId>,
@@ -121,7 +124,7 @@ impl LogStore {
         let mut reader = log.reader();
         let last_purged = read_meta::<LogId>(&dir.join(LAST_PURGED_FILE))?;
         let max_timestamp_ns = Arc::new(AtomicU64::new(last_timestamp(&mut reader)?));
-        let (wal, requests) = mpsc::channel();
+        let (wal, requests) = mpsc::sync_channel(WAL_QUEUE_REQUESTS_MAX);
         let fsync_after_write = fsync == Fsync::Batch;
         let wal_dir = dir.to_path_buf();
         std::thread::Builder::new()
