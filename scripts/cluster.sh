@@ -45,9 +45,12 @@ start_node() {
     echo "node $id is already running (pid $(cat "$data/node-$id.pid"))"
     return
   fi
+  # Node 1 founds the cluster on its very first start only.
+  local bootstrap=""
+  if [ "$id" = 1 ] && [ ! -d "$data/node-1" ]; then bootstrap=--bootstrap; fi
   # shellcheck disable=SC2086
   setsid "$node_bin" --id "$id" --peers "$(peers "$n")" --data-dir "$data/node-$id" \
-    --certs-dir "$certs" ${EXCHANGE_NODE_FLAGS:-} >>"$data/node-$id.log" 2>&1 < /dev/null &
+    --certs-dir "$certs" $bootstrap ${EXCHANGE_NODE_FLAGS:-} >>"$data/node-$id.log" 2>&1 < /dev/null &
   echo $! > "$data/node-$id.pid"
   echo "node $id started (pid $!, log $data/node-$id.log)"
 }

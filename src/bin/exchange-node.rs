@@ -21,7 +21,7 @@ engine over the command stream that the leader sequences and Raft replicates; th
 brokers, followers are hot standbys that redirect brokers to the leader.\n\n\
 Example: exchange-node --id 1 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --data-dir d1\n\n\
 A peer is id=RAFT_ADDR (its broker address is then the same host, port + 100) or \
-id=RAFT_ADDR/BROKER_ADDR. The lowest id founds a fresh cluster.",
+id=RAFT_ADDR/BROKER_ADDR. On the cluster's first start, one node is given --bootstrap.",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -94,6 +94,11 @@ struct RunArgs {
     /// Log segment size in MiB [default: 64].
     #[arg(long)]
     segment_mib: Option<u64>,
+    /// Found a new cluster with --peers as its members: give it to one node, on the cluster's
+    /// very first start (ignored if the node already has a log). Other nodes, and restarts,
+    /// go without it. A node that lost its data should rejoin under a new id (cluster replace).
+    #[arg(long)]
+    bootstrap: bool,
 }
 
 fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
@@ -157,6 +162,7 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             .or(file.snapshot_every)
             .unwrap_or(config::SNAPSHOT_EVERY_DEFAULT),
         segment_bytes: segment_mib.saturating_mul(1 << 20),
+        bootstrap: args.bootstrap,
     })
 }
 

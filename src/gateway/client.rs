@@ -6,13 +6,18 @@ use std::time::Duration;
 use exchange_domain::{Command, Output};
 use rustls::pki_types::CertificateDer;
 
-use super::protocol::{NodeStatus, Reply, Request, BROKER_FRAME_BYTES_MAX};
+use super::protocol::{NodeStatus, Reply, Request};
 use crate::net::frame::{read_frame, write_frame};
 use crate::net::tls;
 
 /// Redirects followed, and waits for an election, before a submit gives up.
 const REDIRECTS_MAX: u32 = 20;
 const NO_LEADER_PAUSE: Duration = Duration::from_millis(10);
+/// The longest a request may wait for its reply; past it the outcome is unknown. Longer than a
+/// proposal's own deadline on the leader (2 s), so the node normally answers first.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest reply accepted: a mass cancel of a big account is many events.
+pub const BROKER_REPLY_BYTES_MAX: usize = 64 << 20;
 /// A connection silent this long is dead: a crashed leader is given up on this fast (keep-alives
 /// flow four times as often, so a live but idle node is never mistaken for dead). Comparable to
 /// the cluster's election time, so that a client notices a crash about when a new leader is up.
@@ -115,13 +120,18 @@ impl Client {
 
     async fn exchange(link: &mut Link, request: &Request) -> Result<Reply, String> {
         let bytes = postcard::to_allocvec(request).map_err(|e| e.to_string())?;
-        write_frame(&mut link.send, &bytes)
+        let round_trip = async {
+            write_frame(&mut link.send, &bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+            read_frame(&mut link.recv, BROKER_REPLY_BYTES_MAX)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "the node closed the stream".to_string())
+        };
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, round_trip)
             .await
-            .map_err(|e| e.to_string())?;
-        let reply = read_frame(&mut link.recv, BROKER_FRAME_BYTES_MAX)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the node closed the stream".to_string())?;
+            .map_err(|_| format!("no reply within {REQUEST_TIMEOUT:?}"))??;
         postcard::from_bytes(&reply).map_err(|e| e.to_string())
     }
 
@@ -182,7 +192,20 @@ impl Client {
     pub async fn request_leader(&mut self, request: &Request) -> Result<Reply, ClientError> {
         let mut candidates = self.healthy_nodes();
         let mut last_error = String::from("no node answered");
+        let mut redirected_to = Vec::new();
         for _ in 0..REDIRECTS_MAX {
+            // A cached link whose connection died since (the node crashed between requests)
+            // is dropped before anything is sent on it.
+            if self
+                .link
+                .as_ref()
+                .is_some_and(|link| link._connection.close_reason().is_some())
+            {
+                if let Some(dead) = self.link.take() {
+                    self.suspect(dead.addr);
+                }
+                candidates = self.healthy_nodes();
+            }
             let mut link = match self.link.take() {
                 Some(link) => link,
                 // The redirect target first; if it cannot be reached, any healthy node.
@@ -204,7 +227,14 @@ impl Client {
                 Ok(Reply::NotLeader { broker, .. }) => {
                     last_error = format!("{} is not the leader", link.addr);
                     match broker.and_then(|b| b.parse::<SocketAddr>().ok()) {
-                        Some(leader) if !self.is_suspect(leader) => candidates = vec![leader],
+                        Some(leader) if !self.is_suspect(leader) => {
+                            // Nodes naming each other mid-election: pause before going round again.
+                            if redirected_to.contains(&leader) {
+                                tokio::time::sleep(NO_LEADER_PAUSE).await;
+                            }
+                            redirected_to.push(leader);
+                            candidates = vec![leader];
+                        }
                         // No leader known, or the one named just failed us: an election is
                         // under way. Give it a moment, then ask again.
                         _ => {

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::ServerState;
 
@@ -21,7 +22,15 @@ pub struct Gateway {
     pub engine: Arc<EngineHandle>,
     pub committed: Arc<AtomicU64>,
     pub divergence: DivergenceLog,
+    /// A leader that has heard from no majority for this long answers as if it were not the
+    /// leader, so brokers go look for the real one.
+    pub quorum_lost_after: Duration,
 }
+
+/// Connections served at once; more are refused (bounded memory for any number of brokers).
+pub const BROKER_CONNECTIONS_MAX: usize = 4_096;
+/// How long adding a learner may take to catch it up.
+pub const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Gateway {
     pub fn status(&self) -> NodeStatus {
@@ -47,6 +56,15 @@ impl Gateway {
             voters: metrics.membership_config.membership().voter_ids().collect(),
             divergence: self.divergence.first().map(|d| d.to_string()),
         }
+    }
+
+    /// Whether this node leads but has not heard from a majority lately.
+    fn quorum_lost(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.state == ServerState::Leader
+            && metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms > self.quorum_lost_after.as_millis() as u64)
     }
 
     fn not_leader(&self) -> Reply {
@@ -77,11 +95,21 @@ impl Gateway {
         match request {
             Request::Status => Reply::Status(self.status()),
             Request::AddLearner { id, raft, broker } => {
+                if raft.parse::<std::net::SocketAddr>().is_err()
+                    || broker.parse::<std::net::SocketAddr>().is_err()
+                {
+                    return Reply::Error(format!(
+                        "node {id}: addresses must be ip:port, got {raft} and {broker}"
+                    ));
+                }
                 let node = crate::replication::types::NodeAddr { raft, broker };
-                match self.raft.add_learner(id, node, true).await {
-                    Ok(_) => self.membership(),
-                    Err(e) if e.forward_to_leader().is_some() => self.not_leader(),
-                    Err(e) => Reply::Error(format!("adding node {id}: {e}")),
+                match tokio::time::timeout(LEARNER_CATCH_UP_TIMEOUT, self.raft.add_learner(id, node, true)).await {
+                    Ok(Ok(_)) => self.membership(),
+                    Ok(Err(e)) if e.forward_to_leader().is_some() => self.not_leader(),
+                    Ok(Err(e)) => Reply::Error(format!("adding node {id}: {e}")),
+                    Err(_) => Reply::Error(format!(
+                        "node {id} was added as a learner but did not catch up within {LEARNER_CATCH_UP_TIMEOUT:?}; it is not a voter"
+                    )),
                 }
             }
             Request::SetVoters { voters } => {
@@ -95,23 +123,42 @@ impl Gateway {
                     Err(e) => Reply::Error(format!("changing the voters: {e}")),
                 }
             }
-            Request::Submit(command) => match self.sequencer.submit(command).await {
-                Ok(outputs) => Reply::Outputs(outputs),
-                Err(SubmitError::NotLeader { leader_id, leader }) => Reply::NotLeader {
-                    leader_id,
-                    broker: leader.map(|node| node.broker),
-                },
-                Err(e) => Reply::Error(e.to_string()),
-            },
+            Request::Submit(command) => {
+                if self.quorum_lost() {
+                    return Reply::NotLeader {
+                        leader_id: None,
+                        broker: None,
+                    };
+                }
+                match self.sequencer.submit(command).await {
+                    Ok(outputs) => Reply::Outputs(outputs),
+                    Err(SubmitError::NotLeader { leader_id, leader }) => Reply::NotLeader {
+                        leader_id,
+                        broker: leader.map(|node| node.broker),
+                    },
+                    // A stopping node sends the broker elsewhere.
+                    Err(SubmitError::Stopped) => Reply::NotLeader {
+                        leader_id: None,
+                        broker: None,
+                    },
+                    Err(e) => Reply::Error(e.to_string()),
+                }
+            }
         }
     }
 }
 
 /// Accepts brokers until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(BROKER_CONNECTIONS_MAX));
     while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
         let gateway = gateway.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let Ok(connection) = incoming.await else {
                 return;
             };

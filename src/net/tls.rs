@@ -175,6 +175,21 @@ pub fn transport(idle_timeout: Duration) -> Arc<TransportConfig> {
     Arc::new(transport)
 }
 
+/// Transport for the broker endpoint: idle brokers are dropped after 30 s, and each may have
+/// only a few streams open, which bounds what one connection can make the node hold.
+pub fn broker_transport() -> Arc<TransportConfig> {
+    let mut transport = TransportConfig::default();
+    transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(30_000))));
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(BROKER_STREAMS_MAX));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    transport.initial_rtt(Duration::from_millis(1));
+    Arc::new(transport)
+}
+
+/// Concurrent request streams one broker connection may have.
+pub const BROKER_STREAMS_MAX: u32 = 64;
+
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     roots

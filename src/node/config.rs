@@ -74,6 +74,10 @@ pub struct NodeConfig {
     /// Build a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_every: u64,
     pub segment_bytes: u64,
+    /// Found a new cluster with `peers` as its members. Only for the first start of the first
+    /// node: a node started without it joins the cluster it is part of, and a node whose data
+    /// was lost must not found a second cluster under the same name.
+    pub bootstrap: bool,
 }
 
 /// The TOML file: every key optional, with the flags' names.

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! certificates ─▶ log (recover torn tail) ─▶ snapshot? ─▶ engine thread ─▶ state machine
-//!   ─▶ Raft (QUIC mutual TLS between nodes) ─▶ initialize (lowest id, fresh cluster only)
+//!   ─▶ Raft (QUIC mutual TLS between nodes) ─▶ initialize (--bootstrap, empty log only)
 //!   ─▶ sequencer ─▶ broker endpoint, divergence watcher ─▶ run until SIGINT/SIGTERM
 //!   ─▶ shut down Raft
 //! ```
@@ -117,8 +117,9 @@ impl Node {
         .map_err(|e| format!("starting Raft: {e}"))?;
         tokio::spawn(serve_raft(raft_endpoint.clone(), raft.clone()));
 
-        // The lowest id founds a fresh cluster; on a restart Raft already knows its members.
-        if config.peers.keys().next() == Some(&config.id) {
+        // Only an explicit bootstrap founds a cluster; on a restart Raft already knows its
+        // members, and a node that lost its data must not found a second cluster.
+        if config.bootstrap {
             let members: BTreeMap<u64, NodeAddr> = config
                 .peers
                 .iter()
@@ -170,6 +171,7 @@ impl Node {
                 engine,
                 committed,
                 divergence,
+                quorum_lost_after: Duration::from_millis(config.election_max_ms),
             },
         ));
         tracing::info!(
@@ -187,16 +189,30 @@ impl Node {
         })
     }
 
-    /// Runs until SIGINT or SIGTERM, then stops cleanly.
+    /// Runs until SIGINT or SIGTERM, then stops cleanly; or until Raft stops on a fatal error
+    /// (a failed disk, a stopped engine), which ends the process with an error so that brokers
+    /// move on and a supervisor can restart it.
     pub async fn run_until_signalled(self) -> Result<(), String> {
         let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
+        let mut metrics = self.raft.metrics();
+        let fatal = async move {
+            loop {
+                if let Err(fatal) = &metrics.borrow().running_state {
+                    return fatal.to_string();
+                }
+                if metrics.changed().await.is_err() {
+                    return "Raft stopped".to_string();
+                }
+            }
+        };
+        let result = tokio::select! {
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = terminate.recv() => Ok(()),
+            error = fatal => Err(format!("Raft stopped on a fatal error: {error}")),
+        };
         tracing::info!(id = self.id, "stopping");
         self.stop().await;
-        Ok(())
+        result
     }
 
     pub async fn stop(self) {

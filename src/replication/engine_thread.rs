@@ -256,6 +256,11 @@ impl EngineHandle {
             match self.queue.push(request) {
                 Ok(()) => {
                     self.thread.unpark();
+                    if self.join.as_ref().is_none_or(|j| j.is_finished()) {
+                        // The thread died as we pushed: nobody will answer what is queued.
+                        while self.queue.pop().is_some() {}
+                        return Err(EngineStopped);
+                    }
                     return Ok(());
                 }
                 Err(back) => {
@@ -336,8 +341,19 @@ impl EventSink for PerCommand<'_> {
     }
 }
 
+/// Drops every queued request when the engine thread ends, even by a panic, so that whoever
+/// waits for an answer learns at once that none is coming.
+struct DrainOnExit(Arc<ArrayQueue<Request>>);
+
+impl Drop for DrainOnExit {
+    fn drop(&mut self) {
+        while self.0.pop().is_some() {}
+    }
+}
+
 impl Worker {
     fn run(mut self) {
+        let _drain = DrainOnExit(Arc::clone(&self.queue));
         if let Some(core) = self.config.pin_core {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                 tracing::warn!(core, "could not pin the engine thread");

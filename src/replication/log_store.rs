@@ -261,6 +261,7 @@ fn wal_thread(
 }
 
 fn bounds(range: &impl RangeBounds<u64>, first: u64, next: u64) -> std::ops::Range<u64> {
+    // `first` only stands in for an unbounded start.
     let start = match range.start_bound() {
         Bound::Included(&i) => i,
         Bound::Excluded(&i) => i + 1,
@@ -271,7 +272,7 @@ fn bounds(range: &impl RangeBounds<u64>, first: u64, next: u64) -> std::ops::Ran
         Bound::Excluded(&i) => i,
         Bound::Unbounded => next,
     };
-    start.max(first)..end.min(next)
+    start..end.min(next)
 }
 
 fn read_entries(

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use exchange_domain::{Command, Output};
 use openraft::error::{ClientWriteError, RaftError};
@@ -17,6 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::batch::{Batch, BATCH_COMMANDS_MAX};
 use super::engine_thread::EngineHandle;
 use super::types::{NodeAddr, NodeId, Raft};
+
+/// How long a proposal may wait to be committed and applied. Past it, the leader has lost its
+/// majority (openraft 0.9 does not step a leader down on its own): its waiters are told the
+/// outcome is unknown instead of hanging.
+pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Commands waiting for the next proposal. Bounded: when the cluster cannot keep up, brokers
 /// wait (and see it in their latency) rather than the node's memory growing.
@@ -112,7 +117,18 @@ async fn run(
             timestamp_ns,
             commands: waiting.iter().map(|p| p.command).collect(),
         };
-        match raft.client_write(batch).await {
+        let outcome = match tokio::time::timeout(PROPOSAL_TIMEOUT, raft.client_write(batch)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                for waiter in waiting.drain(..) {
+                    let _ = waiter.reply.send(Err(SubmitError::Failed(format!(
+                        "not committed within {PROPOSAL_TIMEOUT:?} (no majority?): outcome unknown"
+                    ))));
+                }
+                continue;
+            }
+        };
+        match outcome {
             Ok(response) => {
                 let mut outputs = response.data.outputs.into_iter();
                 for waiter in waiting.drain(..) {

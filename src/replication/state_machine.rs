@@ -133,16 +133,29 @@ impl StateMachine {
         }
     }
 
-    fn keep(&self, snapshot: StoredSnapshot) -> Result<(), StorageError> {
-        snapshot.save(&self.dir).map_err(|e| {
-            StorageError::from(StorageIOError::write_snapshot(
-                Some(snapshot.meta.signature()),
-                &e,
-            ))
-        })?;
-        // A std mutex: nothing awaits while it is held.
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot);
-        Ok(())
+    /// Saves `snapshot` as the current one, unless the current one is as new or newer: a build
+    /// (which openraft runs concurrently) may finish after a newer snapshot was installed, and
+    /// must not replace it on disk. Runs on a blocking thread: it writes and syncs a file.
+    async fn keep(&self, snapshot: StoredSnapshot) -> Result<(), StorageError> {
+        let (current, dir) = (Arc::clone(&self.current), self.dir.clone());
+        let signature = snapshot.meta.signature();
+        let saved = tokio::task::spawn_blocking(move || {
+            // A std mutex, held across the save so that two saves never interleave; nothing
+            // awaits while it is held.
+            let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+            let newer = current
+                .as_ref()
+                .is_none_or(|c| snapshot.meta.last_log_id > c.meta.last_log_id);
+            if newer {
+                snapshot.save(&dir)?;
+                *current = Some(snapshot);
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|saved| saved);
+        saved.map_err(|e| StorageError::from(StorageIOError::write_snapshot(Some(signature), &e)))
     }
 }
 
@@ -165,7 +178,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             engine: cut.bytes,
         };
         let data = stored.engine.clone();
-        self.keep(stored)?;
+        self.keep(stored).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -253,7 +266,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.keep(StoredSnapshot {
             meta: meta.clone(),
             engine: bytes,
-        })?;
+        })
+        .await?;
         tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
         Ok(())
     }

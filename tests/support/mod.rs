@@ -123,6 +123,8 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64, peers: String) {
+        // Node 1 founds the cluster on its very first start.
+        let bootstrap = id == 1 && !self.data_dir(1).exists();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -138,6 +140,7 @@ impl Cluster {
             .arg("--certs-dir")
             .arg(&self.certs)
             .args(&self.flags)
+            .args(bootstrap.then_some("--bootstrap"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
