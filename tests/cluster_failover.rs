@@ -40,7 +40,12 @@ async fn three_nodes_elect_a_leader_and_every_replica_agrees() {
     let hashes: std::collections::BTreeSet<&String> =
         converged.values().map(|(_, hash)| hash).collect();
     assert_eq!(hashes.len(), 1, "replicas diverged: {converged:?}");
-    cluster.assert_no_divergence().await;
+    let index = converged
+        .values()
+        .map(|(index, _)| *index)
+        .max()
+        .unwrap_or(0);
+    cluster.assert_no_divergence(index).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,8 +28,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 pub enum ClientError {
-    /// No node could be reached, or none knew a leader in time.
+    /// No node could be reached, or none knew a leader in time: the request was not sent.
     Unavailable(String),
+    /// The request was sent but no reply came (the node failed or went silent): it may or may
+    /// not have been executed. Resending is safe only for requests that are idempotent (exactly
+    /// once for orders comes with their client order id).
+    OutcomeUnknown(String),
     /// The node answered with an error.
     Rejected(String),
 }
@@ -38,6 +42,7 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Unavailable(e) => write!(f, "cluster unavailable: {e}"),
+            ClientError::OutcomeUnknown(e) => write!(f, "no reply, outcome unknown: {e}"),
             ClientError::Rejected(e) => write!(f, "{e}"),
         }
     }
@@ -253,7 +258,7 @@ impl Client {
                 }
                 Err(e) => {
                     self.suspect(link.addr);
-                    return Err(ClientError::Unavailable(format!("{}: {e}", link.addr)));
+                    return Err(ClientError::OutcomeUnknown(format!("{}: {e}", link.addr)));
                 }
             }
         }

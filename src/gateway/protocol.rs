@@ -64,4 +64,7 @@ pub struct NodeStatus {
     /// The first difference found between this node's output hash and a peer's at the same
     /// index. Always `None` in a healthy cluster.
     pub divergence: Option<String>,
+    /// Per peer, the last log index at which this node compared output hashes and found them
+    /// equal: (peer id, index).
+    pub hashes_checked: Vec<(u64, u64)>,
 }

@@ -55,6 +55,7 @@ impl Gateway {
             output_hash: format!("{output_hash:016x}"),
             voters: metrics.membership_config.membership().voter_ids().collect(),
             divergence: self.divergence.first().map(|d| d.to_string()),
+            hashes_checked: self.divergence.checked().into_iter().collect(),
         }
     }
 

@@ -8,8 +8,10 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use exchange::domain::{
@@ -24,7 +26,11 @@ pub const SYMBOL: SymbolId = SymbolId(1);
 pub const BASE: AssetId = AssetId(1);
 pub const QUOTE: AssetId = AssetId(2);
 
+/// Cluster tests in one binary run one at a time: three nodes each already fill two cores.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 pub struct Cluster {
+    _exclusive: MutexGuard<'static, ()>,
     pub dir: PathBuf,
     certs: PathBuf,
     base_port: u16,
@@ -50,6 +56,9 @@ impl Cluster {
         base_port: u16,
         flags: &[&str],
     ) -> Cluster {
+        let exclusive = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for id in 1..=size + spares {
             for port in [base_port + id as u16, base_port + 100 + id as u16] {
                 assert!(
@@ -65,6 +74,7 @@ impl Cluster {
         exchange::net::tls::generate(&certs, &(1..=size + spares).collect::<Vec<_>>(), &[])
             .expect("certificates");
         let mut cluster = Cluster {
+            _exclusive: exclusive,
             dir,
             certs,
             base_port,
@@ -130,7 +140,18 @@ impl Cluster {
             .append(true)
             .open(self.dir.join(format!("node-{id}.log")))
             .expect("node log");
-        let child = Command::new(env!("CARGO_BIN_EXE_exchange-node"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_exchange-node"));
+        // The node dies with the test process, even if the test is killed before Drop runs.
+        // SAFETY: prctl is async-signal-safe and touches only the child being created.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .arg("--id")
             .arg(id.to_string())
             .arg("--peers")
@@ -263,12 +284,36 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    /// After the divergence watchers had time to compare, no node reports a difference.
-    pub async fn assert_no_divergence(&self) {
-        tokio::time::sleep(exchange::replication::divergence::DIVERGENCE_CHECK_INTERVAL * 3).await;
-        for (id, status) in self.statuses().await {
-            let status = status.unwrap_or_else(|| panic!("node {id} does not answer"));
-            assert_eq!(status.divergence, None, "node {id} reports a divergence");
+    /// After the divergence watchers had time to compare, every running node has compared its
+    /// hash with every other running node's, at or after `index`, and found no difference.
+    pub async fn assert_no_divergence(&self, index: u64) {
+        let deadline =
+            Instant::now() + exchange::replication::divergence::DIVERGENCE_CHECK_INTERVAL * 10;
+        loop {
+            let statuses = self.statuses().await;
+            let mut all_checked = true;
+            for (id, status) in &statuses {
+                let status = status
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("node {id} does not answer"));
+                assert_eq!(status.divergence, None, "node {id} reports a divergence");
+                for peer in self.nodes.keys().filter(|peer| *peer != id) {
+                    let checked = status
+                        .hashes_checked
+                        .iter()
+                        .find(|(p, _)| p == peer)
+                        .map(|(_, i)| *i);
+                    all_checked &= checked.is_some_and(|i| i >= index);
+                }
+            }
+            if all_checked {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hashes were not compared at or after {index}: {statuses:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
