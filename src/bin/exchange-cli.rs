@@ -99,6 +99,9 @@ enum Commands {
         /// The first of the accounts to create.
         #[arg(long, default_value_t = 900_000)]
         first_account: u64,
+        /// Orders per request: 1 sends them one by one; more sends each batch in one frame.
+        #[arg(long, default_value_t = 1)]
+        orders_per_request: usize,
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
     },
@@ -206,6 +209,7 @@ fn main() -> ExitCode {
             duration,
             symbol,
             first_account,
+            orders_per_request,
             cluster,
         } => {
             let config = exchange::cli::cluster_bench::BenchConfig {
@@ -213,6 +217,8 @@ fn main() -> ExitCode {
                 duration: std::time::Duration::from_secs_f64(duration.max(0.1)),
                 symbol,
                 first_account,
+                orders_per_request: orders_per_request
+                    .clamp(1, exchange::gateway::protocol::SUBMIT_BATCH_COMMANDS_MAX),
             };
             multi_thread_runtime().and_then(|rt| rt.block_on(cluster_bench(cluster, config)))
         }

@@ -1,8 +1,8 @@
 //! `exchange-cli bench`: a closed-loop load against a running cluster.
 //!
-//! N clients (each its own QUIC connection) send orders one after another for a fixed time;
-//! each order's time from send to acknowledgement (committed on a majority and applied) goes
-//! into an HDR histogram. The orders rest on both sides of a wide book, with a crossing order
+//! N clients (each its own QUIC connection) send orders one after another (or
+//! `--orders-per-request` at a time, in one frame) for a fixed time; each order's time from
+//! send to acknowledgement (committed on a majority and applied) goes into an HDR histogram. The orders rest on both sides of a wide book, with a crossing order
 //! now and then, over one account per client, all created and funded before the run.
 //! (The brokers issue extends this with target rates, coordinated-omission correction and an
 //! order mix.)
@@ -28,6 +28,8 @@ pub struct BenchConfig {
     pub symbol: u32,
     /// Account ids start here.
     pub first_account: u64,
+    /// Orders each client sends per request (1: one at a time; more: a batch per frame).
+    pub orders_per_request: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -121,6 +123,7 @@ pub async fn run(
     for n in 0..config.clients {
         let account = config.first_account + n;
         let symbol = config.symbol;
+        let per_request = config.orders_per_request;
         let stop = Arc::clone(&stop);
         let mut client = args.client()?;
         drivers.push(tokio::spawn(async move {
@@ -129,20 +132,41 @@ pub async fn run(
             let (mut sent, mut rejected, mut failed) = (0u64, 0u64, 0u64);
             let mut i = 0i64;
             while !stop.load(Ordering::Acquire) {
-                i += 1;
-                sent += 1;
                 let start = Instant::now();
-                match client.submit(order(account, symbol, i)).await {
-                    Ok(outputs) => {
-                        if outputs
-                            .iter()
-                            .any(|o| matches!(o.event, Event::Rejected { .. }))
-                        {
-                            rejected += 1;
+                let orders: Vec<Command> = (0..per_request)
+                    .map(|_| {
+                        i += 1;
+                        order(account, symbol, i)
+                    })
+                    .collect();
+                sent += orders.len() as u64;
+                let results = if per_request == 1 {
+                    client
+                        .submit(orders[0])
+                        .await
+                        .map(|outputs| vec![Ok(outputs)])
+                } else {
+                    client.submit_batch(orders).await
+                };
+                let elapsed = start.elapsed().as_micros() as u64;
+                match results {
+                    Ok(results) => {
+                        for result in results {
+                            match result {
+                                Ok(outputs) => {
+                                    if outputs
+                                        .iter()
+                                        .any(|o| matches!(o.event, Event::Rejected { .. }))
+                                    {
+                                        rejected += 1;
+                                    }
+                                    histogram.saturating_record(elapsed);
+                                }
+                                Err(_) => failed += 1,
+                            }
                         }
-                        histogram.saturating_record(start.elapsed().as_micros() as u64);
                     }
-                    Err(_) => failed += 1,
+                    Err(_) => failed += per_request as u64,
                 }
             }
             (histogram, sent, rejected, failed)

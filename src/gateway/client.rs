@@ -192,6 +192,18 @@ impl Client {
         }
     }
 
+    /// Submits several commands at once, in order; returns each one's outputs or the reason
+    /// it was not sequenced.
+    pub async fn submit_batch(
+        &mut self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Result<Vec<Output>, String>>, ClientError> {
+        match self.request_leader(&Request::SubmitBatch(commands)).await? {
+            Reply::BatchOutputs(results) => Ok(results),
+            other => Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
+        }
+    }
+
     /// Sends a request the leader must serve (a command, a membership change), following
     /// redirects, and returns the leader's reply.
     pub async fn request_leader(&mut self, request: &Request) -> Result<Reply, ClientError> {

@@ -8,11 +8,16 @@ pub const PROTOCOL_VERSION: u16 = 0;
 /// The largest request or reply frame. A request is one command; a reply is one command's
 /// outputs (a mass cancel of a full account is the largest).
 pub const BROKER_FRAME_BYTES_MAX: usize = 1 << 20;
+/// Commands in one `SubmitBatch`.
+pub const SUBMIT_BATCH_COMMANDS_MAX: usize = 4_096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Sequence a command; the reply is its outputs.
     Submit(Command),
+    /// Sequence several commands at once (at most `SUBMIT_BATCH_COMMANDS_MAX`), in order; the
+    /// reply has one result per command. They usually share one Raft entry.
+    SubmitBatch(Vec<Command>),
     /// This node's view of the cluster.
     Status,
     /// Membership (leader only): add a node as a learner and wait until it has caught up
@@ -31,6 +36,8 @@ pub enum Request {
 pub enum Reply {
     /// The command was committed and applied: everything the engine said about it.
     Outputs(Vec<Output>),
+    /// Per command of a `SubmitBatch`: its outputs, or why it was not sequenced.
+    BatchOutputs(Vec<Result<Vec<Output>, String>>),
     /// Ask the leader instead. `broker` is its broker address, when known.
     NotLeader {
         leader_id: Option<u64>,

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use openraft::ServerState;
 
-use super::protocol::{NodeStatus, Reply, Request, BROKER_FRAME_BYTES_MAX};
+use super::protocol::{
+    NodeStatus, Reply, Request, BROKER_FRAME_BYTES_MAX, SUBMIT_BATCH_COMMANDS_MAX,
+};
 use crate::net::frame::{read_frame, write_frame};
 use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::EngineHandle;
@@ -95,6 +97,34 @@ impl Gateway {
     async fn handle(&self, request: Request) -> Reply {
         match request {
             Request::Status => Reply::Status(self.status()),
+            Request::SubmitBatch(commands) => {
+                if commands.len() > SUBMIT_BATCH_COMMANDS_MAX {
+                    return Reply::Error(format!(
+                        "a batch holds at most {SUBMIT_BATCH_COMMANDS_MAX} commands, got {}",
+                        commands.len()
+                    ));
+                }
+                if self.quorum_lost() {
+                    return Reply::NotLeader {
+                        leader_id: None,
+                        broker: None,
+                    };
+                }
+                let results = self.sequencer.submit_many(commands).await;
+                // Not the leader: nothing was sequenced (each command got the same answer).
+                if let Some(Err(SubmitError::NotLeader { leader_id, leader })) = results.first() {
+                    return Reply::NotLeader {
+                        leader_id: *leader_id,
+                        broker: leader.as_ref().map(|node| node.broker.clone()),
+                    };
+                }
+                Reply::BatchOutputs(
+                    results
+                        .into_iter()
+                        .map(|result| result.map_err(|e| e.to_string()))
+                        .collect(),
+                )
+            }
             Request::AddLearner { id, raft, broker } => {
                 if raft.parse::<std::net::SocketAddr>().is_err()
                     || broker.parse::<std::net::SocketAddr>().is_err()

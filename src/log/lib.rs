@@ -36,7 +36,9 @@
 //!
 //! On open, every segment but the last must be intact (else `Error::Corrupt` names the file
 //! and byte); the last one is read up to its first bad record, which is where a crash tore
-//! the writes, and cut there. Opening never panics on any file content.
+//! the writes, and cut there. A crash can tear a batch that crossed into new segments, so
+//! trailing segments that hold no record at all are removed first (durably), and the one
+//! before them is the last. Opening never panics on any file content.
 //!
 //! # Concurrency
 //!

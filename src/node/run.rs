@@ -40,8 +40,8 @@ fn raft_config(config: &NodeConfig) -> Result<Config, String> {
         election_timeout_min: config.election_min_ms,
         election_timeout_max: config.election_max_ms,
         // AppendEntries must finish within a heartbeat, the follower's fsync included: keep
-        // each message to a bounded number of (already batched) entries.
-        max_payload_entries: 64,
+        // each message to a few (already batched, bounded) entries.
+        max_payload_entries: 4,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         // Keep enough log behind a snapshot that a briefly lagging follower catches up from
         // the log rather than by a full snapshot.

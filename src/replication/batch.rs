@@ -5,9 +5,12 @@
 use exchange_domain::{Command, Input};
 use serde::{Deserialize, Serialize};
 
-/// Commands in one batch. The sequence number gives a command's position 16 bits.
-pub const BATCH_COMMANDS_MAX: usize = 1 << SEQ_POSITION_BITS;
+/// Commands in one batch: an entry stays small enough (about 200 KiB) that a follower can
+/// receive, decode, write and sync a few of them within one heartbeat.
+pub const BATCH_COMMANDS_MAX: usize = 2_048;
+/// The sequence number gives a command's position in its batch 16 bits.
 pub const SEQ_POSITION_BITS: u32 = 16;
+const _: () = assert!(BATCH_COMMANDS_MAX <= 1 << SEQ_POSITION_BITS);
 /// Log indexes must leave room for the position bits in a u64 sequence number.
 pub const LOG_INDEX_MAX: u64 = u64::MAX >> SEQ_POSITION_BITS;
 

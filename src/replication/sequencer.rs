@@ -74,6 +74,31 @@ impl Sequencer {
         Sequencer { queue }
     }
 
+    /// Sequences commands in order; returns each one's outputs once committed and applied.
+    /// They are queued together, so they usually travel in one entry.
+    pub async fn submit_many(
+        &self,
+        commands: Vec<Command>,
+    ) -> Vec<Result<Vec<Output>, SubmitError>> {
+        let mut answers = Vec::with_capacity(commands.len());
+        for command in commands {
+            let (reply, answer) = oneshot::channel();
+            if self.queue.send(Pending { command, reply }).await.is_err() {
+                answers.push(None);
+                continue;
+            }
+            answers.push(Some(answer));
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(match answer {
+                Some(answer) => answer.await.unwrap_or(Err(SubmitError::Stopped)),
+                None => Err(SubmitError::Stopped),
+            });
+        }
+        results
+    }
+
     /// Sequences one command; returns its outputs once its entry is committed and applied.
     pub async fn submit(&self, command: Command) -> Result<Vec<Output>, SubmitError> {
         let (reply, answer) = oneshot::channel();
