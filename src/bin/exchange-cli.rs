@@ -170,6 +170,12 @@ enum MembershipCommand {
 }
 
 fn main() -> ExitCode {
+    // Writing into a closed pipe (`exchange-cli ... | head`) ends the program quietly, as for
+    // any Unix tool, instead of failing every later print.
+    // SAFETY: called first thing, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Commands::EngineReplay {
