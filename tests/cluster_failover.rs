@@ -4,7 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use exchange::domain::{AccountId, Cancel, CancelReason, Command, Event, Side};
+use exchange::domain::{Event, Side};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,15 +36,7 @@ async fn three_nodes_elect_a_leader_and_every_replica_agrees() {
         .iter()
         .any(|o| matches!(o.event, Event::Execution { .. })));
 
-    let converged = cluster.wait_for_convergence(Duration::from_secs(10)).await;
-    let hashes: std::collections::BTreeSet<&String> =
-        converged.values().map(|(_, hash)| hash).collect();
-    assert_eq!(hashes.len(), 1, "replicas diverged: {converged:?}");
-    let index = converged
-        .values()
-        .map(|(index, _)| *index)
-        .max()
-        .unwrap_or(0);
+    let index = cluster.assert_converged(Duration::from_secs(10)).await;
     cluster.assert_no_divergence(index).await;
 }
 
@@ -92,30 +84,9 @@ async fn killing_the_leader_loses_no_acknowledged_order() {
     );
 
     // Every acknowledged order survived: each can be cancelled on the new leader.
-    for order_id in &acknowledged {
-        let outputs = submit(
-            &mut client,
-            Command::Cancel(Cancel {
-                account: AccountId(1),
-                order_id: *order_id,
-            }),
-            Duration::from_secs(5),
-        )
-        .await;
-        assert!(
-            outputs.iter().any(|o| matches!(o.event, Event::Cancelled { order_id: id, reason: CancelReason::Requested, .. } if id == *order_id)),
-            "acknowledged order {order_id} is gone after failover: {outputs:?}"
-        );
-    }
+    assert_all_present(&mut client, 1, &acknowledged).await;
 
     // The crashed node comes back, catches up, and agrees.
     cluster.start_node(leader);
-    let converged = cluster.wait_for_convergence(Duration::from_secs(15)).await;
-    let hashes: std::collections::BTreeSet<&String> =
-        converged.values().map(|(_, hash)| hash).collect();
-    assert_eq!(
-        hashes.len(),
-        1,
-        "replicas diverged after the restart: {converged:?}"
-    );
+    cluster.assert_converged(Duration::from_secs(15)).await;
 }

@@ -85,18 +85,6 @@ async fn full_load_causes_no_leader_change() {
         all.value_at_quantile(0.999),
         all.max()
     );
-    let converged = cluster.wait_for_convergence(Duration::from_secs(15)).await;
-    let hashes: std::collections::BTreeSet<&String> =
-        converged.values().map(|(_, hash)| hash).collect();
-    assert_eq!(
-        hashes.len(),
-        1,
-        "replicas diverged under load: {converged:?}"
-    );
-    let index = converged
-        .values()
-        .map(|(index, _)| *index)
-        .max()
-        .unwrap_or(0);
+    let index = cluster.assert_converged(Duration::from_secs(15)).await;
     cluster.assert_no_divergence(index).await;
 }

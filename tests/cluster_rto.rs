@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use exchange::domain::{AccountId, Cancel, CancelReason, Command, Event, OrderId, Side};
+use exchange::domain::{OrderId, Side};
 use support::*;
 
 const ROUNDS: usize = 10;
@@ -91,21 +91,8 @@ async fn ten_leader_crashes_recover_fast_and_lose_nothing() {
         "the driver barely ran: {}",
         acknowledged.len()
     );
-    for (_, order_id) in &acknowledged {
-        let outputs = submit(
-            &mut client,
-            Command::Cancel(Cancel {
-                account: AccountId(1),
-                order_id: *order_id,
-            }),
-            Duration::from_secs(5),
-        )
-        .await;
-        assert!(
-            outputs.iter().any(|o| matches!(o.event, Event::Cancelled { order_id: id, reason: CancelReason::Requested, .. } if id == *order_id)),
-            "acknowledged order {order_id} was lost: {outputs:?}"
-        );
-    }
+    let ids: Vec<OrderId> = acknowledged.iter().map(|(_, id)| *id).collect();
+    assert_all_present(&mut client, 1, &ids).await;
 
     recoveries.sort();
     let median = recoveries[recoveries.len() / 2];

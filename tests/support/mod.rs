@@ -15,9 +15,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use exchange::domain::{
-    AccountId, AdminCommand, Amount, AssetId, ClientOrderId, Command as ExchangeCommand, Event,
-    NewOrder, OrderId, OrderType, Output, Price, Qty, RiskLimits, SelfTradePrevention, Side,
-    SymbolId, SymbolSpec, TimeInForce,
+    AccountId, AdminCommand, Amount, AssetId, Cancel, CancelReason, ClientOrderId,
+    Command as ExchangeCommand, Event, NewOrder, OrderId, OrderType, Output, Price, Qty,
+    RiskLimits, SelfTradePrevention, Side, SymbolId, SymbolSpec, TimeInForce,
 };
 use exchange::gateway::client::Client;
 use exchange::gateway::protocol::NodeStatus;
@@ -284,6 +284,20 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// Waits until every running node has applied the same index, asserts that they all have
+    /// the same output hash there, and returns the index.
+    pub async fn assert_converged(&self, within: Duration) -> u64 {
+        let converged = self.wait_for_convergence(within).await;
+        let hashes: std::collections::BTreeSet<&String> =
+            converged.values().map(|(_, hash)| hash).collect();
+        assert_eq!(hashes.len(), 1, "replicas diverged: {converged:?}");
+        converged
+            .values()
+            .map(|(index, _)| *index)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// After the divergence watchers had time to compare, every running node has compared its
     /// hash with every other running node's, at or after `index`, and found no difference.
     pub async fn assert_no_divergence(&self, index: u64) {
@@ -315,6 +329,21 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Asserts that every order in `ids` (of `account`) still rests: each can be cancelled.
+pub async fn assert_all_present(client: &mut Client, account: u64, ids: &[OrderId]) {
+    for order_id in ids {
+        let cancel = ExchangeCommand::Cancel(Cancel {
+            account: AccountId(account),
+            order_id: *order_id,
+        });
+        let outputs = submit(client, cancel, Duration::from_secs(10)).await;
+        assert!(
+            outputs.iter().any(|o| matches!(o.event, Event::Cancelled { order_id: id, reason: CancelReason::Requested, .. } if id == *order_id)),
+            "acknowledged order {order_id} was lost: {outputs:?}"
+        );
     }
 }
 
