@@ -190,6 +190,29 @@ pub fn broker_transport() -> Arc<TransportConfig> {
 /// Concurrent request streams one broker connection may have.
 pub const BROKER_STREAMS_MAX: u32 = 64;
 
+/// QUIC requires TLS 1.3.
+const TLS_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+fn quic_server(
+    tls: rustls::ServerConfig,
+    transport: Arc<TransportConfig>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| err("QUIC TLS", e))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+fn quic_client(
+    tls: rustls::ClientConfig,
+    transport: Arc<TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| err("QUIC TLS", e))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
+
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     roots
@@ -207,16 +230,12 @@ pub fn mutual_server(
         .build()
         .map_err(|e| err("client verifier", e))?;
     let tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(TLS_VERSIONS)
         .map_err(|e| err("TLS", e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| err("node certificate", e))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(
-        QuicServerConfig::try_from(tls).map_err(|e| err("QUIC TLS", e))?,
-    ));
-    config.transport_config(transport);
-    Ok(config)
+    quic_server(tls, transport)
 }
 
 /// A client presenting the node's certificate (node to node).
@@ -225,16 +244,12 @@ pub fn mutual_client(
     transport: Arc<TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
     let tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(TLS_VERSIONS)
         .map_err(|e| err("TLS", e))?
         .with_root_certificates(roots(&identity.ca)?)
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| err("node certificate", e))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls).map_err(|e| err("QUIC TLS", e))?,
-    ));
-    config.transport_config(transport);
-    Ok(config)
+    quic_client(tls, transport)
 }
 
 /// A server brokers connect to: it proves itself with the node certificate; brokers prove
@@ -244,16 +259,12 @@ pub fn broker_server(
     transport: Arc<TransportConfig>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(TLS_VERSIONS)
         .map_err(|e| err("TLS", e))?
         .with_no_client_auth()
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| err("node certificate", e))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(
-        QuicServerConfig::try_from(tls).map_err(|e| err("QUIC TLS", e))?,
-    ));
-    config.transport_config(transport);
-    Ok(config)
+    quic_server(tls, transport)
 }
 
 /// A broker's client: trusts the cluster's authority.
@@ -262,15 +273,11 @@ pub fn broker_client(
     transport: Arc<TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
     let tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(TLS_VERSIONS)
         .map_err(|e| err("TLS", e))?
         .with_root_certificates(roots(ca)?)
         .with_no_client_auth();
-    let mut config = quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls).map_err(|e| err("QUIC TLS", e))?,
-    ));
-    config.transport_config(transport);
-    Ok(config)
+    quic_client(tls, transport)
 }
 
 #[cfg(test)]
