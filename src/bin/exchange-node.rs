@@ -99,6 +99,12 @@ struct RunArgs {
     /// go without it. A node that lost its data should rejoin under a new id (cluster replace).
     #[arg(long)]
     bootstrap: bool,
+    /// Test-only fault: report a wrong output hash from this log index on, to prove that
+    /// divergence detection catches it. Exists only in builds with the `test-faults` feature;
+    /// production builds reject it as an unknown flag.
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_diverge_at: Option<u64>,
 }
 
 fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
@@ -163,6 +169,10 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             .unwrap_or(config::SNAPSHOT_EVERY_DEFAULT),
         segment_bytes: segment_mib.saturating_mul(1 << 20),
         bootstrap: args.bootstrap,
+        #[cfg(feature = "test-faults")]
+        fault_diverge_at: args.fault_diverge_at,
+        #[cfg(not(feature = "test-faults"))]
+        fault_diverge_at: None,
     })
 }
 

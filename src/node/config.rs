@@ -78,6 +78,8 @@ pub struct NodeConfig {
     /// node: a node started without it joins the cluster it is part of, and a node whose data
     /// was lost must not found a second cluster under the same name.
     pub bootstrap: bool,
+    /// Test-only: report a wrong output hash from this index on (`test-faults` builds only).
+    pub fault_diverge_at: Option<u64>,
 }
 
 /// The TOML file: every key optional, with the flags' names.

@@ -71,6 +71,7 @@ impl Node {
             engine: exchange_engine::EngineConfig::default(),
             idle: config.idle,
             pin_core: config.pin_core,
+            fault_diverge_at: config.fault_diverge_at,
         };
         let (engine, position) = match &snapshot {
             Some(stored) => {

@@ -19,6 +19,9 @@ use tokio::sync::oneshot;
 use super::batch::Batch;
 use super::types::{LogId, StoredMembership};
 
+/// What the test-only divergence fault flips in the reported hash.
+const FAULT_HASH_FLIP: u64 = 0x5eed_0000_0000_0001;
+
 /// Requests waiting for the engine thread. Bounded so a stalled engine pushes back on Raft
 /// instead of growing memory; a request carries many entries, so this is plenty.
 pub const ENGINE_QUEUE_REQUESTS_MAX: usize = 1_024;
@@ -57,6 +60,9 @@ pub struct EngineThreadConfig {
     pub idle: IdleStrategy,
     /// Pin the engine thread to this core.
     pub pin_core: Option<usize>,
+    /// Test-only fault: from this log index on, report a wrong output hash, as a replica with a
+    /// nondeterminism bug would. Settable only in builds with the `test-faults` feature.
+    pub fault_diverge_at: Option<u64>,
 }
 
 /// A committed log entry as the engine sees it. Blank and membership entries carry no
@@ -453,8 +459,12 @@ impl Worker {
     }
 
     fn publish_applied(&self) {
-        self.status
-            .publish(index_of(&self.position), self.engine.output_hash());
+        let index = index_of(&self.position);
+        let mut hash = self.engine.output_hash();
+        if self.config.fault_diverge_at.is_some_and(|at| index >= at) {
+            hash ^= FAULT_HASH_FLIP;
+        }
+        self.status.publish(index, hash);
     }
 }
 
@@ -489,6 +499,7 @@ mod tests {
             engine: EngineConfig::default(),
             idle,
             pin_core: None,
+            fault_diverge_at: None,
         }
     }
 

@@ -132,6 +132,14 @@ impl Cluster {
         self.spawn(id, peers);
     }
 
+    /// Starts a founding node with extra flags (for a test-only fault, say).
+    pub fn start_node_with(&mut self, id: u64, extra: &[&str]) {
+        let saved = self.flags.clone();
+        self.flags.extend(extra.iter().map(|f| f.to_string()));
+        self.start_node(id);
+        self.flags = saved;
+    }
+
     fn spawn(&mut self, id: u64, peers: String) {
         // Node 1 founds the cluster on its very first start.
         let bootstrap = id == 1 && !self.data_dir(1).exists();
