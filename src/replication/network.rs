@@ -29,6 +29,8 @@ use crate::net::tls::node_name;
 
 /// The largest Raft frame: a whole snapshot travels in one.
 pub const RAFT_FRAME_BYTES_MAX: usize = 1 << 30;
+/// Frames larger than this are decoded on a blocking thread.
+const LARGE_FRAME_BYTES: usize = 1 << 20;
 /// How long dialling a peer may take before the RPC counts the peer unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A snapshot transfer's deadline: a base plus time per megabyte.
@@ -133,6 +135,14 @@ impl PeerConnection {
     async fn call(&mut self, request: &Request, deadline: Duration) -> Result<Response, CallError> {
         let bytes =
             postcard::to_allocvec(request).map_err(|e| CallError::Network(e.to_string()))?;
+        self.call_encoded(bytes, deadline).await
+    }
+
+    async fn call_encoded(
+        &mut self,
+        bytes: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Response, CallError> {
         let attempt = async {
             let connection = self.connection().await?;
             let (mut send, mut recv) = connection
@@ -243,7 +253,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             meta: snapshot.meta,
             data,
         };
-        let call = self.call(&request, deadline);
+        // Encoding a whole snapshot takes long enough to stall heartbeats on an async worker.
+        let encoded = tokio::task::spawn_blocking(move || postcard::to_allocvec(&request))
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&Failure(e.to_string()))))?
+            .map_err(|e| StreamingError::Network(NetworkError::new(&Failure(e.to_string()))))?;
+        let call = self.call_encoded(encoded, deadline);
         let result = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             result = call => result,
@@ -295,7 +310,17 @@ async fn handle_stream(raft: Raft, mut send: quinn::SendStream, mut recv: quinn:
     let Ok(Some(bytes)) = read_frame(&mut recv, RAFT_FRAME_BYTES_MAX).await else {
         return;
     };
-    let response = match postcard::from_bytes::<Request>(&bytes) {
+    // A large frame is a snapshot: decode it off the async workers.
+    let decoded = if bytes.len() > LARGE_FRAME_BYTES {
+        tokio::task::spawn_blocking(move || {
+            postcard::from_bytes::<Request>(&bytes).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+    } else {
+        postcard::from_bytes::<Request>(&bytes).map_err(|e| e.to_string())
+    };
+    let response = match decoded {
         Ok(Request::AppendEntries(rpc)) => Response::AppendEntries(raft.append_entries(rpc).await),
         Ok(Request::Vote(rpc)) => Response::Vote(raft.vote(rpc).await),
         Ok(Request::FullSnapshot { vote, meta, data }) => {
@@ -305,7 +330,7 @@ async fn handle_stream(raft: Raft, mut send: quinn::SendStream, mut recv: quinn:
             };
             Response::FullSnapshot(raft.install_full_snapshot(vote, snapshot).await)
         }
-        Err(e) => Response::Malformed(e.to_string()),
+        Err(e) => Response::Malformed(e),
     };
     if let Ok(bytes) = postcard::to_allocvec(&response) {
         let _ = write_frame(&mut send, &bytes).await;
