@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use exchange_domain::{
     AccountId, AdminCommand, Amount, AssetId, Cancel, ClientOrderId, Command, Event, Input,
-    Liquidity, NewOrder, OrderId, OrderType, Output, Price, Qty, SelfTradePrevention, Side,
-    SymbolId, SymbolSpec, TimeInForce,
+    Liquidity, NewOrder, OrderId, OrderType, Output, Price, Qty, RejectReason, SelfTradePrevention,
+    Side, SymbolId, SymbolSpec, TimeInForce,
 };
 use exchange_engine::{Engine, EngineConfig, EventSink};
 use serde::{Deserialize, Serialize};
@@ -267,7 +267,9 @@ pub struct ReplayStats {
     pub trades: u64,
     pub volume: i128,
     pub notional: i128,
-    pub rejects_by_reason: BTreeMap<String, u64>,
+    /// Counts per reason, in order of first appearance: a short scan, and nothing allocated
+    /// per reject while the replay is timed.
+    pub rejects: Vec<(RejectReason, u64)>,
 }
 
 impl EventSink for ReplayStats {
@@ -288,10 +290,10 @@ impl EventSink for ReplayStats {
             }
             Event::Rejected { reason, .. } | Event::CancelRejected { reason, .. } => {
                 self.rejected += 1;
-                *self
-                    .rejects_by_reason
-                    .entry(format!("{reason:?}"))
-                    .or_insert(0) += 1;
+                match self.rejects.iter_mut().find(|(r, _)| *r == reason) {
+                    Some((_, count)) => *count += 1,
+                    None => self.rejects.push((reason, 1)),
+                }
             }
             _ => {}
         }
@@ -359,7 +361,11 @@ pub fn run(
         best_ask: engine.best(REPLAY_SYMBOL, Side::Sell).map(|(p, _)| p.0),
         open_orders: engine.open_order_count(),
         output_hash: format!("{:016x}", engine.output_hash()),
-        rejects_by_reason: stats.rejects_by_reason,
+        rejects_by_reason: stats
+            .rejects
+            .iter()
+            .map(|(reason, count)| (format!("{reason:?}"), *count))
+            .collect(),
         elapsed_ms: elapsed.as_secs_f64() * 1e3,
         commands_per_sec: commands as f64 / elapsed.as_secs_f64().max(1e-9),
     })
