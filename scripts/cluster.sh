@@ -9,12 +9,14 @@
 #   scripts/cluster.sh status     every node's view (exchange-cli status)
 #
 # Node i listens for Raft on 127.0.0.1:700i and for brokers on 127.0.0.1:710i. Data, logs and
-# pids live under $EXCHANGE_DATA (default ./data). Extra node flags: $EXCHANGE_NODE_FLAGS.
+# pids live under $EXCHANGE_DATA (default ./data); credentials in $EXCHANGE_BROKERS (default
+# cluster/brokers.toml). Extra node flags: $EXCHANGE_NODE_FLAGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${EXCHANGE_DATA:-data}
 certs=${EXCHANGE_CERTS:-cluster/certs}
 node_bin=target/release/exchange-node
+brokers_file=${EXCHANGE_BROKERS:-cluster/brokers.toml}
 cli_bin=target/release/exchange-cli
 
 # Whether a pid is a live process (a killed node may linger as a zombie until it is reaped).
@@ -50,7 +52,7 @@ start_node() {
   if [ "$id" = 1 ] && [ ! -d "$data/node-1" ]; then bootstrap=--bootstrap; fi
   # shellcheck disable=SC2086
   setsid "$node_bin" --id "$id" --peers "$(peers "$n")" --data-dir "$data/node-$id" \
-    --certs-dir "$certs" $bootstrap ${EXCHANGE_NODE_FLAGS:-} >>"$data/node-$id.log" 2>&1 < /dev/null &
+    --certs-dir "$certs" --brokers "$brokers_file" $bootstrap ${EXCHANGE_NODE_FLAGS:-} >>"$data/node-$id.log" 2>&1 < /dev/null &
   echo $! > "$data/node-$id.pid"
   echo "node $id started (pid $!, log $data/node-$id.log)"
 }

@@ -3,9 +3,9 @@
 # including the crash of the leader.
 #
 # Builds (release), makes development certificates, starts three nodes on loopback (Raft on
-# 127.0.0.1:7001-7003, brokers on 7101-7103, data in a temporary directory), creates a market
-# and two accounts, trades, kills the leader with SIGKILL, keeps trading through the new leader,
-# restarts the dead node, shows that all three agree (same output hash at the same index), and
+# 127.0.0.1:7001-7003, brokers on 7101-7103, data in a temporary directory), creates a market,
+# funds two brokers' accounts, trades as those brokers (with a resend and a refused account),
+# kills the leader with SIGKILL, keeps trading through the new leader, restarts the dead node, shows that all three agree (same output hash at the same index), and
 # stops everything. Then the engine alone: its benchmark and a replay of real NASDAQ data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,25 +28,42 @@ run() { echo "\$ exchange-cli $*"; "$cli" "$@"; }
 say "starting a 3-node cluster (data in $EXCHANGE_DATA)"
 scripts/cluster.sh up 3
 
-say "a market: symbol 1 trades asset 1 (shares) against asset 2 (cents); two funded accounts"
+say "a market: symbol 1 trades asset 1 (shares) against asset 2 (cents)"
+echo "(exchange-cli logs on with the admin key of cluster/brokers.toml unless given --api-key)"
 run admin add-symbol --symbol 1 --base 1 --quote 2 --tick-size 1 --lot-size 1
-for account in 1 2; do
-  run admin create-account --account $account
-  run admin deposit --account $account --asset 1 --amount 10000
-  run admin deposit --account $account --asset 2 --amount 10000000
+
+# Brokers 1 and 2 of cluster/brokers.toml own accounts 1001 and 2001; the leader opens them
+# when it takes office, so the first deposit may have to wait a moment for it.
+deposit() {
+  for _ in $(seq 50); do
+    out=$("$cli" admin deposit --account "$1" --asset "$2" --amount "$3" 2>&1) || true
+    case "$out" in *unknown_account*|*UnknownAccount*|*"cluster unavailable"*) sleep 0.1 ;; *) echo "\$ exchange-cli admin deposit --account $1 --asset $2 --amount $3"; echo "$out"; return ;; esac
+  done
+  echo "account $1 was never opened" >&2; exit 1
+}
+say "the operator funds the brokers' accounts"
+for account in 1001 2001; do
+  deposit $account 1 10000
+  deposit $account 2 10000000
 done
 
-say "a broker flow: resting orders, a crossing order that trades, a cancel"
-run order new --account 1 --symbol 1 --side sell --price 10050 --qty 300
-run order new --account 1 --symbol 1 --side sell --price 10040 --qty 200
-run order new --account 2 --symbol 1 --side buy --price 10000 --qty 500 --client-order-id 7
-run order new --account 2 --symbol 1 --side buy --price 10045 --qty 250 --tif ioc
-run order mass-cancel --account 2
+broker1=(--api-key dev-broker-1-key-not-secret)
+broker2=(--api-key dev-broker-2-key-not-secret)
+say "a broker flow: resting orders, a crossing order that trades, a resend, a cancel"
+run order new "${broker1[@]}" --account 1001 --symbol 1 --side sell --price 10050 --qty 300 --client-order-id 1
+run order new "${broker1[@]}" --account 1001 --symbol 1 --side sell --price 10040 --qty 200 --client-order-id 2
+run order new "${broker2[@]}" --account 2001 --symbol 1 --side buy --price 10000 --qty 500 --client-order-id 7
+run order new "${broker2[@]}" --account 2001 --symbol 1 --side buy --price 10045 --qty 250 --tif ioc --client-order-id 8
+echo "(the same client order id again: answered with the original order, not traded twice)"
+run order new "${broker2[@]}" --account 2001 --symbol 1 --side buy --price 10045 --qty 250 --tif ioc --client-order-id 8
+echo "(broker 2 may not act for broker 1's account)"
+run order new "${broker2[@]}" --account 1001 --symbol 1 --side buy --price 10045 --qty 1 --client-order-id 9
+run order mass-cancel "${broker2[@]}" --account 2001
 
 leader=$("$cli" status --json | python3 -c 'import json,sys; print([n["status"]["id"] for n in json.load(sys.stdin) if "status" in n and n["status"]["role"] == "leader"][0])')
 say "killing the leader, node $leader, with SIGKILL"
 scripts/cluster.sh kill "$leader"
-run order new --account 2 --symbol 1 --side buy --price 10050 --qty 100
+run order new "${broker2[@]}" --account 2001 --symbol 1 --side buy --price 10050 --qty 100 --client-order-id 10
 scripts/cluster.sh status
 
 say "restarting node $leader: it catches up from the others"

@@ -232,10 +232,8 @@ fn main() -> ExitCode {
             let command = cluster::order_command(&order);
             runtime().and_then(|rt| rt.block_on(submit(cluster, command)))
         }
-        Commands::Admin { admin, cluster } => {
-            let command = cluster::admin_command(&admin);
-            runtime().and_then(|rt| rt.block_on(submit(cluster, command)))
-        }
+        Commands::Admin { admin, cluster } => cluster::admin_command(&admin)
+            .and_then(|command| runtime().and_then(|rt| rt.block_on(submit(cluster, command)))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

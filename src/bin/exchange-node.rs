@@ -99,6 +99,17 @@ struct RunArgs {
     /// go without it. A node that lost its data should rejoin under a new id (cluster replace).
     #[arg(long)]
     bootstrap: bool,
+    /// The brokers file: the admin key, and brokers with their API keys and accounts, which
+    /// the leader registers when it takes office [default: cluster/brokers.toml, if present].
+    #[arg(long, value_name = "FILE")]
+    brokers: Option<PathBuf>,
+    /// Commands per second one broker session may send (a burst of one second's worth).
+    #[arg(long, default_value_t = 500_000)]
+    session_rate: u32,
+    /// Commands one session may have waiting for their answers; at most 4096 (the engine's
+    /// exactly-once window).
+    #[arg(long, default_value_t = 4_096)]
+    session_in_flight: u32,
     /// Test-only fault: report a wrong output hash from this log index on, to prove that
     /// divergence detection catches it. Exists only in builds with the `test-faults` feature;
     /// production builds reject it as an unknown flag.
@@ -169,6 +180,14 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             .unwrap_or(config::SNAPSHOT_EVERY_DEFAULT),
         segment_bytes: segment_mib.saturating_mul(1 << 20),
         bootstrap: args.bootstrap,
+        brokers_file: match args.brokers.or(file.brokers) {
+            Some(path) => Some(path),
+            None => Some(PathBuf::from("cluster/brokers.toml")).filter(|p| p.exists()),
+        },
+        session_limits: exchange::gateway::server::SessionLimits {
+            commands_per_sec: args.session_rate,
+            in_flight_max: args.session_in_flight,
+        },
         #[cfg(feature = "test-faults")]
         fault_diverge_at: args.fault_diverge_at,
         #[cfg(not(feature = "test-faults"))]

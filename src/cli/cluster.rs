@@ -12,6 +12,7 @@ use exchange_domain::{
 };
 
 use crate::gateway::client::{trust, Client};
+use crate::gateway::credentials::{self, BrokersFile};
 
 /// Where the cluster is: `scripts/cluster.sh` starts one that these defaults reach.
 #[derive(Args, Clone, Debug)]
@@ -33,15 +34,38 @@ pub struct ClusterArgs {
         default_value = "cluster/certs"
     )]
     pub certs_dir: PathBuf,
+    /// The API key to log on with: a broker's key, or the admin key [default: the admin key
+    /// of --brokers-file].
+    #[arg(long, global = true, env = "EXCHANGE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Where the admin key is read from when no --api-key is given.
+    #[arg(long, global = true, default_value = "cluster/brokers.toml")]
+    pub brokers_file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
 }
 
 impl ClusterArgs {
+    /// The key to log on with, if any.
+    pub fn api_key(&self) -> Result<Option<String>, String> {
+        if let Some(key) = &self.api_key {
+            return Ok(Some(key.clone()));
+        }
+        if !self.brokers_file.exists() {
+            return Ok(None);
+        }
+        Ok(BrokersFile::load(&self.brokers_file)?.admin_key)
+    }
+
+    /// A client that logs on with [`ClusterArgs::api_key`].
     pub fn client(&self) -> Result<Client, String> {
         let ca = trust(&self.certs_dir).map_err(|e| e.to_string())?;
-        Client::new(self.nodes.clone(), &ca).map_err(|e| e.to_string())
+        let client = Client::new(self.nodes.clone(), &ca).map_err(|e| e.to_string())?;
+        Ok(match self.api_key()? {
+            Some(key) => client.with_api_key(key),
+            None => client,
+        })
     }
 }
 
@@ -87,8 +111,10 @@ pub enum OrderCommand {
         /// A market order (IOC or FOK) whose --price is its protection price.
         #[arg(long)]
         market: bool,
-        #[arg(long, default_value_t = 0)]
-        client_order_id: u64,
+        /// The broker's id for the order: resending the same id never makes a second order.
+        /// [default: the current time in microseconds, which rises from call to call].
+        #[arg(long)]
+        client_order_id: Option<u64>,
         #[arg(long, value_enum, default_value = "none")]
         stp: StpArg,
     },
@@ -121,9 +147,14 @@ pub enum OrderCommand {
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum AdminArg {
+    /// Open an account owned by a broker: only that broker's sessions (and the operator) may
+    /// act for it.
     CreateAccount {
         #[arg(long)]
         account: u64,
+        /// The owning broker's id (0: the operator only).
+        #[arg(long, default_value_t = 0)]
+        owner: u32,
     },
     Deposit {
         #[arg(long)]
@@ -182,6 +213,14 @@ pub enum AdminArg {
         #[arg(long)]
         symbol: u32,
     },
+    /// Register a broker with an API key, or replace its key; an empty key revokes it.
+    SetBrokerKey {
+        #[arg(long)]
+        broker: u32,
+        /// The broker's new key (16 to 256 characters); only its SHA-256 digest is sent.
+        #[arg(long, env = "EXCHANGE_NEW_BROKER_KEY", hide_env_values = true)]
+        key: String,
+    },
     Resume {
         #[arg(long)]
         symbol: u32,
@@ -203,7 +242,11 @@ pub fn order_command(order: &OrderCommand) -> Command {
         } => Command::NewOrder(NewOrder {
             account: AccountId(account),
             symbol: SymbolId(symbol),
-            client_order_id: ClientOrderId(client_order_id),
+            client_order_id: ClientOrderId(client_order_id.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_micros() as u64)
+            })),
             side: match side {
                 SideArg::Buy => Side::Buy,
                 SideArg::Sell => Side::Sell,
@@ -250,10 +293,20 @@ pub fn order_command(order: &OrderCommand) -> Command {
     }
 }
 
-pub fn admin_command(admin: &AdminArg) -> Command {
-    Command::Admin(match *admin {
-        AdminArg::CreateAccount { account } => AdminCommand::CreateAccount {
+pub fn admin_command(admin: &AdminArg) -> Result<Command, String> {
+    Ok(Command::Admin(match *admin {
+        AdminArg::SetBrokerKey { broker, ref key } => AdminCommand::SetBrokerKey {
+            broker: exchange_domain::BrokerId(broker),
+            key_digest: if key.is_empty() {
+                exchange_domain::KeyDigest([0; 32])
+            } else {
+                credentials::check_key(key)?;
+                credentials::digest(key)
+            },
+        },
+        AdminArg::CreateAccount { account, owner } => AdminCommand::CreateAccount {
             account: AccountId(account),
+            owner: exchange_domain::BrokerId(owner),
         },
         AdminArg::Deposit {
             account,
@@ -318,7 +371,7 @@ pub fn admin_command(admin: &AdminArg) -> Command {
         AdminArg::Resume { symbol } => AdminCommand::ResumeSymbol {
             symbol: SymbolId(symbol),
         },
-    })
+    }))
 }
 
 /// Prints a command's outputs: one JSON array, or one line per event.

@@ -81,7 +81,10 @@ async fn setup(args: &ClusterArgs, config: &BenchConfig) -> Result<(), String> {
     }))];
     for account in config.first_account..config.first_account + config.clients {
         let account = AccountId(account);
-        commands.push(Command::Admin(AdminCommand::CreateAccount { account }));
+        commands.push(Command::Admin(AdminCommand::CreateAccount {
+            account,
+            owner: exchange_domain::BrokerId::OPERATOR,
+        }));
         commands.push(Command::Admin(AdminCommand::SetRiskLimits {
             account,
             limits: RiskLimits {

@@ -243,7 +243,10 @@ impl Replay {
             reference_price: Price(0),
         })));
         for account in [MAKERS, TAKERS] {
-            replay.run(Command::Admin(AdminCommand::CreateAccount { account }));
+            replay.run(Command::Admin(AdminCommand::CreateAccount {
+                account,
+                owner: exchange_domain::BrokerId::OPERATOR,
+            }));
             for asset in [AssetId(1), AssetId(2)] {
                 replay.run(Command::Admin(AdminCommand::Deposit {
                     account,
@@ -261,6 +264,7 @@ impl Replay {
         let input = Input {
             seq: self.seq,
             timestamp_ns: 0,
+            broker: exchange_domain::BrokerId::OPERATOR,
             command,
         };
         self.engine.process(&input, &mut self.outputs);

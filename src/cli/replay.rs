@@ -192,7 +192,10 @@ pub fn prepare(rows: &[Row], config: ReplayConfig) -> Prepared {
     }))];
     for &account in &accounts {
         let account = AccountId(account);
-        setup.push(Command::Admin(AdminCommand::CreateAccount { account }));
+        setup.push(Command::Admin(AdminCommand::CreateAccount {
+            account,
+            owner: exchange_domain::BrokerId::OPERATOR,
+        }));
         for asset in [REPLAY_BASE, REPLAY_QUOTE] {
             setup.push(Command::Admin(AdminCommand::Deposit {
                 account,
@@ -247,6 +250,7 @@ pub fn prepare(rows: &[Row], config: ReplayConfig) -> Prepared {
     let stamp = |(index, command): (usize, Command)| Input {
         seq: index as u64 + 1,
         timestamp_ns: 0,
+        broker: exchange_domain::BrokerId::OPERATOR,
         command,
     };
     let setup: Vec<Input> = setup.into_iter().enumerate().map(stamp).collect();

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccountId, Amount, AssetId, ClientOrderId, OrderId, OrderType, Price, Qty, SelfTradePrevention,
-    Side, SymbolId, TimeInForce,
+    AccountId, Amount, AssetId, BrokerId, ClientOrderId, OrderId, OrderType, Price, Qty,
+    SelfTradePrevention, Side, SymbolId, TimeInForce,
 };
 
 /// One sequenced command: the engine's entire input. Nothing else reaches the engine.
@@ -27,13 +27,63 @@ pub struct Input {
     /// The leader's wall clock in nanoseconds since the Unix epoch, stamped by the sequencer.
     /// Non-decreasing; the engine never reads a clock of its own.
     pub timestamp_ns: u64,
+    /// Who sent the command, as authenticated by the gateway.
+    pub broker: BrokerId,
     pub command: Command,
 }
 
 /// The size of an archived [`Input`] as it sits in the log. Pinned so a change is deliberate:
 /// it changes the on-disk format.
-pub const INPUT_ARCHIVED_BYTES: usize = 80;
+pub const INPUT_ARCHIVED_BYTES: usize = 88;
 const _: () = assert!(std::mem::size_of::<ArchivedInput>() == INPUT_ARCHIVED_BYTES);
+
+/// A command with the broker it came from: what the sequencer puts into a batch.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct BrokerCommand {
+    pub broker: BrokerId,
+    pub command: Command,
+}
+
+impl BrokerCommand {
+    /// A command from the exchange operator.
+    pub fn operator(command: Command) -> Self {
+        BrokerCommand {
+            broker: BrokerId::OPERATOR,
+            command,
+        }
+    }
+}
+
+/// The SHA-256 digest of a broker's API key. The replicated state holds only digests, so no
+/// log, snapshot or report holds a usable key.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq))]
+pub struct KeyDigest(pub [u8; 32]);
 
 #[derive(
     Clone,
@@ -209,9 +259,16 @@ pub struct RiskLimits {
 #[serde(rename_all = "snake_case")]
 #[rkyv(derive(Debug))]
 pub enum AdminCommand {
-    /// Opens an account with the engine's default risk limits.
+    /// Opens an account with the engine's default risk limits, owned by `owner`: only that
+    /// broker (and the operator) may act for it.
     CreateAccount {
         account: AccountId,
+        owner: BrokerId,
+    },
+    /// Registers a broker, or replaces its API key.
+    SetBrokerKey {
+        broker: BrokerId,
+        key_digest: KeyDigest,
     },
     Deposit {
         account: AccountId,

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccountId, Amount, AssetId, ClientOrderId, ExecId, OrderId, OrderType, Price, Qty, RiskLimits,
-    Side, SymbolId, SymbolSpec, TimeInForce, TradeId,
+    AccountId, Amount, AssetId, BrokerId, ClientOrderId, ExecId, KeyDigest, OrderId, OrderType,
+    Price, Qty, RiskLimits, Side, SymbolId, SymbolSpec, TimeInForce, TradeId,
 };
 
 /// One output event, stamped with the sequence number and timestamp of the input that caused it.
@@ -55,6 +55,11 @@ pub enum RejectReason {
     QtyOffLot,
     /// A market order must be IOC or FOK.
     InvalidTimeInForce,
+    /// A broker's order needs a client order id above zero.
+    InvalidClientOrderId,
+    /// The client order id is older than the exactly-once window remembers: it cannot be told
+    /// apart from a resend, so it is refused rather than risk a double.
+    StaleClientOrderId,
     // 2xx: risk and state checks before matching.
     SymbolHalted,
     MaxOrderQtyExceeded,
@@ -64,6 +69,8 @@ pub enum RejectReason {
     NotOrderOwner,
     /// The exchange-wide bound on resting orders is reached.
     OrderCapacityExceeded,
+    /// The broker may not act for this account, or may not administer.
+    NotPermitted,
     // 3xx: funds.
     InsufficientFunds,
     // 4xx: matching.
@@ -80,6 +87,7 @@ pub enum RejectReason {
     TooManyAssets,
     TooManyAccounts,
     TooManySymbols,
+    TooManyBrokers,
 }
 
 impl RejectReason {
@@ -94,6 +102,8 @@ impl RejectReason {
             RejectReason::InvalidQuantity => 105,
             RejectReason::QtyOffLot => 106,
             RejectReason::InvalidTimeInForce => 107,
+            RejectReason::InvalidClientOrderId => 108,
+            RejectReason::StaleClientOrderId => 109,
             RejectReason::SymbolHalted => 200,
             RejectReason::MaxOrderQtyExceeded => 201,
             RejectReason::MaxNotionalExceeded => 202,
@@ -101,6 +111,7 @@ impl RejectReason {
             RejectReason::MaxOpenOrdersExceeded => 204,
             RejectReason::NotOrderOwner => 205,
             RejectReason::OrderCapacityExceeded => 206,
+            RejectReason::NotPermitted => 207,
             RejectReason::InsufficientFunds => 300,
             RejectReason::PostOnlyWouldTrade => 400,
             RejectReason::AccountExists => 500,
@@ -112,6 +123,7 @@ impl RejectReason {
             RejectReason::TooManyAssets => 506,
             RejectReason::TooManyAccounts => 507,
             RejectReason::TooManySymbols => 508,
+            RejectReason::TooManyBrokers => 509,
         }
     }
 }
@@ -285,6 +297,19 @@ pub enum Event {
     },
     AdminRejected {
         reason: RejectReason,
+    },
+    /// A broker resent a client order id it had used: nothing new happened. `order_id` is
+    /// the original order (or, when it was rejected, the sequence number of the original
+    /// command) and `rejected` the original reject reason, if any.
+    DuplicateOrder {
+        account: AccountId,
+        client_order_id: ClientOrderId,
+        order_id: OrderId,
+        rejected: Option<RejectReason>,
+    },
+    BrokerKeySet {
+        broker: BrokerId,
+        key_digest: KeyDigest,
     },
 }
 
@@ -497,6 +522,26 @@ impl Output {
             }
             Event::AdminRejected { reason } => {
                 w.word(15).word(reason.code() as u64);
+            }
+            Event::DuplicateOrder {
+                account,
+                client_order_id,
+                order_id,
+                rejected,
+            } => {
+                w.word(17)
+                    .word(account.0)
+                    .word(client_order_id.0)
+                    .word(order_id.0)
+                    .word(rejected.map_or(0, |r| r.code() as u64));
+            }
+            Event::BrokerKeySet { broker, key_digest } => {
+                w.word(18).word(broker.0 as u64);
+                for chunk in key_digest.0.chunks_exact(8) {
+                    let mut word = [0u8; 8];
+                    word.copy_from_slice(chunk);
+                    w.word(u64::from_le_bytes(word));
+                }
             }
         }
         w.len

@@ -39,6 +39,19 @@ id_type!(
     OrderId(u64)
 );
 id_type!(
+    /// A broker: the member firm whose sessions send orders. Every command carries the broker
+    /// it came from (stamped by the gateway from the authenticated session, never by the
+    /// broker itself), so the engine can decide ownership and exactly-once deterministically.
+    BrokerId(u32)
+);
+
+impl BrokerId {
+    /// The exchange operator: may administer and act for every account; its orders are not
+    /// subject to exactly-once checks (replays and tools use it).
+    pub const OPERATOR: BrokerId = BrokerId(0);
+}
+
+id_type!(
     /// The broker's own id for an order, echoed in every report about it.
     ClientOrderId(u64)
 );

@@ -20,10 +20,10 @@ mod order;
 mod units;
 
 pub use command::{
-    AdminCommand, ArchivedInput, Cancel, CancelReplace, Command, Input, MassCancel, NewOrder,
-    RiskLimits, SymbolSpec, INPUT_ARCHIVED_BYTES,
+    AdminCommand, ArchivedInput, BrokerCommand, Cancel, CancelReplace, Command, Input, KeyDigest,
+    MassCancel, NewOrder, RiskLimits, SymbolSpec, INPUT_ARCHIVED_BYTES,
 };
 pub use event::{CancelReason, Event, Liquidity, Output, RejectReason, OUTPUT_CANONICAL_BYTES_MAX};
-pub use ids::{AccountId, AssetId, ClientOrderId, ExecId, OrderId, SymbolId, TradeId};
+pub use ids::{AccountId, AssetId, BrokerId, ClientOrderId, ExecId, OrderId, SymbolId, TradeId};
 pub use order::{OrderType, SelfTradePrevention, Side, TimeInForce};
 pub use units::{Amount, Price, Qty};

@@ -18,7 +18,10 @@ impl State {
 
     fn try_admin(&mut self, cmd: &AdminCommand) -> Result<Event, RejectReason> {
         match *cmd {
-            AdminCommand::CreateAccount { account } => {
+            AdminCommand::SetBrokerKey { broker, key_digest } => {
+                self.set_broker_key(broker, key_digest)
+            }
+            AdminCommand::CreateAccount { account, owner } => {
                 if self.account_index.contains_key(&account) {
                     return Err(RejectReason::AccountExists);
                 }
@@ -28,7 +31,7 @@ impl State {
                 self.account_index
                     .insert(account, self.accounts.len() as u32);
                 self.accounts
-                    .push(Account::new(account, self.config.default_limits));
+                    .push(Account::new(account, owner, self.config.default_limits));
                 Ok(Event::AccountCreated { account })
             }
             AdminCommand::Deposit {

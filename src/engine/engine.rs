@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 
 use exchange_domain::{
-    AccountId, AssetId, Command, Event, Input, OrderId, Output, Price, Qty, Side, SymbolId,
-    SymbolSpec,
+    AccountId, AssetId, BrokerId, Event, Input, KeyDigest, OrderId, Output, Price, Qty, Side,
+    SymbolId, SymbolSpec,
 };
 use rustc_hash::FxHashMap;
 
 use crate::arena::{Handle, OrderArena};
 use crate::book::Book;
+use crate::brokers::Broker;
 use crate::hash::OutputHasher;
 use crate::limits::EngineConfig;
 use crate::sink::EventSink;
@@ -34,6 +35,8 @@ pub(crate) struct State {
     pub account_index: FxHashMap<AccountId, u32>,
     pub markets: Vec<Market>,
     pub market_index: FxHashMap<SymbolId, u32>,
+    pub brokers: Vec<Broker>,
+    pub broker_index: FxHashMap<BrokerId, u32>,
     /// Deposits minus withdrawals per asset: what the balances of every account must sum to.
     pub asset_totals: BTreeMap<AssetId, i64>,
     pub trades: u64,
@@ -93,6 +96,8 @@ impl Engine {
                 account_index: FxHashMap::default(),
                 markets: Vec::new(),
                 market_index: FxHashMap::default(),
+                brokers: Vec::new(),
+                broker_index: FxHashMap::default(),
                 asset_totals: BTreeMap::new(),
                 trades: 0,
                 executions: 0,
@@ -123,14 +128,7 @@ impl Engine {
             hasher: &mut self.hasher,
             sink,
         };
-        let state = &mut self.state;
-        match &input.command {
-            Command::NewOrder(order) => state.new_order(OrderId(input.seq), order, &mut out),
-            Command::Cancel(cancel) => state.cancel(cancel, &mut out),
-            Command::CancelReplace(replace) => state.cancel_replace(replace, &mut out),
-            Command::MassCancel(mass) => state.mass_cancel(mass, &mut out),
-            Command::Admin(admin) => state.admin(admin, &mut out),
-        }
+        self.state.dispatch(input, &mut out);
     }
 
     /// The running hash of every output so far.
@@ -236,6 +234,17 @@ impl Engine {
     /// Deposits minus withdrawals of an asset: what all balances of it must add up to.
     pub fn asset_total(&self, asset: AssetId) -> i64 {
         self.state.asset_totals.get(&asset).copied().unwrap_or(0)
+    }
+
+    /// The broker that owns the account.
+    pub fn account_owner(&self, account: AccountId) -> Option<BrokerId> {
+        let index = *self.state.account_index.get(&account)?;
+        Some(self.state.accounts[index as usize].owner)
+    }
+
+    /// Every registered broker with its key digest (all zeros: revoked), in registration order.
+    pub fn brokers(&self) -> impl Iterator<Item = (BrokerId, KeyDigest)> + '_ {
+        self.state.brokers.iter().map(|b| (b.id, b.key_digest))
     }
 
     /// Whether the account exists.

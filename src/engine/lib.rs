@@ -13,6 +13,7 @@
 //! - `book`: price levels (sorted, best last) of FIFO queues linked through the arena.
 //! - `arena`: the slab every resting order lives in; handles instead of pointers.
 //! - `wallet`: accounts with available and held funds per asset.
+//! - `brokers`: which broker may act for which account; exactly-once new orders.
 //! - `admin`: accounts, deposits, withdrawals, symbols, limits, halts.
 //! - [`snapshot`](Snapshot): the whole state as validated rkyv bytes, and its restore.
 //! - `invariants`: the full consistency check tests end with.
@@ -23,6 +24,7 @@
 mod admin;
 mod arena;
 mod book;
+mod brokers;
 mod engine;
 mod hash;
 mod invariants;
@@ -40,11 +42,11 @@ pub use engine::{Engine, OpenOrder};
 pub use hash::OutputHasher;
 pub use invariants::InvariantViolation;
 pub use limits::{
-    EngineConfig, ACCOUNTS_MAX_DEFAULT, ASSETS_PER_ACCOUNT_MAX, ORDERS_OPEN_MAX_DEFAULT,
-    PRICE_BAND_BPS_MAX, SYMBOLS_MAX_DEFAULT,
+    EngineConfig, ACCOUNTS_MAX_DEFAULT, ASSETS_PER_ACCOUNT_MAX, BROKERS_MAX,
+    CLIENT_ORDER_ID_WINDOW, ORDERS_OPEN_MAX_DEFAULT, PRICE_BAND_BPS_MAX, SYMBOLS_MAX_DEFAULT,
 };
 pub use sink::{DiscardSink, EventSink, FnSink};
 pub use snapshot::{
-    AccountSnapshot, AssetTotal, BalanceSnapshot, MarketSnapshot, OrderSnapshot, RestoreError,
-    Snapshot, SNAPSHOT_FORMAT_VERSION,
+    AccountSnapshot, AssetTotal, BalanceSnapshot, BrokerSnapshot, MarketSnapshot, OrderSnapshot,
+    RememberedOrder, RestoreError, Snapshot, SNAPSHOT_FORMAT_VERSION,
 };

@@ -13,6 +13,12 @@ pub const ORDERS_OPEN_MAX_DEFAULT: u32 = 4_000_000;
 pub const ACCOUNTS_MAX_DEFAULT: u32 = 1_000_000;
 /// Symbols, by default.
 pub const SYMBOLS_MAX_DEFAULT: u32 = 10_000;
+/// Brokers the engine remembers. Each costs a window of remembered client order ids.
+pub const BROKERS_MAX: usize = 1_024;
+/// New orders per broker whose outcome is remembered for resends: at least the most a broker
+/// may have in flight (the gateway's per-session limit is below it).
+pub const CLIENT_ORDER_ID_WINDOW: usize = 4_096;
+
 /// A price band is given in basis points; more than 100% below the reference makes no sense
 /// for the lower bound but a wide upper band is allowed, up to 100x.
 pub const PRICE_BAND_BPS_MAX: u32 = 1_000_000;

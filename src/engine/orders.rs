@@ -71,12 +71,13 @@ struct Admitted {
 }
 
 impl State {
+    /// Returns the reject reason when the order was refused.
     pub fn new_order<S: EventSink>(
         &mut self,
         order_id: OrderId,
         cmd: &NewOrder,
         out: &mut Emitter<S>,
-    ) {
+    ) -> Option<RejectReason> {
         let admitted = match self.admit(cmd) {
             Ok(admitted) => admitted,
             Err(reason) => {
@@ -86,7 +87,7 @@ impl State {
                     client_order_id: cmd.client_order_id,
                     reason,
                 });
-                return;
+                return Some(reason);
             }
         };
         out.emit(Event::Accepted {
@@ -116,11 +117,11 @@ impl State {
             && !self.can_fill_completely(admitted.market, &taker)
         {
             self.drop_taker(&taker, CancelReason::FillOrKill, out);
-            return;
+            return None;
         }
         let end = self.match_taker(admitted.market, &mut taker, out);
         if taker.leaves.0 == 0 {
-            return;
+            return None;
         }
         match (end, cmd.time_in_force) {
             (MatchEnd::SelfTrade, _) => self.drop_taker(&taker, CancelReason::SelfTrade, out),
@@ -154,6 +155,7 @@ impl State {
                 self.drop_taker(&taker, CancelReason::Unfilled, out)
             }
         }
+        None
     }
 
     /// Runs every pre-trade check of a new order and holds its funds.

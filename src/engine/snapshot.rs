@@ -7,12 +7,13 @@
 //! is an error, never a panic, and a restored state must pass the invariant check.
 
 use exchange_domain::{
-    AccountId, AssetId, ClientOrderId, OrderId, Price, Qty, RiskLimits, SelfTradePrevention, Side,
-    SymbolSpec, TimeInForce,
+    AccountId, AssetId, BrokerId, ClientOrderId, KeyDigest, OrderId, Price, Qty, RejectReason,
+    RiskLimits, SelfTradePrevention, Side, SymbolSpec, TimeInForce,
 };
 
 use crate::arena::{Order, NIL};
 use crate::book::Book;
+use crate::brokers::{Broker, Remembered};
 use crate::engine::{Engine, Market};
 use crate::hash::OutputHasher;
 use crate::invariants::InvariantViolation;
@@ -20,7 +21,7 @@ use crate::limits::EngineConfig;
 use crate::wallet::{Account, Balance};
 
 /// Bumped whenever the snapshot's layout or meaning changes.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Snapshot {
@@ -36,11 +37,30 @@ pub struct Snapshot {
     /// In the engine's table order.
     pub markets: Vec<MarketSnapshot>,
     pub asset_totals: Vec<AssetTotal>,
+    /// In the engine's table order.
+    pub brokers: Vec<BrokerSnapshot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BrokerSnapshot {
+    pub id: BrokerId,
+    pub key_digest: KeyDigest,
+    pub high_water: u64,
+    /// The occupied slots of the exactly-once window, in slot order.
+    pub remembered: Vec<RememberedOrder>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RememberedOrder {
+    pub client_order_id: u64,
+    pub order_id: u64,
+    pub rejected: Option<RejectReason>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AccountSnapshot {
     pub id: AccountId,
+    pub owner: BrokerId,
     pub limits: RiskLimits,
     /// In slot order: orders refer to balances by position.
     pub balances: Vec<BalanceSnapshot>,
@@ -171,6 +191,7 @@ impl Engine {
                 .iter()
                 .map(|account| AccountSnapshot {
                     id: account.id,
+                    owner: account.owner,
                     limits: account.limits,
                     balances: account
                         .balances
@@ -198,6 +219,25 @@ impl Engine {
                 .asset_totals
                 .iter()
                 .map(|(&asset, &total)| AssetTotal { asset, total })
+                .collect(),
+            brokers: state
+                .brokers
+                .iter()
+                .map(|broker| BrokerSnapshot {
+                    id: broker.id,
+                    key_digest: broker.key_digest,
+                    high_water: broker.high_water,
+                    remembered: broker
+                        .window
+                        .iter()
+                        .filter(|slot| slot.client_order_id != 0)
+                        .map(|slot| RememberedOrder {
+                            client_order_id: slot.client_order_id,
+                            order_id: slot.order_id,
+                            rejected: slot.rejected,
+                        })
+                        .collect(),
+                })
                 .collect(),
         }
     }
@@ -228,7 +268,7 @@ impl Engine {
             if state.account_index.insert(saved.id, index).is_some() {
                 return Err(inconsistent(format!("account {} appears twice", saved.id)));
             }
-            let mut account = Account::new(saved.id, saved.limits);
+            let mut account = Account::new(saved.id, saved.owner, saved.limits);
             account.balances = saved
                 .balances
                 .iter()
@@ -239,6 +279,40 @@ impl Engine {
                 })
                 .collect();
             state.accounts.push(account);
+        }
+        if snapshot.brokers.len() > crate::limits::BROKERS_MAX {
+            return Err(inconsistent("too many brokers".into()));
+        }
+        for saved in &snapshot.brokers {
+            let index = state.brokers.len() as u32;
+            if saved.id == BrokerId::OPERATOR
+                || state.broker_index.insert(saved.id, index).is_some()
+            {
+                return Err(inconsistent(format!(
+                    "broker {} is invalid or twice",
+                    saved.id
+                )));
+            }
+            let mut broker = Broker::new(saved.id, saved.key_digest);
+            broker.high_water = saved.high_water;
+            for order in &saved.remembered {
+                let slot = &mut broker.window[Broker::slot(order.client_order_id)];
+                if order.client_order_id == 0
+                    || order.client_order_id > saved.high_water
+                    || slot.client_order_id != 0
+                {
+                    return Err(inconsistent(format!(
+                        "broker {} remembers client order id {} impossibly",
+                        saved.id, order.client_order_id
+                    )));
+                }
+                *slot = Remembered {
+                    client_order_id: order.client_order_id,
+                    order_id: order.order_id,
+                    rejected: order.rejected,
+                };
+            }
+            state.brokers.push(broker);
         }
         let mut by_id = Vec::new();
         for (market_index, saved) in snapshot.markets.iter().enumerate() {

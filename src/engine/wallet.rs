@@ -5,7 +5,7 @@
 //! funds of one account to the available funds of the other when orders trade. Deposits and
 //! withdrawals change an asset's total; nothing else does.
 
-use exchange_domain::{AccountId, Amount, AssetId, RiskLimits};
+use exchange_domain::{AccountId, Amount, AssetId, BrokerId, RiskLimits};
 
 use crate::arena::{Handle, NIL};
 use crate::limits::ASSETS_PER_ACCOUNT_MAX;
@@ -20,6 +20,8 @@ pub(crate) struct Balance {
 #[derive(Clone, Debug)]
 pub(crate) struct Account {
     pub id: AccountId,
+    /// The only broker (besides the operator) that may act for the account.
+    pub owner: BrokerId,
     pub limits: RiskLimits,
     /// Grows only: an order caches the positions of its balances.
     pub balances: Vec<Balance>,
@@ -30,9 +32,10 @@ pub(crate) struct Account {
 }
 
 impl Account {
-    pub fn new(id: AccountId, limits: RiskLimits) -> Self {
+    pub fn new(id: AccountId, owner: BrokerId, limits: RiskLimits) -> Self {
         Account {
             id,
+            owner,
             limits,
             balances: Vec::new(),
             open_orders: 0,

@@ -1,4 +1,7 @@
-//! The client library: connects to any node, follows leader redirects, and submits commands.
+//! The client library: connects to any node, logs on, follows leader redirects, and submits
+//! commands. A broker's new orders (those with a client order id) are resent when their outcome
+//! is unknown (the leader failed mid-request): the engine answers a resend with the original
+//! outcome, so each order is executed exactly once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -6,7 +9,7 @@ use std::time::Duration;
 use exchange_domain::{Command, Output};
 use rustls::pki_types::CertificateDer;
 
-use super::protocol::{NodeStatus, Reply, Request};
+use super::protocol::{NodeStatus, Reply, Request, PROTOCOL_VERSION};
 use crate::net::frame::{read_frame, write_frame};
 use crate::net::tls;
 
@@ -25,6 +28,9 @@ pub const DEAD_NODE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(100);
 /// A node that does not complete a handshake in this time is taken for down (on a LAN a
 /// handshake takes a millisecond).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a broker keeps resending a new order whose outcome is unknown: longer than any
+/// failover takes.
+const RESEND_FOR: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 pub enum ClientError {
@@ -61,10 +67,22 @@ struct Link {
 /// answers): followers keep naming a crashed leader until they elect a new one.
 const SUSPECT_FOR: Duration = Duration::from_millis(1_000);
 
+/// Why a connection could not be used.
+enum ConnectError {
+    /// The node could not be reached (down, unreachable, slow).
+    Network(String),
+    /// The node refused the logon: no other node will accept it either.
+    Refused(String),
+}
+
 /// A broker's connection to the cluster.
 pub struct Client {
     endpoint: quinn::Endpoint,
     nodes: Vec<SocketAddr>,
+    /// The key every connection logs on with; `None`: no logon (status queries only).
+    api_key: Option<String>,
+    /// Who the node said the session acts as (0: the operator), once logged on.
+    broker: Option<u32>,
     link: Option<Link>,
     /// Nodes whose connection failed recently, and until when they are avoided.
     suspects: Vec<(SocketAddr, std::time::Instant)>,
@@ -95,32 +113,48 @@ impl Client {
         Ok(Client {
             endpoint,
             nodes,
+            api_key: None,
+            broker: None,
             link: None,
             suspects: Vec::new(),
         })
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Link, String> {
-        connect(&self.endpoint, addr).await
+    /// Log every connection on with `api_key` (a broker's key, or the admin key).
+    pub fn with_api_key(mut self, api_key: impl Into<String>) -> Self {
+        self.api_key = Some(api_key.into());
+        self
+    }
+
+    /// The broker this client acts as, once a connection has logged on (0: the operator).
+    pub fn broker(&self) -> Option<u32> {
+        self.broker
     }
 
     /// Connects to every candidate at once and keeps the first that answers, so a dead node
     /// costs nothing while another is up.
-    async fn connect_any(&self, candidates: &[SocketAddr]) -> Result<Link, String> {
+    async fn connect_any(&mut self, candidates: &[SocketAddr]) -> Result<Link, ConnectError> {
         let mut attempts = tokio::task::JoinSet::new();
         for &addr in candidates {
             let endpoint = self.endpoint.clone();
-            attempts.spawn(async move { connect(&endpoint, addr).await });
+            let api_key = self.api_key.clone();
+            attempts.spawn(async move { connect(&endpoint, addr, api_key.as_deref()).await });
         }
         let mut last_error = String::from("no node to connect to");
         while let Some(attempt) = attempts.join_next().await {
             match attempt {
-                Ok(Ok(link)) => return Ok(link),
-                Ok(Err(e)) => last_error = e,
+                Ok(Ok((link, broker))) => {
+                    if broker.is_some() {
+                        self.broker = broker;
+                    }
+                    return Ok(link);
+                }
+                Ok(Err(ConnectError::Refused(e))) => return Err(ConnectError::Refused(e)),
+                Ok(Err(ConnectError::Network(e))) => last_error = e,
                 Err(e) => last_error = e.to_string(),
             }
         }
-        Err(last_error)
+        Err(ConnectError::Network(last_error))
     }
 
     async fn exchange(link: &mut Link, request: &Request) -> Result<Reply, String> {
@@ -142,7 +176,11 @@ impl Client {
 
     /// Sends one request to `addr` over a fresh connection (for per-node queries).
     pub async fn ask(&self, addr: SocketAddr, request: &Request) -> Result<Reply, String> {
-        let mut link = self.connect(addr).await?;
+        let (mut link, _) = connect(&self.endpoint, addr, self.api_key.as_deref())
+            .await
+            .map_err(|e| match e {
+                ConnectError::Network(e) | ConnectError::Refused(e) => e,
+            })?;
         Self::exchange(&mut link, request).await
     }
 
@@ -181,26 +219,69 @@ impl Client {
         }
     }
 
+    /// Whether resending these commands after an unknown outcome is safe: a broker session's
+    /// new orders with client order ids, which the engine executes at most once.
+    fn resendable<'c>(&self, mut commands: impl Iterator<Item = &'c Command>) -> bool {
+        self.broker.is_some_and(|b| b != 0)
+            && commands.all(|c| matches!(c, Command::NewOrder(o) if o.client_order_id.0 != 0))
+    }
+
+    /// Sends a request to the leader; when its outcome is unknown and it may safely be sent
+    /// again, resends it (to the new leader, after a failover) until it is answered.
+    async fn request_with_resend(
+        &mut self,
+        request: &Request,
+        resendable: bool,
+    ) -> Result<Reply, ClientError> {
+        let give_up = std::time::Instant::now() + RESEND_FOR;
+        loop {
+            match self.request_leader(request).await {
+                Err(ClientError::OutcomeUnknown(_) | ClientError::Unavailable(_))
+                    if resendable && std::time::Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(NO_LEADER_PAUSE).await;
+                }
+                Ok(Reply::Throttled { retry_after_ms, .. })
+                    if std::time::Instant::now() < give_up =>
+                {
+                    // Nothing was sequenced: waiting and sending again is always safe.
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms.min(1_000))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Submits a command to the leader, following redirects, and returns its outputs.
     ///
-    /// A command whose connection broke before the reply may or may not have been executed:
-    /// it is not resent here (exactly-once resends need the broker's client order id).
+    /// A broker's new order with a client order id is resent if its outcome is unknown; if
+    /// the first send had been executed, the answer is a `DuplicateOrder` event naming the
+    /// original order. Other commands whose connection broke are reported as
+    /// `OutcomeUnknown`.
     pub async fn submit(&mut self, command: Command) -> Result<Vec<Output>, ClientError> {
-        match self.request_leader(&Request::Submit(command)).await? {
+        let resendable = self.resendable(std::iter::once(&command));
+        match self
+            .request_with_resend(&Request::Submit(command), resendable)
+            .await?
+        {
             Reply::Outputs(outputs) => Ok(outputs),
-            other => Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
     /// Submits several commands at once, in order; returns each one's outputs or the reason
-    /// it was not sequenced.
+    /// it was not sequenced. Resent as `submit` resends, when every command may be.
     pub async fn submit_batch(
         &mut self,
         commands: Vec<Command>,
     ) -> Result<Vec<Result<Vec<Output>, String>>, ClientError> {
-        match self.request_leader(&Request::SubmitBatch(commands)).await? {
+        let resendable = self.resendable(commands.iter());
+        match self
+            .request_with_resend(&Request::SubmitBatch(commands), resendable)
+            .await?
+        {
             Reply::BatchOutputs(results) => Ok(results),
-            other => Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -228,14 +309,18 @@ impl Client {
                 // The redirect target first; if it cannot be reached, any healthy node.
                 None => match self.connect_any(&candidates).await {
                     Ok(link) => link,
-                    Err(_) => {
+                    Err(ConnectError::Refused(e)) => return Err(ClientError::Rejected(e)),
+                    Err(ConnectError::Network(_)) => {
                         for addr in &candidates {
                             self.suspect(*addr);
                         }
                         let others = self.healthy_nodes();
                         match self.connect_any(&others).await {
                             Ok(link) => link,
-                            Err(e) => return Err(ClientError::Unavailable(e)),
+                            Err(ConnectError::Refused(e)) => return Err(ClientError::Rejected(e)),
+                            Err(ConnectError::Network(e)) => {
+                                return Err(ClientError::Unavailable(e))
+                            }
                         }
                     }
                 },
@@ -278,22 +363,53 @@ impl Client {
     }
 }
 
-async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Link, String> {
+fn unexpected(reply: Reply) -> ClientError {
+    match reply {
+        Reply::Throttled { reason, .. } => ClientError::Rejected(format!("throttled: {reason}")),
+        other => ClientError::Rejected(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// Connects to `addr` and, given a key, logs on; returns the link and the broker it acts as.
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    api_key: Option<&str>,
+) -> Result<(Link, Option<u32>), ConnectError> {
+    let network = ConnectError::Network;
     // Any node's certificate carries "localhost"; the authority is what is checked.
     let connecting = endpoint
         .connect(addr, "localhost")
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| network(e.to_string()))?;
     let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .map_err(|_| format!("{addr}: connect timed out"))?
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-    Ok(Link {
+        .map_err(|_| network(format!("{addr}: connect timed out")))?
+        .map_err(|e| network(format!("{addr}: {e}")))?;
+    let (send, recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| network(e.to_string()))?;
+    let mut link = Link {
         addr,
         send,
         recv,
         _connection: connection,
-    })
+    };
+    let Some(api_key) = api_key else {
+        return Ok((link, None));
+    };
+    let logon = Request::Logon {
+        protocol_version: PROTOCOL_VERSION,
+        api_key: api_key.to_string(),
+    };
+    match Client::exchange(&mut link, &logon).await {
+        Ok(Reply::LoggedOn { broker }) => Ok((link, Some(broker))),
+        Ok(Reply::Error(why)) => Err(ConnectError::Refused(format!("{addr}: {why}"))),
+        Ok(other) => Err(ConnectError::Refused(format!(
+            "{addr}: unexpected logon reply {other:?}"
+        ))),
+        Err(e) => Err(network(format!("{addr}: logon: {e}"))),
+    }
 }
 
 /// Reads the cluster authority a client must trust.

@@ -6,5 +6,6 @@
 //! resends and execution-report fan-out build on it.
 
 pub mod client;
+pub mod credentials;
 pub mod protocol;
 pub mod server;

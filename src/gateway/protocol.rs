@@ -1,10 +1,12 @@
-//! The broker protocol (version 0): postcard-encoded frames on a QUIC bidirectional stream,
-//! one reply per request, in order. A client may open several streams to pipeline.
+//! The broker protocol (version 1), documented in docs/protocol.md: postcard-encoded frames,
+//! each behind a 4-byte little-endian length, on QUIC bidirectional streams; one reply per
+//! request, in order. A connection is a session: it logs on once (on any stream) and may then
+//! open more streams to pipeline.
 
 use exchange_domain::{Command, Output};
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u16 = 0;
+pub const PROTOCOL_VERSION: u16 = 1;
 /// The largest request or reply frame. A request is one command; a reply is one command's
 /// outputs (a mass cancel of a full account is the largest).
 pub const BROKER_FRAME_BYTES_MAX: usize = 1 << 20;
@@ -13,6 +15,14 @@ pub const SUBMIT_BATCH_COMMANDS_MAX: usize = 4_096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
+    /// Opens the session: the broker's API key, or the admin key for the operator. Must come
+    /// before any command; a refused logon closes the connection.
+    Logon {
+        protocol_version: u16,
+        api_key: String,
+    },
+    /// Keeps an idle session visibly alive; answered with `Heartbeat`.
+    Heartbeat,
     /// Sequence a command; the reply is its outputs.
     Submit(Command),
     /// Sequence several commands at once (at most `SUBMIT_BATCH_COMMANDS_MAX`), in order; the
@@ -34,6 +44,17 @@ pub enum Request {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
+    /// The session is open, acting as `broker` (0: the operator).
+    LoggedOn {
+        broker: u32,
+    },
+    Heartbeat,
+    /// The session is over its rate or in-flight limit: nothing was sequenced; try again
+    /// after `retry_after_ms`.
+    Throttled {
+        reason: String,
+        retry_after_ms: u64,
+    },
     /// The command was committed and applied: everything the engine said about it.
     Outputs(Vec<Output>),
     /// Per command of a `SubmitBatch`: its outputs, or why it was not sequenced.
@@ -49,7 +70,8 @@ pub enum Reply {
         voters: Vec<u64>,
         learners: Vec<u64>,
     },
-    /// The request could not be served (malformed, node stopping, ...).
+    /// The request could not be served (malformed, not permitted, node stopping, ...). After a
+    /// malformed frame, a refused logon or a protocol violation the node closes the session.
     Error(String),
 }
 

@@ -1,13 +1,23 @@
 //! Serves brokers on the node's broker address.
+//!
+//! A connection is a session. It logs on with an API key (a broker) or the admin key (the
+//! operator); until then only `Status` and `Heartbeat` are served. Every command a session
+//! sends is stamped with its broker, so the engine decides ownership and exactly-once; the
+//! gateway refuses early what needs no state to refuse (admin commands from a broker), and
+//! bounds each session's rate and the commands it has in flight. A malformed frame, a refused
+//! logon or a protocol violation is answered with an error and closes the session; other
+//! sessions never notice.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
+use exchange_domain::{BrokerCommand, BrokerId, Command, KeyDigest};
 use openraft::ServerState;
 
+use super::credentials;
 use super::protocol::{
-    NodeStatus, Reply, Request, BROKER_FRAME_BYTES_MAX, SUBMIT_BATCH_COMMANDS_MAX,
+    NodeStatus, Reply, Request, BROKER_FRAME_BYTES_MAX, PROTOCOL_VERSION, SUBMIT_BATCH_COMMANDS_MAX,
 };
 use crate::net::frame::{read_frame, write_frame};
 use crate::replication::divergence::DivergenceLog;
@@ -27,6 +37,103 @@ pub struct Gateway {
     /// A leader that has heard from no majority for this long answers as if it were not the
     /// leader, so brokers go look for the real one.
     pub quorum_lost_after: Duration,
+    /// The operator's credential; `None`: nobody may administer through this node.
+    pub admin_digest: Option<KeyDigest>,
+    pub session_limits: SessionLimits,
+}
+
+/// What one session may demand of the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Commands per second, with a burst of one second's worth.
+    pub commands_per_sec: u32,
+    /// Commands sent but not yet answered. At most the engine's exactly-once window, so that
+    /// everything a session may have to resend is still remembered.
+    pub in_flight_max: u32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            commands_per_sec: 500_000,
+            in_flight_max: 4_096,
+        }
+    }
+}
+
+const _: () = assert!(4_096 <= exchange_engine::CLIENT_ORDER_ID_WINDOW);
+
+/// A connection that has not logged on within this time is closed (status queries finish far
+/// sooner).
+pub const LOGON_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// QUIC application close codes the node uses.
+pub mod close_code {
+    /// A frame that does not decode, is too large, or breaks the protocol.
+    pub const PROTOCOL_ERROR: u32 = 1;
+    /// The logon was refused.
+    pub const LOGON_REFUSED: u32 = 2;
+    /// No logon in time.
+    pub const LOGON_TIMEOUT: u32 = 3;
+}
+
+/// Who a session acts as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub broker: BrokerId,
+}
+
+impl Principal {
+    pub fn is_operator(&self) -> bool {
+        self.broker == BrokerId::OPERATOR
+    }
+}
+
+/// One connection's session state, shared by its streams.
+struct Session {
+    principal: OnceLock<Principal>,
+    bucket: Mutex<TokenBucket>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// A token bucket: `rate` tokens a second, holding at most one second's worth.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        TokenBucket {
+            rate: rate as f64,
+            tokens: rate as f64,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes `n` tokens, or says how long until they are there.
+    fn take(&mut self, n: u32) -> Result<(), Duration> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate.max(n as f64));
+        self.refilled = now;
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (n as f64 - self.tokens) / self.rate.max(1.0),
+            ))
+        }
+    }
+}
+
+/// What a request does to its session besides its reply.
+enum After {
+    Continue,
+    /// Answer, then close the session with this code.
+    Close(u32),
 }
 
 /// Connections served at once; more are refused (bounded memory for any number of brokers).
@@ -94,9 +201,143 @@ impl Gateway {
         }
     }
 
-    async fn handle(&self, request: Request) -> Reply {
+    /// Checks a logon; the session's principal when the key is known.
+    async fn log_on(&self, protocol_version: u16, api_key: &str) -> Result<Principal, String> {
+        if protocol_version != PROTOCOL_VERSION {
+            return Err(format!(
+                "protocol version {protocol_version} is not spoken here (this node speaks {PROTOCOL_VERSION})"
+            ));
+        }
+        credentials::check_key(api_key).map_err(|e| format!("logon refused: {e}"))?;
+        let digest = credentials::digest(api_key);
+        if self.admin_digest == Some(digest) {
+            return Ok(Principal {
+                broker: BrokerId::OPERATOR,
+            });
+        }
+        let broker = self
+            .engine
+            .query(move |engine| {
+                engine
+                    .brokers()
+                    .find(|(_, known)| *known == digest)
+                    .map(|(id, _)| id)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        broker
+            .map(|broker| Principal { broker })
+            .ok_or_else(|| "logon refused: unknown API key".to_string())
+    }
+
+    async fn handle(&self, session: &Session, request: Request) -> (Reply, After) {
+        let principal = match request {
+            Request::Status => return (Reply::Status(self.status()), After::Continue),
+            Request::Heartbeat => return (Reply::Heartbeat, After::Continue),
+            Request::Logon {
+                protocol_version,
+                api_key,
+            } => {
+                if session.principal.get().is_some() {
+                    return (
+                        Reply::Error("this session has already logged on".into()),
+                        After::Close(close_code::PROTOCOL_ERROR),
+                    );
+                }
+                return match self.log_on(protocol_version, &api_key).await {
+                    Ok(principal) => {
+                        // Two streams racing to log on: the first wins, the other is refused.
+                        if session.principal.set(principal).is_err() {
+                            return (
+                                Reply::Error("this session has already logged on".into()),
+                                After::Close(close_code::PROTOCOL_ERROR),
+                            );
+                        }
+                        (
+                            Reply::LoggedOn {
+                                broker: principal.broker.0,
+                            },
+                            After::Continue,
+                        )
+                    }
+                    Err(why) => (Reply::Error(why), After::Close(close_code::LOGON_REFUSED)),
+                };
+            }
+            other => match session.principal.get() {
+                Some(principal) => (other, *principal),
+                None => {
+                    return (
+                        Reply::Error("log on first".into()),
+                        After::Close(close_code::PROTOCOL_ERROR),
+                    )
+                }
+            },
+        };
+        let (request, principal) = principal;
+        (
+            self.serve_request(session, principal, request).await,
+            After::Continue,
+        )
+    }
+
+    /// Admission of `count` commands: permissions first, then the rate, then the in-flight
+    /// bound. The permit returned is held until the commands are answered.
+    fn admit<'c>(
+        &self,
+        session: &Session,
+        principal: Principal,
+        commands: impl Iterator<Item = &'c Command>,
+        count: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Box<Reply>> {
+        let mut commands = commands;
+        if !principal.is_operator() && commands.any(|c| matches!(c, Command::Admin(_))) {
+            return Err(Box::new(Reply::Error(
+                "not permitted: admin commands need the admin credential".into(),
+            )));
+        }
+        let count = count as u32;
+        let throttled = |reason: String, retry_after: Duration| {
+            Box::new(Reply::Throttled {
+                reason,
+                retry_after_ms: retry_after.as_millis().max(1) as u64,
+            })
+        };
+        session
+            .bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(count)
+            .map_err(|wait| throttled("over the session's command rate".into(), wait))?;
+        Arc::clone(&session.in_flight)
+            .try_acquire_many_owned(count)
+            .map_err(|_| {
+                throttled(
+                    format!(
+                        "over the session's limit of {} commands in flight",
+                        self.session_limits.in_flight_max
+                    ),
+                    Duration::from_millis(1),
+                )
+            })
+    }
+
+    async fn serve_request(
+        &self,
+        session: &Session,
+        principal: Principal,
+        request: Request,
+    ) -> Reply {
+        let stamp = |command: Command| BrokerCommand {
+            broker: principal.broker,
+            command,
+        };
         match request {
-            Request::Status => Reply::Status(self.status()),
+            Request::Status | Request::Heartbeat | Request::Logon { .. } => {
+                Reply::Error("internal: session request routed as a command".into())
+            }
+            Request::AddLearner { .. } | Request::SetVoters { .. } if !principal.is_operator() => {
+                Reply::Error("not permitted: membership changes need the admin credential".into())
+            }
             Request::SubmitBatch(commands) => {
                 if commands.len() > SUBMIT_BATCH_COMMANDS_MAX {
                     return Reply::Error(format!(
@@ -104,12 +345,18 @@ impl Gateway {
                         commands.len()
                     ));
                 }
+                let _permit = match self.admit(session, principal, commands.iter(), commands.len())
+                {
+                    Ok(permit) => permit,
+                    Err(reply) => return *reply,
+                };
                 if self.quorum_lost() {
                     return Reply::NotLeader {
                         leader_id: None,
                         broker: None,
                     };
                 }
+                let commands = commands.into_iter().map(stamp).collect();
                 let results = self.sequencer.submit_many(commands).await;
                 // Not the leader: nothing was sequenced (each command got the same answer).
                 if let Some(Err(SubmitError::NotLeader { leader_id, leader })) = results.first() {
@@ -155,13 +402,17 @@ impl Gateway {
                 }
             }
             Request::Submit(command) => {
+                let _permit = match self.admit(session, principal, std::iter::once(&command), 1) {
+                    Ok(permit) => permit,
+                    Err(reply) => return *reply,
+                };
                 if self.quorum_lost() {
                     return Reply::NotLeader {
                         leader_id: None,
                         broker: None,
                     };
                 }
-                match self.sequencer.submit(command).await {
+                match self.sequencer.submit(stamp(command)).await {
                     Ok(outputs) => Reply::Outputs(outputs),
                     Err(SubmitError::NotLeader { leader_id, leader }) => Reply::NotLeader {
                         leader_id,
@@ -193,32 +444,71 @@ pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
             let Ok(connection) = incoming.await else {
                 return;
             };
-            while let Ok((send, recv)) = connection.accept_bi().await {
-                tokio::spawn(serve_stream(gateway.clone(), send, recv));
+            let session = Arc::new(Session {
+                principal: OnceLock::new(),
+                bucket: Mutex::new(TokenBucket::new(gateway.session_limits.commands_per_sec)),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(
+                    gateway.session_limits.in_flight_max as usize,
+                )),
+            });
+            let logon_deadline = tokio::time::sleep(LOGON_TIMEOUT);
+            tokio::pin!(logon_deadline);
+            loop {
+                tokio::select! {
+                    accepted = connection.accept_bi() => {
+                        let Ok((send, recv)) = accepted else { break };
+                        tokio::spawn(serve_stream(
+                            gateway.clone(),
+                            Arc::clone(&session),
+                            connection.clone(),
+                            send,
+                            recv,
+                        ));
+                    }
+                    () = &mut logon_deadline, if session.principal.get().is_none() => {
+                        connection.close(
+                            close_code::LOGON_TIMEOUT.into(),
+                            b"no logon in time",
+                        );
+                        break;
+                    }
+                }
             }
         });
     }
 }
 
-async fn serve_stream(gateway: Gateway, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn serve_stream(
+    gateway: Gateway,
+    session: Arc<Session>,
+    connection: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     loop {
-        let reply = match read_frame(&mut recv, BROKER_FRAME_BYTES_MAX).await {
+        let (reply, after) = match read_frame(&mut recv, BROKER_FRAME_BYTES_MAX).await {
             Ok(None) => break,
             Ok(Some(bytes)) => match postcard::from_bytes::<Request>(&bytes) {
-                Ok(request) => gateway.handle(request).await,
-                Err(e) => {
-                    // A frame that does not decode ends the stream after saying why.
-                    let reply = Reply::Error(format!("malformed request: {e}"));
-                    let _ = write(&mut send, &reply).await;
-                    break;
-                }
+                Ok(request) => gateway.handle(&session, request).await,
+                Err(e) => (
+                    Reply::Error(format!("malformed request: {e}")),
+                    After::Close(close_code::PROTOCOL_ERROR),
+                ),
             },
-            Err(e) => {
-                let _ = write(&mut send, &Reply::Error(e.to_string())).await;
-                break;
-            }
+            Err(e) => (
+                Reply::Error(e.to_string()),
+                After::Close(close_code::PROTOCOL_ERROR),
+            ),
         };
-        if write(&mut send, &reply).await.is_err() {
+        let written = write(&mut send, &reply).await;
+        if let After::Close(code) = after {
+            let _ = send.finish();
+            // Give the error a moment to leave before the connection goes.
+            let _ = tokio::time::timeout(Duration::from_millis(100), send.stopped()).await;
+            connection.close(code.into(), b"session closed by the node");
+            return;
+        }
+        if written.is_err() {
             break;
         }
     }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::gateway::server::SessionLimits;
 use crate::replication::engine_thread::IdleStrategy;
 use crate::replication::log_store::Fsync;
 
@@ -80,6 +81,9 @@ pub struct NodeConfig {
     pub bootstrap: bool,
     /// Test-only: report a wrong output hash from this index on (`test-faults` builds only).
     pub fault_diverge_at: Option<u64>,
+    /// The admin key and the brokers to register (`cluster/brokers.toml`).
+    pub brokers_file: Option<PathBuf>,
+    pub session_limits: SessionLimits,
 }
 
 /// The TOML file: every key optional, with the flags' names.
@@ -96,6 +100,7 @@ pub struct FileConfig {
     pub election_max_ms: Option<u64>,
     pub snapshot_every: Option<u64>,
     pub segment_mib: Option<u64>,
+    pub brokers: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -127,6 +132,18 @@ impl NodeConfig {
             return Err(format!(
                 "timeouts must satisfy 0 < heartbeat ({}) < election min ({}) < election max ({})",
                 self.heartbeat_ms, self.election_min_ms, self.election_max_ms
+            ));
+        }
+        let limits = self.session_limits;
+        if limits.commands_per_sec == 0
+            || limits.in_flight_max == 0
+            || limits.in_flight_max as usize > exchange_engine::CLIENT_ORDER_ID_WINDOW
+        {
+            return Err(format!(
+                "session limits must be positive, in flight at most {} (got rate {}, in flight {})",
+                exchange_engine::CLIENT_ORDER_ID_WINDOW,
+                limits.commands_per_sec,
+                limits.in_flight_max
             ));
         }
         if self.snapshot_every == 0 {

@@ -1,4 +1,5 @@
 //! One node wired together: configuration, the threads and tasks, and its roles.
 
+pub mod brokers;
 pub mod config;
 pub mod run;

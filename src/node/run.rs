@@ -14,7 +14,9 @@ use std::time::Duration;
 use openraft::{Config, SnapshotPolicy};
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::brokers::apply_when_leader as apply_brokers_file;
 use super::config::NodeConfig;
+use crate::gateway::credentials::BrokersFile;
 use crate::gateway::server::{serve as serve_brokers, Gateway};
 use crate::net::tls;
 use crate::replication::divergence::{watch as watch_divergence, DivergenceLog};
@@ -144,6 +146,22 @@ impl Node {
         }
 
         let sequencer = Sequencer::start(raft.clone(), max_timestamp, Arc::clone(&engine));
+        let brokers = match &config.brokers_file {
+            Some(path) => BrokersFile::load(path)?,
+            None => {
+                tracing::warn!(
+                    "no brokers file: no admin key, so nobody can administer through this node"
+                );
+                BrokersFile::default()
+            }
+        };
+        let admin_digest = brokers.admin_digest();
+        tokio::spawn(apply_brokers_file(
+            raft.clone(),
+            Arc::clone(&engine),
+            sequencer.clone(),
+            brokers,
+        ));
         let broker_endpoint = quinn::Endpoint::server(
             tls::broker_server(&identity, tls::transport(Duration::from_secs(30)))
                 .map_err(|e| e.to_string())?,
@@ -173,6 +191,8 @@ impl Node {
                 committed,
                 divergence,
                 quorum_lost_after: Duration::from_millis(config.election_max_ms),
+                admin_digest,
+                session_limits: config.session_limits,
             },
         ));
         tracing::info!(

@@ -2,7 +2,7 @@
 //! timestamp. Each command's sequence number (the engine's input `seq`, and so the id of an
 //! order it creates) derives from the log position: `index << 16 | position in the batch`.
 
-use exchange_domain::{Command, Input};
+use exchange_domain::{BrokerCommand, Input};
 use serde::{Deserialize, Serialize};
 
 /// Commands in one batch: an entry stays small enough (about 200 KiB) that a follower can
@@ -22,7 +22,7 @@ pub const LOG_INDEX_MAX: u64 = u64::MAX >> SEQ_POSITION_BITS;
 pub struct Batch {
     /// The leader's wall clock when it proposed the batch, never below any earlier batch's.
     pub timestamp_ns: u64,
-    pub commands: Vec<Command>,
+    pub commands: Vec<BrokerCommand>,
 }
 
 /// The alignment an archived batch needs where it is read in place (the log keeps payloads
@@ -102,10 +102,11 @@ impl Batch {
         self.commands
             .iter()
             .enumerate()
-            .map(move |(position, command)| Input {
+            .map(move |(position, submitted)| Input {
                 seq: seq_of(index, position),
                 timestamp_ns: self.timestamp_ns,
-                command: *command,
+                broker: submitted.broker,
+                command: submitted.command,
             })
     }
 }
@@ -118,10 +119,13 @@ mod tests {
     fn a_batch_survives_postcard_and_json_and_rejects_garbage() {
         let batch = Batch {
             timestamp_ns: 5,
-            commands: vec![Command::MassCancel(exchange_domain::MassCancel {
-                account: exchange_domain::AccountId(3),
-                symbol: None,
-            })],
+            commands: vec![BrokerCommand {
+                broker: exchange_domain::BrokerId(9),
+                command: exchange_domain::Command::MassCancel(exchange_domain::MassCancel {
+                    account: exchange_domain::AccountId(3),
+                    symbol: None,
+                }),
+            }],
         };
         let wire = postcard::to_allocvec(&batch).expect("encode");
         assert_eq!(postcard::from_bytes::<Batch>(&wire).expect("decode"), batch);

@@ -199,6 +199,9 @@ enum Request {
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<(), RestoreError>>,
     },
+    /// Reads something off the engine between two commands (credentials, account owners):
+    /// control-path questions, never on an order's path.
+    Query(Box<dyn FnOnce(&Engine) + Send>),
     Shutdown,
 }
 
@@ -291,6 +294,19 @@ impl EngineHandle {
     pub async fn snapshot(&self) -> Result<EngineSnapshot, EngineStopped> {
         let (reply, answer) = oneshot::channel();
         self.submit(Request::Snapshot { reply }).await?;
+        answer.await.map_err(|_| EngineStopped)
+    }
+
+    /// Answers `question` from the engine's state between two commands.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        question: impl FnOnce(&Engine) -> T + Send + 'static,
+    ) -> Result<T, EngineStopped> {
+        let (reply, answer) = oneshot::channel();
+        let ask = move |engine: &Engine| {
+            let _ = reply.send(question(engine));
+        };
+        self.submit(Request::Query(Box::new(ask))).await?;
         answer.await.map_err(|_| EngineStopped)
     }
 
@@ -411,6 +427,7 @@ impl Worker {
                 });
                 let _ = reply.send(result);
             }
+            Request::Query(ask) => ask(&self.engine),
             Request::Shutdown => {}
         }
     }
@@ -488,8 +505,8 @@ fn idle(strategy: IdleStrategy, rounds: u32) {
 #[cfg(test)]
 mod tests {
     use exchange_domain::{
-        AccountId, AdminCommand, Amount, AssetId, ClientOrderId, Command, NewOrder, OrderType,
-        Price, Qty, SelfTradePrevention, Side, SymbolId, SymbolSpec, TimeInForce,
+        AccountId, AdminCommand, Amount, AssetId, BrokerCommand, ClientOrderId, Command, NewOrder,
+        OrderType, Price, Qty, SelfTradePrevention, Side, SymbolId, SymbolSpec, TimeInForce,
     };
 
     use super::*;
@@ -514,7 +531,10 @@ mod tests {
             reference_price: Price(0),
         }))];
         for account in [AccountId(1), AccountId(2)] {
-            commands.push(Command::Admin(AdminCommand::CreateAccount { account }));
+            commands.push(Command::Admin(AdminCommand::CreateAccount {
+                account,
+                owner: exchange_domain::BrokerId::OPERATOR,
+            }));
             for asset in [AssetId(1), AssetId(2)] {
                 commands.push(Command::Admin(AdminCommand::Deposit {
                     account,
@@ -525,7 +545,7 @@ mod tests {
         }
         Batch {
             timestamp_ns: 10,
-            commands,
+            commands: commands.into_iter().map(BrokerCommand::operator).collect(),
         }
     }
 
@@ -559,7 +579,10 @@ mod tests {
                 3,
                 Some(Batch {
                     timestamp_ns: 20,
-                    commands: vec![order(1, Side::Sell, 100), order(2, Side::Buy, 101)],
+                    commands: vec![
+                        BrokerCommand::operator(order(1, Side::Sell, 100)),
+                        BrokerCommand::operator(order(2, Side::Buy, 101)),
+                    ],
                 }),
             ),
         ]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use exchange_domain::{Command, Output};
+use exchange_domain::{BrokerCommand, Output};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -55,7 +55,7 @@ impl std::fmt::Display for SubmitError {
 }
 
 struct Pending {
-    command: Command,
+    command: BrokerCommand,
     reply: oneshot::Sender<Result<Vec<Output>, SubmitError>>,
 }
 
@@ -78,7 +78,7 @@ impl Sequencer {
     /// They are queued together, so they usually travel in one entry.
     pub async fn submit_many(
         &self,
-        commands: Vec<Command>,
+        commands: Vec<BrokerCommand>,
     ) -> Vec<Result<Vec<Output>, SubmitError>> {
         let mut answers = Vec::with_capacity(commands.len());
         for command in commands {
@@ -100,7 +100,7 @@ impl Sequencer {
     }
 
     /// Sequences one command; returns its outputs once its entry is committed and applied.
-    pub async fn submit(&self, command: Command) -> Result<Vec<Output>, SubmitError> {
+    pub async fn submit(&self, command: BrokerCommand) -> Result<Vec<Output>, SubmitError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending { command, reply })

@@ -23,6 +23,13 @@ use exchange::gateway::client::Client;
 use exchange::gateway::protocol::NodeStatus;
 
 pub const SYMBOL: SymbolId = SymbolId(1);
+/// The operator's key in every test cluster.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+/// Brokers of every test cluster: (id, key, accounts it owns).
+pub const BROKERS: [(u32, &str, [u64; 2]); 2] = [
+    (1, "test-broker-1-key-0123456789", [1001, 1002]),
+    (2, "test-broker-2-key-0123456789", [2001, 2002]),
+];
 pub const BASE: AssetId = AssetId(1);
 pub const QUOTE: AssetId = AssetId(2);
 
@@ -73,6 +80,13 @@ impl Cluster {
         let certs = dir.join("certs");
         exchange::net::tls::generate(&certs, &(1..=size + spares).collect::<Vec<_>>(), &[])
             .expect("certificates");
+        let mut brokers_file = format!("admin_key = \"{ADMIN_KEY}\"\n");
+        for (id, key, accounts) in BROKERS {
+            brokers_file.push_str(&format!(
+                "[[broker]]\nid = {id}\nkey = \"{key}\"\naccounts = {accounts:?}\n"
+            ));
+        }
+        std::fs::write(dir.join("brokers.toml"), brokers_file).expect("brokers file");
         let mut cluster = Cluster {
             _exclusive: exclusive,
             dir,
@@ -168,6 +182,8 @@ impl Cluster {
             .arg(self.data_dir(id))
             .arg("--certs-dir")
             .arg(&self.certs)
+            .arg("--brokers")
+            .arg(self.dir.join("brokers.toml"))
             .args(&self.flags)
             .args(bootstrap.then_some("--bootstrap"))
             .stdin(Stdio::null())
@@ -186,9 +202,17 @@ impl Cluster {
         }
     }
 
+    /// A client logged on as the operator.
     pub fn client(&self) -> Client {
+        self.client_with_key(ADMIN_KEY)
+    }
+
+    /// A client that logs on with `key`.
+    pub fn client_with_key(&self, key: &str) -> Client {
         let ca = exchange::net::tls::load_ca(&self.certs).expect("CA");
-        Client::new(self.brokers(), &ca).expect("client")
+        Client::new(self.brokers(), &ca)
+            .expect("client")
+            .with_api_key(key)
     }
 
     /// Every running node's status, asked in parallel (None for a node that does not answer).
@@ -392,6 +416,7 @@ pub async fn setup_market(client: &mut Client, accounts: u64) {
     for account in 1..=accounts {
         commands.push(ExchangeCommand::Admin(AdminCommand::CreateAccount {
             account: AccountId(account),
+            owner: exchange::domain::BrokerId::OPERATOR,
         }));
         commands.push(ExchangeCommand::Admin(AdminCommand::SetRiskLimits {
             account: AccountId(account),

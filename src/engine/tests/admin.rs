@@ -65,6 +65,7 @@ fn an_account_without_a_balance_in_the_asset_cannot_buy_with_it() {
     let mut h = Harness::new();
     h.admin(AdminCommand::CreateAccount {
         account: AccountId(7),
+        owner: BROKER_B,
     });
     let (_, events) = h.limit(AccountId(7), Side::Buy, 1, 1, TimeInForce::Gtc);
     assert_eq!(rejection(&events), Some(RejectReason::InsufficientFunds));
@@ -110,7 +111,11 @@ fn a_sequence_number_that_does_not_rise_stops_the_engine() {
     let input = exchange_domain::Input {
         seq: 5,
         timestamp_ns: 0,
-        command: exchange_domain::Command::Admin(AdminCommand::CreateAccount { account: BOB }),
+        broker: exchange_domain::BrokerId::OPERATOR,
+        command: exchange_domain::Command::Admin(AdminCommand::CreateAccount {
+            account: BOB,
+            owner: BROKER_B,
+        }),
     };
     engine.process(&input, &mut crate::DiscardSink);
     engine.process(&input, &mut crate::DiscardSink);

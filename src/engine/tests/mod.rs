@@ -2,6 +2,7 @@
 //! invariants when the test ends, so each test also proves the state it leaves is consistent.
 
 mod admin;
+mod brokers;
 mod orders;
 mod properties;
 mod rejects;
@@ -10,9 +11,9 @@ mod self_trade;
 mod snapshots;
 
 use exchange_domain::{
-    AccountId, AdminCommand, Amount, AssetId, Cancel, CancelReplace, ClientOrderId, Command, Event,
-    Input, MassCancel, NewOrder, OrderId, OrderType, Output, Price, Qty, SelfTradePrevention, Side,
-    SymbolId, SymbolSpec, TimeInForce,
+    AccountId, AdminCommand, Amount, AssetId, BrokerId, Cancel, CancelReplace, ClientOrderId,
+    Command, Event, Input, MassCancel, NewOrder, OrderId, OrderType, Output, Price, Qty,
+    SelfTradePrevention, Side, SymbolId, SymbolSpec, TimeInForce,
 };
 
 use crate::{Engine, EngineConfig};
@@ -26,6 +27,19 @@ pub const ALICE: AccountId = AccountId(100);
 pub const BOB: AccountId = AccountId(200);
 pub const CAROL: AccountId = AccountId(300);
 pub const FUNDS: i64 = 1_000_000;
+/// ALICE's broker.
+pub const BROKER_A: BrokerId = BrokerId(1);
+/// BOB's and CAROL's broker.
+pub const BROKER_B: BrokerId = BrokerId(2);
+
+/// The broker that owns one of the test accounts.
+pub fn owner_of(account: AccountId) -> BrokerId {
+    if account == ALICE {
+        BROKER_A
+    } else {
+        BROKER_B
+    }
+}
 
 pub struct Harness {
     pub engine: Engine,
@@ -76,7 +90,10 @@ impl Harness {
     }
 
     pub fn funded_account(&mut self, account: AccountId, base: i64, quote: i64) {
-        self.admin(AdminCommand::CreateAccount { account });
+        self.admin(AdminCommand::CreateAccount {
+            account,
+            owner: owner_of(account),
+        });
         for (asset, amount) in [(BASE, base), (USD, quote)] {
             if amount > 0 {
                 self.admin(AdminCommand::Deposit {
@@ -88,12 +105,18 @@ impl Harness {
         }
     }
 
-    /// Runs one command and returns the events it produced.
+    /// Runs one command as the operator and returns the events it produced.
     pub fn run(&mut self, command: Command) -> Vec<Event> {
+        self.run_as(BrokerId::OPERATOR, command)
+    }
+
+    /// Runs one command sent by `broker` and returns the events it produced.
+    pub fn run_as(&mut self, broker: BrokerId, command: Command) -> Vec<Event> {
         self.seq += 1;
         let input = Input {
             seq: self.seq,
             timestamp_ns: 1_000 + self.seq,
+            broker,
             command,
         };
         let mut outputs = Vec::new();
@@ -142,6 +165,32 @@ impl Harness {
             "order not accepted: {events:?}"
         );
         id
+    }
+
+    /// Registers a broker with a key digest derived from its id.
+    pub fn register_broker(&mut self, broker: BrokerId) {
+        let events = self.admin(AdminCommand::SetBrokerKey {
+            broker,
+            key_digest: exchange_domain::KeyDigest([broker.0 as u8 | 1; 32]),
+        });
+        assert!(
+            matches!(events[..], [Event::BrokerKeySet { .. }]),
+            "{events:?}"
+        );
+    }
+
+    /// A one-lot GTC limit order on SYM sent by `broker` with a client order id.
+    pub fn broker_order(
+        &mut self,
+        broker: BrokerId,
+        account: AccountId,
+        client_order_id: u64,
+        side: Side,
+        price: i64,
+    ) -> Vec<Event> {
+        let mut order = new_order(account, side, price, 1, TimeInForce::Gtc);
+        order.client_order_id = ClientOrderId(client_order_id);
+        self.run_as(broker, Command::NewOrder(order))
     }
 
     pub fn cancel(&mut self, account: AccountId, order_id: OrderId) -> Vec<Event> {

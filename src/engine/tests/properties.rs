@@ -92,7 +92,10 @@ fn commands(ops: &[Op]) -> Vec<Command> {
         ))));
     }
     for account in ACCOUNTS {
-        setup.push(Command::Admin(AdminCommand::CreateAccount { account }));
+        setup.push(Command::Admin(AdminCommand::CreateAccount {
+            account,
+            owner: exchange_domain::BrokerId(1),
+        }));
         setup.push(Command::Admin(AdminCommand::Deposit {
             account,
             asset: BASE,
@@ -196,6 +199,7 @@ fn input(index: usize, command: Command) -> Input {
     Input {
         seq: index as u64 + 1,
         timestamp_ns: 7 * index as u64,
+        broker: exchange_domain::BrokerId::OPERATOR,
         command,
     }
 }

@@ -155,7 +155,12 @@ fn scenario(reason: RejectReason) -> Scenario {
             h.gtc(ALICE, Side::Buy, 100, 1);
             h.limit(BOB, Side::Sell, 100, 1, TimeInForce::PostOnly).1
         },
-        RejectReason::AccountExists => |h| h.admin(AdminCommand::CreateAccount { account: BOB }),
+        RejectReason::AccountExists => |h| {
+            h.admin(AdminCommand::CreateAccount {
+                account: BOB,
+                owner: BROKER_B,
+            })
+        },
         RejectReason::SymbolExists => |h| h.admin(AdminCommand::AddSymbol(spec(SYM, 1, 1))),
         RejectReason::InvalidAmount => |h| {
             assert_eq!(
@@ -213,8 +218,38 @@ fn scenario(reason: RejectReason) -> Scenario {
                 accounts_max: 1,
                 ..EngineConfig::default()
             });
-            h.admin(AdminCommand::CreateAccount { account: ALICE });
-            h.admin(AdminCommand::CreateAccount { account: BOB })
+            h.admin(AdminCommand::CreateAccount {
+                account: ALICE,
+                owner: BROKER_A,
+            });
+            h.admin(AdminCommand::CreateAccount {
+                account: BOB,
+                owner: BROKER_B,
+            })
+        },
+        RejectReason::InvalidClientOrderId => |h| {
+            h.register_broker(BROKER_B);
+            let order = new_order(BOB, Side::Buy, 10, 1, TimeInForce::Gtc);
+            h.run_as(BROKER_B, Command::NewOrder(order))
+        },
+        RejectReason::StaleClientOrderId => |h| {
+            h.register_broker(BROKER_B);
+            let window = crate::CLIENT_ORDER_ID_WINDOW as u64;
+            h.broker_order(BROKER_B, BOB, window + 5, Side::Buy, 10);
+            h.broker_order(BROKER_B, BOB, 5, Side::Buy, 10)
+        },
+        RejectReason::NotPermitted => |h| {
+            h.register_broker(BROKER_A);
+            h.broker_order(BROKER_A, BOB, 1, Side::Buy, 10)
+        },
+        RejectReason::TooManyBrokers => |h| {
+            for broker in 1..=crate::BROKERS_MAX as u32 {
+                h.register_broker(BrokerId(broker));
+            }
+            h.admin(AdminCommand::SetBrokerKey {
+                broker: BrokerId(crate::BROKERS_MAX as u32 + 1),
+                key_digest: exchange_domain::KeyDigest([1; 32]),
+            })
         },
         RejectReason::TooManySymbols => |h| {
             *h = Harness::empty(EngineConfig {
@@ -227,7 +262,7 @@ fn scenario(reason: RejectReason) -> Scenario {
     }
 }
 
-const ALL_REASONS: [RejectReason; 26] = [
+const ALL_REASONS: [RejectReason; 30] = [
     RejectReason::UnknownSymbol,
     RejectReason::UnknownAccount,
     RejectReason::UnknownOrder,
@@ -236,6 +271,8 @@ const ALL_REASONS: [RejectReason; 26] = [
     RejectReason::InvalidQuantity,
     RejectReason::QtyOffLot,
     RejectReason::InvalidTimeInForce,
+    RejectReason::InvalidClientOrderId,
+    RejectReason::StaleClientOrderId,
     RejectReason::SymbolHalted,
     RejectReason::MaxOrderQtyExceeded,
     RejectReason::MaxNotionalExceeded,
@@ -243,6 +280,7 @@ const ALL_REASONS: [RejectReason; 26] = [
     RejectReason::MaxOpenOrdersExceeded,
     RejectReason::NotOrderOwner,
     RejectReason::OrderCapacityExceeded,
+    RejectReason::NotPermitted,
     RejectReason::InsufficientFunds,
     RejectReason::PostOnlyWouldTrade,
     RejectReason::AccountExists,
@@ -254,6 +292,7 @@ const ALL_REASONS: [RejectReason; 26] = [
     RejectReason::TooManyAssets,
     RejectReason::TooManyAccounts,
     RejectReason::TooManySymbols,
+    RejectReason::TooManyBrokers,
 ];
 
 #[test]
@@ -274,7 +313,7 @@ fn every_reject_reason_is_produced_by_its_scenario_and_changes_nothing() {
 #[test]
 fn reject_codes_are_unique_and_grouped_by_stage() {
     let codes: std::collections::BTreeSet<u16> = ALL_REASONS.iter().map(|r| r.code()).collect();
-    assert_eq!(codes.len(), 26);
+    assert_eq!(codes.len(), ALL_REASONS.len());
     assert!(codes.iter().all(|c| (100..600).contains(c)));
 }
 

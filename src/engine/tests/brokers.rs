@@ -1,0 +1,187 @@
+//! Brokers: ownership of accounts, the operator's rights, and exactly-once new orders.
+
+use exchange_domain::{
+    AdminCommand, Cancel, Command, Event, KeyDigest, MassCancel, OrderId, RejectReason, Side,
+};
+use proptest::prelude::*;
+
+use super::*;
+use crate::{Engine, Snapshot, CLIENT_ORDER_ID_WINDOW};
+
+fn brokers() -> Harness {
+    let mut h = Harness::new();
+    h.register_broker(BROKER_A);
+    h.register_broker(BROKER_B);
+    h
+}
+
+fn accepted_id(events: &[Event]) -> Option<OrderId> {
+    events.iter().find_map(|e| match *e {
+        Event::Accepted { order_id, .. } => Some(order_id),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_broker_acts_only_for_its_own_accounts() {
+    let mut h = brokers();
+    let alice_order = accepted_id(&h.broker_order(BROKER_A, ALICE, 1, Side::Buy, 10))
+        .expect("alice's broker may trade alice");
+    let events = h.broker_order(BROKER_A, BOB, 2, Side::Buy, 10);
+    assert_eq!(rejection(&events), Some(RejectReason::NotPermitted));
+    // Nor may it cancel, replace or mass-cancel for another broker's account.
+    let bob_order = accepted_id(&h.broker_order(BROKER_B, BOB, 1, Side::Sell, 50)).unwrap();
+    let cancel = Command::Cancel(Cancel {
+        account: BOB,
+        order_id: bob_order,
+    });
+    assert_eq!(
+        rejection(&h.run_as(BROKER_A, cancel)),
+        Some(RejectReason::NotPermitted)
+    );
+    let mass = Command::MassCancel(MassCancel {
+        account: BOB,
+        symbol: None,
+    });
+    assert_eq!(
+        rejection(&h.run_as(BROKER_A, mass)),
+        Some(RejectReason::NotPermitted)
+    );
+    // A broker naming its own account but another's order is refused by the order check.
+    let cancel = Command::Cancel(Cancel {
+        account: ALICE,
+        order_id: bob_order,
+    });
+    assert_eq!(
+        rejection(&h.run_as(BROKER_A, cancel)),
+        Some(RejectReason::NotOrderOwner)
+    );
+    assert!(h.engine.open_order(alice_order).is_some());
+    assert!(h.engine.open_order(bob_order).is_some());
+}
+
+#[test]
+fn only_the_operator_administers_and_unregistered_brokers_trade_nothing() {
+    let mut h = brokers();
+    let deposit = Command::Admin(AdminCommand::Deposit {
+        account: ALICE,
+        asset: USD,
+        amount: exchange_domain::Amount(1),
+    });
+    assert_eq!(
+        rejection(&h.run_as(BROKER_A, deposit)),
+        Some(RejectReason::NotPermitted)
+    );
+    let stranger = BrokerId(99);
+    assert_eq!(
+        rejection(&h.broker_order(stranger, ALICE, 1, Side::Buy, 10)),
+        Some(RejectReason::NotPermitted)
+    );
+    // The operator's key is not replicated state.
+    let events = h.admin(AdminCommand::SetBrokerKey {
+        broker: BrokerId::OPERATOR,
+        key_digest: KeyDigest([7; 32]),
+    });
+    assert_eq!(rejection(&events), Some(RejectReason::NotPermitted));
+    // The operator may act for any account.
+    assert!(accepted_id(&h.limit(ALICE, Side::Buy, 10, 1, TimeInForce::Gtc).1).is_some());
+}
+
+#[test]
+fn a_resent_order_is_executed_once_and_answered_with_its_original_outcome() {
+    let mut h = brokers();
+    h.gtc(CAROL, Side::Sell, 100, 5);
+    let first = h.broker_order(BROKER_A, ALICE, 42, Side::Buy, 100);
+    let original = accepted_id(&first).expect("accepted");
+    assert_eq!(fills(&first).len(), 2, "it traded: {first:?}");
+    let (available, held) = h.engine.balance(ALICE, BASE).unwrap();
+    let resent = h.broker_order(BROKER_A, ALICE, 42, Side::Buy, 100);
+    assert_eq!(
+        resent,
+        vec![Event::DuplicateOrder {
+            account: ALICE,
+            client_order_id: ClientOrderId(42),
+            order_id: original,
+            rejected: None,
+        }]
+    );
+    assert_eq!(h.engine.balance(ALICE, BASE), Some((available, held)));
+    assert_eq!(h.engine.trade_count(), 1);
+    // A rejected order's resend is answered with the original reason, not re-checked.
+    let refused = h.broker_order(BROKER_A, BOB, 43, Side::Buy, 100);
+    assert_eq!(rejection(&refused), Some(RejectReason::NotPermitted));
+    let resent = h.broker_order(BROKER_A, BOB, 43, Side::Buy, 100);
+    assert!(matches!(
+        resent[..],
+        [Event::DuplicateOrder {
+            rejected: Some(RejectReason::NotPermitted),
+            ..
+        }]
+    ));
+    // Client order ids are per broker: another broker may use 42.
+    assert!(accepted_id(&h.broker_order(BROKER_B, BOB, 42, Side::Buy, 1)).is_some());
+}
+
+#[test]
+fn the_window_survives_a_snapshot() {
+    let mut h = brokers();
+    let original = accepted_id(&h.broker_order(BROKER_A, ALICE, 7, Side::Buy, 10)).unwrap();
+    let bytes = h.engine.snapshot().to_bytes();
+    let restored = Engine::restore(&Snapshot::from_bytes(&bytes).unwrap()).unwrap();
+    assert_eq!(
+        restored.brokers().collect::<Vec<_>>(),
+        h.engine.brokers().collect::<Vec<_>>()
+    );
+    assert_eq!(restored.account_owner(ALICE), Some(BROKER_A));
+    h.engine = restored;
+    let resent = h.broker_order(BROKER_A, ALICE, 7, Side::Buy, 10);
+    assert!(matches!(
+        resent[..],
+        [Event::DuplicateOrder { order_id, rejected: None, .. }] if order_id == original
+    ));
+}
+
+#[test]
+fn a_key_can_be_replaced_and_revoked() {
+    let mut h = brokers();
+    let events = h.admin(AdminCommand::SetBrokerKey {
+        broker: BROKER_A,
+        key_digest: KeyDigest([0; 32]),
+    });
+    assert!(matches!(events[..], [Event::BrokerKeySet { .. }]));
+    assert!(h
+        .engine
+        .brokers()
+        .any(|(id, digest)| id == BROKER_A && digest == KeyDigest([0; 32])));
+    assert_eq!(h.engine.brokers().count(), 2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever order a broker sends client order ids in, each id it ever sent is entered at
+    /// most once, and every id sent more than once is answered as a duplicate or as stale.
+    #[test]
+    fn no_client_order_id_is_ever_entered_twice(
+        ids in proptest::collection::vec(1u64..(3 * CLIENT_ORDER_ID_WINDOW as u64), 1..400),
+    ) {
+        let mut h = brokers();
+        let mut entered = std::collections::BTreeSet::new();
+        for id in ids {
+            let events = h.broker_order(BROKER_A, ALICE, id, Side::Buy, 1);
+            match events[..] {
+                [Event::Accepted { .. }, ..] | [Event::Rejected { .. }] => {
+                    let reason = rejection(&events);
+                    if reason != Some(RejectReason::StaleClientOrderId) {
+                        prop_assert!(entered.insert(id), "id {} entered twice", id);
+                    }
+                }
+                [Event::DuplicateOrder { client_order_id, .. }] => {
+                    prop_assert_eq!(client_order_id, ClientOrderId(id));
+                    prop_assert!(entered.contains(&id));
+                }
+                _ => prop_assert!(false, "unexpected {:?}", events),
+            }
+        }
+    }
+}

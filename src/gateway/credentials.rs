@@ -1,0 +1,164 @@
+//! Credentials: the admin key of the nodes and the brokers' API keys.
+//!
+//! The admin key is each node's own configuration (it is the operator's credential and never
+//! enters the replicated state). Broker keys are replicated state: the engine holds each
+//! broker's key digest (SHA-256), registered by the operator (`exchange-cli admin
+//! set-broker-key`) or from the brokers file, which the leader applies when it takes office.
+//! Logging on compares digests, so the engine, its log and its snapshots hold no usable key.
+
+use std::path::Path;
+
+use exchange_domain::{AccountId, BrokerId, KeyDigest};
+use serde::Deserialize;
+
+/// The shortest key accepted: a key must not be guessable.
+pub const API_KEY_CHARS_MIN: usize = 16;
+/// The longest key accepted (bounds the work a logon costs).
+pub const API_KEY_CHARS_MAX: usize = 256;
+
+/// The SHA-256 digest of a key.
+pub fn digest(key: &str) -> KeyDigest {
+    let hash = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(hash.as_ref());
+    KeyDigest(bytes)
+}
+
+/// Whether a key is acceptable as a credential.
+pub fn check_key(key: &str) -> Result<(), String> {
+    let chars = key.chars().count();
+    if !(API_KEY_CHARS_MIN..=API_KEY_CHARS_MAX).contains(&chars) {
+        return Err(format!(
+            "an API key has {API_KEY_CHARS_MIN} to {API_KEY_CHARS_MAX} characters, this one {chars}"
+        ));
+    }
+    Ok(())
+}
+
+/// One broker of the brokers file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerEntry {
+    /// 1 or more (0 is the operator).
+    pub id: u32,
+    pub key: String,
+    /// The accounts it owns: created for it when they do not exist.
+    #[serde(default)]
+    pub accounts: Vec<u64>,
+}
+
+/// The brokers file (`cluster/brokers.toml`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokersFile {
+    /// The operator's key: administration and membership need it.
+    pub admin_key: Option<String>,
+    #[serde(default, rename = "broker")]
+    pub brokers: Vec<BrokerEntry>,
+}
+
+impl BrokersFile {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read brokers file {}: {e}", path.display()))?;
+        let file: BrokersFile =
+            toml::from_str(&text).map_err(|e| format!("brokers file {}: {e}", path.display()))?;
+        file.validate()
+            .map_err(|e| format!("brokers file {}: {e}", path.display()))?;
+        Ok(file)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(key) = &self.admin_key {
+            check_key(key).map_err(|e| format!("admin_key: {e}"))?;
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        let mut accounts = std::collections::BTreeSet::new();
+        for broker in &self.brokers {
+            if broker.id == BrokerId::OPERATOR.0 {
+                return Err("broker id 0 is the operator; brokers start at 1".into());
+            }
+            if !ids.insert(broker.id) {
+                return Err(format!("broker {} appears twice", broker.id));
+            }
+            check_key(&broker.key).map_err(|e| format!("broker {}: {e}", broker.id))?;
+            if Some(&broker.key) == self.admin_key.as_ref() {
+                return Err(format!("broker {} uses the admin key", broker.id));
+            }
+            for &account in &broker.accounts {
+                if !accounts.insert(account) {
+                    return Err(format!("account {account} is given to two brokers"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The admin key's digest, if the file names one.
+    pub fn admin_digest(&self) -> Option<KeyDigest> {
+        self.admin_key.as_deref().map(digest)
+    }
+
+    /// (broker, key digest, owned accounts) for every broker of the file.
+    pub fn registrations(&self) -> Vec<(BrokerId, KeyDigest, Vec<AccountId>)> {
+        self.brokers
+            .iter()
+            .map(|b| {
+                (
+                    BrokerId(b.id),
+                    digest(&b.key),
+                    b.accounts.iter().map(|&a| AccountId(a)).collect(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_development_brokers_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/brokers.toml");
+        let file = BrokersFile::load(&path).expect("cluster/brokers.toml loads");
+        assert!(file.admin_key.is_some());
+        assert!(!file.brokers.is_empty());
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        let cases = [
+            ("admin_key = \"short\"", "16 to 256"),
+            (
+                "[[broker]]\nid = 0\nkey = \"0123456789abcdef\"",
+                "operator",
+            ),
+            (
+                "[[broker]]\nid = 1\nkey = \"0123456789abcdef\"\n[[broker]]\nid = 1\nkey = \"0123456789abcdeg\"",
+                "twice",
+            ),
+            (
+                "[[broker]]\nid = 1\nkey = \"0123456789abcdef\"\naccounts = [5]\n[[broker]]\nid = 2\nkey = \"0123456789abcdeg\"\naccounts = [5]",
+                "two brokers",
+            ),
+            ("[[broker]]\nid = 1\nkey = \"0123456789abcdef\"\ncolour = 1", "unknown field"),
+        ];
+        for (text, why) in cases {
+            let error = toml::from_str::<BrokersFile>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|f| f.validate().map(|_| f))
+                .expect_err(text);
+            assert!(error.contains(why), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn digests_are_sha256() {
+        assert_eq!(
+            digest("abc").0[..4],
+            [0xba, 0x78, 0x16, 0xbf],
+            "SHA-256(\"abc\") starts ba7816bf"
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! Applies the brokers file: each time this node becomes leader, it registers every broker of
+//! the file whose key the replicated state does not hold yet, and opens the accounts the file
+//! gives a broker that do not exist yet. Idempotent, so every leader may do it; a change made
+//! at run time by an admin command for a broker the file also names is overridden by the
+//! file at the next change of leader (the file is the source of truth for what it names).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use exchange_domain::{AdminCommand, BrokerCommand, BrokerId, Command, KeyDigest};
+use openraft::ServerState;
+
+use crate::gateway::credentials::BrokersFile;
+use crate::replication::engine_thread::EngineHandle;
+use crate::replication::sequencer::Sequencer;
+use crate::replication::types::Raft;
+
+/// How long a new leader waits for its engine to apply the log it inherited.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The commands that bring the replicated state in line with the file.
+async fn missing(
+    engine: &EngineHandle,
+    file: &BrokersFile,
+) -> Result<Vec<Command>, crate::replication::engine_thread::EngineStopped> {
+    let registrations = file.registrations();
+    let wanted = registrations.clone();
+    let (known, owners): (Vec<(BrokerId, KeyDigest)>, Vec<Option<BrokerId>>) = engine
+        .query(move |engine| {
+            let known = engine.brokers().collect();
+            let owners = wanted
+                .iter()
+                .flat_map(|(_, _, accounts)| accounts.iter().map(|a| engine.account_owner(*a)))
+                .collect();
+            (known, owners)
+        })
+        .await?;
+    let mut commands = Vec::new();
+    let mut owners = owners.into_iter();
+    for (broker, key_digest, accounts) in registrations {
+        if !known.contains(&(broker, key_digest)) {
+            commands.push(Command::Admin(AdminCommand::SetBrokerKey {
+                broker,
+                key_digest,
+            }));
+        }
+        for account in accounts {
+            match owners.next().flatten() {
+                None => commands.push(Command::Admin(AdminCommand::CreateAccount {
+                    account,
+                    owner: broker,
+                })),
+                Some(owner) if owner != broker => tracing::warn!(
+                    %account, %owner, file_owner = %broker,
+                    "the brokers file gives an account that another broker owns; left as it is"
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(commands)
+}
+
+async fn apply(raft: &Raft, engine: &EngineHandle, sequencer: &Sequencer, file: &BrokersFile) {
+    let inherited = raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+    while engine.status().applied_index() < inherited {
+        if tokio::time::Instant::now() > deadline {
+            tracing::warn!("engine did not catch up; brokers file not applied this term");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let commands = match missing(engine, file).await {
+        Ok(commands) => commands,
+        Err(e) => return tracing::warn!("brokers file not applied: {e}"),
+    };
+    if commands.is_empty() {
+        return;
+    }
+    let count = commands.len();
+    let results = sequencer
+        .submit_many(commands.into_iter().map(BrokerCommand::operator).collect())
+        .await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if failed == 0 {
+        tracing::info!(commands = count, "applied the brokers file");
+    } else {
+        tracing::warn!(commands = count, failed, "brokers file partly applied");
+    }
+}
+
+/// Runs for the node's life: applies the file once in every term this node leads.
+pub async fn apply_when_leader(
+    raft: Raft,
+    engine: Arc<EngineHandle>,
+    sequencer: Sequencer,
+    file: BrokersFile,
+) {
+    if file.brokers.is_empty() {
+        return;
+    }
+    let mut metrics = raft.metrics();
+    let mut done_term = None;
+    loop {
+        let (state, term) = {
+            let m = metrics.borrow();
+            (m.state, m.current_term)
+        };
+        if state == ServerState::Leader && done_term != Some(term) {
+            done_term = Some(term);
+            apply(&raft, &engine, &sequencer, &file).await;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
