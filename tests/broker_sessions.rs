@@ -59,11 +59,15 @@ async fn fund_broker_accounts(admin: &mut Client) {
 }
 
 fn buy(account: u64, client_order_id: u64, price: i64) -> Command {
+    order(Side::Buy, account, client_order_id, price)
+}
+
+fn order(side: Side, account: u64, client_order_id: u64, price: i64) -> Command {
     Command::NewOrder(NewOrder {
         account: AccountId(account),
         symbol: SYMBOL,
         client_order_id: ClientOrderId(client_order_id),
-        side: Side::Buy,
+        side,
         order_type: OrderType::Limit,
         time_in_force: TimeInForce::Gtc,
         price: Price(price),
@@ -178,6 +182,40 @@ async fn sessions_are_authenticated_and_act_only_for_their_own_accounts() {
         .expect("reply");
     assert_eq!(rejected(&outputs), Some(RejectReason::InvalidClientOrderId));
 
+    // A trade between two brokers: each answer shows only the sender's own side; the maker
+    // learns of its fill from its report feed.
+    let mut feed = cluster.client_with_key(key_1).into_report_feed(0);
+    let (_, key_2, _) = BROKERS[1];
+    let mut seller = cluster.client_with_key(key_2);
+    let outputs = seller
+        .submit(order(Side::Sell, accounts_2[0], 1, 11))
+        .await
+        .expect("sell");
+    assert!(
+        outputs
+            .iter()
+            .all(|o| o.event.account() == Some(AccountId(accounts_2[0]))),
+        "the seller saw another broker's events: {outputs:?}"
+    );
+    assert!(outputs
+        .iter()
+        .any(|o| matches!(o.event, Event::Execution { .. })));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut maker_fill = None;
+    while maker_fill.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the maker's fill never reached its feed"
+        );
+        let batch = feed.next(Duration::from_secs(1)).await.expect("feed");
+        assert!(batch
+            .iter()
+            .all(|o| o.event.account().is_some_and(|a| accounts_1.contains(&a.0))));
+        maker_fill = batch
+            .into_iter()
+            .find(|o| matches!(o.event, Event::Execution { order_id, .. } if order_id == original));
+    }
+
     // The operator revokes the key: new sessions with it are refused.
     let revoke = Command::Admin(AdminCommand::SetBrokerKey {
         broker: exchange::domain::BrokerId(broker_1),
@@ -196,6 +234,58 @@ async fn sessions_are_authenticated_and_act_only_for_their_own_accounts() {
     cluster.assert_no_divergence(index).await;
 }
 
+type OrderIds = BTreeMap<u64, exchange::domain::OrderId>;
+
+/// Reads a broker's feed until it has seen `sent` acceptances and `sent` lots filled; returns
+/// the order id accepted per client order id and the quantity filled per order. Fails on any
+/// report seen twice.
+async fn follow_feed(
+    broker_index: usize,
+    mut feed: exchange::gateway::client::ReportFeed,
+    sent: u64,
+) -> (OrderIds, BTreeMap<exchange::domain::OrderId, i64>) {
+    let mut accepted_ids = BTreeMap::new();
+    let mut filled: BTreeMap<_, i64> = BTreeMap::new();
+    let mut exec_ids = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while filled.values().sum::<i64>() < sent as i64 || (accepted_ids.len() as u64) < sent {
+        assert!(
+            Instant::now() < deadline,
+            "broker {}: the feed stopped at {} accepted, {} filled",
+            broker_index + 1,
+            accepted_ids.len(),
+            filled.values().sum::<i64>()
+        );
+        for output in feed.next(Duration::from_secs(1)).await.expect("feed") {
+            match output.event {
+                Event::Accepted {
+                    order_id,
+                    client_order_id,
+                    ..
+                } => assert!(
+                    accepted_ids.insert(client_order_id.0, order_id).is_none(),
+                    "client order id {} accepted twice",
+                    client_order_id.0
+                ),
+                Event::Execution {
+                    exec_id,
+                    order_id,
+                    qty,
+                    ..
+                } => {
+                    assert!(
+                        exec_ids.insert(exec_id),
+                        "execution {exec_id} reported twice"
+                    );
+                    *filled.entry(order_id).or_default() += qty.0;
+                }
+                _ => {}
+            }
+        }
+    }
+    (accepted_ids, filled)
+}
+
 /// Orders each session sends, in batches of `BATCH`; four sessions have 1,000 in flight.
 const BATCHES: u64 = 8;
 const BATCH: u64 = 250;
@@ -209,12 +299,23 @@ async fn a_leader_killed_with_a_thousand_orders_in_flight_enters_each_exactly_on
     setup_market(&mut admin, 1).await;
     fund_broker_accounts(&mut admin).await;
 
+    // Broker 1's sessions buy and broker 2's sell, one lot each at one price: every order
+    // trades, some as maker, some as taker, and each broker's feed follows it.
+    let sides = [Side::Buy, Side::Sell];
+    let sent = BATCHES * BATCH * SESSIONS_PER_BROKER;
+    // Each broker's feed runs from the start, through the crash, until it has seen all.
+    let mut feeds = Vec::new();
+    for (broker_index, (_, key, _)) in BROKERS.into_iter().enumerate() {
+        let feed = cluster.client_with_key(key).into_report_feed(0);
+        feeds.push(tokio::spawn(follow_feed(broker_index, feed, sent)));
+    }
     let acknowledged = Arc::new(AtomicU64::new(0));
     let mut sessions = tokio::task::JoinSet::new();
     for (broker_index, (broker, key, accounts)) in BROKERS.into_iter().enumerate() {
         for session in 0..SESSIONS_PER_BROKER {
             let mut client = cluster.client_with_key(key);
             let acknowledged = Arc::clone(&acknowledged);
+            let side = sides[broker_index];
             sessions.spawn(async move {
                 // Sessions of one broker interleave their ids, so they rise together.
                 let mut answers: BTreeMap<u64, Vec<Output>> = BTreeMap::new();
@@ -222,7 +323,10 @@ async fn a_leader_killed_with_a_thousand_orders_in_flight_enters_each_exactly_on
                     let ids: Vec<u64> = (0..BATCH)
                         .map(|i| (batch * BATCH + i) * SESSIONS_PER_BROKER + session + 1)
                         .collect();
-                    let commands = ids.iter().map(|&id| buy(accounts[0], id, 10)).collect();
+                    let commands = ids
+                        .iter()
+                        .map(|&id| order(side, accounts[0], id, 10))
+                        .collect();
                     let results = client
                         .submit_batch(commands)
                         .await
@@ -251,21 +355,14 @@ async fn a_leader_killed_with_a_thousand_orders_in_flight_enters_each_exactly_on
     while let Some(done) = sessions.join_next().await {
         let (broker_index, answers) = done.expect("a session failed");
         for (id, outputs) in answers {
-            let order_id = match outputs[..] {
-                [Output {
-                    event: Event::Accepted { order_id, .. },
-                    ..
-                }] => order_id,
+            let order_id = match outputs.first().map(|o| o.event) {
+                Some(Event::Accepted { order_id, .. }) => order_id,
                 // The first send was executed before the crash; the resend says so.
-                [Output {
-                    event:
-                        Event::DuplicateOrder {
-                            order_id,
-                            rejected: None,
-                            ..
-                        },
+                Some(Event::DuplicateOrder {
+                    order_id,
+                    rejected: None,
                     ..
-                }] => {
+                }) => {
                     duplicates_answered += 1;
                     order_id
                 }
@@ -274,29 +371,21 @@ async fn a_leader_killed_with_a_thousand_orders_in_flight_enters_each_exactly_on
             assert!(per_broker[broker_index].insert(id, order_id).is_none());
         }
     }
-    let sent = BATCHES * BATCH * SESSIONS_PER_BROKER;
-    // Every order exists exactly once: the book holds exactly one order per client order id.
-    for (broker_index, (_, _, accounts)) in BROKERS.into_iter().enumerate() {
+    // Every order exists exactly once, and each broker's feed held every report about it,
+    // once: one acceptance per client order id, and fills adding up to its one lot.
+    for (broker_index, feed) in feeds.into_iter().enumerate() {
         assert_eq!(per_broker[broker_index].len() as u64, sent);
-        let cancel_all = Command::MassCancel(MassCancel {
-            account: AccountId(accounts[0]),
-            symbol: None,
-        });
-        let outputs = submit(&mut admin, cancel_all, Duration::from_secs(10)).await;
-        let count = outputs.iter().find_map(|o| match o.event {
-            Event::MassCancelled { count, .. } => Some(count as u64),
-            _ => None,
-        });
-        assert_eq!(
-            count,
-            Some(sent),
-            "broker {} has a different number of orders than it sent",
-            broker_index + 1
+        let (accepted_ids, filled) = feed.await.expect("feed task");
+        assert_eq!(accepted_ids, per_broker[broker_index]);
+        assert_eq!(filled.len() as u64, sent);
+        assert!(
+            filled.values().all(|&qty| qty == 1),
+            "an order filled twice"
         );
     }
     println!(
         "killed the leader after {killed_at} acknowledged orders, with up to {} in flight; \
-         {duplicates_answered} resends answered as duplicates",
+         {duplicates_answered} resends answered as duplicates; both feeds complete",
         BROKERS.len() as u64 * SESSIONS_PER_BROKER * BATCH
     );
     cluster.start_node(leader);

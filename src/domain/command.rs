@@ -37,6 +37,19 @@ pub struct Input {
 pub const INPUT_ARCHIVED_BYTES: usize = 88;
 const _: () = assert!(std::mem::size_of::<ArchivedInput>() == INPUT_ARCHIVED_BYTES);
 
+impl Command {
+    /// The account an order command acts for (`None` for administration).
+    pub fn account(&self) -> Option<AccountId> {
+        match self {
+            Command::NewOrder(order) => Some(order.account),
+            Command::Cancel(cancel) => Some(cancel.account),
+            Command::CancelReplace(replace) => Some(replace.account),
+            Command::MassCancel(mass) => Some(mass.account),
+            Command::Admin(_) => None,
+        }
+    }
+}
+
 /// A command with the broker it came from: what the sequencer puts into a batch.
 #[derive(
     Clone,

@@ -313,6 +313,32 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The account the event is about, if it is about one.
+    pub fn account(&self) -> Option<AccountId> {
+        match *self {
+            Event::Accepted { account, .. }
+            | Event::Rejected { account, .. }
+            | Event::Execution { account, .. }
+            | Event::Cancelled { account, .. }
+            | Event::Replaced { account, .. }
+            | Event::CancelRejected { account, .. }
+            | Event::ReplaceRejected { account, .. }
+            | Event::MassCancelled { account, .. }
+            | Event::MassCancelRejected { account, .. }
+            | Event::AccountCreated { account }
+            | Event::BalanceChanged { account, .. }
+            | Event::RiskLimitsSet { account, .. }
+            | Event::DuplicateOrder { account, .. } => Some(account),
+            Event::SymbolAdded { .. }
+            | Event::PriceBandSet { .. }
+            | Event::TradingStatus { .. }
+            | Event::AdminRejected { .. }
+            | Event::BrokerKeySet { .. } => None,
+        }
+    }
+}
+
 /// The longest canonical encoding of an [`Output`]: 2 header words, a tag and at most 12 fields.
 pub const OUTPUT_CANONICAL_BYTES_MAX: usize = 15 * 8;
 

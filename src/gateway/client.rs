@@ -363,6 +363,98 @@ impl Client {
     }
 }
 
+/// A broker's execution reports: every event about its accounts, in order, each once. Follows
+/// the leader: when the connection fails or the node stops leading, it reconnects (to the new
+/// leader) and asks for what came after the last report it received.
+pub struct ReportFeed {
+    client: Client,
+    since: u64,
+    subscribed: bool,
+}
+
+impl Client {
+    /// This client's broker's reports after sequence number `since` (0: all that are kept).
+    /// The client must have a broker's API key.
+    pub fn into_report_feed(self, since: u64) -> ReportFeed {
+        ReportFeed {
+            client: self,
+            since,
+            subscribed: false,
+        }
+    }
+}
+
+impl ReportFeed {
+    /// The sequence number of the last report received.
+    pub fn since(&self) -> u64 {
+        self.since
+    }
+
+    /// The next reports, waiting at most `within` for them (an empty batch: none came).
+    pub async fn next(&mut self, within: Duration) -> Result<Vec<Output>, ClientError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if !self.subscribed {
+                let request = Request::Reports {
+                    since_seq: self.since,
+                };
+                match self.client.request_leader(&request).await {
+                    Ok(Reply::Reports(batch)) => {
+                        self.subscribed = true;
+                        return Ok(self.received(batch));
+                    }
+                    Ok(other) => return Err(unexpected(other)),
+                    Err(ClientError::Rejected(e)) => return Err(ClientError::Rejected(e)),
+                    Err(e) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(e);
+                        }
+                        tokio::time::sleep(NO_LEADER_PAUSE).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(link) = self.client.link.as_mut() else {
+                self.subscribed = false;
+                continue;
+            };
+            let frame = tokio::time::timeout_at(
+                deadline,
+                read_frame(&mut link.recv, BROKER_REPLY_BYTES_MAX),
+            )
+            .await;
+            let reply = match frame {
+                Err(_) => return Ok(Vec::new()),
+                Ok(Ok(Some(bytes))) => postcard::from_bytes::<Reply>(&bytes).ok(),
+                Ok(Ok(None) | Err(_)) => None,
+            };
+            match reply {
+                Some(Reply::Reports(batch)) => return Ok(self.received(batch)),
+                Some(Reply::Error(e)) => return Err(ClientError::Rejected(e)),
+                // The node stopped leading, failed, or said something odd: find the leader
+                // and resume after the last report received.
+                other => {
+                    if other.is_none() {
+                        if let Some(dead) = self.client.link.take() {
+                            self.client.suspect(dead.addr);
+                        }
+                    } else {
+                        self.client.link = None;
+                    }
+                    self.subscribed = false;
+                }
+            }
+        }
+    }
+
+    fn received(&mut self, batch: Vec<Output>) -> Vec<Output> {
+        if let Some(last) = batch.last() {
+            self.since = last.seq;
+        }
+        batch
+    }
+}
+
 fn unexpected(reply: Reply) -> ClientError {
     match reply {
         Reply::Throttled { reason, .. } => ClientError::Rejected(format!("throttled: {reason}")),

@@ -40,7 +40,15 @@ pub enum Request {
     /// Membership (leader only): make exactly these nodes the voters. Learners named here are
     /// promoted; voters not named are removed.
     SetVoters { voters: Vec<u64> },
+    /// Subscribes this stream to the session's broker's reports: every event about its
+    /// accounts with a sequence number above `since_seq`, then each new one as it happens.
+    /// The leader answers with `Reports` frames (the first at once, maybe empty) until the
+    /// stream or session ends, or until it stops leading (then `NotLeader`).
+    Reports { since_seq: u64 },
 }
+
+/// Reports in one `Reports` frame, at most.
+pub const REPORTS_PER_FRAME_MAX: usize = 4_096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
@@ -73,6 +81,8 @@ pub enum Reply {
     /// The request could not be served (malformed, not permitted, node stopping, ...). After a
     /// malformed frame, a refused logon or a protocol violation the node closes the session.
     Error(String),
+    /// Reports for the subscribed broker, oldest first, each once.
+    Reports(Vec<Output>),
 }
 
 /// One node's view, as `exchange-cli status` shows it.

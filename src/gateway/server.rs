@@ -12,16 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use exchange_domain::{BrokerCommand, BrokerId, Command, KeyDigest};
+use exchange_domain::{AccountId, BrokerCommand, BrokerId, Command, KeyDigest, Output};
 use openraft::ServerState;
 
 use super::credentials;
 use super::protocol::{
-    NodeStatus, Reply, Request, BROKER_FRAME_BYTES_MAX, PROTOCOL_VERSION, SUBMIT_BATCH_COMMANDS_MAX,
+    NodeStatus, Reply, Request, BROKER_FRAME_BYTES_MAX, PROTOCOL_VERSION, REPORTS_PER_FRAME_MAX,
+    SUBMIT_BATCH_COMMANDS_MAX,
 };
 use crate::net::frame::{read_frame, write_frame};
 use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::EngineHandle;
+use crate::replication::reports::ReportJournal;
 use crate::replication::sequencer::{Sequencer, SubmitError};
 use crate::replication::types::Raft;
 
@@ -40,6 +42,8 @@ pub struct Gateway {
     /// The operator's credential; `None`: nobody may administer through this node.
     pub admin_digest: Option<KeyDigest>,
     pub session_limits: SessionLimits,
+    /// What the engine said about each broker's accounts, to publish.
+    pub reports: Arc<ReportJournal>,
 }
 
 /// What one session may demand of the node.
@@ -86,6 +90,16 @@ pub struct Principal {
 impl Principal {
     pub fn is_operator(&self) -> bool {
         self.broker == BrokerId::OPERATOR
+    }
+
+    /// What a command's answer shows this session: a broker sees the events about the
+    /// account it acted for (the other side of a trade learns of it from its own reports);
+    /// the operator sees everything.
+    fn visible(&self, account: Option<AccountId>, mut outputs: Vec<Output>) -> Vec<Output> {
+        if !self.is_operator() {
+            outputs.retain(|o| o.event.account().is_none_or(|a| Some(a) == account));
+        }
+        outputs
     }
 }
 
@@ -332,7 +346,10 @@ impl Gateway {
             command,
         };
         match request {
-            Request::Status | Request::Heartbeat | Request::Logon { .. } => {
+            Request::Status
+            | Request::Heartbeat
+            | Request::Logon { .. }
+            | Request::Reports { .. } => {
                 Reply::Error("internal: session request routed as a command".into())
             }
             Request::AddLearner { .. } | Request::SetVoters { .. } if !principal.is_operator() => {
@@ -356,6 +373,7 @@ impl Gateway {
                         broker: None,
                     };
                 }
+                let accounts: Vec<_> = commands.iter().map(Command::account).collect();
                 let commands = commands.into_iter().map(stamp).collect();
                 let results = self.sequencer.submit_many(commands).await;
                 // Not the leader: nothing was sequenced (each command got the same answer).
@@ -368,7 +386,12 @@ impl Gateway {
                 Reply::BatchOutputs(
                     results
                         .into_iter()
-                        .map(|result| result.map_err(|e| e.to_string()))
+                        .zip(accounts)
+                        .map(|(result, account)| {
+                            result
+                                .map(|outputs| principal.visible(account, outputs))
+                                .map_err(|e| e.to_string())
+                        })
                         .collect(),
                 )
             }
@@ -412,8 +435,9 @@ impl Gateway {
                         broker: None,
                     };
                 }
+                let account = command.account();
                 match self.sequencer.submit(stamp(command)).await {
-                    Ok(outputs) => Reply::Outputs(outputs),
+                    Ok(outputs) => Reply::Outputs(principal.visible(account, outputs)),
                     Err(SubmitError::NotLeader { leader_id, leader }) => Reply::NotLeader {
                         leader_id,
                         broker: leader.map(|node| node.broker),
@@ -426,6 +450,50 @@ impl Gateway {
                     Err(e) => Reply::Error(e.to_string()),
                 }
             }
+        }
+    }
+}
+
+impl Gateway {
+    /// Whether this node leads and has heard from a majority lately: only then it publishes.
+    fn publishing(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader && !self.quorum_lost()
+    }
+
+    /// Streams a broker's reports after `since` until the stream fails or this node stops
+    /// leading. Returns the reply that ends the stream, if any.
+    async fn stream_reports(
+        &self,
+        broker: BrokerId,
+        mut since: u64,
+        send: &mut quinn::SendStream,
+    ) -> Option<Reply> {
+        let mut recorded = self.reports.subscribe();
+        let mut first = true;
+        loop {
+            if !self.publishing() {
+                return Some(self.not_leader());
+            }
+            recorded.borrow_and_update();
+            let batch = match self.reports.since(broker, since, REPORTS_PER_FRAME_MAX) {
+                Ok(batch) => batch,
+                Err(gap) => {
+                    return Some(Reply::Error(format!(
+                        "reports up to seq {} are no longer kept on this node; asked since {since}",
+                        gap.complete_after
+                    )))
+                }
+            };
+            if batch.is_empty() && !first {
+                // Wake on news, and now and then to notice a lost leadership.
+                let _ = tokio::time::timeout(Duration::from_millis(100), recorded.changed()).await;
+                continue;
+            }
+            first = false;
+            if let Some(last) = batch.last() {
+                since = last.seq;
+            }
+            write(send, &Reply::Reports(batch)).await.ok()?;
         }
     }
 }
@@ -489,6 +557,26 @@ async fn serve_stream(
         let (reply, after) = match read_frame(&mut recv, BROKER_FRAME_BYTES_MAX).await {
             Ok(None) => break,
             Ok(Some(bytes)) => match postcard::from_bytes::<Request>(&bytes) {
+                Ok(Request::Reports { since_seq }) => match session.principal.get() {
+                    Some(principal) if !principal.is_operator() => {
+                        let end = gateway
+                            .stream_reports(principal.broker, since_seq, &mut send)
+                            .await;
+                        // The stream stays usable after a refusal (not the leader, a gap).
+                        match end {
+                            Some(reply) if write(&mut send, &reply).await.is_ok() => continue,
+                            _ => break,
+                        }
+                    }
+                    Some(_) => (
+                        Reply::Error("the operator has no reports; log on as a broker".into()),
+                        After::Continue,
+                    ),
+                    None => (
+                        Reply::Error("log on first".into()),
+                        After::Close(close_code::PROTOCOL_ERROR),
+                    ),
+                },
                 Ok(request) => gateway.handle(&session, request).await,
                 Err(e) => (
                     Reply::Error(format!("malformed request: {e}")),

@@ -23,6 +23,7 @@ use crate::replication::divergence::{watch as watch_divergence, DivergenceLog};
 use crate::replication::engine_thread::{AppliedPosition, EngineHandle, EngineThreadConfig};
 use crate::replication::log_store::LogStore;
 use crate::replication::network::{serve as serve_raft, Network};
+use crate::replication::reports::ReportJournal;
 use crate::replication::sequencer::Sequencer;
 use crate::replication::state_machine::{StateMachine, StoredSnapshot};
 use crate::replication::types::{NodeAddr, Raft};
@@ -95,8 +96,18 @@ impl Node {
         engine.set_publishing(true);
         let max_timestamp = log.max_timestamp();
         let committed = log.committed();
-        let state_machine =
-            StateMachine::new(Arc::clone(&engine), &config.data_dir, position, snapshot);
+        let start_seq = engine
+            .query(|engine| engine.last_seq())
+            .await
+            .map_err(|e| e.to_string())?;
+        let reports = Arc::new(ReportJournal::new(start_seq));
+        let state_machine = StateMachine::new(
+            Arc::clone(&engine),
+            Arc::clone(&reports),
+            &config.data_dir,
+            position,
+            snapshot,
+        );
 
         let me = config.peers[&config.id];
         let transport = tls::transport(Duration::from_millis(config.election_max_ms * 4));
@@ -193,6 +204,7 @@ impl Node {
                 quorum_lost_after: Duration::from_millis(config.election_max_ms),
                 admin_digest,
                 session_limits: config.session_limits,
+                reports,
             },
         ));
         tracing::info!(

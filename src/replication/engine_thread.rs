@@ -12,7 +12,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use exchange_domain::Output;
+use exchange_domain::{BrokerId, Output};
 use exchange_engine::{DiscardSink, Engine, EngineConfig, EventSink, RestoreError, Snapshot};
 use tokio::sync::oneshot;
 
@@ -87,6 +87,8 @@ impl CommittedEntry {
 pub struct EntryOutcome {
     pub index: u64,
     pub outputs: Vec<Vec<Output>>,
+    /// The outputs about brokers' accounts, each with the owning broker, in order.
+    pub reports: Vec<(BrokerId, Output)>,
 }
 
 /// The engine state after one applied entry, as snapshot bytes, with the Raft position and
@@ -448,12 +450,22 @@ impl Worker {
             let mut outcome = EntryOutcome {
                 index: entry.index(),
                 outputs: Vec::new(),
+                reports: Vec::new(),
             };
             if let Some(batch) = &entry.batch {
                 for input in batch.inputs(entry.index()) {
                     if publishing {
                         let mut outputs = Vec::new();
                         self.engine.process(&input, &mut PerCommand(&mut outputs));
+                        for output in &outputs {
+                            let owner = output
+                                .event
+                                .account()
+                                .and_then(|account| self.engine.account_owner(account));
+                            if let Some(owner) = owner.filter(|o| *o != BrokerId::OPERATOR) {
+                                outcome.reports.push((owner, *output));
+                            }
+                        }
                         outcome.outputs.push(outputs);
                     } else {
                         self.engine.process(&input, &mut DiscardSink);

@@ -10,6 +10,7 @@ pub mod divergence;
 pub mod engine_thread;
 pub mod log_store;
 pub mod network;
+pub mod reports;
 pub mod sequencer;
 pub mod state_machine;
 pub mod types;

@@ -20,6 +20,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 
 use super::engine_thread::{AppliedPosition, CommittedEntry, EngineHandle, EngineStopped};
+use super::reports::ReportJournal;
 use super::types::{
     Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -107,6 +108,7 @@ impl StoredSnapshot {
 #[derive(Clone)]
 pub struct StateMachine {
     engine: Arc<EngineHandle>,
+    reports: Arc<ReportJournal>,
     dir: PathBuf,
     applied: AppliedPosition,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
@@ -121,12 +123,14 @@ impl StateMachine {
     /// `snapshot` that snapshot.
     pub fn new(
         engine: Arc<EngineHandle>,
+        reports: Arc<ReportJournal>,
         dir: &Path,
         applied: AppliedPosition,
         snapshot: Option<StoredSnapshot>,
     ) -> Self {
         StateMachine {
             engine,
+            reports,
             dir: dir.to_path_buf(),
             applied,
             current: Arc::new(Mutex::new(snapshot)),
@@ -228,6 +232,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .apply(committed)
             .await
             .map_err(|e: EngineStopped| sm_error(e))?;
+        for outcome in &outcomes {
+            self.reports.record(&outcome.reports);
+        }
         let mut applied: Vec<Applied> = outcomes
             .into_iter()
             .map(|outcome| Applied {
@@ -263,6 +270,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_error)?
             .map_err(sm_error)?;
         self.applied = position;
+        let last_seq = self
+            .engine
+            .query(|engine| engine.last_seq())
+            .await
+            .map_err(sm_error)?;
+        self.reports.restart_at(last_seq);
         self.keep(StoredSnapshot {
             meta: meta.clone(),
             engine: bytes,

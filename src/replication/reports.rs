@@ -1,0 +1,173 @@
+//! The report journal: what the engine said about each broker's accounts, kept per broker so
+//! that the gateway can push it to the broker's sessions and replay what a session missed.
+//!
+//! Every node keeps it (from the same committed stream, so every node's journal is the same),
+//! so a follower that becomes leader publishes from where the old leader stopped. It is
+//! bounded per broker; a session asking for reports older than what is kept is told so
+//! instead of being given a stream with a hole in it.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use exchange_domain::{BrokerId, Output};
+use rustc_hash::FxHashMap;
+
+/// Reports kept per broker (about 30 MiB at most each).
+pub const REPORTS_PER_BROKER_MAX: usize = 1 << 18;
+
+#[derive(Default)]
+struct BrokerReports {
+    events: VecDeque<Output>,
+    /// Everything up to this sequence number may be gone (evicted, or before this node's
+    /// start); the journal holds every report after it.
+    complete_after: u64,
+}
+
+struct Journal {
+    brokers: FxHashMap<BrokerId, BrokerReports>,
+    /// What a broker not seen yet is complete after: where this node's engine started.
+    start: u64,
+}
+
+/// Reports after `since` are not all kept any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gap {
+    /// The journal is complete after this sequence number.
+    pub complete_after: u64,
+}
+
+pub struct ReportJournal {
+    journal: Mutex<Journal>,
+    /// The last sequence number recorded: subscribers wait on it.
+    recorded: tokio::sync::watch::Sender<u64>,
+}
+
+impl ReportJournal {
+    /// A journal that starts at sequence number `start` (the engine's last applied command).
+    pub fn new(start: u64) -> Self {
+        ReportJournal {
+            journal: Mutex::new(Journal {
+                brokers: FxHashMap::default(),
+                start,
+            }),
+            recorded: tokio::sync::watch::Sender::new(start),
+        }
+    }
+
+    /// Records the reports of applied entries, in order: (owning broker, output).
+    pub fn record(&self, reports: &[(BrokerId, Output)]) {
+        let Some(last) = reports.last() else {
+            return;
+        };
+        {
+            let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+            let start = journal.start;
+            for (broker, output) in reports {
+                let kept = journal
+                    .brokers
+                    .entry(*broker)
+                    .or_insert_with(|| BrokerReports {
+                        events: VecDeque::new(),
+                        complete_after: start,
+                    });
+                if kept.events.len() == REPORTS_PER_BROKER_MAX {
+                    if let Some(evicted) = kept.events.pop_front() {
+                        kept.complete_after = evicted.seq;
+                    }
+                }
+                kept.events.push_back(*output);
+            }
+        }
+        self.recorded.send_replace(last.1.seq);
+    }
+
+    /// The state was replaced by a snapshot at `seq`: what was kept no longer follows on.
+    pub fn restart_at(&self, seq: u64) {
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        journal.brokers.clear();
+        journal.start = seq;
+        drop(journal);
+        self.recorded.send_replace(seq);
+    }
+
+    /// Up to `max` of the broker's reports with sequence numbers above `since`, oldest first.
+    pub fn since(&self, broker: BrokerId, since: u64, max: usize) -> Result<Vec<Output>, Gap> {
+        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(kept) = journal.brokers.get(&broker) else {
+            return if since >= journal.start {
+                Ok(Vec::new())
+            } else {
+                Err(Gap {
+                    complete_after: journal.start,
+                })
+            };
+        };
+        if since < kept.complete_after {
+            return Err(Gap {
+                complete_after: kept.complete_after,
+            });
+        }
+        let first = kept.events.partition_point(|o| o.seq <= since);
+        Ok(kept.events.range(first..).take(max).copied().collect())
+    }
+
+    /// A receiver that wakes when anything is recorded.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.recorded.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exchange_domain::{AccountId, Event};
+
+    fn output(seq: u64) -> Output {
+        Output {
+            seq,
+            timestamp_ns: 0,
+            event: Event::AccountCreated {
+                account: AccountId(seq),
+            },
+        }
+    }
+
+    #[test]
+    fn reports_are_kept_per_broker_and_replayed_after_a_sequence_number() {
+        let journal = ReportJournal::new(0);
+        let (a, b) = (BrokerId(1), BrokerId(2));
+        journal.record(&[(a, output(1)), (b, output(2)), (a, output(3))]);
+        let seqs = |v: Vec<Output>| v.iter().map(|o| o.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(journal.since(a, 0, 10).unwrap()), vec![1, 3]);
+        assert_eq!(seqs(journal.since(a, 1, 10).unwrap()), vec![3]);
+        assert_eq!(seqs(journal.since(a, 3, 10).unwrap()), Vec::<u64>::new());
+        assert_eq!(seqs(journal.since(b, 0, 10).unwrap()), vec![2]);
+        assert_eq!(seqs(journal.since(a, 0, 1).unwrap()), vec![1]);
+        assert_eq!(*journal.subscribe().borrow(), 3);
+    }
+
+    #[test]
+    fn what_is_no_longer_kept_is_reported_as_a_gap() {
+        let journal = ReportJournal::new(100);
+        assert_eq!(
+            journal.since(BrokerId(1), 5, 10),
+            Err(Gap {
+                complete_after: 100
+            })
+        );
+        assert_eq!(journal.since(BrokerId(1), 100, 10), Ok(Vec::new()));
+        let many: Vec<_> = (0..REPORTS_PER_BROKER_MAX as u64 + 2)
+            .map(|i| (BrokerId(1), output(101 + i)))
+            .collect();
+        journal.record(&many);
+        assert_eq!(
+            journal.since(BrokerId(1), 101, 1),
+            Err(Gap {
+                complete_after: 102
+            })
+        );
+        assert_eq!(journal.since(BrokerId(1), 102, 1).unwrap()[0].seq, 103);
+        journal.restart_at(5_000_000);
+        assert!(journal.since(BrokerId(1), 200, 1).is_err());
+    }
+}
