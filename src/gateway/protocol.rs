@@ -107,3 +107,82 @@ pub struct NodeStatus {
     /// equal: (peer id, index).
     pub hashes_checked: Vec<(u64, u64)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exchange_domain::{AccountId, ClientOrderId, NewOrder, OrderType, Price, Qty};
+    use exchange_domain::{SelfTradePrevention, Side, SymbolId, TimeInForce};
+    use proptest::prelude::*;
+
+    fn valid_frames() -> Vec<Vec<u8>> {
+        let order = Command::NewOrder(NewOrder {
+            account: AccountId(1001),
+            symbol: SymbolId(1),
+            client_order_id: ClientOrderId(7),
+            side: Side::Buy,
+            order_type: OrderType::Limit,
+            time_in_force: TimeInForce::Gtc,
+            price: Price(100),
+            qty: Qty(5),
+            self_trade_prevention: SelfTradePrevention::None,
+        });
+        [
+            Request::Logon {
+                protocol_version: PROTOCOL_VERSION,
+                api_key: "dev-broker-1-key-not-secret".into(),
+            },
+            Request::Submit(order),
+            Request::SubmitBatch(vec![order; 3]),
+            Request::Reports { since_seq: 99 },
+            Request::SetVoters {
+                voters: vec![1, 2, 3],
+            },
+        ]
+        .iter()
+        .map(|r| postcard::to_allocvec(r).expect("encode"))
+        .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Any bytes at all decode to a request or to an error: never a panic, and never an
+        /// allocation the bytes do not pay for (postcard bounds lengths by the input).
+        #[test]
+        fn random_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = postcard::from_bytes::<Request>(&bytes);
+            let _ = postcard::from_bytes::<Reply>(&bytes);
+        }
+
+        /// Valid frames with bytes flipped, cut short or extended decode or fail cleanly; a
+        /// frame that still decodes re-encodes to a request of its own.
+        #[test]
+        fn mutated_frames_never_panic_the_decoder(
+            which in 0usize..5,
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            cut in any::<prop::sample::Index>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let mut frame = valid_frames()[which].clone();
+            for (at, byte) in flips {
+                let at = at.index(frame.len());
+                frame[at] ^= byte;
+            }
+            frame.truncate(cut.index(frame.len() + 1));
+            frame.extend_from_slice(&tail);
+            if let Ok(request) = postcard::from_bytes::<Request>(&frame) {
+                let again = postcard::to_allocvec(&request).expect("re-encode");
+                prop_assert_eq!(postcard::from_bytes::<Request>(&again).ok(), Some(request));
+            }
+        }
+    }
+
+    #[test]
+    fn every_valid_frame_round_trips() {
+        for frame in valid_frames() {
+            let request = postcard::from_bytes::<Request>(&frame).expect("decode");
+            assert_eq!(postcard::to_allocvec(&request).expect("encode"), frame);
+        }
+    }
+}
