@@ -84,24 +84,46 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
-    /// Load a running cluster: closed-loop clients sending orders for a while; throughput and
-    /// order-to-acknowledgement latency percentiles (HDR histogram).
+    /// Load a running cluster as brokers do, and measure order-to-ack and order-to-fill
+    /// latency (HDR histograms, corrected for coordinated omission) and throughput.
+    ///
+    /// Creates what it needs (a symbol, one broker with a fresh key and one funded account per
+    /// session) with the admin key, then runs the sessions for --duration seconds. With --rate,
+    /// orders are scheduled evenly and latency counts from each order's scheduled time; with
+    /// --rate 0, each session sends as soon as its last request is answered. Also measures,
+    /// in the same run, the floor: a QUIC round trip on loopback plus one fdatasync.
     Bench {
-        /// Concurrent clients, each with its own connection and account.
-        #[arg(long, default_value_t = 16)]
-        clients: u64,
+        /// Broker sessions, each with its own connection, broker and account.
+        #[arg(long, visible_alias = "clients", default_value_t = 16)]
+        sessions: u64,
+        /// Orders per second over all sessions; 0 runs a closed loop as fast as it goes.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
         /// Seconds to run.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// Closed loop: orders per request [default: 1]. Open loop: the most due orders one
+        /// request carries [default: 512].
+        #[arg(long)]
+        orders_per_request: Option<usize>,
+        /// Order mix: percent of orders that cross the spread and trade at once.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+        cross_pct: u8,
+        /// Order mix: percent of requests that cancel one of the session's resting orders.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+        cancel_pct: u8,
         /// The symbol to create and trade; a fresh one per run keeps runs independent.
         #[arg(long, default_value_t = 900)]
         symbol: u32,
         /// The first of the accounts to create.
         #[arg(long, default_value_t = 900_000)]
         first_account: u64,
-        /// Orders per request: 1 sends them one by one; more sends each batch in one frame.
-        #[arg(long, default_value_t = 1)]
-        orders_per_request: usize,
+        /// The first of the broker ids to register.
+        #[arg(long, default_value_t = 100)]
+        first_broker: u32,
+        /// Where to measure the fdatasync floor: a directory on the cluster's disk.
+        #[arg(long, env = "EXCHANGE_DATA", default_value = "data")]
+        floor_dir: PathBuf,
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
     },
@@ -211,20 +233,31 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(membership(cluster, change)))
         }
         Commands::Bench {
-            clients,
+            sessions,
+            rate,
             duration,
+            orders_per_request,
+            cross_pct,
+            cancel_pct,
             symbol,
             first_account,
-            orders_per_request,
+            first_broker,
+            floor_dir,
             cluster,
         } => {
+            let per_request = orders_per_request.unwrap_or(if rate == 0 { 1 } else { 512 });
             let config = exchange::cli::cluster_bench::BenchConfig {
-                clients: clients.max(1),
+                sessions: sessions.clamp(1, exchange_engine::BROKERS_MAX as u64 - 10),
                 duration: std::time::Duration::from_secs_f64(duration.max(0.1)),
+                rate,
                 symbol,
                 first_account,
-                orders_per_request: orders_per_request
+                first_broker: first_broker.max(1),
+                orders_per_request: per_request
                     .clamp(1, exchange::gateway::protocol::SUBMIT_BATCH_COMMANDS_MAX),
+                cross_pct,
+                cancel_pct,
+                floor_dir,
             };
             multi_thread_runtime().and_then(|rt| rt.block_on(cluster_bench(cluster, config)))
         }
@@ -487,18 +520,65 @@ async fn cluster_bench(
             serde_json::to_string(&report).map_err(|e| e.to_string())?
         );
     } else {
-        println!("clients           {}", report.clients);
+        let rate = match report.rate {
+            0 => "closed loop".to_string(),
+            rate => format!("{rate} orders/s target"),
+        };
+        println!("sessions          {} ({rate})", report.sessions);
         println!("duration          {:.1} s", report.duration_s);
-        println!("sent / acked      {} / {}", report.sent, report.acked);
+        println!("sent / answered   {} / {}", report.sent, report.acked);
         println!("rejected, failed  {}, {}", report.rejected, report.failed);
         println!(
             "throughput        {:.0} orders/s",
             report.throughput_per_sec
         );
+        println!();
         println!(
-            "order-to-ack (us) p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-            report.p50_us, report.p90_us, report.p99_us, report.p999_us, report.max_us
+            "{:<22} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "latency (us)", "count", "p50", "p90", "p99", "p99.9", "max"
         );
+        let fill = &report.fill;
+        let floor = &report.floor;
+        for (name, count, p) in [
+            (
+                "order-to-ack",
+                report.acked,
+                [
+                    report.p50_us,
+                    report.p90_us,
+                    report.p99_us,
+                    report.p999_us,
+                    report.max_us,
+                ],
+            ),
+            (
+                "order-to-fill",
+                fill.count,
+                [
+                    fill.p50_us,
+                    fill.p90_us,
+                    fill.p99_us,
+                    fill.p999_us,
+                    fill.max_us,
+                ],
+            ),
+            (
+                "floor: QUIC rtt+fsync",
+                floor.count,
+                [
+                    floor.p50_us,
+                    floor.p90_us,
+                    floor.p99_us,
+                    floor.p999_us,
+                    floor.max_us,
+                ],
+            ),
+        ] {
+            println!(
+                "{name:<22} {count:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                p[0], p[1], p[2], p[3], p[4]
+            );
+        }
     }
     Ok(())
 }

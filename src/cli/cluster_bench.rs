@@ -1,46 +1,65 @@
-//! `exchange-cli bench`: a closed-loop load against a running cluster.
+//! `exchange-cli bench`: load against a running cluster, as brokers see it.
 //!
-//! N clients (each its own QUIC connection) send orders one after another (or
-//! `--orders-per-request` at a time, in one frame) for a fixed time; each order's time from
-//! send to acknowledgement (committed on a majority and applied) goes into an HDR histogram. The orders rest on both sides of a wide book, with a crossing order
-//! now and then, over one account per client, all created and funded before the run.
-//! (The brokers issue extends this with target rates, coordinated-omission correction and an
-//! order mix.)
+//! N sessions, each a broker of its own (registered with a fresh key for the run) with one
+//! account, send new orders (and, by the order mix, cancels) for a fixed time:
+//!
+//! - `--rate R` (orders per second, over all sessions): each order has a scheduled send time;
+//!   a session sends everything that is due in one request, and an order's latency is
+//!   measured from its *scheduled* time, so a slow answer counts against every order that
+//!   waited behind it (no coordinated omission).
+//! - `--rate 0`: closed loop, each session sending as soon as its last request is answered.
+//!
+//! Order-to-ack: until the answer (committed on a majority, applied by the engine). Order-to-
+//! fill: for the orders that cross the spread, until their execution report is received.
+//! Beside the load, the floor it cannot beat is measured in the same run: a QUIC round trip
+//! on loopback plus one `fdatasync` of a small write.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exchange_domain::{
-    AccountId, AdminCommand, Amount, AssetId, ClientOrderId, Command, Event, NewOrder, OrderType,
-    Price, Qty, RiskLimits, SelfTradePrevention, Side, SymbolId, SymbolSpec, TimeInForce,
+    AccountId, AdminCommand, Amount, AssetId, BrokerId, Cancel, ClientOrderId, Command, Event,
+    NewOrder, OrderId, OrderType, Price, Qty, RiskLimits, SelfTradePrevention, Side, SymbolId,
+    SymbolSpec, TimeInForce,
 };
 use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::cluster::ClusterArgs;
+use crate::gateway::client::Client;
+use crate::gateway::credentials;
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
-    pub clients: u64,
+    pub sessions: u64,
     pub duration: Duration,
+    /// Orders per second over all sessions; 0: closed loop.
+    pub rate: u64,
     /// The symbol to create and trade (a fresh one per run keeps runs independent).
     pub symbol: u32,
-    /// Account ids start here.
+    /// Account ids start here; broker ids start at `first_broker`.
     pub first_account: u64,
-    /// Orders each client sends per request (1: one at a time; more: a batch per frame).
+    pub first_broker: u32,
+    /// Closed loop: orders each session sends per request. Open loop: the most due orders
+    /// sent in one request.
     pub orders_per_request: usize,
+    /// Percent of orders that cross the spread and trade at once.
+    pub cross_pct: u8,
+    /// Percent of requests that cancel one of the session's resting orders instead.
+    pub cancel_pct: u8,
+    /// Where to measure the fdatasync floor (a directory on the cluster's disk).
+    pub floor_dir: PathBuf,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct ClusterBenchReport {
-    pub clients: u64,
-    pub duration_s: f64,
-    pub sent: u64,
-    pub acked: u64,
-    pub rejected: u64,
-    pub failed: u64,
-    pub throughput_per_sec: f64,
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
     pub p50_us: u64,
     pub p90_us: u64,
     pub p99_us: u64,
@@ -48,27 +67,55 @@ pub struct ClusterBenchReport {
     pub max_us: u64,
 }
 
-fn order(account: u64, symbol: u32, i: i64) -> Command {
-    let (side, price) = match i % 10 {
-        0 => (Side::Buy, 10_100),
-        n if n % 2 == 0 => (Side::Buy, 9_000 + (i % 500)),
-        _ => (Side::Sell, 10_500 + (i % 500)),
-    };
-    Command::NewOrder(NewOrder {
-        account: AccountId(account),
-        symbol: SymbolId(symbol),
-        client_order_id: ClientOrderId(i as u64),
-        side,
-        order_type: OrderType::Limit,
-        time_in_force: TimeInForce::Gtc,
-        price: Price(price),
-        qty: Qty(1),
-        self_trade_prevention: SelfTradePrevention::None,
-    })
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        Percentiles {
+            count: histogram.len(),
+            p50_us: histogram.value_at_quantile(0.5),
+            p90_us: histogram.value_at_quantile(0.9),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
 }
 
-async fn setup(args: &ClusterArgs, config: &BenchConfig) -> Result<(), String> {
-    let mut client = args.client()?;
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterBenchReport {
+    pub sessions: u64,
+    /// The target rate (0: closed loop).
+    pub rate: u64,
+    pub duration_s: f64,
+    /// Orders and cancels sent, answered, refused by the engine, and lost (no answer).
+    pub sent: u64,
+    pub acked: u64,
+    pub rejected: u64,
+    pub failed: u64,
+    pub throughput_per_sec: f64,
+    /// Order-to-ack.
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub fill: Percentiles,
+    /// A QUIC round trip on loopback plus one fdatasync, measured in this run.
+    pub floor: Percentiles,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds")
+}
+
+/// One session's broker: id, key, account.
+struct Member {
+    broker: BrokerId,
+    key: String,
+    account: AccountId,
+}
+
+async fn setup(args: &ClusterArgs, config: &BenchConfig) -> Result<Vec<Member>, String> {
+    let mut admin = args.client()?;
     let symbol = SymbolId(config.symbol);
     let mut commands = vec![Command::Admin(AdminCommand::AddSymbol(SymbolSpec {
         symbol,
@@ -79,14 +126,26 @@ async fn setup(args: &ClusterArgs, config: &BenchConfig) -> Result<(), String> {
         price_band_bps: 0,
         reference_price: Price(0),
     }))];
-    for account in config.first_account..config.first_account + config.clients {
-        let account = AccountId(account);
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut members = Vec::new();
+    for n in 0..config.sessions {
+        let member = Member {
+            broker: BrokerId(config.first_broker + n as u32),
+            key: format!("bench-{}-{n}-{nonce:x}", config.symbol),
+            account: AccountId(config.first_account + n),
+        };
+        commands.push(Command::Admin(AdminCommand::SetBrokerKey {
+            broker: member.broker,
+            key_digest: credentials::digest(&member.key),
+        }));
         commands.push(Command::Admin(AdminCommand::CreateAccount {
-            account,
-            owner: exchange_domain::BrokerId::OPERATOR,
+            account: member.account,
+            owner: member.broker,
         }));
         commands.push(Command::Admin(AdminCommand::SetRiskLimits {
-            account,
+            account: member.account,
             limits: RiskLimits {
                 max_order_qty: Qty(1_000_000),
                 max_order_notional: Amount(i64::MAX),
@@ -95,24 +154,278 @@ async fn setup(args: &ClusterArgs, config: &BenchConfig) -> Result<(), String> {
         }));
         for asset in [AssetId(1), AssetId(2)] {
             commands.push(Command::Admin(AdminCommand::Deposit {
-                account,
+                account: member.account,
                 asset,
                 amount: Amount(1 << 50),
             }));
         }
+        members.push(member);
     }
-    for command in commands {
-        let outputs = client.submit(command).await.map_err(|e| e.to_string())?;
-        if let Some(reason) = outputs.iter().find_map(|o| match o.event {
-            Event::AdminRejected { reason } => Some(reason),
-            _ => None,
-        }) {
-            return Err(format!(
-                "setting up the benchmark: {reason:?} (use another --symbol and --first-account?)"
-            ));
+    for chunk in commands.chunks(1_000) {
+        let results = admin
+            .submit_batch(chunk.to_vec())
+            .await
+            .map_err(|e| format!("setting up the benchmark: {e}"))?;
+        for result in results {
+            let outputs = result.map_err(|e| format!("setting up the benchmark: {e}"))?;
+            if let Some(reason) = outputs.iter().find_map(|o| match o.event {
+                Event::AdminRejected { reason } => Some(reason),
+                _ => None,
+            }) {
+                return Err(format!(
+                    "setting up the benchmark: {reason:?} (another --symbol, --first-account \
+                     and --first-broker for a second run on the same cluster)"
+                ));
+            }
         }
     }
-    Ok(())
+    Ok(members)
+}
+
+/// What one session measured.
+struct SessionResult {
+    ack: Histogram<u64>,
+    fill: Histogram<u64>,
+    sent: u64,
+    rejected: u64,
+    failed: u64,
+}
+
+/// One session's order stream: resting orders on both sides of a wide book, crossing orders
+/// that trade, cancels of its own resting orders.
+struct Flow {
+    rng: rand::rngs::SmallRng,
+    account: AccountId,
+    symbol: SymbolId,
+    next_client_order_id: u64,
+    resting: VecDeque<OrderId>,
+    cross_pct: u8,
+    cancel_pct: u8,
+}
+
+impl Flow {
+    /// The next command, and whether it is a crossing order (measured to its fill).
+    fn next(&mut self) -> (Command, bool) {
+        if self.rng.gen_range(0..100) < self.cancel_pct {
+            if let Some(order_id) = self.resting.pop_front() {
+                let cancel = Cancel {
+                    account: self.account,
+                    order_id,
+                };
+                return (Command::Cancel(cancel), false);
+            }
+        }
+        self.next_client_order_id += 1;
+        let crossing = self.rng.gen_range(0..100) < self.cross_pct;
+        let buy = self.rng.gen_bool(0.5);
+        let (side, price, tif) = match (crossing, buy) {
+            (true, true) => (Side::Buy, 11_000, TimeInForce::Ioc),
+            (true, false) => (Side::Sell, 9_000, TimeInForce::Ioc),
+            (false, true) => (
+                Side::Buy,
+                self.rng.gen_range(9_000..10_000),
+                TimeInForce::Gtc,
+            ),
+            (false, false) => (
+                Side::Sell,
+                self.rng.gen_range(10_001..11_000),
+                TimeInForce::Gtc,
+            ),
+        };
+        let order = NewOrder {
+            account: self.account,
+            symbol: self.symbol,
+            client_order_id: ClientOrderId(self.next_client_order_id),
+            side,
+            order_type: OrderType::Limit,
+            time_in_force: tif,
+            price: Price(price),
+            qty: Qty(1),
+            self_trade_prevention: SelfTradePrevention::None,
+        };
+        (Command::NewOrder(order), crossing)
+    }
+}
+
+async fn drive_session(
+    mut client: Client,
+    mut flow: Flow,
+    config: BenchConfig,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    acked_so_far: Arc<AtomicU64>,
+) -> SessionResult {
+    let mut result = SessionResult {
+        ack: histogram(),
+        fill: histogram(),
+        sent: 0,
+        rejected: 0,
+        failed: 0,
+    };
+    // Open loop: this session's share of the rate, its orders evenly spaced.
+    let interval = (config.rate > 0)
+        .then(|| Duration::from_secs_f64(config.sessions as f64 / config.rate as f64));
+    let mut scheduled_count = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let mut due: Vec<(Command, bool, Instant)> = Vec::new();
+        match interval {
+            Some(interval) => {
+                let next_at = started + interval.mul_f64(scheduled_count as f64);
+                let now = Instant::now();
+                if next_at > now {
+                    tokio::time::sleep_until(next_at.into()).await;
+                    continue;
+                }
+                while due.len() < config.orders_per_request {
+                    let at = started + interval.mul_f64(scheduled_count as f64);
+                    if at > now {
+                        break;
+                    }
+                    let (command, crossing) = flow.next();
+                    due.push((command, crossing, at));
+                    scheduled_count += 1;
+                }
+            }
+            None => {
+                let now = Instant::now();
+                for _ in 0..config.orders_per_request {
+                    let (command, crossing) = flow.next();
+                    due.push((command, crossing, now));
+                }
+            }
+        }
+        result.sent += due.len() as u64;
+        let commands: Vec<Command> = due.iter().map(|(c, _, _)| *c).collect();
+        let answers = if commands.len() == 1 {
+            client.submit(commands[0]).await.map(|o| vec![Ok(o)])
+        } else {
+            client.submit_batch(commands).await
+        };
+        let answered = Instant::now();
+        let Ok(answers) = answers else {
+            result.failed += due.len() as u64;
+            continue;
+        };
+        for ((command, crossing, scheduled), answer) in due.iter().zip(answers) {
+            let Ok(outputs) = answer else {
+                result.failed += 1;
+                continue;
+            };
+            let micros = answered.duration_since(*scheduled).as_micros() as u64;
+            result.ack.saturating_record(micros);
+            for output in &outputs {
+                match output.event {
+                    Event::Rejected { .. } | Event::CancelRejected { .. } => result.rejected += 1,
+                    Event::Accepted {
+                        order_id,
+                        time_in_force: TimeInForce::Gtc,
+                        ..
+                    } if matches!(command, Command::NewOrder(_)) => {
+                        flow.resting.push_back(order_id)
+                    }
+                    _ => {}
+                }
+            }
+            let filled = outputs
+                .iter()
+                .any(|o| matches!(o.event, Event::Execution { .. }));
+            if *crossing && filled {
+                result.fill.saturating_record(micros);
+            }
+        }
+        acked_so_far.fetch_add(due.len() as u64, Ordering::Relaxed);
+        // Keep the book bounded: resting orders filled by others are simply cancelled late.
+        while flow.resting.len() > 10_000 {
+            flow.resting.pop_front();
+        }
+    }
+    result
+}
+
+/// The floor: QUIC echo round trips on loopback and fdatasyncs of 64-byte appends.
+async fn measure_floor(dir: &Path, samples: usize) -> Result<Percentiles, String> {
+    let echo = quic_echo_round_trips(samples).await?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(format!("bench-floor-{}.tmp", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut floor = histogram();
+    let record = [7u8; 64];
+    for echo_us in echo {
+        let start = Instant::now();
+        file.write_all(&record).map_err(|e| e.to_string())?;
+        file.sync_data().map_err(|e| e.to_string())?;
+        floor.saturating_record(echo_us + start.elapsed().as_micros() as u64);
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    Ok(Percentiles::of(&floor))
+}
+
+async fn quic_echo_round_trips(samples: usize) -> Result<Vec<u64>, String> {
+    let dir = std::env::temp_dir().join(format!("exchange-bench-echo-{}", std::process::id()));
+    crate::net::tls::generate(&dir, &[1], &[]).map_err(|e| e.to_string())?;
+    let identity = crate::net::tls::load_identity(&dir, 1).map_err(|e| e.to_string())?;
+    let ca = crate::net::tls::load_ca(&dir).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let transport = crate::net::tls::transport(Duration::from_secs(10));
+    let server_config = crate::net::tls::broker_server(&identity, Arc::clone(&transport))
+        .map_err(|e| e.to_string())?;
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("literal"))
+        .map_err(|e| e.to_string())?;
+    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    let echo = tokio::spawn(async move {
+        let Some(incoming) = server.accept().await else {
+            return;
+        };
+        let Ok(connection) = incoming.await else {
+            return;
+        };
+        let Ok((mut send, mut recv)) = connection.accept_bi().await else {
+            return;
+        };
+        while let Ok(Some(frame)) = crate::net::frame::read_frame(&mut recv, 1 << 16).await {
+            if crate::net::frame::write_frame(&mut send, &frame)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal"))
+        .map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(
+        crate::net::tls::broker_client(&ca, transport).map_err(|e| e.to_string())?,
+    );
+    let connection = endpoint
+        .connect(addr, "localhost")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    let payload = [1u8; 64];
+    let mut round_trips = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        crate::net::frame::write_frame(&mut send, &payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::net::frame::read_frame(&mut recv, 1 << 16)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the echo server stopped")?;
+        round_trips.push(start.elapsed().as_micros() as u64);
+    }
+    let _ = send.finish();
+    connection.close(0u32.into(), b"done");
+    echo.abort();
+    Ok(round_trips)
 }
 
 pub async fn run(
@@ -120,101 +433,87 @@ pub async fn run(
     config: &BenchConfig,
     progress: bool,
 ) -> Result<ClusterBenchReport, String> {
-    setup(args, config).await?;
+    let floor = measure_floor(&config.floor_dir, 2_000).await?;
+    let members = setup(args, config).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut drivers = Vec::new();
-    for n in 0..config.clients {
-        let account = config.first_account + n;
-        let symbol = config.symbol;
-        let per_request = config.orders_per_request;
-        let stop = Arc::clone(&stop);
-        let mut client = args.client()?;
-        drivers.push(tokio::spawn(async move {
-            let mut histogram =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
-            let (mut sent, mut rejected, mut failed) = (0u64, 0u64, 0u64);
-            let mut i = 0i64;
-            while !stop.load(Ordering::Acquire) {
-                let start = Instant::now();
-                let orders: Vec<Command> = (0..per_request)
-                    .map(|_| {
-                        i += 1;
-                        order(account, symbol, i)
-                    })
-                    .collect();
-                sent += orders.len() as u64;
-                let results = if per_request == 1 {
-                    client
-                        .submit(orders[0])
-                        .await
-                        .map(|outputs| vec![Ok(outputs)])
-                } else {
-                    client.submit_batch(orders).await
-                };
-                let elapsed = start.elapsed().as_micros() as u64;
-                match results {
-                    Ok(results) => {
-                        for result in results {
-                            match result {
-                                Ok(outputs) => {
-                                    if outputs
-                                        .iter()
-                                        .any(|o| matches!(o.event, Event::Rejected { .. }))
-                                    {
-                                        rejected += 1;
-                                    }
-                                    histogram.saturating_record(elapsed);
-                                }
-                                Err(_) => failed += 1,
-                            }
-                        }
-                    }
-                    Err(_) => failed += per_request as u64,
-                }
-            }
-            (histogram, sent, rejected, failed)
-        }));
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for member in &members {
+        let ca = crate::gateway::client::trust(&args.certs_dir).map_err(|e| e.to_string())?;
+        clients.push(
+            Client::new(args.nodes.clone(), &ca)
+                .map_err(|e| e.to_string())?
+                .with_api_key(member.key.clone()),
+        );
     }
     let started = Instant::now();
+    let mut drivers = Vec::new();
+    for (n, (client, member)) in clients.into_iter().zip(&members).enumerate() {
+        let flow = Flow {
+            rng: rand::rngs::SmallRng::seed_from_u64(n as u64),
+            account: member.account,
+            symbol: SymbolId(config.symbol),
+            next_client_order_id: 0,
+            resting: VecDeque::new(),
+            cross_pct: config.cross_pct,
+            cancel_pct: config.cancel_pct,
+        };
+        drivers.push(tokio::spawn(drive_session(
+            client,
+            flow,
+            config.clone(),
+            started,
+            Arc::clone(&stop),
+            Arc::clone(&acked),
+        )));
+    }
     while started.elapsed() < config.duration {
         tokio::time::sleep(Duration::from_millis(250).min(config.duration)).await;
         if progress {
-            let done = started.elapsed().as_secs_f64() / config.duration.as_secs_f64();
-            let filled = ((done.min(1.0)) * 30.0) as usize;
+            let done = (started.elapsed().as_secs_f64() / config.duration.as_secs_f64()).min(1.0);
+            let filled = (done * 30.0) as usize;
             eprint!(
-                "\r[{}{}] {:>3.0}%",
+                "\r[{}{}] {:>3.0}%  {} answered",
                 "#".repeat(filled),
                 " ".repeat(30 - filled),
-                done.min(1.0) * 100.0
+                done * 100.0,
+                acked.load(Ordering::Relaxed)
             );
         }
     }
     stop.store(true, Ordering::Release);
+    let mut ack = histogram();
+    let mut fill = histogram();
+    let (mut sent, mut rejected, mut failed) = (0, 0, 0);
+    for driver in drivers {
+        let result = driver.await.map_err(|e| e.to_string())?;
+        ack.add(result.ack).map_err(|e| e.to_string())?;
+        fill.add(result.fill).map_err(|e| e.to_string())?;
+        sent += result.sent;
+        rejected += result.rejected;
+        failed += result.failed;
+    }
+    // Answers that came after the stop count: their orders were sent within the run.
     let elapsed = started.elapsed();
     if progress {
         eprintln!();
     }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
-    let (mut sent, mut rejected, mut failed) = (0, 0, 0);
-    for driver in drivers {
-        let (histogram, s, r, f) = driver.await.map_err(|e| e.to_string())?;
-        all.add(histogram).map_err(|e| e.to_string())?;
-        sent += s;
-        rejected += r;
-        failed += f;
-    }
+    let acks = Percentiles::of(&ack);
     Ok(ClusterBenchReport {
-        clients: config.clients,
+        sessions: config.sessions,
+        rate: config.rate,
         duration_s: elapsed.as_secs_f64(),
         sent,
-        acked: all.len(),
+        acked: ack.len(),
         rejected,
         failed,
-        throughput_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
-        p50_us: all.value_at_quantile(0.5),
-        p90_us: all.value_at_quantile(0.9),
-        p99_us: all.value_at_quantile(0.99),
-        p999_us: all.value_at_quantile(0.999),
-        max_us: all.max(),
+        throughput_per_sec: ack.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: acks.p50_us,
+        p90_us: acks.p90_us,
+        p99_us: acks.p99_us,
+        p999_us: acks.p999_us,
+        max_us: acks.max_us,
+        fill: Percentiles::of(&fill),
+        floor,
     })
 }
