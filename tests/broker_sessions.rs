@@ -85,8 +85,13 @@ fn rejected(outputs: &[Output]) -> Option<RejectReason> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_authenticated_and_act_only_for_their_own_accounts() {
-    let cluster = Cluster::start("sessions", 3, 26_000, &[]);
-    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let cluster = Cluster::start(
+        "sessions",
+        3,
+        26_000,
+        &["--metrics-listen", "127.0.0.1:{metrics}"],
+    );
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let mut admin = cluster.client();
     setup_market(&mut admin, 1).await;
     fund_broker_accounts(&mut admin).await;
@@ -232,6 +237,33 @@ async fn sessions_are_authenticated_and_act_only_for_their_own_accounts() {
     }
     let index = cluster.assert_converged(Duration::from_secs(10)).await;
     cluster.assert_no_divergence(index).await;
+
+    // The leader's metrics saw all of it.
+    let page = cluster.scrape_metrics(leader);
+    let value = |line_start: &str| value_of(&page, line_start);
+    assert_eq!(value("exchange_role{role=\"leader\"}"), 1);
+    assert!(value("exchange_rejects_total{reason=\"NotPermitted\"") >= 2);
+    assert!(value("exchange_rejects_total{reason=\"InvalidClientOrderId\"") >= 1);
+    assert!(value("exchange_commands_applied_total") >= 10);
+    assert!(value("exchange_order_ack_seconds_count") >= 5);
+    assert!(value("exchange_gateway_logons_refused_total") >= 2);
+    assert_eq!(value("exchange_apply_lag"), 0);
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    assert_eq!(
+        value_of(
+            &cluster.scrape_metrics(follower),
+            "exchange_role{role=\"follower\"}"
+        ),
+        1
+    );
+}
+
+fn value_of(page: &str, line_start: &str) -> u64 {
+    page.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in\n{page}")) as u64
 }
 
 type OrderIds = BTreeMap<u64, exchange::domain::OrderId>;

@@ -110,6 +110,10 @@ struct RunArgs {
     /// exactly-once window).
     #[arg(long, default_value_t = 4_096)]
     session_in_flight: u32,
+    /// Serve Prometheus metrics (GET /metrics: role, term, commit and applied index, apply
+    /// lag, commands applied, rejects by reason, answer latency) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Test-only fault: report a wrong output hash from this log index on, to prove that
     /// divergence detection catches it. Exists only in builds with the `test-faults` feature;
     /// production builds reject it as an unknown flag.
@@ -184,6 +188,7 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             Some(path) => Some(path),
             None => Some(PathBuf::from("cluster/brokers.toml")).filter(|p| p.exists()),
         },
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
         session_limits: exchange::gateway::server::SessionLimits {
             commands_per_sec: args.session_rate,
             in_flight_max: args.session_in_flight,

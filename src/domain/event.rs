@@ -90,7 +90,44 @@ pub enum RejectReason {
     TooManyBrokers,
 }
 
+/// How many reject reasons there are; `reason as usize` is below it.
+pub const REJECT_REASONS: usize = 30;
+
 impl RejectReason {
+    /// Every reason, in declaration order: `ALL[reason as usize] == reason`.
+    pub const ALL: [RejectReason; REJECT_REASONS] = [
+        RejectReason::UnknownSymbol,
+        RejectReason::UnknownAccount,
+        RejectReason::UnknownOrder,
+        RejectReason::InvalidPrice,
+        RejectReason::PriceOffTick,
+        RejectReason::InvalidQuantity,
+        RejectReason::QtyOffLot,
+        RejectReason::InvalidTimeInForce,
+        RejectReason::InvalidClientOrderId,
+        RejectReason::StaleClientOrderId,
+        RejectReason::SymbolHalted,
+        RejectReason::MaxOrderQtyExceeded,
+        RejectReason::MaxNotionalExceeded,
+        RejectReason::PriceOutsideBand,
+        RejectReason::MaxOpenOrdersExceeded,
+        RejectReason::NotOrderOwner,
+        RejectReason::OrderCapacityExceeded,
+        RejectReason::NotPermitted,
+        RejectReason::InsufficientFunds,
+        RejectReason::PostOnlyWouldTrade,
+        RejectReason::AccountExists,
+        RejectReason::SymbolExists,
+        RejectReason::InvalidAmount,
+        RejectReason::BalanceOverflow,
+        RejectReason::InvalidSymbolSpec,
+        RejectReason::InvalidRiskLimits,
+        RejectReason::TooManyAssets,
+        RejectReason::TooManyAccounts,
+        RejectReason::TooManySymbols,
+        RejectReason::TooManyBrokers,
+    ];
+
     /// The stable numeric code (1xx request, 2xx risk, 3xx funds, 4xx matching, 5xx admin).
     pub fn code(self) -> u16 {
         match self {
@@ -314,6 +351,18 @@ pub enum Event {
 }
 
 impl Event {
+    /// Why a command was refused, if the event is a refusal.
+    pub fn reject_reason(&self) -> Option<RejectReason> {
+        match *self {
+            Event::Rejected { reason, .. }
+            | Event::CancelRejected { reason, .. }
+            | Event::ReplaceRejected { reason, .. }
+            | Event::MassCancelRejected { reason, .. }
+            | Event::AdminRejected { reason } => Some(reason),
+            _ => None,
+        }
+    }
+
     /// The account the event is about, if it is about one.
     pub fn account(&self) -> Option<AccountId> {
         match *self {
@@ -623,6 +672,13 @@ mod tests {
             postcard::from_bytes::<Event>(&bytes).expect("deserialize"),
             event
         );
+    }
+
+    #[test]
+    fn every_reason_is_listed_at_its_own_index() {
+        for (index, reason) in RejectReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index);
+        }
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub use command::{
     AdminCommand, ArchivedInput, BrokerCommand, Cancel, CancelReplace, Command, Input, KeyDigest,
     MassCancel, NewOrder, RiskLimits, SymbolSpec, INPUT_ARCHIVED_BYTES,
 };
-pub use event::{CancelReason, Event, Liquidity, Output, RejectReason, OUTPUT_CANONICAL_BYTES_MAX};
+pub use event::{
+    CancelReason, Event, Liquidity, Output, RejectReason, OUTPUT_CANONICAL_BYTES_MAX,
+    REJECT_REASONS,
+};
 pub use ids::{AccountId, AssetId, BrokerId, ClientOrderId, ExecId, OrderId, SymbolId, TradeId};
 pub use order::{OrderType, SelfTradePrevention, Side, TimeInForce};
 pub use units::{Amount, Price, Qty};

@@ -16,6 +16,7 @@ use exchange_domain::{AccountId, BrokerCommand, BrokerId, Command, KeyDigest, Ou
 use openraft::ServerState;
 
 use super::credentials;
+use super::metrics::GatewayMetrics;
 use super::protocol::{
     NodeStatus, Reply, Request, BROKER_FRAME_BYTES_MAX, PROTOCOL_VERSION, REPORTS_PER_FRAME_MAX,
     SUBMIT_BATCH_COMMANDS_MAX,
@@ -44,6 +45,7 @@ pub struct Gateway {
     pub session_limits: SessionLimits,
     /// What the engine said about each broker's accounts, to publish.
     pub reports: Arc<ReportJournal>,
+    pub metrics: Arc<GatewayMetrics>,
 }
 
 /// What one session may demand of the node.
@@ -258,7 +260,13 @@ impl Gateway {
                         After::Close(close_code::PROTOCOL_ERROR),
                     );
                 }
-                return match self.log_on(protocol_version, &api_key).await {
+                let logon = self.log_on(protocol_version, &api_key).await;
+                let counter = match logon {
+                    Ok(_) => &self.metrics.logons,
+                    Err(_) => &self.metrics.logons_refused,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                return match logon {
                     Ok(principal) => {
                         // Two streams racing to log on: the first wins, the other is refused.
                         if session.principal.set(principal).is_err() {
@@ -288,10 +296,19 @@ impl Gateway {
             },
         };
         let (request, principal) = principal;
-        (
-            self.serve_request(session, principal, request).await,
-            After::Continue,
-        )
+        let arrived = Instant::now();
+        let counts = matches!(request, Request::Submit(_) | Request::SubmitBatch(_));
+        let reply = self.serve_request(session, principal, request).await;
+        match &reply {
+            Reply::Throttled { .. } => {
+                self.metrics.throttled.fetch_add(1, Ordering::Relaxed);
+            }
+            Reply::Outputs(_) | Reply::BatchOutputs(_) if counts => {
+                self.metrics.ack_latency.record(arrived.elapsed());
+            }
+            _ => {}
+        }
+        (reply, After::Continue)
     }
 
     /// Admission of `count` commands: permissions first, then the rate, then the in-flight
@@ -322,7 +339,7 @@ impl Gateway {
             .unwrap_or_else(|p| p.into_inner())
             .take(count)
             .map_err(|wait| throttled("over the session's command rate".into(), wait))?;
-        Arc::clone(&session.in_flight)
+        let permit = Arc::clone(&session.in_flight)
             .try_acquire_many_owned(count)
             .map_err(|_| {
                 throttled(
@@ -332,7 +349,11 @@ impl Gateway {
                     ),
                     Duration::from_millis(1),
                 )
-            })
+            })?;
+        self.metrics
+            .commands
+            .fetch_add(count as u64, Ordering::Relaxed);
+        Ok(permit)
     }
 
     async fn serve_request(

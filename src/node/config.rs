@@ -84,6 +84,8 @@ pub struct NodeConfig {
     /// The admin key and the brokers to register (`cluster/brokers.toml`).
     pub brokers_file: Option<PathBuf>,
     pub session_limits: SessionLimits,
+    /// Serve Prometheus metrics (`GET /metrics`) here.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The TOML file: every key optional, with the flags' names.
@@ -101,6 +103,7 @@ pub struct FileConfig {
     pub snapshot_every: Option<u64>,
     pub segment_mib: Option<u64>,
     pub brokers: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl FileConfig {

@@ -2,4 +2,5 @@
 
 pub mod brokers;
 pub mod config;
+pub mod metrics;
 pub mod run;

@@ -16,7 +16,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::brokers::apply_when_leader as apply_brokers_file;
 use super::config::NodeConfig;
+use super::metrics::{serve as serve_metrics, MetricsSources};
 use crate::gateway::credentials::BrokersFile;
+use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::server::{serve as serve_brokers, Gateway};
 use crate::net::tls;
 use crate::replication::divergence::{watch as watch_divergence, DivergenceLog};
@@ -167,6 +169,20 @@ impl Node {
             }
         };
         let admin_digest = brokers.admin_digest();
+        let gateway_metrics = Arc::new(GatewayMetrics::default());
+        if let Some(addr) = config.metrics_listen {
+            serve_metrics(
+                addr,
+                MetricsSources {
+                    id: config.id,
+                    raft: raft.clone(),
+                    engine: Arc::clone(&engine),
+                    committed: Arc::clone(&committed),
+                    gateway: Arc::clone(&gateway_metrics),
+                },
+            )
+            .await?;
+        }
         tokio::spawn(apply_brokers_file(
             raft.clone(),
             Arc::clone(&engine),
@@ -205,6 +221,7 @@ impl Node {
                 admin_digest,
                 session_limits: config.session_limits,
                 reports,
+                metrics: Arc::clone(&gateway_metrics),
             },
         ));
         tracing::info!(

@@ -12,7 +12,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use exchange_domain::{BrokerId, Output};
+use exchange_domain::{BrokerId, Output, REJECT_REASONS};
 use exchange_engine::{DiscardSink, Engine, EngineConfig, EventSink, RestoreError, Snapshot};
 use tokio::sync::oneshot;
 
@@ -124,6 +124,10 @@ pub struct EngineStatus {
     output_hash: AtomicU64,
     last_timestamp_ns: AtomicU64,
     publishing: AtomicBool,
+    /// Commands applied since this process started.
+    commands_applied: AtomicU64,
+    /// Refusals since this process started, by `RejectReason as usize`.
+    rejects: [AtomicU64; REJECT_REASONS],
 }
 
 impl EngineStatus {
@@ -168,6 +172,16 @@ impl EngineStatus {
         let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let position = history.binary_search_by_key(&index, |(i, _)| *i).ok()?;
         Some(history[position].1)
+    }
+
+    /// Commands applied since this process started.
+    pub fn commands_applied(&self) -> u64 {
+        self.commands_applied.load(Ordering::Relaxed)
+    }
+
+    /// Refusals since this process started, per reason (indexed as `RejectReason::ALL`).
+    pub fn rejects(&self) -> [u64; REJECT_REASONS] {
+        std::array::from_fn(|i| self.rejects[i].load(Ordering::Relaxed))
     }
 
     /// The largest leader timestamp among the applied batches.
@@ -458,6 +472,10 @@ impl Worker {
                         let mut outputs = Vec::new();
                         self.engine.process(&input, &mut PerCommand(&mut outputs));
                         for output in &outputs {
+                            if let Some(reason) = output.event.reject_reason() {
+                                self.status.rejects[reason as usize]
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
                             let owner = output
                                 .event
                                 .account()
@@ -474,6 +492,9 @@ impl Worker {
                 self.status
                     .last_timestamp_ns
                     .fetch_max(batch.timestamp_ns, Ordering::AcqRel);
+                self.status
+                    .commands_applied
+                    .fetch_add(batch.commands.len() as u64, Ordering::Relaxed);
             }
             self.position.last_log_id = Some(entry.log_id);
             if let Some(membership) = entry.membership {

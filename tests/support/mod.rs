@@ -120,6 +120,28 @@ impl Cluster {
             .collect()
     }
 
+    /// The port `--metrics-listen 127.0.0.1:{metrics}` gives node `id`.
+    pub fn metrics_port(&self, id: u64) -> u16 {
+        self.base_port + 200 + id as u16
+    }
+
+    /// Node `id`'s Prometheus page.
+    pub fn scrape_metrics(&self, id: u64) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port(id)))
+            .expect("metrics listener");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+            .expect("request");
+        let mut page = String::new();
+        stream.read_to_string(&mut page).expect("response");
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+        page
+    }
+
     pub fn raft_addr(&self, id: u64) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.base_port + id as u16))
     }
@@ -184,7 +206,10 @@ impl Cluster {
             .arg(&self.certs)
             .arg("--brokers")
             .arg(self.dir.join("brokers.toml"))
-            .args(&self.flags)
+            .args(self.flags.iter().map(|f| {
+                // A flag may name a per-node port: `{metrics}` is base port + 200 + id.
+                f.replace("{metrics}", &self.metrics_port(id).to_string())
+            }))
             .args(bootstrap.then_some("--bootstrap"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,235 @@
+//! `--metrics-listen ADDR`: the node's metrics in the Prometheus text format, over plain HTTP
+//! (`GET /metrics`). Role, term, log, commit and applied index, apply lag, commands applied
+//! (orders per second is its rate), refusals by reason, and the broker endpoint's counters and
+//! answer latency histogram.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use exchange_domain::RejectReason;
+use openraft::ServerState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::gateway::metrics::{GatewayMetrics, LATENCY_BUCKETS_US};
+use crate::replication::engine_thread::EngineHandle;
+use crate::replication::types::Raft;
+
+/// What the metrics page is made of.
+#[derive(Clone)]
+pub struct MetricsSources {
+    pub id: u64,
+    pub raft: Raft,
+    pub engine: Arc<EngineHandle>,
+    pub committed: Arc<std::sync::atomic::AtomicU64>,
+    pub gateway: Arc<GatewayMetrics>,
+}
+
+/// A request head larger than this is refused (a scrape is one short line).
+const REQUEST_BYTES_MAX: usize = 8 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes served at once.
+const SCRAPES_MAX: usize = 16;
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// The page, in the Prometheus text exposition format (version 0.0.4).
+pub fn render(sources: &MetricsSources) -> String {
+    let raft = sources.raft.metrics().borrow().clone();
+    let status = sources.engine.status();
+    let applied = status.applied_index();
+    let committed = sources.committed.load(Ordering::Acquire);
+    let mut out = String::with_capacity(8 * 1024);
+    let role = match raft.state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    };
+    let roles: Vec<(String, u64)> = ["leader", "follower", "candidate", "learner", "shutdown"]
+        .iter()
+        .map(|r| (format!("{{role=\"{r}\"}}"), u64::from(*r == role)))
+        .collect();
+    let roles: Vec<(&str, u64)> = roles.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(
+        &mut out,
+        "exchange_node_id",
+        "gauge",
+        "This node's id.",
+        &[("", sources.id)],
+    );
+    metric(
+        &mut out,
+        "exchange_role",
+        "gauge",
+        "1 for the node's current Raft role.",
+        &roles,
+    );
+    metric(
+        &mut out,
+        "exchange_term",
+        "gauge",
+        "The current Raft term.",
+        &[("", raft.current_term)],
+    );
+    metric(
+        &mut out,
+        "exchange_last_log_index",
+        "gauge",
+        "The last index in this node's log.",
+        &[("", raft.last_log_index.unwrap_or(0))],
+    );
+    metric(
+        &mut out,
+        "exchange_commit_index",
+        "gauge",
+        "The last index known committed.",
+        &[("", committed)],
+    );
+    metric(
+        &mut out,
+        "exchange_applied_index",
+        "gauge",
+        "The last index the engine applied.",
+        &[("", applied)],
+    );
+    metric(
+        &mut out,
+        "exchange_apply_lag",
+        "gauge",
+        "Committed entries the engine has not applied yet.",
+        &[("", committed.saturating_sub(applied))],
+    );
+    metric(
+        &mut out,
+        "exchange_commands_applied_total",
+        "counter",
+        "Commands the engine applied since the node started; its rate is orders per second.",
+        &[("", status.commands_applied())],
+    );
+    let rejects = status.rejects();
+    let labels: Vec<String> = RejectReason::ALL
+        .iter()
+        .map(|r| format!("{{reason=\"{r:?}\",code=\"{}\"}}", r.code()))
+        .collect();
+    let samples: Vec<(&str, u64)> = labels
+        .iter()
+        .zip(rejects)
+        .map(|(l, v)| (l.as_str(), v))
+        .collect();
+    metric(
+        &mut out,
+        "exchange_rejects_total",
+        "counter",
+        "Commands the engine refused, by reason.",
+        &samples,
+    );
+    let gateway = &sources.gateway;
+    for (name, help, value) in [
+        (
+            "exchange_gateway_commands_total",
+            "Commands brokers sent to this node for sequencing.",
+            &gateway.commands,
+        ),
+        (
+            "exchange_gateway_throttled_total",
+            "Requests refused for a session's rate or in-flight limit.",
+            &gateway.throttled,
+        ),
+        (
+            "exchange_gateway_logons_total",
+            "Sessions that logged on.",
+            &gateway.logons,
+        ),
+        (
+            "exchange_gateway_logons_refused_total",
+            "Logons refused.",
+            &gateway.logons_refused,
+        ),
+    ] {
+        metric(
+            &mut out,
+            name,
+            "counter",
+            help,
+            &[("", value.load(Ordering::Relaxed))],
+        );
+    }
+    let (counts, sum_us) = gateway.ack_latency.cumulative();
+    let name = "exchange_order_ack_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} From a broker request's arrival to its answer (committed and applied).\n# TYPE {name} histogram"
+    );
+    for (bound, count) in LATENCY_BUCKETS_US.iter().zip(&counts) {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {count}",
+            *bound as f64 / 1e6
+        );
+    }
+    let total = counts.last().copied().unwrap_or(0);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+    let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {total}");
+    out
+}
+
+/// Serves `GET /metrics` on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, sources: MetricsSources) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("metrics listener {addr}: {e}"))?;
+    let scrapes = Arc::new(tokio::sync::Semaphore::new(SCRAPES_MAX));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(permit) = Arc::clone(&scrapes).try_acquire_owned() else {
+                continue;
+            };
+            let sources = sources.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &sources)).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn answer(
+    mut stream: tokio::net::TcpStream,
+    sources: &MetricsSources,
+) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() + n > REQUEST_BYTES_MAX {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let first_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let (status, content_type, body) = if first_line.starts_with(b"GET /metrics ") {
+        ("200 OK", "text/plain; version=0.0.4", render(sources))
+    } else {
+        ("404 Not Found", "text/plain", "GET /metrics\n".to_string())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
