@@ -121,11 +121,19 @@ async fn sessions_are_authenticated_and_act_only_for_their_own_accounts() {
         .submit(buy(accounts_1[0], 1, 10))
         .await
         .expect("own account");
-    assert!(
-        matches!(outputs[0].event, Event::Accepted { .. }),
-        "{outputs:?}"
-    );
+    let resting = accepted(&outputs);
     assert_eq!(broker.broker(), Some(broker_1));
+    let status = broker.order_status(resting.0).await.expect("status");
+    assert_eq!(
+        status.map(|s| (s.account, s.leaves_qty)),
+        Some((accounts_1[0], 1))
+    );
+    // Another broker cannot see it.
+    let other = cluster
+        .client_with_key(BROKERS[1].1)
+        .order_status(resting.0)
+        .await;
+    assert_eq!(other.expect("status"), None);
 
     // Another broker's account, an operator's account, an admin command: all refused.
     let outputs = broker

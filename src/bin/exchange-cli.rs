@@ -261,10 +261,12 @@ fn main() -> ExitCode {
             };
             multi_thread_runtime().and_then(|rt| rt.block_on(cluster_bench(cluster, config)))
         }
-        Commands::Order { order, cluster } => {
-            let command = cluster::order_command(&order);
-            runtime().and_then(|rt| rt.block_on(submit(cluster, command)))
-        }
+        Commands::Order {
+            order: cluster::OrderCommand::Status { order_id },
+            cluster,
+        } => runtime().and_then(|rt| rt.block_on(order_status(cluster, order_id))),
+        Commands::Order { order, cluster } => cluster::order_command(&order)
+            .and_then(|command| runtime().and_then(|rt| rt.block_on(submit(cluster, command)))),
         Commands::Admin { admin, cluster } => cluster::admin_command(&admin)
             .and_then(|command| runtime().and_then(|rt| rt.block_on(submit(cluster, command)))),
     };
@@ -500,6 +502,27 @@ async fn submit(
     let mut client = args.client()?;
     let outputs = client.submit(command).await.map_err(|e| e.to_string())?;
     cluster::print_outputs(&outputs, args.json)
+}
+
+async fn order_status(args: cluster::ClusterArgs, order_id: u64) -> Result<(), String> {
+    let mut client = args.client()?;
+    let open = client
+        .order_status(order_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    if args.json {
+        let json = serde_json::json!({ "order_id": order_id, "open": open });
+        println!("{json}");
+    } else {
+        match open {
+            Some(o) => println!(
+                "order {order_id}: open, account {} symbol {} {:?} {} @ {} left",
+                o.account, o.symbol, o.side, o.leaves_qty, o.price
+            ),
+            None => println!("order {order_id}: not open (filled, cancelled, or not yours)"),
+        }
+    }
+    Ok(())
 }
 
 fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, String> {

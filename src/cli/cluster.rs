@@ -136,6 +136,11 @@ pub enum OrderCommand {
         #[arg(long, allow_negative_numbers = true)]
         qty: i64,
     },
+    /// Whether one of your orders rests in the book, and how much of it is open.
+    Status {
+        #[arg(long)]
+        order_id: u64,
+    },
     /// Cancel every open order of an account (on one symbol, or all).
     MassCancel {
         #[arg(long)]
@@ -227,8 +232,12 @@ pub enum AdminArg {
     },
 }
 
-pub fn order_command(order: &OrderCommand) -> Command {
-    match *order {
+/// The command an `order` subcommand sends (`status` is a query, not a command).
+pub fn order_command(order: &OrderCommand) -> Result<Command, String> {
+    Ok(match *order {
+        OrderCommand::Status { .. } => {
+            return Err("order status is a query: use Client::order_status".into())
+        }
         OrderCommand::New {
             account,
             symbol,
@@ -290,7 +299,7 @@ pub fn order_command(order: &OrderCommand) -> Command {
             account: AccountId(account),
             symbol: symbol.map(SymbolId),
         }),
-    }
+    })
 }
 
 pub fn admin_command(admin: &AdminArg) -> Result<Command, String> {

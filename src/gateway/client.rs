@@ -269,6 +269,20 @@ impl Client {
         }
     }
 
+    /// Whether an order of this session's broker rests, and how much of it is open.
+    pub async fn order_status(
+        &mut self,
+        order_id: u64,
+    ) -> Result<Option<super::protocol::OpenOrderStatus>, ClientError> {
+        match self
+            .request_leader(&Request::OrderStatus { order_id })
+            .await?
+        {
+            Reply::OrderStatus { open, .. } => Ok(open),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Submits several commands at once, in order; returns each one's outputs or the reason
     /// it was not sequenced. Resent as `submit` resends, when every command may be.
     pub async fn submit_batch(

@@ -45,6 +45,10 @@ pub enum Request {
     /// The leader answers with `Reports` frames (the first at once, maybe empty) until the
     /// stream or session ends, or until it stops leading (then `NotLeader`).
     Reports { since_seq: u64 },
+    /// Leader only: whether an order of one of the session's accounts rests in the book, and
+    /// how much of it is open. An order that is not open (filled, cancelled, never existed)
+    /// is `open: None`; its history is in the broker's reports.
+    OrderStatus { order_id: u64 },
 }
 
 /// Reports in one `Reports` frame, at most.
@@ -83,6 +87,20 @@ pub enum Reply {
     Error(String),
     /// Reports for the subscribed broker, oldest first, each once.
     Reports(Vec<Output>),
+    OrderStatus {
+        order_id: u64,
+        open: Option<OpenOrderStatus>,
+    },
+}
+
+/// A resting order, as `OrderStatus` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenOrderStatus {
+    pub account: u64,
+    pub symbol: u32,
+    pub side: exchange_domain::Side,
+    pub price: i64,
+    pub leaves_qty: i64,
 }
 
 /// One node's view, as `exchange-cli status` shows it.

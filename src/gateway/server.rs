@@ -18,8 +18,8 @@ use openraft::ServerState;
 use super::credentials;
 use super::metrics::GatewayMetrics;
 use super::protocol::{
-    NodeStatus, Reply, Request, BROKER_FRAME_BYTES_MAX, PROTOCOL_VERSION, REPORTS_PER_FRAME_MAX,
-    SUBMIT_BATCH_COMMANDS_MAX,
+    NodeStatus, OpenOrderStatus, Reply, Request, BROKER_FRAME_BYTES_MAX, PROTOCOL_VERSION,
+    REPORTS_PER_FRAME_MAX, SUBMIT_BATCH_COMMANDS_MAX,
 };
 use crate::net::frame::{read_frame, write_frame};
 use crate::replication::divergence::DivergenceLog;
@@ -373,6 +373,7 @@ impl Gateway {
             | Request::Reports { .. } => {
                 Reply::Error("internal: session request routed as a command".into())
             }
+            Request::OrderStatus { order_id } => self.order_status(principal, order_id).await,
             Request::AddLearner { .. } | Request::SetVoters { .. } if !principal.is_operator() => {
                 Reply::Error("not permitted: membership changes need the admin credential".into())
             }
@@ -476,6 +477,39 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// An order's open state, from the leader's engine (which has applied everything the
+    /// session was answered). A broker sees only orders of its own accounts.
+    async fn order_status(&self, principal: Principal, order_id: u64) -> Reply {
+        if !self.publishing() {
+            return self.not_leader();
+        }
+        let found = self
+            .engine
+            .query(move |engine| {
+                engine
+                    .open_order(exchange_domain::OrderId(order_id))
+                    .map(|open| (open, engine.account_owner(open.account)))
+            })
+            .await;
+        let open = match found {
+            Err(e) => return Reply::Error(e.to_string()),
+            Ok(Some((open, owner)))
+                if principal.is_operator() || owner == Some(principal.broker) =>
+            {
+                Some(OpenOrderStatus {
+                    account: open.account.0,
+                    symbol: open.symbol.0,
+                    side: open.side,
+                    price: open.price.0,
+                    leaves_qty: open.leaves.0,
+                })
+            }
+            // Another broker's order is as good as unknown to this one.
+            Ok(_) => None,
+        };
+        Reply::OrderStatus { order_id, open }
+    }
+
     /// Whether this node leads and has heard from a majority lately: only then it publishes.
     fn publishing(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader && !self.quorum_lost()
