@@ -269,12 +269,5 @@ pub fn fills(events: &[Event]) -> Vec<(OrderId, i64, i64, i64)> {
 
 /// The reason of the single rejection among `events`.
 pub fn rejection(events: &[Event]) -> Option<exchange_domain::RejectReason> {
-    events.iter().find_map(|e| match *e {
-        Event::Rejected { reason, .. }
-        | Event::CancelRejected { reason, .. }
-        | Event::ReplaceRejected { reason, .. }
-        | Event::MassCancelRejected { reason, .. }
-        | Event::AdminRejected { reason } => Some(reason),
-        _ => None,
-    })
+    events.iter().find_map(Event::reject_reason)
 }

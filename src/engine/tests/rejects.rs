@@ -262,38 +262,7 @@ fn scenario(reason: RejectReason) -> Scenario {
     }
 }
 
-const ALL_REASONS: [RejectReason; 30] = [
-    RejectReason::UnknownSymbol,
-    RejectReason::UnknownAccount,
-    RejectReason::UnknownOrder,
-    RejectReason::InvalidPrice,
-    RejectReason::PriceOffTick,
-    RejectReason::InvalidQuantity,
-    RejectReason::QtyOffLot,
-    RejectReason::InvalidTimeInForce,
-    RejectReason::InvalidClientOrderId,
-    RejectReason::StaleClientOrderId,
-    RejectReason::SymbolHalted,
-    RejectReason::MaxOrderQtyExceeded,
-    RejectReason::MaxNotionalExceeded,
-    RejectReason::PriceOutsideBand,
-    RejectReason::MaxOpenOrdersExceeded,
-    RejectReason::NotOrderOwner,
-    RejectReason::OrderCapacityExceeded,
-    RejectReason::NotPermitted,
-    RejectReason::InsufficientFunds,
-    RejectReason::PostOnlyWouldTrade,
-    RejectReason::AccountExists,
-    RejectReason::SymbolExists,
-    RejectReason::InvalidAmount,
-    RejectReason::BalanceOverflow,
-    RejectReason::InvalidSymbolSpec,
-    RejectReason::InvalidRiskLimits,
-    RejectReason::TooManyAssets,
-    RejectReason::TooManyAccounts,
-    RejectReason::TooManySymbols,
-    RejectReason::TooManyBrokers,
-];
+const ALL_REASONS: [RejectReason; exchange_domain::REJECT_REASONS] = RejectReason::ALL;
 
 #[test]
 fn every_reject_reason_is_produced_by_its_scenario_and_changes_nothing() {
