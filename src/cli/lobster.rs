@@ -271,15 +271,7 @@ impl Replay {
         self.rejects += self
             .outputs
             .iter()
-            .filter(|o| {
-                matches!(
-                    o.event,
-                    Event::Rejected { .. }
-                        | Event::CancelRejected { .. }
-                        | Event::ReplaceRejected { .. }
-                        | Event::AdminRejected { .. }
-                )
-            })
+            .filter(|o| o.event.reject_reason().is_some())
             .count() as u64;
         OrderId(self.seq)
     }

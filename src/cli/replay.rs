@@ -19,7 +19,7 @@ use std::time::Instant;
 use exchange_domain::{
     AccountId, AdminCommand, Amount, AssetId, Cancel, ClientOrderId, Command, Event, Input,
     Liquidity, NewOrder, OrderId, OrderType, Output, Price, Qty, RejectReason, SelfTradePrevention,
-    Side, SymbolId, SymbolSpec, TimeInForce,
+    Side, SymbolId, SymbolSpec, TimeInForce, REJECT_REASONS,
 };
 use exchange_engine::{Engine, EngineConfig, EventSink};
 use serde::{Deserialize, Serialize};
@@ -271,9 +271,9 @@ pub struct ReplayStats {
     pub trades: u64,
     pub volume: i128,
     pub notional: i128,
-    /// Counts per reason, in order of first appearance: a short scan, and nothing allocated
-    /// per reject while the replay is timed.
-    pub rejects: Vec<(RejectReason, u64)>,
+    /// Counts per reason, indexed as `RejectReason::ALL`: nothing allocated per reject while
+    /// the replay is timed.
+    pub rejects: [u64; REJECT_REASONS],
 }
 
 impl EventSink for ReplayStats {
@@ -294,10 +294,7 @@ impl EventSink for ReplayStats {
             }
             Event::Rejected { reason, .. } | Event::CancelRejected { reason, .. } => {
                 self.rejected += 1;
-                match self.rejects.iter_mut().find(|(r, _)| *r == reason) {
-                    Some((_, count)) => *count += 1,
-                    None => self.rejects.push((reason, 1)),
-                }
+                self.rejects[reason as usize] += 1;
             }
             _ => {}
         }
@@ -365,10 +362,11 @@ pub fn run(
         best_ask: engine.best(REPLAY_SYMBOL, Side::Sell).map(|(p, _)| p.0),
         open_orders: engine.open_order_count(),
         output_hash: format!("{:016x}", engine.output_hash()),
-        rejects_by_reason: stats
-            .rejects
+        rejects_by_reason: RejectReason::ALL
             .iter()
-            .map(|(reason, count)| (format!("{reason:?}"), *count))
+            .zip(stats.rejects)
+            .filter(|(_, count)| *count > 0)
+            .map(|(reason, count)| (format!("{reason:?}"), count))
             .collect(),
         elapsed_ms: elapsed.as_secs_f64() * 1e3,
         commands_per_sec: commands as f64 / elapsed.as_secs_f64().max(1e-9),

@@ -184,9 +184,11 @@ impl Gateway {
         }
     }
 
-    /// Whether this node leads but has not heard from a majority lately.
+    /// Whether this node leads but has not heard from a majority lately. On every order's
+    /// path: two fields read under a brief borrow, not a copy of all the metrics.
     fn quorum_lost(&self) -> bool {
-        let metrics = self.raft.metrics().borrow().clone();
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
         metrics.state == ServerState::Leader
             && metrics
                 .millis_since_quorum_ack

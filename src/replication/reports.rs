@@ -54,15 +54,19 @@ impl ReportJournal {
         }
     }
 
-    /// Records the reports of applied entries, in order: (owning broker, output).
-    pub fn record(&self, reports: &[(BrokerId, Output)]) {
-        let Some(last) = reports.last() else {
+    /// Records the reports of applied entries, in order: (owning broker, output). One lock
+    /// and one wake-up per call, however many entries it covers.
+    pub fn record<'a>(&self, reports: impl IntoIterator<Item = &'a (BrokerId, Output)>) {
+        let mut reports = reports.into_iter().peekable();
+        if reports.peek().is_none() {
             return;
-        };
+        }
+        let mut last = 0;
         {
             let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
             let start = journal.start;
             for (broker, output) in reports {
+                last = output.seq;
                 let kept = journal
                     .brokers
                     .entry(*broker)
@@ -78,7 +82,7 @@ impl ReportJournal {
                 kept.events.push_back(*output);
             }
         }
-        self.recorded.send_replace(last.1.seq);
+        self.recorded.send_replace(last);
     }
 
     /// The state was replaced by a snapshot at `seq`: what was kept no longer follows on.

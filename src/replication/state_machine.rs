@@ -232,9 +232,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .apply(committed)
             .await
             .map_err(|e: EngineStopped| sm_error(e))?;
-        for outcome in &outcomes {
-            self.reports.record(&outcome.reports);
-        }
+        self.reports
+            .record(outcomes.iter().flat_map(|outcome| &outcome.reports));
         let mut applied: Vec<Applied> = outcomes
             .into_iter()
             .map(|outcome| Applied {
