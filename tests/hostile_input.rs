@@ -138,6 +138,7 @@ async fn bad_frames_close_their_session_and_nothing_else() {
     }
 
     // A well-behaved broker session, kept open beside everything that follows.
+    let good_since = Instant::now();
     let mut good = raw(&cluster, addr).await;
     assert!(matches!(
         good.request(&logon(BROKERS[0].1)).await,
@@ -226,14 +227,15 @@ async fn bad_frames_close_their_session_and_nothing_else() {
     );
     assert!(session.closed_by_node().await);
 
-    // Floods: over the in-flight bound (100) and over the rate (2,000/s) a session is
-    // throttled, not served, and not closed.
+    // Floods: a request larger than the in-flight bound (100) can never pass and is refused
+    // outright; over the rate (2,000/s) a session is throttled. Neither is served, and the
+    // session stays open.
     let mut flood = raw(&cluster, addr).await;
     flood.request(&logon(BROKERS[1].1)).await;
     let batch = |from: u64, n: u64| Request::SubmitBatch((from..from + n).map(order).collect());
     assert!(matches!(
         flood.request(&batch(1, 101)).await,
-        Some(Reply::Throttled { .. })
+        Some(Reply::Error(e)) if e.contains("in-flight limit")
     ));
     let mut throttled = 0;
     for round in 0..40 {
@@ -247,6 +249,12 @@ async fn bad_frames_close_their_session_and_nothing_else() {
         throttled > 0,
         "4,000 commands at once were never throttled at 2,000/s"
     );
+    good_order(&mut good, &mut next_id).await;
+
+    // The logon deadline closes only sessions that never logged on: the good one, on its
+    // one stream, outlives it.
+    let outlived = good_since + exchange::gateway::server::LOGON_TIMEOUT + Duration::from_secs(1);
+    tokio::time::sleep_until(outlived.into()).await;
     good_order(&mut good, &mut next_id).await;
 
     let index = cluster.assert_converged(Duration::from_secs(10)).await;

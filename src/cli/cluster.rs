@@ -60,12 +60,21 @@ impl ClusterArgs {
 
     /// A client that logs on with [`ClusterArgs::api_key`].
     pub fn client(&self) -> Result<Client, String> {
-        let ca = trust(&self.certs_dir).map_err(|e| e.to_string())?;
-        let client = Client::new(self.nodes.clone(), &ca).map_err(|e| e.to_string())?;
+        let client = self.anonymous_client()?;
         Ok(match self.api_key()? {
             Some(key) => client.with_api_key(key),
             None => client,
         })
+    }
+
+    /// A client that logs on with `key`.
+    pub fn client_with_key(&self, key: &str) -> Result<Client, String> {
+        Ok(self.anonymous_client()?.with_api_key(key))
+    }
+
+    fn anonymous_client(&self) -> Result<Client, String> {
+        let ca = trust(&self.certs_dir).map_err(|e| e.to_string())?;
+        Client::new(self.nodes.clone(), &ca).map_err(|e| e.to_string())
     }
 }
 

@@ -439,12 +439,7 @@ pub async fn run(
     let acked = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for member in &members {
-        let ca = crate::gateway::client::trust(&args.certs_dir).map_err(|e| e.to_string())?;
-        clients.push(
-            Client::new(args.nodes.clone(), &ca)
-                .map_err(|e| e.to_string())?
-                .with_api_key(member.key.clone()),
-        );
+        clients.push(args.client_with_key(&member.key)?);
     }
     let started = Instant::now();
     let mut drivers = Vec::new();

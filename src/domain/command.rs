@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccountId, Amount, AssetId, BrokerId, ClientOrderId, OrderId, OrderType, Price, Qty,
-    SelfTradePrevention, Side, SymbolId, TimeInForce,
+    AccountId, Amount, AssetId, BrokerId, ClientOrderId, Event, OrderId, OrderType, Price, Qty,
+    RejectReason, SelfTradePrevention, Side, SymbolId, TimeInForce,
 };
 
 /// One sequenced command: the engine's entire input. Nothing else reaches the engine.
@@ -37,7 +37,42 @@ pub struct Input {
 pub const INPUT_ARCHIVED_BYTES: usize = 88;
 const _: () = assert!(std::mem::size_of::<ArchivedInput>() == INPUT_ARCHIVED_BYTES);
 
+impl NewOrder {
+    /// The event that refuses this order.
+    pub fn rejected(&self, reason: RejectReason) -> Event {
+        Event::Rejected {
+            account: self.account,
+            symbol: self.symbol,
+            client_order_id: self.client_order_id,
+            reason,
+        }
+    }
+}
+
 impl Command {
+    /// The event that refuses this command as a whole.
+    pub fn rejected(&self, reason: RejectReason) -> Event {
+        match *self {
+            Command::NewOrder(order) => order.rejected(reason),
+            Command::Cancel(Cancel { account, order_id }) => Event::CancelRejected {
+                account,
+                order_id,
+                reason,
+            },
+            Command::CancelReplace(CancelReplace {
+                account, order_id, ..
+            }) => Event::ReplaceRejected {
+                account,
+                order_id,
+                reason,
+            },
+            Command::MassCancel(MassCancel { account, .. }) => {
+                Event::MassCancelRejected { account, reason }
+            }
+            Command::Admin(_) => Event::AdminRejected { reason },
+        }
+    }
+
     /// The account an order command acts for (`None` for administration).
     pub fn account(&self) -> Option<AccountId> {
         match self {

@@ -109,7 +109,7 @@ impl BookSide {
         };
         let level = &mut self.levels[index];
         let order = orders.get_mut(handle);
-        order.level_hint = index as u32;
+        order.level_hint = u16::try_from(index).unwrap_or(u16::MAX);
         order.prev = level.tail;
         order.next = NIL;
         let old_tail = level.tail;
@@ -123,8 +123,8 @@ impl BookSide {
         level.count += 1;
     }
 
-    /// Unlinks an order from its level (found by the order's price), dropping the level if it
-    /// empties.
+    /// Unlinks an order from its level (found by the order's price); a level it empties
+    /// becomes an empty slot, or goes if it was the best.
     pub fn unlink(&mut self, orders: &mut OrderArena, handle: Handle) {
         let index = self.locate(orders.get(handle));
         self.unlink_at(orders, index, handle);

@@ -41,6 +41,14 @@ pub(crate) struct Broker {
     pub window: Box<[Remembered]>,
 }
 
+/// The key digest of a broker whose key was revoked: no key hashes to it.
+const REVOKED: KeyDigest = KeyDigest([0; 32]);
+
+/// Emits the refusal of a whole command.
+fn refuse<S: EventSink>(command: &Command, reason: RejectReason, out: &mut Emitter<S>) {
+    out.emit(command.rejected(reason));
+}
+
 pub(crate) enum Recall {
     Fresh,
     Duplicate(Remembered),
@@ -87,81 +95,83 @@ impl Broker {
 
 impl State {
     /// Applies one command on behalf of the broker that sent it.
+    ///
+    /// Permission comes first: a broker that is not registered, or whose key was revoked,
+    /// may do nothing, and a broker may act only for its own accounts. Only then does a new
+    /// order meet the exactly-once window, so a refusal for permission is never remembered
+    /// (ownership never changes, so it repeats by itself) and a broker never learns about
+    /// another broker's orders through a duplicate answer.
     pub fn dispatch<S: EventSink>(&mut self, input: &Input, out: &mut Emitter<S>) {
         let broker = input.broker;
+        if let Command::Admin(admin) = &input.command {
+            return if broker == BrokerId::OPERATOR {
+                self.admin(admin, out)
+            } else {
+                out.emit(Event::AdminRejected {
+                    reason: RejectReason::NotPermitted,
+                })
+            };
+        }
+        let broker_index = match self.permit(broker, input.command.account()) {
+            Ok(index) => index,
+            Err(reason) => return refuse(&input.command, reason, out),
+        };
         match &input.command {
             Command::NewOrder(order) => {
-                self.broker_new_order(broker, OrderId(input.seq), order, out)
+                self.broker_new_order(broker_index, OrderId(input.seq), order, out)
             }
-            Command::Cancel(cancel) => match self.permit(broker, cancel.account) {
-                Ok(()) => self.cancel(cancel, out),
-                Err(reason) => out.emit(Event::CancelRejected {
-                    account: cancel.account,
-                    order_id: cancel.order_id,
-                    reason,
-                }),
-            },
-            Command::CancelReplace(replace) => match self.permit(broker, replace.account) {
-                Ok(()) => self.cancel_replace(replace, out),
-                Err(reason) => out.emit(Event::ReplaceRejected {
-                    account: replace.account,
-                    order_id: replace.order_id,
-                    reason,
-                }),
-            },
-            Command::MassCancel(mass) => match self.permit(broker, mass.account) {
-                Ok(()) => self.mass_cancel(mass, out),
-                Err(reason) => out.emit(Event::MassCancelRejected {
-                    account: mass.account,
-                    reason,
-                }),
-            },
-            Command::Admin(admin) if broker == BrokerId::OPERATOR => self.admin(admin, out),
-            Command::Admin(_) => out.emit(Event::AdminRejected {
-                reason: RejectReason::NotPermitted,
-            }),
+            Command::Cancel(cancel) => self.cancel(cancel, out),
+            Command::CancelReplace(replace) => self.cancel_replace(replace, out),
+            Command::MassCancel(mass) => self.mass_cancel(mass, out),
+            // Answered above.
+            Command::Admin(_) => {}
         }
     }
 
-    /// Whether `broker` may act for `account`. An account that does not exist is let through,
-    /// so that the command itself reports it as unknown.
-    fn permit(&self, broker: BrokerId, account: AccountId) -> Result<(), RejectReason> {
+    /// Whether `broker` may act for `account`; the broker's table index (`None` for the
+    /// operator, who may act for every account). An account that does not exist is let
+    /// through, so that the command itself reports it as unknown.
+    fn permit(
+        &self,
+        broker: BrokerId,
+        account: Option<AccountId>,
+    ) -> Result<Option<u32>, RejectReason> {
         if broker == BrokerId::OPERATOR {
-            return Ok(());
+            return Ok(None);
         }
-        match self.account_index.get(&account) {
-            Some(&index) if self.accounts[index as usize].owner != broker => {
-                Err(RejectReason::NotPermitted)
-            }
-            _ => Ok(()),
+        let index = *self
+            .broker_index
+            .get(&broker)
+            .ok_or(RejectReason::NotPermitted)?;
+        if self.brokers[index as usize].key_digest == REVOKED {
+            return Err(RejectReason::NotPermitted);
+        }
+        let owner = account
+            .and_then(|account| self.account_index.get(&account))
+            .map(|&account| self.accounts[account as usize].owner);
+        match owner {
+            Some(owner) if owner != broker => Err(RejectReason::NotPermitted),
+            _ => Ok(Some(index)),
         }
     }
 
+    /// A permitted new order: the operator's goes straight in; a broker's meets the
+    /// exactly-once window first.
     fn broker_new_order<S: EventSink>(
         &mut self,
-        broker: BrokerId,
+        broker_index: Option<u32>,
         order_id: OrderId,
         cmd: &NewOrder,
         out: &mut Emitter<S>,
     ) {
-        if broker == BrokerId::OPERATOR {
+        let Some(broker_index) = broker_index else {
             self.new_order(order_id, cmd, out);
             return;
-        }
-        let reject = |reason, out: &mut Emitter<S>| {
-            out.emit(Event::Rejected {
-                account: cmd.account,
-                symbol: cmd.symbol,
-                client_order_id: cmd.client_order_id,
-                reason,
-            })
-        };
-        let Some(&broker_index) = self.broker_index.get(&broker) else {
-            return reject(RejectReason::NotPermitted, out);
         };
         let client_order_id = cmd.client_order_id.0;
+        let reject = |reason| cmd.rejected(reason);
         if client_order_id == 0 {
-            return reject(RejectReason::InvalidClientOrderId, out);
+            return out.emit(reject(RejectReason::InvalidClientOrderId));
         }
         match self.brokers[broker_index as usize].recall(client_order_id) {
             Recall::Duplicate(original) => {
@@ -172,16 +182,10 @@ impl State {
                     rejected: original.rejected,
                 })
             }
-            Recall::Stale => return reject(RejectReason::StaleClientOrderId, out),
+            Recall::Stale => return out.emit(reject(RejectReason::StaleClientOrderId)),
             Recall::Fresh => {}
         }
-        let rejected = match self.permit(broker, cmd.account) {
-            Ok(()) => self.new_order(order_id, cmd, out),
-            Err(reason) => {
-                reject(reason, out);
-                Some(reason)
-            }
-        };
+        let rejected = self.new_order(order_id, cmd, out);
         self.brokers[broker_index as usize].remember(client_order_id, order_id.0, rejected);
     }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use exchange_domain::Side;
 
 use crate::arena::NIL;
+use crate::brokers::Broker;
 use crate::engine::Engine;
 
 /// A broken invariant: a bug in the engine, or a snapshot that was not made by it.
@@ -30,11 +31,13 @@ macro_rules! ensure {
 
 impl Engine {
     /// Checks every structural and accounting invariant:
-    /// - levels strictly ordered, none empty, totals equal to the sum of their orders, queues
+    /// - levels strictly ordered, the best never empty and empty slots counted, totals equal
+    ///   to the sum of their orders, queues
     ///   in priority order, and the book not crossed at rest;
     /// - every resting order indexed, listed in its account in id order, and counted;
     /// - held funds equal to what the resting orders hold; no negative balance;
-    /// - every asset conserved: all balances add up to deposits minus withdrawals.
+    /// - every asset conserved: all balances add up to deposits minus withdrawals;
+    /// - brokers indexed, and their exactly-once windows consistent.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         let state = &self.state;
         let mut expected_held: BTreeMap<(u32, u8), i64> = BTreeMap::new();
@@ -229,6 +232,49 @@ impl Engine {
                 asset,
                 total
             );
+        }
+        self.check_brokers()
+    }
+
+    /// The broker table and each broker's exactly-once window: indexed once each, never the
+    /// operator; every remembered id in its own slot, at most the highest seen, which is
+    /// itself remembered; every remembered order a command already processed.
+    fn check_brokers(&self) -> Result<(), InvariantViolation> {
+        let state = &self.state;
+        ensure!(
+            state.broker_index.len() == state.brokers.len(),
+            "{} brokers indexed, {} in the table",
+            state.broker_index.len(),
+            state.brokers.len()
+        );
+        for (index, broker) in state.brokers.iter().enumerate() {
+            ensure!(
+                broker.id != exchange_domain::BrokerId::OPERATOR
+                    && state.broker_index.get(&broker.id) == Some(&(index as u32)),
+                "broker {} is misindexed",
+                broker.id
+            );
+            ensure!(
+                broker.high_water == 0
+                    || broker.window[Broker::slot(broker.high_water)].client_order_id
+                        == broker.high_water,
+                "broker {} forgot its highest client order id {}",
+                broker.id,
+                broker.high_water
+            );
+            for (slot, remembered) in broker.window.iter().enumerate() {
+                let id = remembered.client_order_id;
+                ensure!(
+                    id == 0
+                        || (Broker::slot(id) == slot
+                            && id <= broker.high_water
+                            && remembered.order_id > 0
+                            && remembered.order_id <= state.last_seq),
+                    "broker {} remembers client order id {} impossibly",
+                    broker.id,
+                    id
+                );
+            }
         }
         Ok(())
     }

@@ -81,12 +81,7 @@ impl State {
         let admitted = match self.admit(cmd) {
             Ok(admitted) => admitted,
             Err(reason) => {
-                out.emit(Event::Rejected {
-                    account: cmd.account,
-                    symbol: cmd.symbol,
-                    client_order_id: cmd.client_order_id,
-                    reason,
-                });
+                out.emit(cmd.rejected(reason));
                 return Some(reason);
             }
         };

@@ -168,9 +168,10 @@ impl Client {
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| "the node closed the stream".to_string())
         };
-        let reply = tokio::time::timeout(REQUEST_TIMEOUT, round_trip)
+        let timeout = reply_timeout(request);
+        let reply = tokio::time::timeout(timeout, round_trip)
             .await
-            .map_err(|_| format!("no reply within {REQUEST_TIMEOUT:?}"))??;
+            .map_err(|_| format!("no reply within {timeout:?}"))??;
         postcard::from_bytes(&reply).map_err(|e| e.to_string())
     }
 
@@ -219,23 +220,25 @@ impl Client {
         }
     }
 
-    /// Whether resending these commands after an unknown outcome is safe: a broker session's
-    /// new orders with client order ids, which the engine executes at most once.
-    fn resendable<'c>(&self, mut commands: impl Iterator<Item = &'c Command>) -> bool {
-        self.broker.is_some_and(|b| b != 0)
-            && commands.all(|c| matches!(c, Command::NewOrder(o) if o.client_order_id.0 != 0))
+    /// Whether these commands are all new orders with client order ids: what the engine
+    /// executes at most once when a broker (not the operator) sends them.
+    fn only_identified_new_orders<'c>(mut commands: impl Iterator<Item = &'c Command>) -> bool {
+        commands.all(|c| matches!(c, Command::NewOrder(o) if o.client_order_id.0 != 0))
     }
 
     /// Sends a request to the leader; when its outcome is unknown and it may safely be sent
-    /// again, resends it (to the new leader, after a failover) until it is answered.
+    /// again, resends it (to the new leader, after a failover) until it is answered. Whether
+    /// the session is a broker's is known only once it has logged on, so it is asked then.
     async fn request_with_resend(
         &mut self,
         request: &Request,
-        resendable: bool,
+        identified_new_orders: bool,
     ) -> Result<Reply, ClientError> {
         let give_up = std::time::Instant::now() + RESEND_FOR;
         loop {
-            match self.request_leader(request).await {
+            let answer = self.request_leader(request).await;
+            let resendable = identified_new_orders && self.broker.is_some_and(|b| b != 0);
+            match answer {
                 Err(ClientError::OutcomeUnknown(_) | ClientError::Unavailable(_))
                     if resendable && std::time::Instant::now() < give_up =>
                 {
@@ -259,9 +262,9 @@ impl Client {
     /// original order. Other commands whose connection broke are reported as
     /// `OutcomeUnknown`.
     pub async fn submit(&mut self, command: Command) -> Result<Vec<Output>, ClientError> {
-        let resendable = self.resendable(std::iter::once(&command));
+        let identified = Self::only_identified_new_orders(std::iter::once(&command));
         match self
-            .request_with_resend(&Request::Submit(command), resendable)
+            .request_with_resend(&Request::Submit(command), identified)
             .await?
         {
             Reply::Outputs(outputs) => Ok(outputs),
@@ -289,9 +292,9 @@ impl Client {
         &mut self,
         commands: Vec<Command>,
     ) -> Result<Vec<Result<Vec<Output>, String>>, ClientError> {
-        let resendable = self.resendable(commands.iter());
+        let identified = Self::only_identified_new_orders(commands.iter());
         match self
-            .request_with_resend(&Request::SubmitBatch(commands), resendable)
+            .request_with_resend(&Request::SubmitBatch(commands), identified)
             .await?
         {
             Reply::BatchOutputs(results) => Ok(results),
@@ -302,8 +305,13 @@ impl Client {
     /// Sends a request the leader must serve (a command, a membership change), following
     /// redirects, and returns the leader's reply.
     pub async fn request_leader(&mut self, request: &Request) -> Result<Reply, ClientError> {
-        let mut candidates = self.healthy_nodes();
-        let mut last_error = String::from("no node answered");
+        // With a live cached link (the usual case) nothing here allocates.
+        let mut candidates = if self.link.is_some() {
+            Vec::new()
+        } else {
+            self.healthy_nodes()
+        };
+        let mut last_error = String::new();
         let mut redirected_to = Vec::new();
         for _ in 0..REDIRECTS_MAX {
             // A cached link whose connection died since (the node crashed between requests)
@@ -372,6 +380,9 @@ impl Client {
                     return Err(ClientError::OutcomeUnknown(format!("{}: {e}", link.addr)));
                 }
             }
+        }
+        if last_error.is_empty() {
+            last_error = "no node answered".into();
         }
         Err(ClientError::Unavailable(last_error))
     }
@@ -466,6 +477,14 @@ impl ReportFeed {
             self.since = last.seq;
         }
         batch
+    }
+}
+
+/// How long a request's reply may take: adding a learner waits for it to catch up.
+fn reply_timeout(request: &Request) -> Duration {
+    match request {
+        Request::AddLearner { .. } => super::server::LEARNER_CATCH_UP_TIMEOUT + REQUEST_TIMEOUT,
+        _ => REQUEST_TIMEOUT,
     }
 }
 

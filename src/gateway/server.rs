@@ -69,6 +69,9 @@ impl Default for SessionLimits {
 
 const _: () = assert!(4_096 <= exchange_engine::CLIENT_ORDER_ID_WINDOW);
 
+/// The largest frame read from a session that has not logged on yet.
+pub const ANONYMOUS_FRAME_BYTES_MAX: usize = 4 * 1024;
+
 /// A connection that has not logged on within this time is closed (status queries finish far
 /// sooner).
 pub const LOGON_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,6 +155,17 @@ enum After {
     Close(u32),
 }
 
+/// A Raft role as `status` and the metrics name it.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
 /// Connections served at once; more are refused (bounded memory for any number of brokers).
 pub const BROKER_CONNECTIONS_MAX: usize = 4_096;
 /// How long adding a learner may take to catch it up.
@@ -164,14 +178,7 @@ impl Gateway {
         let (applied_index, output_hash) = self.engine.status().applied();
         NodeStatus {
             id: self.id,
-            role: match metrics.state {
-                ServerState::Leader => "leader",
-                ServerState::Follower => "follower",
-                ServerState::Candidate => "candidate",
-                ServerState::Learner => "learner",
-                ServerState::Shutdown => "shutdown",
-            }
-            .into(),
+            role: role_name(metrics.state).into(),
             term: metrics.current_term,
             leader: metrics.current_leader,
             last_log_index: metrics.last_log_index,
@@ -313,36 +320,45 @@ impl Gateway {
         (reply, After::Continue)
     }
 
-    /// Admission of `count` commands: permissions first, then the rate, then the in-flight
-    /// bound. The permit returned is held until the commands are answered.
-    fn admit<'c>(
+    /// Admits commands and sequences them: the stateless checks (size, leadership,
+    /// permission), then the session's in-flight bound, then its rate, so that a refused
+    /// request spends nothing. Answers each command's outputs as the session may see them,
+    /// or the reply that refuses the whole request.
+    async fn sequence(
         &self,
         session: &Session,
         principal: Principal,
-        commands: impl Iterator<Item = &'c Command>,
-        count: usize,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, Box<Reply>> {
-        let mut commands = commands;
-        if !principal.is_operator() && commands.any(|c| matches!(c, Command::Admin(_))) {
-            return Err(Box::new(Reply::Error(
-                "not permitted: admin commands need the admin credential".into(),
+        commands: Vec<Command>,
+    ) -> Result<Vec<Result<Vec<Output>, SubmitError>>, Reply> {
+        let count = commands.len();
+        if count > SUBMIT_BATCH_COMMANDS_MAX {
+            return Err(Reply::Error(format!(
+                "a batch holds at most {SUBMIT_BATCH_COMMANDS_MAX} commands, got {count}"
             )));
         }
-        let count = count as u32;
-        let throttled = |reason: String, retry_after: Duration| {
-            Box::new(Reply::Throttled {
-                reason,
-                retry_after_ms: retry_after.as_millis().max(1) as u64,
-            })
+        if count > self.session_limits.in_flight_max as usize {
+            return Err(Reply::Error(format!(
+                "a request may carry at most {} commands on this node (its in-flight limit)",
+                self.session_limits.in_flight_max
+            )));
+        }
+        if self.quorum_lost() {
+            return Err(Reply::NotLeader {
+                leader_id: None,
+                broker: None,
+            });
+        }
+        if !principal.is_operator() && commands.iter().any(|c| matches!(c, Command::Admin(_))) {
+            return Err(Reply::Error(
+                "not permitted: admin commands need the admin credential".into(),
+            ));
+        }
+        let throttled = |reason: String, retry_after: Duration| Reply::Throttled {
+            reason,
+            retry_after_ms: retry_after.as_millis().max(1) as u64,
         };
-        session
-            .bucket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(count)
-            .map_err(|wait| throttled("over the session's command rate".into(), wait))?;
-        let permit = Arc::clone(&session.in_flight)
-            .try_acquire_many_owned(count)
+        let _permit = Arc::clone(&session.in_flight)
+            .try_acquire_many_owned(count as u32)
             .map_err(|_| {
                 throttled(
                     format!(
@@ -352,10 +368,46 @@ impl Gateway {
                     Duration::from_millis(1),
                 )
             })?;
+        session
+            .bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(count as u32)
+            .map_err(|wait| throttled("over the session's command rate".into(), wait))?;
         self.metrics
             .commands
             .fetch_add(count as u64, Ordering::Relaxed);
-        Ok(permit)
+        let accounts: Vec<_> = commands.iter().map(Command::account).collect();
+        let stamped = commands
+            .into_iter()
+            .map(|command| BrokerCommand {
+                broker: principal.broker,
+                command,
+            })
+            .collect();
+        let results = self.sequencer.submit_many(stamped).await;
+        // Not the leader, or stopping: nothing was sequenced (every command got the same
+        // answer), and the broker is sent elsewhere.
+        match results.first() {
+            Some(Err(SubmitError::NotLeader { leader_id, leader })) => {
+                return Err(Reply::NotLeader {
+                    leader_id: *leader_id,
+                    broker: leader.as_ref().map(|node| node.broker.clone()),
+                })
+            }
+            Some(Err(SubmitError::Stopped)) => {
+                return Err(Reply::NotLeader {
+                    leader_id: None,
+                    broker: None,
+                })
+            }
+            _ => {}
+        }
+        Ok(results
+            .into_iter()
+            .zip(accounts)
+            .map(|(result, account)| result.map(|outputs| principal.visible(account, outputs)))
+            .collect())
     }
 
     async fn serve_request(
@@ -364,10 +416,6 @@ impl Gateway {
         principal: Principal,
         request: Request,
     ) -> Reply {
-        let stamp = |command: Command| BrokerCommand {
-            broker: principal.broker,
-            command,
-        };
         match request {
             Request::Status
             | Request::Heartbeat
@@ -380,44 +428,15 @@ impl Gateway {
                 Reply::Error("not permitted: membership changes need the admin credential".into())
             }
             Request::SubmitBatch(commands) => {
-                if commands.len() > SUBMIT_BATCH_COMMANDS_MAX {
-                    return Reply::Error(format!(
-                        "a batch holds at most {SUBMIT_BATCH_COMMANDS_MAX} commands, got {}",
-                        commands.len()
-                    ));
+                match self.sequence(session, principal, commands).await {
+                    Ok(results) => Reply::BatchOutputs(
+                        results
+                            .into_iter()
+                            .map(|result| result.map_err(|e| e.to_string()))
+                            .collect(),
+                    ),
+                    Err(reply) => reply,
                 }
-                let _permit = match self.admit(session, principal, commands.iter(), commands.len())
-                {
-                    Ok(permit) => permit,
-                    Err(reply) => return *reply,
-                };
-                if self.quorum_lost() {
-                    return Reply::NotLeader {
-                        leader_id: None,
-                        broker: None,
-                    };
-                }
-                let accounts: Vec<_> = commands.iter().map(Command::account).collect();
-                let commands = commands.into_iter().map(stamp).collect();
-                let results = self.sequencer.submit_many(commands).await;
-                // Not the leader: nothing was sequenced (each command got the same answer).
-                if let Some(Err(SubmitError::NotLeader { leader_id, leader })) = results.first() {
-                    return Reply::NotLeader {
-                        leader_id: *leader_id,
-                        broker: leader.as_ref().map(|node| node.broker.clone()),
-                    };
-                }
-                Reply::BatchOutputs(
-                    results
-                        .into_iter()
-                        .zip(accounts)
-                        .map(|(result, account)| {
-                            result
-                                .map(|outputs| principal.visible(account, outputs))
-                                .map_err(|e| e.to_string())
-                        })
-                        .collect(),
-                )
             }
             Request::AddLearner { id, raft, broker } => {
                 if raft.parse::<std::net::SocketAddr>().is_err()
@@ -449,29 +468,13 @@ impl Gateway {
                 }
             }
             Request::Submit(command) => {
-                let _permit = match self.admit(session, principal, std::iter::once(&command), 1) {
-                    Ok(permit) => permit,
-                    Err(reply) => return *reply,
-                };
-                if self.quorum_lost() {
-                    return Reply::NotLeader {
-                        leader_id: None,
-                        broker: None,
-                    };
-                }
-                let account = command.account();
-                match self.sequencer.submit(stamp(command)).await {
-                    Ok(outputs) => Reply::Outputs(principal.visible(account, outputs)),
-                    Err(SubmitError::NotLeader { leader_id, leader }) => Reply::NotLeader {
-                        leader_id,
-                        broker: leader.map(|node| node.broker),
+                match self.sequence(session, principal, vec![command]).await {
+                    Ok(mut results) => match results.pop() {
+                        Some(Ok(outputs)) => Reply::Outputs(outputs),
+                        Some(Err(e)) => Reply::Error(e.to_string()),
+                        None => Reply::Error("the engine returned no outputs".into()),
                     },
-                    // A stopping node sends the broker elsewhere.
-                    Err(SubmitError::Stopped) => Reply::NotLeader {
-                        leader_id: None,
-                        broker: None,
-                    },
-                    Err(e) => Reply::Error(e.to_string()),
+                    Err(reply) => reply,
                 }
             }
         }
@@ -542,8 +545,13 @@ impl Gateway {
                 }
             };
             if batch.is_empty() && !first {
-                // Wake on news, and now and then to notice a lost leadership.
-                let _ = tokio::time::timeout(Duration::from_millis(100), recorded.changed()).await;
+                // Wake on news, now and then to notice a lost leadership, and at once when
+                // the subscriber goes away (else this task would outlive its connection).
+                tokio::select! {
+                    _ = recorded.changed() => {}
+                    _ = send.stopped() => return None,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
                 continue;
             }
             first = false;
@@ -578,6 +586,9 @@ pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
             });
             let logon_deadline = tokio::time::sleep(LOGON_TIMEOUT);
             tokio::pin!(logon_deadline);
+            // A guard is read when the select is entered, which may be before a stream
+            // logged on: the deadline branch looks again before it closes anything.
+            let mut logged_on = false;
             loop {
                 tokio::select! {
                     accepted = connection.accept_bi() => {
@@ -590,7 +601,11 @@ pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
                             recv,
                         ));
                     }
-                    () = &mut logon_deadline, if session.principal.get().is_none() => {
+                    () = &mut logon_deadline, if !logged_on => {
+                        if session.principal.get().is_some() {
+                            logged_on = true;
+                            continue;
+                        }
                         connection.close(
                             close_code::LOGON_TIMEOUT.into(),
                             b"no logon in time",
@@ -611,7 +626,13 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
 ) {
     loop {
-        let (reply, after) = match read_frame(&mut recv, BROKER_FRAME_BYTES_MAX).await {
+        // Before logon a frame can only be a logon, a status or a heartbeat: a few hundred
+        // bytes, so an anonymous peer cannot make the node read a megabyte.
+        let limit = match session.principal.get() {
+            Some(_) => BROKER_FRAME_BYTES_MAX,
+            None => ANONYMOUS_FRAME_BYTES_MAX,
+        };
+        let (reply, after) = match read_frame(&mut recv, limit).await {
             Ok(None) => break,
             Ok(Some(bytes)) => match postcard::from_bytes::<Request>(&bytes) {
                 Ok(Request::Reports { since_seq }) => match session.principal.get() {

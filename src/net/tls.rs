@@ -183,9 +183,16 @@ pub fn broker_transport() -> Arc<TransportConfig> {
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
     transport.max_concurrent_bidi_streams(VarInt::from_u32(BROKER_STREAMS_MAX));
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // What a connection may send ahead of the node reading it: one largest frame per stream,
+    // a few in all.
+    transport.stream_receive_window(VarInt::from_u32(BROKER_STREAM_WINDOW_BYTES));
+    transport.receive_window(VarInt::from_u32(4 * BROKER_STREAM_WINDOW_BYTES));
     transport.initial_rtt(Duration::from_millis(1));
     Arc::new(transport)
 }
+
+/// A broker stream's flow-control window: a largest request frame (1 MiB) and its header.
+const BROKER_STREAM_WINDOW_BYTES: u32 = (1 << 20) + (1 << 16);
 
 /// Concurrent request streams one broker connection may have.
 pub const BROKER_STREAMS_MAX: u32 = 64;

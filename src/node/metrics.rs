@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exchange_domain::RejectReason;
-use openraft::ServerState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::gateway::metrics::{GatewayMetrics, LATENCY_BUCKETS_US};
+use crate::gateway::server::role_name;
 use crate::replication::engine_thread::EngineHandle;
 use crate::replication::types::Raft;
 
@@ -47,13 +47,7 @@ pub fn render(sources: &MetricsSources) -> String {
     let applied = status.applied_index();
     let committed = sources.committed.load(Ordering::Acquire);
     let mut out = String::with_capacity(8 * 1024);
-    let role = match raft.state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    };
+    let role = role_name(raft.state);
     let roles: Vec<(String, u64)> = ["leader", "follower", "candidate", "learner", "shutdown"]
         .iter()
         .map(|r| (format!("{{role=\"{r}\"}}"), u64::from(*r == role)))
@@ -192,6 +186,8 @@ pub async fn serve(addr: SocketAddr, sources: MetricsSources) -> Result<(), Stri
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors, say: pause rather than spin on the error.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
             let Ok(permit) = Arc::clone(&scrapes).try_acquire_owned() else {

@@ -76,6 +76,7 @@ impl Node {
             engine: exchange_engine::EngineConfig::default(),
             idle: config.idle,
             pin_core: config.pin_core,
+            node_id: config.id,
             fault_diverge_at: config.fault_diverge_at,
         };
         let (engine, position) = match &snapshot {
@@ -93,9 +94,6 @@ impl Node {
             ),
         };
         let engine = Arc::new(engine);
-        // Every node collects outputs: the leader answers brokers with them, and a follower
-        // that becomes leader must answer without a pause.
-        engine.set_publishing(true);
         let max_timestamp = log.max_timestamp();
         let committed = log.committed();
         let start_seq = engine
@@ -190,8 +188,7 @@ impl Node {
             brokers,
         ));
         let broker_endpoint = quinn::Endpoint::server(
-            tls::broker_server(&identity, tls::transport(Duration::from_secs(30)))
-                .map_err(|e| e.to_string())?,
+            tls::broker_server(&identity, tls::broker_transport()).map_err(|e| e.to_string())?,
             config.broker_listen,
         )
         .map_err(|e| format!("broker listener {}: {e}", config.broker_listen))?;

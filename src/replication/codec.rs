@@ -35,18 +35,22 @@ impl std::error::Error for DecodeError {}
 
 /// Appends the payload of `entry` to `out`.
 pub fn encode_payload(entry: &Entry, out: &mut Vec<u8>) {
-    let (kind, body): (u64, Vec<u8>) = match &entry.payload {
-        EntryPayload::Blank => (KIND_BLANK, Vec::new()),
-        EntryPayload::Normal(batch) => (KIND_BATCH, batch.to_bytes().to_vec()),
-        EntryPayload::Membership(membership) => (
-            KIND_MEMBERSHIP,
-            // Plain owned data into a vector: no failure mode.
-            postcard::to_allocvec(membership).unwrap_or_default(),
-        ),
+    let kind = match &entry.payload {
+        EntryPayload::Blank => KIND_BLANK,
+        EntryPayload::Normal(_) => KIND_BATCH,
+        EntryPayload::Membership(_) => KIND_MEMBERSHIP,
     };
     out.extend_from_slice(&kind.to_le_bytes());
     out.extend_from_slice(&entry.log_id.leader_id.node_id.to_le_bytes());
-    out.extend_from_slice(&body);
+    match &entry.payload {
+        EntryPayload::Blank => {}
+        // The archive goes straight into the record, with no intermediate copy.
+        EntryPayload::Normal(batch) => out.extend_from_slice(&batch.to_bytes()),
+        // Plain owned data into a vector: no failure mode. Rare, so a copy is fine.
+        EntryPayload::Membership(membership) => {
+            out.extend_from_slice(&postcard::to_allocvec(membership).unwrap_or_default())
+        }
+    }
 }
 
 /// Rebuilds the entry stored at (`term`, `index`) from its payload.

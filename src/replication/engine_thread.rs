@@ -6,14 +6,14 @@
 //! (lowest latency, burns a core), `yield`, or `backoff` (spin, then yield, then park; the
 //! default, so that three nodes share a two-core machine). `--pin-core` pins it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use exchange_domain::{BrokerId, Output, REJECT_REASONS};
-use exchange_engine::{DiscardSink, Engine, EngineConfig, EventSink, RestoreError, Snapshot};
+use exchange_domain::{BrokerId, Output, RejectReason, REJECT_REASONS};
+use exchange_engine::{Engine, EngineConfig, EventSink, RestoreError, Snapshot};
 use tokio::sync::oneshot;
 
 use super::batch::Batch;
@@ -60,6 +60,8 @@ pub struct EngineThreadConfig {
     pub idle: IdleStrategy,
     /// Pin the engine thread to this core.
     pub pin_core: Option<usize>,
+    /// This node's id: the entries it proposed are the ones whose outputs brokers await.
+    pub node_id: u64,
     /// Test-only fault: from this log index on, report a wrong output hash, as a replica with a
     /// nondeterminism bug would. Settable only in builds with the `test-faults` feature.
     pub fault_diverge_at: Option<u64>,
@@ -81,11 +83,10 @@ impl CommittedEntry {
     }
 }
 
-/// The outputs of one entry's commands, in order: `outputs[i]` belongs to command `i`. Empty
-/// when the node does not publish (a follower).
+/// What one applied entry produced. `outputs[i]` belongs to command `i`, on the node that
+/// proposed the entry (where brokers wait for them); empty elsewhere.
 #[derive(Clone, Debug, Default)]
 pub struct EntryOutcome {
-    pub index: u64,
     pub outputs: Vec<Vec<Output>>,
     /// The outputs about brokers' accounts, each with the owning broker, in order.
     pub reports: Vec<(BrokerId, Output)>,
@@ -123,7 +124,6 @@ pub struct EngineStatus {
     applied_index: AtomicU64,
     output_hash: AtomicU64,
     last_timestamp_ns: AtomicU64,
-    publishing: AtomicBool,
     /// Commands applied since this process started.
     commands_applied: AtomicU64,
     /// Refusals since this process started, by `RejectReason as usize`.
@@ -251,6 +251,7 @@ impl EngineHandle {
             config,
             queue: Arc::clone(&queue),
             status: Arc::clone(&status),
+            scratch: Vec::new(),
         };
         let join = std::thread::Builder::new()
             .name("engine".into())
@@ -266,11 +267,6 @@ impl EngineHandle {
 
     pub fn status(&self) -> &EngineStatus {
         &self.status
-    }
-
-    /// Whether the engine collects outputs for publishing (the leader) or only hashes them.
-    pub fn set_publishing(&self, publishing: bool) {
-        self.status.publishing.store(publishing, Ordering::Release);
     }
 
     async fn submit(&self, mut request: Request) -> Result<(), EngineStopped> {
@@ -367,6 +363,8 @@ struct Worker {
     config: EngineThreadConfig,
     queue: Arc<ArrayQueue<Request>>,
     status: Arc<EngineStatus>,
+    /// Where a command's outputs go when no broker waits for them (reused, not reallocated).
+    scratch: Vec<Output>,
 }
 
 /// Collects each command's outputs into its own vector.
@@ -449,8 +447,7 @@ impl Worker {
     }
 
     fn apply(&mut self, entries: Vec<CommittedEntry>) -> Vec<EntryOutcome> {
-        let publishing = self.status.publishing.load(Ordering::Acquire);
-        let mut outcomes = Vec::with_capacity(if publishing { entries.len() } else { 0 });
+        let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
             // Raft applies in order, each entry once: anything else is a bug upstream.
             assert!(
@@ -461,32 +458,24 @@ impl Worker {
                 entry.index(),
                 self.position.last_log_id
             );
-            let mut outcome = EntryOutcome {
-                index: entry.index(),
-                outputs: Vec::new(),
-                reports: Vec::new(),
-            };
+            let mut outcome = EntryOutcome::default();
             if let Some(batch) = &entry.batch {
+                // Only the node that proposed the entry has brokers waiting for each
+                // command's outputs; every other node reuses one scratch vector.
+                let proposed_here = entry.log_id.leader_id.node_id == self.config.node_id;
                 for input in batch.inputs(entry.index()) {
-                    if publishing {
-                        let mut outputs = Vec::new();
-                        self.engine.process(&input, &mut PerCommand(&mut outputs));
-                        for output in &outputs {
-                            if let Some(reason) = output.event.reject_reason() {
-                                self.status.rejects[reason as usize]
-                                    .fetch_add(1, Ordering::Relaxed);
-                            }
-                            let owner = output
-                                .event
-                                .account()
-                                .and_then(|account| self.engine.account_owner(account));
-                            if let Some(owner) = owner.filter(|o| *o != BrokerId::OPERATOR) {
-                                outcome.reports.push((owner, *output));
-                            }
-                        }
+                    let mut outputs = if proposed_here {
+                        Vec::new()
+                    } else {
+                        std::mem::take(&mut self.scratch)
+                    };
+                    outputs.clear();
+                    self.engine.process(&input, &mut PerCommand(&mut outputs));
+                    self.note(&outputs, &mut outcome.reports);
+                    if proposed_here {
                         outcome.outputs.push(outputs);
                     } else {
-                        self.engine.process(&input, &mut DiscardSink);
+                        self.scratch = outputs;
                     }
                 }
                 self.status
@@ -501,11 +490,31 @@ impl Worker {
                 self.position.membership = membership;
             }
             self.publish_applied();
-            if publishing {
-                outcomes.push(outcome);
-            }
+            outcomes.push(outcome);
         }
         outcomes
+    }
+
+    /// Counts refusals by reason, and keeps every output about a broker's account as a
+    /// report for that broker. A refusal for permission is the sender's answer, not news
+    /// for the account's owner.
+    fn note(&self, outputs: &[Output], reports: &mut Vec<(BrokerId, Output)>) {
+        for output in outputs {
+            let reason = output.event.reject_reason();
+            if let Some(reason) = reason {
+                self.status.rejects[reason as usize].fetch_add(1, Ordering::Relaxed);
+            }
+            if reason == Some(RejectReason::NotPermitted) {
+                continue;
+            }
+            let owner = output
+                .event
+                .account()
+                .and_then(|account| self.engine.account_owner(account));
+            if let Some(owner) = owner.filter(|o| *o != BrokerId::OPERATOR) {
+                reports.push((owner, *output));
+            }
+        }
     }
 
     fn publish_applied(&self) {
@@ -549,6 +558,7 @@ mod tests {
             engine: EngineConfig::default(),
             idle,
             pin_core: None,
+            node_id: 1,
             fault_diverge_at: None,
         }
     }
@@ -636,9 +646,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_publishing_engine_returns_each_commands_outputs() {
+    async fn the_proposing_node_gets_each_commands_outputs() {
         let handle = EngineHandle::spawn(config(IdleStrategy::Backoff), None).expect("spawn");
-        handle.set_publishing(true);
         let outcomes = handle.apply(entries()).await.expect("apply");
         let (engine, outputs) = reference();
         let flat: Vec<Output> = outcomes
@@ -663,15 +672,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_follower_computes_the_same_hash_without_collecting() {
+    async fn another_node_computes_the_same_hash_without_collecting() {
         for idle in [
             IdleStrategy::Spin,
             IdleStrategy::Yield,
             IdleStrategy::Backoff,
         ] {
-            let handle = EngineHandle::spawn(config(idle), None).expect("spawn");
+            let other_node = EngineThreadConfig {
+                node_id: 2,
+                ..config(idle)
+            };
+            let handle = EngineHandle::spawn(other_node, None).expect("spawn");
             let outcomes = handle.apply(entries()).await.expect("apply");
-            assert!(outcomes.is_empty());
+            assert_eq!(outcomes.len(), 3, "one outcome per entry");
+            assert!(outcomes.iter().all(|o| o.outputs.is_empty()));
             assert_eq!(handle.status().applied().1, reference().0.output_hash());
         }
     }

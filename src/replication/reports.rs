@@ -94,7 +94,10 @@ impl ReportJournal {
         self.recorded.send_replace(seq);
     }
 
-    /// Up to `max` of the broker's reports with sequence numbers above `since`, oldest first.
+    /// About `max` of the broker's reports with sequence numbers above `since`, oldest first.
+    /// A batch never ends inside one command's reports (they share a sequence number, and
+    /// the next request asks for what comes after it): it stops before that command, or, if
+    /// the command alone has more than `max`, takes all of it.
     pub fn since(&self, broker: BrokerId, since: u64, max: usize) -> Result<Vec<Output>, Gap> {
         let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         let Some(kept) = journal.brokers.get(&broker) else {
@@ -112,7 +115,17 @@ impl ReportJournal {
             });
         }
         let first = kept.events.partition_point(|o| o.seq <= since);
-        Ok(kept.events.range(first..).take(max).copied().collect())
+        let mut end = (first + max.max(1)).min(kept.events.len());
+        if end < kept.events.len() && kept.events[end].seq == kept.events[end - 1].seq {
+            let cut = kept.events[end - 1].seq;
+            let group_start = kept.events.partition_point(|o| o.seq < cut).max(first);
+            end = if group_start > first {
+                group_start
+            } else {
+                kept.events.partition_point(|o| o.seq <= cut)
+            };
+        }
+        Ok(kept.events.range(first..end).copied().collect())
     }
 
     /// A receiver that wakes when anything is recorded.
@@ -148,6 +161,43 @@ mod tests {
         assert_eq!(seqs(journal.since(b, 0, 10).unwrap()), vec![2]);
         assert_eq!(seqs(journal.since(a, 0, 1).unwrap()), vec![1]);
         assert_eq!(*journal.subscribe().borrow(), 3);
+    }
+
+    #[test]
+    fn a_batch_never_splits_one_commands_reports() {
+        let journal = ReportJournal::new(0);
+        let b = BrokerId(1);
+        // seq 5 has three reports (a taker's acceptance and fills), seq 6 one.
+        journal.record(&[
+            (b, output(4)),
+            (b, output(5)),
+            (b, output(5)),
+            (b, output(5)),
+            (b, output(6)),
+        ]);
+        let seqs = |v: Vec<Output>| v.iter().map(|o| o.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(journal.since(b, 0, 2).unwrap()),
+            vec![4],
+            "stops before seq 5"
+        );
+        assert_eq!(
+            seqs(journal.since(b, 4, 2).unwrap()),
+            vec![5, 5, 5],
+            "all of seq 5"
+        );
+        assert_eq!(seqs(journal.since(b, 0, 4).unwrap()), vec![4, 5, 5, 5]);
+        assert_eq!(seqs(journal.since(b, 5, 2).unwrap()), vec![6]);
+        // Following the batches from 0 sees every report once.
+        let mut since = 0;
+        let mut seen = Vec::new();
+        loop {
+            let batch = journal.since(b, since, 2).unwrap();
+            let Some(last) = batch.last() else { break };
+            since = last.seq;
+            seen.extend(seqs(batch));
+        }
+        assert_eq!(seen, vec![4, 5, 5, 5, 6]);
     }
 
     #[test]

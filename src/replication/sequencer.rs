@@ -98,16 +98,6 @@ impl Sequencer {
         }
         results
     }
-
-    /// Sequences one command; returns its outputs once its entry is committed and applied.
-    pub async fn submit(&self, command: BrokerCommand) -> Result<Vec<Output>, SubmitError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Pending { command, reply })
-            .await
-            .map_err(|_| SubmitError::Stopped)?;
-        answer.await.map_err(|_| SubmitError::Stopped)?
-    }
 }
 
 fn wall_clock_ns() -> u64 {

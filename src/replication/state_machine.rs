@@ -234,14 +234,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e: EngineStopped| sm_error(e))?;
         self.reports
             .record(outcomes.iter().flat_map(|outcome| &outcome.reports));
-        let mut applied: Vec<Applied> = outcomes
+        let applied: Vec<Applied> = outcomes
             .into_iter()
             .map(|outcome| Applied {
                 outputs: outcome.outputs,
             })
             .collect();
-        // openraft needs one response per entry; a node that does not publish has none.
-        applied.resize_with(count, Applied::default);
+        // openraft needs one response per entry, and the engine thread gives one.
+        if applied.len() != count {
+            return Err(sm_error(format!(
+                "the engine answered {} of {count} entries",
+                applied.len()
+            )));
+        }
         Ok(applied)
     }
 

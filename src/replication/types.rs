@@ -24,7 +24,7 @@ impl std::fmt::Display for NodeAddr {
 }
 
 /// What applying one entry produced: each command's outputs, in order. Filled on the node that
-/// publishes (the leader) and empty elsewhere.
+/// proposed the entry (its brokers wait for them) and empty elsewhere.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub outputs: Vec<Vec<Output>>,

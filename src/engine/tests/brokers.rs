@@ -108,16 +108,26 @@ fn a_resent_order_is_executed_once_and_answered_with_its_original_outcome() {
     assert_eq!(h.engine.balance(ALICE, BASE), Some((available, held)));
     assert_eq!(h.engine.trade_count(), 1);
     // A rejected order's resend is answered with the original reason, not re-checked.
-    let refused = h.broker_order(BROKER_A, BOB, 43, Side::Buy, 100);
-    assert_eq!(rejection(&refused), Some(RejectReason::NotPermitted));
-    let resent = h.broker_order(BROKER_A, BOB, 43, Side::Buy, 100);
+    let mut unknown_symbol = new_order(ALICE, Side::Buy, 100, 1, TimeInForce::Gtc);
+    unknown_symbol.symbol = exchange_domain::SymbolId(77);
+    unknown_symbol.client_order_id = ClientOrderId(43);
+    let refused = h.run_as(BROKER_A, Command::NewOrder(unknown_symbol));
+    assert_eq!(rejection(&refused), Some(RejectReason::UnknownSymbol));
+    let resent = h.run_as(BROKER_A, Command::NewOrder(unknown_symbol));
     assert!(matches!(
         resent[..],
         [Event::DuplicateOrder {
-            rejected: Some(RejectReason::NotPermitted),
+            rejected: Some(RejectReason::UnknownSymbol),
             ..
         }]
     ));
+    // A refusal for permission is checked before the window and not remembered, so an id
+    // used on another broker's account tells nothing about the orders behind it.
+    for _ in 0..2 {
+        let refused = h.broker_order(BROKER_A, BOB, 42, Side::Buy, 100);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(rejection(&refused), Some(RejectReason::NotPermitted));
+    }
     // Client order ids are per broker: another broker may use 42.
     assert!(accepted_id(&h.broker_order(BROKER_B, BOB, 42, Side::Buy, 1)).is_some());
 }
@@ -142,6 +152,24 @@ fn the_window_survives_a_snapshot() {
 }
 
 #[test]
+fn a_snapshot_with_an_impossible_window_is_refused() {
+    let mut h = brokers();
+    h.broker_order(BROKER_A, ALICE, 7, Side::Buy, 10);
+    let mut snapshot = h.engine.snapshot();
+    snapshot.brokers[0].high_water = 9;
+    assert!(
+        Engine::restore(&snapshot).is_err(),
+        "the highest id is not remembered"
+    );
+    let mut snapshot = h.engine.snapshot();
+    snapshot.brokers[0].remembered[0].order_id = h.engine.last_seq() + 1;
+    assert!(
+        Engine::restore(&snapshot).is_err(),
+        "an order from the future"
+    );
+}
+
+#[test]
 fn a_key_can_be_replaced_and_revoked() {
     let mut h = brokers();
     let events = h.admin(AdminCommand::SetBrokerKey {
@@ -154,6 +182,16 @@ fn a_key_can_be_replaced_and_revoked() {
         .brokers()
         .any(|(id, digest)| id == BROKER_A && digest == KeyDigest([0; 32])));
     assert_eq!(h.engine.brokers().count(), 2);
+    // A revoked broker may do nothing, also in a session that logged on before.
+    let refused = h.broker_order(BROKER_A, ALICE, 1, Side::Buy, 10);
+    assert_eq!(rejection(&refused), Some(RejectReason::NotPermitted));
+    // A new key lets it back in.
+    h.register_broker(BROKER_A);
+    let accepted = h.broker_order(BROKER_A, ALICE, 2, Side::Buy, 10);
+    assert!(
+        matches!(accepted[0], Event::Accepted { .. }),
+        "{accepted:?}"
+    );
 }
 
 proptest! {
