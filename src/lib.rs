@@ -25,3 +25,4 @@ pub mod gateway;
 pub mod net;
 pub mod node;
 pub mod replication;
+pub mod report;

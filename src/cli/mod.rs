@@ -10,4 +10,5 @@ pub mod cluster;
 pub mod cluster_bench;
 pub mod lobster;
 pub mod replay;
+pub mod report;
 pub mod workload;

@@ -1,0 +1,1 @@
+//! `exchange-cli report` (being written).

@@ -1,0 +1,1 @@
+//! The reporter: committed outputs into SQLite (being written).
