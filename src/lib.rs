@@ -22,6 +22,7 @@ pub use exchange_log as log;
 
 pub mod cli;
 pub mod gateway;
+pub mod marketdata;
 pub mod net;
 pub mod node;
 pub mod replication;

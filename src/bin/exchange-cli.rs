@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use exchange::cli::{bench, cluster, lobster, replay, workload};
+use exchange::cli::{bench, cluster, lobster, market, replay, workload};
 
 #[derive(Parser)]
 #[command(
@@ -147,6 +147,22 @@ enum Commands {
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
     },
+    /// Watch market data live: `watch book SYMBOL` redraws the book in place, `watch trades
+    /// SYMBOL` prints each trade. Follows the leader across failovers with no gap.
+    Watch {
+        #[command(subcommand)]
+        what: market::WatchWhat,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
+    /// A symbol's OHLCV candles (1 s or 1 min, from the sequenced timestamps): the kept ones,
+    /// or with --follow each as it changes.
+    Candles {
+        #[command(flatten)]
+        candles: market::CandlesArgs,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
     /// Send an administrative command (accounts, funds, symbols, limits, halts).
     Admin {
         #[command(subcommand)]
@@ -267,6 +283,12 @@ fn main() -> ExitCode {
         } => runtime().and_then(|rt| rt.block_on(order_status(cluster, order_id))),
         Commands::Order { order, cluster } => cluster::order_command(&order)
             .and_then(|command| runtime().and_then(|rt| rt.block_on(submit(cluster, command)))),
+        Commands::Watch { what, cluster } => {
+            runtime().and_then(|rt| rt.block_on(market::watch(&cluster, &what)))
+        }
+        Commands::Candles { candles, cluster } => {
+            runtime().and_then(|rt| rt.block_on(market::candles(&cluster, &candles)))
+        }
         Commands::Admin { admin, cluster } => cluster::admin_command(&admin)
             .and_then(|command| runtime().and_then(|rt| rt.block_on(submit(cluster, command)))),
     };

@@ -114,6 +114,15 @@ struct RunArgs {
     /// lag, commands applied, rejects by reason, answer latency) on this address.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Market data messages a live subscriber may fall behind before the node sends it a
+    /// fresh snapshot instead (a slow subscriber never slows the engine).
+    #[arg(long, value_name = "MESSAGES")]
+    md_subscriber_buffer: Option<usize>,
+    /// Write every order, execution, trade and balance change into this SQLite database
+    /// (the reporter; a follower is a good place). Its cursor is committed with the rows, so
+    /// a crash neither loses nor doubles a row. Read it with `exchange-cli report`.
+    #[arg(long, value_name = "PATH")]
+    report_db: Option<PathBuf>,
     /// Test-only fault: report a wrong output hash from this log index on, to prove that
     /// divergence detection catches it. Exists only in builds with the `test-faults` feature;
     /// production builds reject it as an unknown flag.
@@ -189,6 +198,12 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             None => Some(PathBuf::from("cluster/brokers.toml")).filter(|p| p.exists()),
         },
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
+        md_subscriber_buffer: args
+            .md_subscriber_buffer
+            .or(file.md_subscriber_buffer)
+            .unwrap_or(exchange::marketdata::hub::SUBSCRIBER_BUFFER)
+            .clamp(1, 1 << 20),
+        report_db: args.report_db.or(file.report_db),
         session_limits: exchange::gateway::server::SessionLimits {
             commands_per_sec: args.session_rate,
             in_flight_max: args.session_in_flight,

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cluster;
 pub mod cluster_bench;
 pub mod lobster;
+pub mod market;
 pub mod replay;
 pub mod report;
 pub mod workload;

@@ -178,6 +178,14 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// The price levels of one side from the best, as (price, total quantity), without
+    /// allocating: what market data reads after every entry.
+    pub fn levels(&self, symbol: SymbolId, side: Side) -> impl Iterator<Item = (Price, Qty)> + '_ {
+        self.market(symbol)
+            .into_iter()
+            .flat_map(move |m| m.book.side(side).depth())
+    }
+
     /// The total quantity resting at one price (zero when there is no such level).
     pub fn level_qty(&self, symbol: SymbolId, side: Side, price: Price) -> Qty {
         let Some(market) = self.market(symbol) else {

@@ -10,6 +10,7 @@ use exchange_domain::{Command, Output};
 use rustls::pki_types::CertificateDer;
 
 use super::protocol::{NodeStatus, Reply, Request, PROTOCOL_VERSION};
+use crate::marketdata::feed::{Channel, Level, MdMessage, StreamState};
 use crate::net::frame::{read_frame, write_frame};
 use crate::net::tls;
 
@@ -100,7 +101,28 @@ impl Client {
         ca: &CertificateDer<'static>,
         dead_node_timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let config = tls::broker_client(ca, tls::transport(dead_node_timeout))
+        Self::with_transport(nodes, ca, tls::transport(dead_node_timeout))
+    }
+
+    /// As `new`, with a stream flow-control window of `bytes`: what a node may send ahead of
+    /// this client reading. A small one makes a subscriber that stops reading fall behind
+    /// soon (tests, benchmarks of slow subscribers).
+    pub fn with_stream_window(
+        nodes: Vec<SocketAddr>,
+        ca: &CertificateDer<'static>,
+        bytes: u32,
+    ) -> Result<Self, ClientError> {
+        let mut transport = tls::transport_config(DEAD_NODE_TIMEOUT_DEFAULT);
+        transport.stream_receive_window(quinn::VarInt::from_u32(bytes));
+        Self::with_transport(nodes, ca, std::sync::Arc::new(transport))
+    }
+
+    fn with_transport(
+        nodes: Vec<SocketAddr>,
+        ca: &CertificateDer<'static>,
+        transport: std::sync::Arc<quinn::TransportConfig>,
+    ) -> Result<Self, ClientError> {
+        let config = tls::broker_client(ca, transport)
             .map_err(|e| ClientError::Unavailable(e.to_string()))?;
         let bind: SocketAddr = if nodes.first().is_some_and(|a| a.is_ipv6()) {
             "[::]:0".parse().expect("literal address")
@@ -475,6 +497,153 @@ impl ReportFeed {
     fn received(&mut self, batch: Vec<Output>) -> Vec<Output> {
         if let Some(last) = batch.last() {
             self.since = last.seq;
+        }
+        batch
+    }
+}
+
+impl Client {
+    /// One market data stream's state now, from the first node that answers (any node
+    /// builds market data; give the client one address to ask that node).
+    pub async fn market_snapshot(
+        &mut self,
+        symbol: u32,
+        channel: Channel,
+    ) -> Result<MdMessage, ClientError> {
+        match self
+            .request_leader(&Request::MarketSnapshot { symbol, channel })
+            .await?
+        {
+            Reply::Market(mut messages) if messages.len() == 1 => Ok(messages.remove(0)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The engine's own book: (applied index, bids, asks), best first.
+    pub async fn depth(
+        &mut self,
+        symbol: u32,
+        levels: u32,
+    ) -> Result<(u64, Vec<Level>, Vec<Level>), ClientError> {
+        match self
+            .request_leader(&Request::Depth { symbol, levels })
+            .await?
+        {
+            Reply::Depth { index, bids, asks } => Ok((index, bids, asks)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Follows one market data stream from the leader, starting from a snapshot.
+    pub fn into_market_feed(self, symbol: u32, channel: Channel) -> MarketFeed {
+        MarketFeed {
+            client: self,
+            symbol,
+            channel,
+            state: StreamState::default(),
+            subscribed: false,
+            gaps: 0,
+            subscriptions: 0,
+        }
+    }
+}
+
+/// One market data stream, kept in a [`StreamState`]. Follows the leader: when the connection
+/// fails or the node stops leading, it subscribes again (to the new leader) after the last
+/// message applied, so it sees every message once and in order.
+pub struct MarketFeed {
+    client: Client,
+    symbol: u32,
+    channel: Channel,
+    state: StreamState,
+    subscribed: bool,
+    gaps: u64,
+    subscriptions: u64,
+}
+
+impl MarketFeed {
+    /// What the stream describes now (the book, recent trades, candles) and its last number.
+    pub fn state(&self) -> &StreamState {
+        &self.state
+    }
+
+    /// Messages that did not follow the last one (each one made the feed subscribe again).
+    /// Always zero unless something is broken.
+    pub fn gaps(&self) -> u64 {
+        self.gaps
+    }
+
+    /// Subscriptions made: the first, and one per reconnection.
+    pub fn subscriptions(&self) -> u64 {
+        self.subscriptions
+    }
+
+    /// The next messages, applied to the state, waiting at most `within` for them (an empty
+    /// batch: none came).
+    pub async fn next(&mut self, within: Duration) -> Result<Vec<MdMessage>, ClientError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if !self.subscribed {
+                let request = Request::Subscribe {
+                    symbol: self.symbol,
+                    channel: self.channel,
+                    since: self.state.seq,
+                };
+                match self.client.request_leader(&request).await {
+                    Ok(Reply::Market(batch)) => {
+                        self.subscribed = true;
+                        self.subscriptions += 1;
+                        return Ok(self.received(batch));
+                    }
+                    Ok(other) => return Err(unexpected(other)),
+                    Err(ClientError::Rejected(e)) => return Err(ClientError::Rejected(e)),
+                    Err(e) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(e);
+                        }
+                        tokio::time::sleep(NO_LEADER_PAUSE).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(link) = self.client.link.as_mut() else {
+                self.subscribed = false;
+                continue;
+            };
+            let frame = tokio::time::timeout_at(
+                deadline,
+                read_frame(&mut link.recv, BROKER_REPLY_BYTES_MAX),
+            )
+            .await;
+            let reply = match frame {
+                Err(_) => return Ok(Vec::new()),
+                Ok(Ok(Some(bytes))) => postcard::from_bytes::<Reply>(&bytes).ok(),
+                Ok(Ok(None) | Err(_)) => None,
+            };
+            match reply {
+                Some(Reply::Market(batch)) => return Ok(self.received(batch)),
+                Some(Reply::Error(e)) => return Err(ClientError::Rejected(e)),
+                other => {
+                    if other.is_none() {
+                        if let Some(dead) = self.client.link.take() {
+                            self.client.suspect(dead.addr);
+                        }
+                    } else {
+                        self.client.link = None;
+                    }
+                    self.subscribed = false;
+                }
+            }
+        }
+    }
+
+    fn received(&mut self, mut batch: Vec<MdMessage>) -> Vec<MdMessage> {
+        if let Some(bad) = batch.iter().position(|m| self.state.apply(m).is_err()) {
+            // Never expected: drop the link and resume after the last message applied.
+            self.gaps += 1;
+            self.client.link = None;
+            self.subscribed = false;
+            batch.truncate(bad);
         }
         batch
     }

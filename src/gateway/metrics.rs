@@ -51,6 +51,10 @@ pub struct GatewayMetrics {
     pub logons: AtomicU64,
     /// Logons refused.
     pub logons_refused: AtomicU64,
+    /// Market data messages sent to subscribers (each subscriber's copy counts).
+    pub market_messages: AtomicU64,
+    /// Subscribers that fell behind and were sent a fresh snapshot.
+    pub market_resyncs: AtomicU64,
     /// From a Submit or SubmitBatch's arrival to its answer.
     pub ack_latency: LatencyHistogram,
 }

@@ -4,6 +4,8 @@
 //! open more streams to pipeline.
 
 use exchange_domain::{Command, Output};
+
+use crate::marketdata::feed::{Channel, Level, MdMessage};
 use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -49,6 +51,22 @@ pub enum Request {
     /// how much of it is open. An order that is not open (filled, cancelled, never existed)
     /// is `open: None`; its history is in the broker's reports.
     OrderStatus { order_id: u64 },
+    /// Leader only: subscribes this stream to one market data stream. With `since`, resumes
+    /// after that message (on any leader: numbers come from the log) if the node still keeps
+    /// what follows, else starts from a snapshot; without, starts from a snapshot. The node
+    /// answers `Market` frames until the stream ends or it stops leading (then `NotLeader`).
+    /// A subscriber that falls behind is sent a fresh snapshot and goes on from it.
+    Subscribe {
+        symbol: u32,
+        channel: Channel,
+        since: Option<u64>,
+    },
+    /// One market data stream's state now, as one snapshot message (any node: followers
+    /// build the same market data, they only do not stream it).
+    MarketSnapshot { symbol: u32, channel: Channel },
+    /// The engine's own book now, `levels` per side at most (any node): what market data is
+    /// checked against.
+    Depth { symbol: u32, levels: u32 },
 }
 
 /// Reports in one `Reports` frame, at most.
@@ -91,7 +109,20 @@ pub enum Reply {
         order_id: u64,
         open: Option<OpenOrderStatus>,
     },
+    /// Market data messages, oldest first: a snapshot, or the stream's next messages.
+    Market(Vec<MdMessage>),
+    /// The engine's book after log index `index`, best first.
+    Depth {
+        index: u64,
+        bids: Vec<Level>,
+        asks: Vec<Level>,
+    },
 }
+
+/// Market data messages in one `Market` frame, at most.
+pub const MARKET_MESSAGES_PER_FRAME_MAX: usize = 512;
+/// Levels per side a `Depth` answer carries, at most.
+pub const DEPTH_LEVELS_MAX: u32 = 1_000;
 
 /// A resting order, as `OrderStatus` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

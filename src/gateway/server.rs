@@ -14,13 +14,17 @@ use std::time::{Duration, Instant};
 
 use exchange_domain::{AccountId, BrokerCommand, BrokerId, Command, KeyDigest, Output};
 use openraft::ServerState;
+use tokio::sync::broadcast;
 
 use super::credentials;
 use super::metrics::GatewayMetrics;
 use super::protocol::{
-    NodeStatus, OpenOrderStatus, Reply, Request, BROKER_FRAME_BYTES_MAX, PROTOCOL_VERSION,
-    REPORTS_PER_FRAME_MAX, SUBMIT_BATCH_COMMANDS_MAX,
+    NodeStatus, OpenOrderStatus, Reply, Request, BROKER_FRAME_BYTES_MAX, DEPTH_LEVELS_MAX,
+    MARKET_MESSAGES_PER_FRAME_MAX, PROTOCOL_VERSION, REPORTS_PER_FRAME_MAX,
+    SUBMIT_BATCH_COMMANDS_MAX,
 };
+use crate::marketdata::feed::{Channel, Level};
+use crate::marketdata::hub::{MarketHub, Published, Start};
 use crate::net::frame::{read_frame, write_frame};
 use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::EngineHandle;
@@ -45,6 +49,8 @@ pub struct Gateway {
     pub session_limits: SessionLimits,
     /// What the engine said about each broker's accounts, to publish.
     pub reports: Arc<ReportJournal>,
+    /// This node's market data, to publish (leader) and to answer snapshots from (any node).
+    pub market: Arc<MarketHub>,
     pub metrics: Arc<GatewayMetrics>,
 }
 
@@ -420,9 +426,17 @@ impl Gateway {
             Request::Status
             | Request::Heartbeat
             | Request::Logon { .. }
-            | Request::Reports { .. } => {
+            | Request::Reports { .. }
+            | Request::Subscribe { .. } => {
                 Reply::Error("internal: session request routed as a command".into())
             }
+            Request::MarketSnapshot { symbol, channel } => {
+                match self.market.snapshot(symbol, channel) {
+                    Some(snapshot) => Reply::Market(vec![snapshot]),
+                    None => Reply::Error(format!("no market data for symbol {symbol}")),
+                }
+            }
+            Request::Depth { symbol, levels } => self.depth(symbol, levels).await,
             Request::OrderStatus { order_id } => self.order_status(principal, order_id).await,
             Request::AddLearner { .. } | Request::SetVoters { .. } if !principal.is_operator() => {
                 Reply::Error("not permitted: membership changes need the admin credential".into())
@@ -513,6 +527,143 @@ impl Gateway {
             Ok(_) => None,
         };
         Reply::OrderStatus { order_id, open }
+    }
+
+    /// The engine's own book, read between two commands.
+    async fn depth(&self, symbol: u32, levels: u32) -> Reply {
+        let levels = levels.min(DEPTH_LEVELS_MAX) as usize;
+        let read = self
+            .engine
+            .query(move |engine| {
+                let symbol = exchange_domain::SymbolId(symbol);
+                let side = |side| {
+                    engine
+                        .levels(symbol, side)
+                        .take(levels)
+                        .map(|(price, qty)| Level {
+                            price: price.0,
+                            qty: qty.0,
+                        })
+                        .collect::<Vec<_>>()
+                };
+                engine.has_symbol(symbol).then(|| {
+                    (
+                        side(exchange_domain::Side::Buy),
+                        side(exchange_domain::Side::Sell),
+                    )
+                })
+            })
+            .await;
+        match read {
+            Ok(Some((bids, asks))) => Reply::Depth {
+                // The engine answers between entries: everything up to the applied index.
+                index: self.engine.status().applied_index(),
+                bids,
+                asks,
+            },
+            Ok(None) => Reply::Error(format!("unknown symbol {symbol}")),
+            Err(e) => Reply::Error(e.to_string()),
+        }
+    }
+
+    /// Streams one market data stream until the subscriber goes, or this node stops leading.
+    /// Returns the reply that ends the stream, if any.
+    async fn stream_market(
+        &self,
+        symbol: u32,
+        channel: Channel,
+        mut since: Option<u64>,
+        send: &mut quinn::SendStream,
+    ) -> Option<Reply> {
+        'subscribe: loop {
+            if !self.publishing() {
+                return Some(self.not_leader());
+            }
+            let Some(subscription) = self.market.subscribe(symbol, channel, since) else {
+                return Some(Reply::Error(format!("no market data for symbol {symbol}")));
+            };
+            let mut live = subscription.live;
+            let mut last = match subscription.start {
+                Start::Resume(later) => {
+                    let last = later.last().map_or(since.unwrap_or(0), |p| p.message.seq);
+                    if later.is_empty() {
+                        write(send, &Reply::Market(Vec::new())).await.ok()?;
+                    }
+                    for chunk in later.chunks(MARKET_MESSAGES_PER_FRAME_MAX) {
+                        write_market(send, chunk).await.ok()?;
+                    }
+                    last
+                }
+                Start::Snapshot(snapshot) => {
+                    let last = snapshot.seq;
+                    write(send, &Reply::Market(vec![snapshot])).await.ok()?;
+                    last
+                }
+            };
+            let mine = |p: &Published| p.message.symbol == symbol && p.message.channel == channel;
+            let mut batch: Vec<Arc<Published>> = Vec::new();
+            loop {
+                let first = tokio::select! {
+                    received = live.recv() => received,
+                    _ = send.stopped() => return None,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if !self.publishing() {
+                            return Some(self.not_leader());
+                        }
+                        continue;
+                    }
+                };
+                let mut lagged = false;
+                let mut next = Some(first);
+                batch.clear();
+                while let Some(received) = next.take() {
+                    match received {
+                        Ok(published) if mine(&published) && published.message.seq > last => {
+                            if published.message.seq != last + 1 {
+                                // Messages were dropped on their way to the hub: resynchronise.
+                                lagged = true;
+                                break;
+                            }
+                            last = published.message.seq;
+                            batch.push(published);
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            lagged = true;
+                            break;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Some(Reply::Error("the node is stopping".into()));
+                        }
+                    }
+                    if batch.len() < MARKET_MESSAGES_PER_FRAME_MAX {
+                        next = match live.try_recv() {
+                            Ok(published) => Some(Ok(published)),
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                Some(Err(broadcast::error::RecvError::Lagged(n)))
+                            }
+                            Err(broadcast::error::TryRecvError::Closed) => {
+                                Some(Err(broadcast::error::RecvError::Closed))
+                            }
+                            Err(broadcast::error::TryRecvError::Empty) => None,
+                        };
+                    }
+                }
+                if !batch.is_empty() {
+                    write_market(send, &batch).await.ok()?;
+                    self.metrics
+                        .market_messages
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+                if lagged {
+                    // Too far behind to catch up message by message: start again from a
+                    // fresh snapshot.
+                    self.metrics.market_resyncs.fetch_add(1, Ordering::Relaxed);
+                    since = None;
+                    continue 'subscribe;
+                }
+            }
+        }
     }
 
     /// Whether this node leads and has heard from a majority lately: only then it publishes.
@@ -655,6 +806,25 @@ async fn serve_stream(
                         After::Close(close_code::PROTOCOL_ERROR),
                     ),
                 },
+                Ok(Request::Subscribe {
+                    symbol,
+                    channel,
+                    since,
+                }) => match session.principal.get() {
+                    Some(_) => {
+                        let end = gateway
+                            .stream_market(symbol, channel, since, &mut send)
+                            .await;
+                        match end {
+                            Some(reply) if write(&mut send, &reply).await.is_ok() => continue,
+                            _ => break,
+                        }
+                    }
+                    None => (
+                        Reply::Error("log on first".into()),
+                        After::Close(close_code::PROTOCOL_ERROR),
+                    ),
+                },
                 Ok(request) => gateway.handle(&session, request).await,
                 Err(e) => (
                     Reply::Error(format!("malformed request: {e}")),
@@ -681,7 +851,69 @@ async fn serve_stream(
     let _ = send.finish();
 }
 
+/// Writes `Reply::Market` of already encoded messages: postcard encodes an enum as its variant
+/// index then its content, and a vector as its length then its elements, so the frame is the
+/// variant's prefix, the count, and the messages' bytes as the hub encoded them once for all.
+async fn write_market(send: &mut quinn::SendStream, messages: &[Arc<Published>]) -> Result<(), ()> {
+    let frame = market_frame(messages);
+    write_frame(send, &frame).await.map_err(|_| ())
+}
+
+fn market_frame(messages: &[Arc<Published>]) -> Vec<u8> {
+    let mut frame = postcard::to_allocvec(&Reply::Market(Vec::new())).unwrap_or_default();
+    // The empty vector's length is the last byte (a varint 0): replace it by the count.
+    frame.pop();
+    let mut count = [0u8; 10];
+    // A usize's varint takes at most 10 bytes: this cannot fail.
+    if let Ok(count) = postcard::to_slice(&messages.len(), &mut count) {
+        frame.extend_from_slice(count);
+    }
+    for published in messages {
+        frame.extend_from_slice(&published.encoded);
+    }
+    frame
+}
+
 async fn write(send: &mut quinn::SendStream, reply: &Reply) -> Result<(), ()> {
     let bytes = postcard::to_allocvec(reply).map_err(|_| ())?;
     write_frame(send, &bytes).await.map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::marketdata::feed::{LevelChange, MdBody, MdMessage};
+
+    #[test]
+    fn a_market_frame_is_what_postcard_makes_of_the_reply() {
+        for count in [0usize, 1, 3, 200] {
+            let messages: Vec<MdMessage> = (0..count as u64)
+                .map(|seq| MdMessage {
+                    symbol: 7,
+                    channel: Channel::Book,
+                    seq,
+                    index: seq * 3,
+                    timestamp_ns: seq * 1_000,
+                    body: MdBody::BookUpdate {
+                        changes: vec![LevelChange {
+                            side: exchange_domain::Side::Sell,
+                            price: 100 + seq as i64,
+                            qty: 5,
+                        }],
+                    },
+                })
+                .collect();
+            let published: Vec<Arc<Published>> = messages
+                .iter()
+                .map(|m| {
+                    Arc::new(Published {
+                        message: m.clone(),
+                        encoded: postcard::to_allocvec(m).unwrap(),
+                    })
+                })
+                .collect();
+            let expected = postcard::to_allocvec(&Reply::Market(messages)).unwrap();
+            assert_eq!(market_frame(&published), expected, "{count} messages");
+        }
+    }
 }

@@ -165,6 +165,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Transport settings: dead peers are noticed within `idle_timeout`; keep-alives keep idle
 /// links open; the first round trip assumes a LAN.
 pub fn transport(idle_timeout: Duration) -> Arc<TransportConfig> {
+    Arc::new(transport_config(idle_timeout))
+}
+
+/// As `transport`, to adjust before use.
+pub fn transport_config(idle_timeout: Duration) -> TransportConfig {
     let mut transport = TransportConfig::default();
     let idle =
         IdleTimeout::try_from(idle_timeout).unwrap_or(IdleTimeout::from(VarInt::from_u32(10_000)));
@@ -172,7 +177,7 @@ pub fn transport(idle_timeout: Duration) -> Arc<TransportConfig> {
     transport.keep_alive_interval(Some(idle_timeout / 4));
     transport.max_concurrent_bidi_streams(VarInt::from_u32(1_024));
     transport.initial_rtt(Duration::from_millis(1));
-    Arc::new(transport)
+    transport
 }
 
 /// Transport for the broker endpoint: idle brokers are dropped after 30 s, and each may have

@@ -86,6 +86,10 @@ pub struct NodeConfig {
     pub session_limits: SessionLimits,
     /// Serve Prometheus metrics (`GET /metrics`) here.
     pub metrics_listen: Option<SocketAddr>,
+    /// Market data messages a live subscriber may fall behind before it is resynchronised.
+    pub md_subscriber_buffer: usize,
+    /// Run the reporter into this SQLite database.
+    pub report_db: Option<PathBuf>,
 }
 
 /// The TOML file: every key optional, with the flags' names.
@@ -104,6 +108,8 @@ pub struct FileConfig {
     pub segment_mib: Option<u64>,
     pub brokers: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    pub md_subscriber_buffer: Option<usize>,
+    pub report_db: Option<PathBuf>,
 }
 
 impl FileConfig {

@@ -148,6 +148,16 @@ pub fn render(sources: &MetricsSources) -> String {
             "Logons refused.",
             &gateway.logons_refused,
         ),
+        (
+            "exchange_market_messages_sent_total",
+            "Market data messages sent to subscribers, each subscriber's copy counted.",
+            &gateway.market_messages,
+        ),
+        (
+            "exchange_market_resyncs_total",
+            "Subscribers that fell behind and were sent a fresh snapshot.",
+            &gateway.market_resyncs,
+        ),
     ] {
         metric(
             &mut out,

@@ -3,4 +3,5 @@
 pub mod brokers;
 pub mod config;
 pub mod metrics;
+pub mod outputs;
 pub mod run;

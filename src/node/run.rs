@@ -17,12 +17,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::brokers::apply_when_leader as apply_brokers_file;
 use super::config::NodeConfig;
 use super::metrics::{serve as serve_metrics, MetricsSources};
+use super::outputs::NodeTap;
 use crate::gateway::credentials::BrokersFile;
 use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::server::{serve as serve_brokers, Gateway};
+use crate::marketdata::hub::MarketHub;
 use crate::net::tls;
 use crate::replication::divergence::{watch as watch_divergence, DivergenceLog};
-use crate::replication::engine_thread::{AppliedPosition, EngineHandle, EngineThreadConfig};
+use crate::replication::engine_thread::{
+    AppliedPosition, EngineHandle, EngineThreadConfig, OutputTap,
+};
 use crate::replication::log_store::LogStore;
 use crate::replication::network::{serve as serve_raft, Network};
 use crate::replication::reports::ReportJournal;
@@ -79,17 +83,23 @@ impl Node {
             node_id: config.id,
             fault_diverge_at: config.fault_diverge_at,
         };
+        // The hub's feeding task needs a runtime, which `start` runs on.
+        let (market, publisher, feed_market) = MarketHub::new(config.md_subscriber_buffer);
+        tokio::spawn(feed_market);
+        let tap: Box<dyn OutputTap> = Box::new(NodeTap::new(publisher));
         let (engine, position) = match &snapshot {
             Some(stored) => {
-                let decoded = exchange_engine::Snapshot::from_bytes(&stored.engine)
-                    .map_err(|e| format!("{}: snapshot: {e}", config.data_dir.display()))?;
                 let position = stored.position();
-                let engine = EngineHandle::spawn(engine_config, Some((position.clone(), &decoded)))
-                    .map_err(|e| e.to_string())?;
+                let engine = EngineHandle::spawn(
+                    engine_config,
+                    Some((position.clone(), &stored.state)),
+                    Some(tap),
+                )
+                .map_err(|e| format!("{}: snapshot: {e}", config.data_dir.display()))?;
                 (engine, position)
             }
             None => (
-                EngineHandle::spawn(engine_config, None).map_err(|e| e.to_string())?,
+                EngineHandle::spawn(engine_config, None, Some(tap)).map_err(|e| e.to_string())?,
                 AppliedPosition::default(),
             ),
         };
@@ -218,6 +228,7 @@ impl Node {
                 admin_digest,
                 session_limits: config.session_limits,
                 reports,
+                market,
                 metrics: Arc::clone(&gateway_metrics),
             },
         ));

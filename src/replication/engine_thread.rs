@@ -92,6 +92,44 @@ pub struct EntryOutcome {
     pub reports: Vec<(BrokerId, Output)>,
 }
 
+/// What else follows the engine's outputs on the engine thread, between commands: market data
+/// and the reporter. Deterministic state it keeps travels in snapshots beside the engine's.
+pub trait OutputTap: Send + 'static {
+    /// One command's outputs, in order.
+    fn command(&mut self, outputs: &[Output]);
+    /// The end of one entry; `engine` is the state after it.
+    fn entry(&mut self, engine: &Engine, index: u64, timestamp_ns: u64);
+    /// The state to save beside the engine's in a snapshot.
+    fn save(&self) -> Vec<u8>;
+    /// The engine now stands at `index`, restored from a snapshot whose tap state is `saved`.
+    fn restore(&mut self, engine: &Engine, index: u64, saved: &[u8]) -> Result<(), String>;
+}
+
+/// The first bytes of a node's state in a snapshot: the engine's, then the tap's.
+const STATE_MAGIC: &[u8; 8] = b"XSTATE01";
+
+/// A node's state as one byte string: the engine's snapshot and the tap's state.
+pub fn encode_state(engine: &[u8], tap: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(16 + engine.len() + tap.len());
+    bytes.extend_from_slice(STATE_MAGIC);
+    bytes.extend_from_slice(&(engine.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(engine);
+    bytes.extend_from_slice(tap);
+    bytes
+}
+
+/// The engine's and the tap's parts of `encode_state`'s bytes.
+pub fn decode_state(bytes: &[u8]) -> Result<(&[u8], &[u8]), RestoreError> {
+    let malformed = || RestoreError::Malformed("not a node state snapshot".into());
+    let rest = bytes.strip_prefix(STATE_MAGIC).ok_or_else(malformed)?;
+    let (length, rest) = rest.split_first_chunk::<8>().ok_or_else(malformed)?;
+    let length = usize::try_from(u64::from_le_bytes(*length)).map_err(|_| malformed())?;
+    if length > rest.len() {
+        return Err(malformed());
+    }
+    Ok(rest.split_at(length))
+}
+
 /// The engine state after one applied entry, as snapshot bytes, with the Raft position and
 /// membership it corresponds to.
 #[derive(Clone, Debug)]
@@ -230,13 +268,23 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Starts the engine thread on an empty engine, or on a snapshot taken at `position`.
+    /// Starts the engine thread on an empty engine, or on a node state (`encode_state`)
+    /// taken at `position`.
     pub fn spawn(
         config: EngineThreadConfig,
-        start: Option<(AppliedPosition, &Snapshot)>,
+        start: Option<(AppliedPosition, &[u8])>,
+        mut tap: Option<Box<dyn OutputTap>>,
     ) -> Result<Self, RestoreError> {
         let (engine, position) = match start {
-            Some((position, snapshot)) => (Engine::restore(snapshot)?, position),
+            Some((position, bytes)) => {
+                let (engine_bytes, tap_bytes) = decode_state(bytes)?;
+                let engine = Engine::restore(&Snapshot::from_bytes(engine_bytes)?)?;
+                if let Some(tap) = tap.as_mut() {
+                    tap.restore(&engine, index_of(&position), tap_bytes)
+                        .map_err(RestoreError::Malformed)?;
+                }
+                (engine, position)
+            }
             None => (Engine::new(config.engine), AppliedPosition::default()),
         };
         let status = Arc::new(EngineStatus::default());
@@ -252,6 +300,7 @@ impl EngineHandle {
             queue: Arc::clone(&queue),
             status: Arc::clone(&status),
             scratch: Vec::new(),
+            tap,
         };
         let join = std::thread::Builder::new()
             .name("engine".into())
@@ -365,6 +414,7 @@ struct Worker {
     status: Arc<EngineStatus>,
     /// Where a command's outputs go when no broker waits for them (reused, not reallocated).
     scratch: Vec<Output>,
+    tap: Option<Box<dyn OutputTap>>,
 }
 
 /// Collects each command's outputs into its own vector.
@@ -418,11 +468,12 @@ impl Worker {
                 let _ = reply.send(outcomes);
             }
             Request::Snapshot { reply } => {
+                let tap = self.tap.as_ref().map(|t| t.save()).unwrap_or_default();
                 let _ = reply.send(EngineSnapshot {
                     last_log_id: self.position.last_log_id,
                     membership: self.position.membership.clone(),
                     output_hash: self.engine.output_hash(),
-                    bytes: self.engine.snapshot().to_bytes(),
+                    bytes: encode_state(&self.engine.snapshot().to_bytes(), &tap),
                 });
             }
             Request::Restore {
@@ -430,7 +481,14 @@ impl Worker {
                 bytes,
                 reply,
             } => {
-                let restored = Snapshot::from_bytes(&bytes).and_then(|s| Engine::restore(&s));
+                let restored = decode_state(&bytes).and_then(|(engine_bytes, tap_bytes)| {
+                    let engine = Engine::restore(&Snapshot::from_bytes(engine_bytes)?)?;
+                    if let Some(tap) = self.tap.as_mut() {
+                        tap.restore(&engine, index_of(&position), tap_bytes)
+                            .map_err(RestoreError::Malformed)?;
+                    }
+                    Ok(engine)
+                });
                 let result = restored.map(|engine| {
                     self.engine = engine;
                     self.position = position;
@@ -472,6 +530,9 @@ impl Worker {
                     outputs.clear();
                     self.engine.process(&input, &mut PerCommand(&mut outputs));
                     self.note(&outputs, &mut outcome.reports);
+                    if let Some(tap) = self.tap.as_mut() {
+                        tap.command(&outputs);
+                    }
                     if proposed_here {
                         outcome.outputs.push(outputs);
                     } else {
@@ -484,6 +545,13 @@ impl Worker {
                 self.status
                     .commands_applied
                     .fetch_add(batch.commands.len() as u64, Ordering::Relaxed);
+            }
+            if let Some(tap) = self.tap.as_mut() {
+                let timestamp_ns = entry
+                    .batch
+                    .as_ref()
+                    .map_or(self.engine.last_timestamp_ns(), |b| b.timestamp_ns);
+                tap.entry(&self.engine, entry.index(), timestamp_ns);
             }
             self.position.last_log_id = Some(entry.log_id);
             if let Some(membership) = entry.membership {
@@ -647,7 +715,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_proposing_node_gets_each_commands_outputs() {
-        let handle = EngineHandle::spawn(config(IdleStrategy::Backoff), None).expect("spawn");
+        let handle = EngineHandle::spawn(config(IdleStrategy::Backoff), None, None).expect("spawn");
         let outcomes = handle.apply(entries()).await.expect("apply");
         let (engine, outputs) = reference();
         let flat: Vec<Output> = outcomes
@@ -663,7 +731,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_hash_history_answers_for_recent_indexes() {
-        let handle = EngineHandle::spawn(config(IdleStrategy::Backoff), None).expect("spawn");
+        let handle = EngineHandle::spawn(config(IdleStrategy::Backoff), None, None).expect("spawn");
         handle.apply(entries()).await.expect("apply");
         let (index, hash) = handle.status().applied();
         assert_eq!(handle.status().hash_at(index), Some(hash));
@@ -682,7 +750,7 @@ mod tests {
                 node_id: 2,
                 ..config(idle)
             };
-            let handle = EngineHandle::spawn(other_node, None).expect("spawn");
+            let handle = EngineHandle::spawn(other_node, None, None).expect("spawn");
             let outcomes = handle.apply(entries()).await.expect("apply");
             assert_eq!(outcomes.len(), 3, "one outcome per entry");
             assert!(outcomes.iter().all(|o| o.outputs.is_empty()));
@@ -692,7 +760,7 @@ mod tests {
 
     #[tokio::test]
     async fn snapshot_and_restore_through_the_thread() {
-        let leader = EngineHandle::spawn(config(IdleStrategy::Backoff), None).expect("spawn");
+        let leader = EngineHandle::spawn(config(IdleStrategy::Backoff), None, None).expect("spawn");
         leader.apply(entries()).await.expect("apply");
         let snapshot = leader.snapshot().await.expect("snapshot");
         assert_eq!(snapshot.last_log_id.map(|id| id.index), Some(3));
@@ -701,7 +769,7 @@ mod tests {
             membership: snapshot.membership.clone(),
         };
 
-        let fresh = EngineHandle::spawn(config(IdleStrategy::Backoff), None).expect("spawn");
+        let fresh = EngineHandle::spawn(config(IdleStrategy::Backoff), None, None).expect("spawn");
         fresh
             .restore(position.clone(), snapshot.bytes.clone())
             .await
@@ -716,10 +784,12 @@ mod tests {
         assert_eq!(fresh.status().applied_index(), 3, "and change nothing");
 
         // Restarting from the snapshot also works.
-        let decoded = Snapshot::from_bytes(&snapshot.bytes).expect("decode");
-        let restarted =
-            EngineHandle::spawn(config(IdleStrategy::Backoff), Some((position, &decoded)))
-                .expect("spawn");
+        let restarted = EngineHandle::spawn(
+            config(IdleStrategy::Backoff),
+            Some((position, &snapshot.bytes)),
+            None,
+        )
+        .expect("spawn");
         assert_eq!(restarted.status().applied(), leader.status().applied());
     }
 }

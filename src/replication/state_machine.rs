@@ -9,7 +9,8 @@
 //! Snapshot file (`snapshot.bin`, replaced atomically):
 //!
 //! ```text
-//! [magic 8 B "EXSNAP01"][crc32c u32 of the rest][meta length u32][meta: postcard][engine: rkyv]
+//! [magic 8 B "EXSNAP01"][crc32c u32 of the rest][meta length u32][meta: postcard][state: engine
+//! and market data, see `engine_thread::encode_state`]
 //! ```
 
 use std::io::{Cursor, Write};
@@ -33,16 +34,17 @@ const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 4;
 #[derive(Clone, Debug)]
 pub struct StoredSnapshot {
     pub meta: SnapshotMeta,
-    pub engine: Vec<u8>,
+    /// The node's state: `engine_thread::encode_state` of the engine's and the tap's.
+    pub state: Vec<u8>,
 }
 
 impl StoredSnapshot {
     fn encode(&self) -> Vec<u8> {
         let meta = postcard::to_allocvec(&self.meta).unwrap_or_default();
-        let mut body = Vec::with_capacity(4 + meta.len() + self.engine.len());
+        let mut body = Vec::with_capacity(4 + meta.len() + self.state.len());
         body.extend_from_slice(&(meta.len() as u32).to_le_bytes());
         body.extend_from_slice(&meta);
-        body.extend_from_slice(&self.engine);
+        body.extend_from_slice(&self.state);
         let mut file = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
         file.extend_from_slice(SNAPSHOT_MAGIC);
         file.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
@@ -68,7 +70,7 @@ impl StoredSnapshot {
         let meta = postcard::from_bytes(meta_bytes).map_err(|e| format!("snapshot meta: {e}"))?;
         Ok(StoredSnapshot {
             meta,
-            engine: body[4 + meta_len..].to_vec(),
+            state: body[4 + meta_len..].to_vec(),
         })
     }
 
@@ -179,9 +181,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         let stored = StoredSnapshot {
             meta: meta.clone(),
-            engine: cut.bytes,
+            state: cut.bytes,
         };
-        let data = stored.engine.clone();
+        let data = stored.state.clone();
         self.keep(stored).await?;
         Ok(Snapshot {
             meta,
@@ -282,7 +284,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.reports.restart_at(last_seq);
         self.keep(StoredSnapshot {
             meta: meta.clone(),
-            engine: bytes,
+            state: bytes,
         })
         .await?;
         tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
@@ -297,7 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .clone();
         Ok(current.map(|stored| Snapshot {
             meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.engine)),
+            snapshot: Box::new(Cursor::new(stored.state)),
         }))
     }
 }
@@ -314,12 +316,12 @@ mod tests {
                 last_membership: StoredMembership::default(),
                 snapshot_id: "2-9".into(),
             },
-            engine: vec![7; 100],
+            state: vec![7; 100],
         };
         let bytes = stored.encode();
         let back = StoredSnapshot::decode(&bytes).expect("decode");
         assert_eq!(back.meta, stored.meta);
-        assert_eq!(back.engine, stored.engine);
+        assert_eq!(back.state, stored.state);
         for cut in [0, 10, bytes.len() - 1] {
             assert!(StoredSnapshot::decode(&bytes[..cut]).is_err());
         }

@@ -1,0 +1,245 @@
+//! `exchange-cli watch book|trades` and `exchange-cli candles`: market data in a terminal.
+//!
+//! `watch book` redraws the book in place as it changes (at most ten times a second);
+//! `watch trades` prints each trade on a line; `candles` prints a symbol's candles, and with
+//! `--follow` each candle as it changes. `--json` prints each message (or trade, or candle) as
+//! one JSON object a line instead, for scripts.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+
+use super::cluster::ClusterArgs;
+use crate::marketdata::feed::{Candle, Channel, Interval, Level, MdBody, StreamState, TradeTick};
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum WatchWhat {
+    /// The book (L2 depth, top 10 levels a side), redrawn in place as it changes.
+    Book(WatchArgs),
+    /// Every trade as it happens: time, price, quantity, and the aggressor's side.
+    Trades(WatchArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct WatchArgs {
+    /// The symbol's id.
+    pub symbol: u32,
+    /// Stop after this many seconds [default: run until interrupted].
+    #[arg(long, value_name = "SECONDS")]
+    pub seconds: Option<f64>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct CandlesArgs {
+    /// The symbol's id.
+    pub symbol: u32,
+    /// The candle length.
+    #[arg(long, value_enum, default_value = "1m")]
+    pub interval: Interval,
+    /// Keep printing each candle as it changes or closes.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: stop after this many seconds [default: run until interrupted].
+    #[arg(long, value_name = "SECONDS")]
+    pub seconds: Option<f64>,
+}
+
+/// How long one wait for messages lasts before the loop looks at the clock again.
+const POLL: Duration = Duration::from_millis(100);
+/// The book is redrawn at most this often.
+const REDRAW_EVERY: Duration = Duration::from_millis(100);
+
+pub async fn watch(cluster: &ClusterArgs, what: &WatchWhat) -> Result<(), String> {
+    let (args, channel) = match what {
+        WatchWhat::Book(args) => (args, Channel::Book),
+        WatchWhat::Trades(args) => (args, Channel::Trades),
+    };
+    let mut feed = cluster.client()?.into_market_feed(args.symbol, channel);
+    let until = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut out = std::io::stdout().lock();
+    let mut last_draw: Option<Instant> = None;
+    let mut dirty = false;
+    while until.is_none_or(|t| Instant::now() < t) {
+        let messages = feed.next(POLL).await.map_err(|e| e.to_string())?;
+        if cluster.json {
+            for message in &messages {
+                print_json(&mut out, message)?;
+            }
+            continue;
+        }
+        match channel {
+            Channel::Book => {
+                dirty |= !messages.is_empty();
+                if dirty && last_draw.is_none_or(|t| t.elapsed() >= REDRAW_EVERY) {
+                    draw_book(&mut out, args.symbol, feed.state())?;
+                    last_draw = Some(Instant::now());
+                    dirty = false;
+                }
+            }
+            _ => {
+                for message in &messages {
+                    match &message.body {
+                        MdBody::Trades { trades } => print_trades(&mut out, trades)?,
+                        MdBody::TradesSnapshot { recent } => {
+                            writeln!(out, "-- recent trades of symbol {}", args.symbol)
+                                .map_err(io)?;
+                            print_trades(&mut out, recent)?;
+                            writeln!(out, "-- live").map_err(io)?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    if channel == Channel::Book && !cluster.json {
+        draw_book(&mut out, args.symbol, feed.state())?;
+    }
+    Ok(())
+}
+
+pub async fn candles(cluster: &ClusterArgs, args: &CandlesArgs) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    if !args.follow {
+        let snapshot = cluster
+            .client()?
+            .market_snapshot(args.symbol, Channel::Candles)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut state = StreamState::default();
+        state.apply(&snapshot).map_err(|e| e.to_string())?;
+        if !cluster.json {
+            writeln!(out, "{}", candle_header()).map_err(io)?;
+        }
+        for candle in state.candles(args.interval) {
+            print_candle(&mut out, candle, cluster.json)?;
+        }
+        return Ok(());
+    }
+    let mut feed = cluster
+        .client()?
+        .into_market_feed(args.symbol, Channel::Candles);
+    let until = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    if !cluster.json {
+        writeln!(out, "{}", candle_header()).map_err(io)?;
+    }
+    while until.is_none_or(|t| Instant::now() < t) {
+        for message in feed.next(POLL).await.map_err(|e| e.to_string())? {
+            let candles = match &message.body {
+                MdBody::Candles { candles } | MdBody::CandlesSnapshot { candles } => candles,
+                _ => continue,
+            };
+            for candle in candles.iter().filter(|c| c.interval == args.interval) {
+                print_candle(&mut out, candle, cluster.json)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn io(e: std::io::Error) -> String {
+    format!("writing to the terminal: {e}")
+}
+
+fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<(), String> {
+    serde_json::to_writer(&mut *out, value).map_err(|e| e.to_string())?;
+    writeln!(out).map_err(io)?;
+    out.flush().map_err(io)
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a timestamp in nanoseconds since the epoch.
+pub fn clock(timestamp_ns: u64) -> String {
+    let millis = timestamp_ns / 1_000_000;
+    let seconds = millis / 1_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        seconds / 3_600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+        millis % 1_000
+    )
+}
+
+fn draw_book(out: &mut impl Write, symbol: u32, state: &StreamState) -> Result<(), String> {
+    // Home the cursor and clear the screen: the book stays in place as it changes.
+    let mut screen = String::from("\x1b[H\x1b[2J");
+    screen.push_str(&format!(
+        "symbol {symbol}   message {}   log index {}   {} UTC\n\n",
+        state.seq.map_or("-".into(), |s| s.to_string()),
+        state.index,
+        clock(state.timestamp_ns)
+    ));
+    screen.push_str(&format!("{:>12} {:>12}\n", "price", "quantity"));
+    let row = |side: &str, level: &Level| format!("{side} {:>8} {:>12}\n", level.price, level.qty);
+    for level in state.asks.iter().rev() {
+        screen.push_str(&row("ask", level));
+    }
+    screen.push_str("    ---------------------\n");
+    for level in &state.bids {
+        screen.push_str(&row("bid", level));
+    }
+    if state.bids.is_empty() && state.asks.is_empty() {
+        screen.push_str("    (the book is empty)\n");
+    }
+    out.write_all(screen.as_bytes()).map_err(io)?;
+    out.flush().map_err(io)
+}
+
+fn print_trades(out: &mut impl Write, trades: &[TradeTick]) -> Result<(), String> {
+    for trade in trades {
+        writeln!(
+            out,
+            "{}  {:>10} @ {:<10} {:?} aggressor  (trade {})",
+            clock(trade.timestamp_ns),
+            trade.qty,
+            trade.price,
+            trade.aggressor,
+            trade.trade_id
+        )
+        .map_err(io)?;
+    }
+    out.flush().map_err(io)
+}
+
+fn candle_header() -> String {
+    format!(
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7}  state",
+        "start (UTC)", "open", "high", "low", "close", "volume", "trades"
+    )
+}
+
+fn print_candle(out: &mut impl Write, candle: &Candle, json: bool) -> Result<(), String> {
+    if json {
+        return print_json(out, candle);
+    }
+    writeln!(
+        out,
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7}  {}",
+        clock(candle.start_ns),
+        candle.open,
+        candle.high,
+        candle.low,
+        candle.close,
+        candle.volume,
+        candle.trades,
+        if candle.closed { "closed" } else { "open" }
+    )
+    .map_err(io)?;
+    out.flush().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_shows_utc_time_of_day() {
+        // 2023-11-14 22:13:20.123 UTC
+        assert_eq!(clock(1_700_000_000_123_000_000), "22:13:20.123");
+    }
+}

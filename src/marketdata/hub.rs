@@ -1,0 +1,258 @@
+//! The hub: the node's recent market data, kept for resumes and snapshots, and the fan-out to
+//! live subscribers.
+//!
+//! The engine thread hands each entry's messages to the hub through a bounded queue and never
+//! waits: when the queue is full the batch is dropped and the next entry sends fresh snapshots
+//! instead (subscribers then see a jump in sequence numbers and resynchronise). A task drains
+//! the queue into the history, the per-stream state and a broadcast channel. A subscriber that
+//! falls further behind than the broadcast keeps gets a fresh snapshot: a slow reader costs
+//! itself a resynchronisation, never the engine a wait.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, mpsc};
+
+use super::feed::{Channel, Interval, MdBody, MdMessage, StreamState, RECENT_TRADES};
+
+/// Entries' batches waiting for the hub task.
+pub const HUB_QUEUE_BATCHES: usize = 16_384;
+/// Messages kept for resumes (all streams together).
+pub const HISTORY_MESSAGES: usize = 131_072;
+/// Messages a live subscriber may fall behind before it is resynchronised by a snapshot.
+pub const SUBSCRIBER_BUFFER: usize = 16_384;
+
+/// What the engine thread sends.
+pub enum MdBatch {
+    /// The messages of one entry.
+    Messages(Vec<MdMessage>),
+    /// Start again from these snapshots (after a restore, or after batches were dropped).
+    Reset(Vec<MdMessage>),
+}
+
+/// The engine thread's end of the queue.
+pub struct MdPublisher {
+    queue: mpsc::Sender<MdBatch>,
+    /// Set when a batch could not be queued: the next entry must send snapshots.
+    lost: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl MdPublisher {
+    /// Queues one entry's messages without waiting. Returns false if they were dropped (the
+    /// caller then owes the hub a reset).
+    pub fn publish(&self, messages: Vec<MdMessage>) -> bool {
+        if self.lost.load(Ordering::Relaxed) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if self.queue.try_send(MdBatch::Messages(messages)).is_err() {
+            self.lost.store(true, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Whether batches were dropped since the last reset.
+    pub fn needs_reset(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the hub's state with `snapshots`; true if queued.
+    pub fn reset(&self, snapshots: Vec<MdMessage>) -> bool {
+        let queued = self.queue.try_send(MdBatch::Reset(snapshots)).is_ok();
+        self.lost.store(!queued, Ordering::Relaxed);
+        queued
+    }
+}
+
+/// A message as the hub keeps it: also encoded (postcard) once, for every subscriber.
+#[derive(Debug)]
+pub struct Published {
+    pub message: MdMessage,
+    pub encoded: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Recent {
+    history: VecDeque<Arc<Published>>,
+    streams: BTreeMap<(u32, Channel), StreamState>,
+}
+
+pub struct MarketHub {
+    recent: Mutex<Recent>,
+    live: broadcast::Sender<Arc<Published>>,
+    published: AtomicU64,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Where a new subscription starts.
+pub enum Start {
+    /// The messages after the subscriber's last one, from the history.
+    Resume(Vec<Arc<Published>>),
+    /// The stream's state now.
+    Snapshot(MdMessage),
+}
+
+pub struct Subscription {
+    pub start: Start,
+    /// Every message published after `start`, of every stream.
+    pub live: broadcast::Receiver<Arc<Published>>,
+}
+
+impl MarketHub {
+    /// A hub whose live subscribers may fall `subscriber_buffer` messages behind, the
+    /// publisher for the engine thread, and the task that feeds the hub (spawn it on the
+    /// runtime).
+    pub fn new(
+        subscriber_buffer: usize,
+    ) -> (
+        Arc<MarketHub>,
+        MdPublisher,
+        impl std::future::Future<Output = ()> + Send,
+    ) {
+        let (queue, mut batches) = mpsc::channel(HUB_QUEUE_BATCHES);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let hub = Arc::new(MarketHub {
+            recent: Mutex::new(Recent::default()),
+            live: broadcast::channel(subscriber_buffer.max(1)).0,
+            published: AtomicU64::new(0),
+            dropped: Arc::clone(&dropped),
+        });
+        let publisher = MdPublisher {
+            queue,
+            lost: Arc::new(AtomicBool::new(false)),
+            dropped,
+        };
+        let feeding = Arc::clone(&hub);
+        let pump = async move {
+            while let Some(batch) = batches.recv().await {
+                feeding.take(batch);
+            }
+        };
+        (hub, publisher, pump)
+    }
+
+    fn take(&self, batch: MdBatch) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let messages = match batch {
+            MdBatch::Reset(snapshots) => {
+                recent.history.clear();
+                recent.streams.clear();
+                for snapshot in &snapshots {
+                    let mut state = StreamState::default();
+                    let _ = state.apply(snapshot);
+                    recent
+                        .streams
+                        .insert((snapshot.symbol, snapshot.channel), state);
+                }
+                return;
+            }
+            MdBatch::Messages(messages) => messages,
+        };
+        for message in messages {
+            let key = (message.symbol, message.channel);
+            let state = recent.streams.entry(key).or_default();
+            // Cannot fail short of a bug upstream: the builder numbers each stream in order.
+            if let Err(gap) = state.apply(&message) {
+                tracing::error!(symbol = key.0, channel = ?key.1, %gap, "market data out of order");
+            }
+            let encoded = postcard::to_allocvec(&message).unwrap_or_default();
+            let message = Arc::new(Published { message, encoded });
+            if recent.history.len() == HISTORY_MESSAGES {
+                recent.history.pop_front();
+            }
+            recent.history.push_back(Arc::clone(&message));
+            // Sent under the lock, so a subscriber sees each message either in the history
+            // or live, never both and never neither.
+            let _ = self.live.send(message);
+            self.published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts a subscription to one stream after message `since` (or from a snapshot when
+    /// `since` is `None` or no longer kept). `None` if the stream is unknown.
+    pub fn subscribe(
+        &self,
+        symbol: u32,
+        channel: Channel,
+        since: Option<u64>,
+    ) -> Option<Subscription> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let state = recent.streams.get(&(symbol, channel))?;
+        let live = self.live.subscribe();
+        let resumed = since.and_then(|since| {
+            let later: Vec<Arc<Published>> = recent
+                .history
+                .iter()
+                .filter(|p| {
+                    let m = &p.message;
+                    m.symbol == symbol && m.channel == channel && m.seq > since
+                })
+                .cloned()
+                .collect();
+            let current = state.seq.unwrap_or(0);
+            let follows = match later.first() {
+                Some(first) => first.message.seq == since + 1,
+                None => since == current,
+            };
+            // A subscriber ahead of this node (it was on a node further along) waits for
+            // this one to catch up: it will build the same messages, since it applies the
+            // same committed entries, and a snapshot would take the subscriber backwards.
+            if since > current {
+                return Some(Vec::new());
+            }
+            follows.then_some(later)
+        });
+        let start = match resumed {
+            Some(later) => Start::Resume(later),
+            None => Start::Snapshot(snapshot_of(symbol, channel, state)),
+        };
+        Some(Subscription { start, live })
+    }
+
+    /// One stream's state now, as a snapshot message.
+    pub fn snapshot(&self, symbol: u32, channel: Channel) -> Option<MdMessage> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let state = recent.streams.get(&(symbol, channel))?;
+        Some(snapshot_of(symbol, channel, state))
+    }
+
+    /// Messages handed to subscribers since start.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// Entries' batches the engine thread could not queue (each followed by snapshots).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn snapshot_of(symbol: u32, channel: Channel, state: &StreamState) -> MdMessage {
+    let body = match channel {
+        Channel::Book => MdBody::BookSnapshot {
+            bids: state.bids.clone(),
+            asks: state.asks.clone(),
+        },
+        Channel::Trades => MdBody::TradesSnapshot {
+            recent: state.trades[state.trades.len().saturating_sub(RECENT_TRADES)..].to_vec(),
+        },
+        Channel::Candles => MdBody::CandlesSnapshot {
+            candles: Interval::ALL
+                .into_iter()
+                .flat_map(|interval| state.candles(interval).copied())
+                .collect(),
+        },
+    };
+    MdMessage {
+        symbol,
+        channel,
+        seq: state.seq.unwrap_or(0),
+        index: state.index,
+        timestamp_ns: state.timestamp_ns,
+        body,
+    }
+}

@@ -1,0 +1,270 @@
+//! Market data on a real cluster: a subscriber across a leader kill, candles on every node,
+//! and a subscriber that stops reading.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use exchange::domain::{Command, Event, Liquidity, Side};
+use exchange::gateway::client::{Client, ClientError, MarketFeed};
+use exchange::marketdata::feed::{Channel, Interval, MdBody, MdMessage, BOOK_LEVELS};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use support::*;
+
+/// Accounts the load trades between.
+const ACCOUNTS: u64 = 4;
+
+/// Sends batches of crossing limit orders until told to stop; returns the ids of the trades
+/// the acknowledgements reported.
+async fn trade(mut client: Client, seed: u64, stop: Arc<AtomicBool>) -> Vec<u64> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut trades = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let commands: Vec<Command> = (0..16)
+            .map(|_| {
+                let side = if rng.gen_bool(0.5) {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                };
+                let account = rng.gen_range(1..=ACCOUNTS);
+                limit(
+                    account,
+                    side,
+                    rng.gen_range(990..=1010),
+                    rng.gen_range(1..=5),
+                )
+            })
+            .collect();
+        match client.submit_batch(commands).await {
+            Ok(results) => {
+                for outputs in results.into_iter().flatten() {
+                    trades.extend(outputs.iter().filter_map(|o| match o.event {
+                        Event::Execution {
+                            trade_id,
+                            liquidity: Liquidity::Taker,
+                            ..
+                        } => Some(trade_id.0),
+                        _ => None,
+                    }));
+                }
+            }
+            // The leader is gone or changing: try again shortly.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    trades
+}
+
+/// Reads a feed until told to stop and then until it has been quiet for a second; returns
+/// it and every message it received.
+async fn follow(mut feed: MarketFeed, stop: Arc<AtomicBool>) -> (MarketFeed, Vec<MdMessage>) {
+    let mut seen = Vec::new();
+    let mut quiet_since = Instant::now();
+    loop {
+        match feed.next(Duration::from_millis(200)).await {
+            Ok(batch) if !batch.is_empty() => {
+                quiet_since = Instant::now();
+                seen.extend(batch);
+            }
+            Ok(_) => {}
+            Err(ClientError::Rejected(why)) => panic!("subscription refused: {why}"),
+            // No leader for the moment: the feed subscribes again on the next call.
+            Err(_) => {}
+        }
+        if stop.load(Ordering::Relaxed) && quiet_since.elapsed() > Duration::from_secs(1) {
+            return (feed, seen);
+        }
+    }
+}
+
+/// The engine's book (from any node, once all agree) equals what the feed built.
+async fn assert_book_matches_engine(cluster: &Cluster, feed: &MarketFeed) {
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    let mut client = cluster.client();
+    let (index, bids, asks) = client
+        .depth(SYMBOL.0, BOOK_LEVELS as u32)
+        .await
+        .expect("depth");
+    let state = feed.state();
+    assert!(!bids.is_empty() && !asks.is_empty(), "the load left a book");
+    assert_eq!(state.bids, bids, "bids at index {index}");
+    assert_eq!(state.asks, asks, "asks at index {index}");
+    let snapshot = client
+        .market_snapshot(SYMBOL.0, Channel::Book)
+        .await
+        .expect("snapshot");
+    assert_eq!(
+        Some(snapshot.seq),
+        state.seq,
+        "the feed saw the last message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_sees_every_message_once_across_a_leader_kill() {
+    let mut cluster = Cluster::start("md-failover", 3, 26_600, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let mut admin = cluster.client();
+    setup_market(&mut admin, ACCOUNTS).await;
+
+    let book = cluster.client().into_market_feed(SYMBOL.0, Channel::Book);
+    let trades = cluster.client().into_market_feed(SYMBOL.0, Channel::Trades);
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let book = tokio::spawn(follow(book, Arc::clone(&stop_reading)));
+    let trades = tokio::spawn(follow(trades, Arc::clone(&stop_reading)));
+
+    let stop_trading = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|seed| tokio::spawn(trade(cluster.client(), seed, Arc::clone(&stop_trading))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    // Long enough for candles of one second to close on the new leader.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    stop_trading.store(true, Ordering::Relaxed);
+    let mut acknowledged = BTreeSet::new();
+    for task in load {
+        acknowledged.extend(task.await.expect("load"));
+    }
+    stop_reading.store(true, Ordering::Relaxed);
+    let (book, book_messages) = book.await.expect("book feed");
+    let (trades, trade_messages) = trades.await.expect("trades feed");
+
+    // Gapless and without a second snapshot: the feed resumed on the new leader after its
+    // last message, from that leader's own copy of the same stream.
+    for (name, feed) in [("book", &book), ("trades", &trades)] {
+        assert_eq!(
+            feed.gaps(),
+            0,
+            "{name}: a message did not follow its predecessor"
+        );
+        assert!(feed.subscriptions() >= 2, "{name} never had to resubscribe");
+        assert_eq!(
+            feed.state().snapshots,
+            1,
+            "{name} resumed without a snapshot"
+        );
+    }
+    assert!(
+        book_messages.len() > 50,
+        "{} book messages",
+        book_messages.len()
+    );
+    assert_book_matches_engine(&cluster, &book).await;
+
+    // Every trade once, in order, including every trade an acknowledgement reported.
+    let ids: Vec<u64> = trade_messages
+        .iter()
+        .flat_map(|m| match &m.body {
+            MdBody::Trades { trades } => trades.iter().map(|t| t.trade_id).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "trade ids rise");
+    let streamed: BTreeSet<u64> = ids.iter().copied().collect();
+    assert!(acknowledged.len() > 100, "{} trades", acknowledged.len());
+    let missing: Vec<_> = acknowledged.difference(&streamed).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged trades not streamed: {missing:?}"
+    );
+
+    // Candles: the killed node, restarted, rebuilds them from its log; every node's equal.
+    cluster.start_node(leader);
+    cluster.assert_converged(Duration::from_secs(20)).await;
+    let mut candles = Vec::new();
+    for id in 1..=3 {
+        let ca = exchange::net::tls::load_ca(&cluster.dir.join("certs")).expect("CA");
+        let mut node = Client::new(vec![cluster.broker(id)], &ca)
+            .expect("client")
+            .with_api_key(ADMIN_KEY);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match node.market_snapshot(SYMBOL.0, Channel::Candles).await {
+                Ok(snapshot) => {
+                    candles.push((id, snapshot));
+                    break;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "node {id}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    let (_, first) = &candles[0];
+    let MdBody::CandlesSnapshot { candles: kept } = &first.body else {
+        panic!("not a candles snapshot: {first:?}");
+    };
+    let closed_seconds = kept
+        .iter()
+        .filter(|c| c.interval == Interval::OneSecond && c.closed)
+        .count();
+    assert!(closed_seconds >= 2, "{closed_seconds} closed 1 s candles");
+    for (id, snapshot) in &candles[1..] {
+        assert_eq!(snapshot, first, "node {id}'s candles differ from node 1's");
+    }
+    // The trades the candles count are the trades streamed.
+    let volume: i64 = kept
+        .iter()
+        .filter(|c| c.interval == Interval::OneMinute)
+        .map(|c| c.volume)
+        .sum();
+    let streamed_volume: i64 = trade_messages
+        .iter()
+        .flat_map(|m| match &m.body {
+            MdBody::Trades { trades } => trades.iter().map(|t| t.qty).collect(),
+            _ => Vec::new(),
+        })
+        .sum();
+    assert_eq!(
+        volume, streamed_volume,
+        "minute candles' volume is every trade's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_resynchronised_by_a_snapshot() {
+    let cluster = Cluster::start("md-slow", 3, 26_800, &["--md-subscriber-buffer", "32"]);
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let mut admin = cluster.client();
+    setup_market(&mut admin, ACCOUNTS).await;
+
+    // A small window: the node can send little ahead of this subscriber reading.
+    let ca = exchange::net::tls::load_ca(&cluster.dir.join("certs")).expect("CA");
+    let mut slow = Client::with_stream_window(cluster.brokers(), &ca, 4_096)
+        .expect("client")
+        .with_api_key(ADMIN_KEY)
+        .into_market_feed(SYMBOL.0, Channel::Book);
+    let first = slow.next(Duration::from_secs(5)).await.expect("snapshot");
+    assert!(first[0].is_snapshot());
+
+    // It stops reading while the market moves.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|seed| tokio::spawn(trade(cluster.client(), seed, Arc::clone(&stop))))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load");
+    }
+
+    // Then reads again: the node skipped what it could not deliver and sent a fresh
+    // snapshot; from it the book is right again, and nothing after it is missing.
+    let stop_reading = Arc::new(AtomicBool::new(true));
+    let (slow, _) = follow(slow, stop_reading).await;
+    assert_eq!(slow.gaps(), 0);
+    assert!(
+        slow.state().snapshots >= 2,
+        "no snapshot after falling behind"
+    );
+    assert_book_matches_engine(&cluster, &slow).await;
+}
