@@ -124,6 +124,14 @@ enum Commands {
         /// Where to measure the fdatasync floor: a directory on the cluster's disk.
         #[arg(long, env = "EXCHANGE_DATA", default_value = "data")]
         floor_dir: PathBuf,
+        /// Market data subscribers that follow the symbol's book and trades during the run
+        /// (each its own connection); the report adds what they received per second.
+        #[arg(long, default_value_t = 0)]
+        md_subscribers: u64,
+        /// Market data subscribers that subscribe to the book and then stop reading, to show
+        /// that a slow reader does not slow orders (compare with a run without).
+        #[arg(long, default_value_t = 0)]
+        md_stalled: u64,
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
     },
@@ -163,6 +171,10 @@ enum Commands {
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
     },
+    /// Read the reporting database a node writes with --report-db: trades, orders,
+    /// executions, balance changes, order events, or a summary; filters by account, symbol and
+    /// time; a table, --json or --csv.
+    Report(exchange::cli::report::ReportArgs),
     /// Send an administrative command (accounts, funds, symbols, limits, halts).
     Admin {
         #[command(subcommand)]
@@ -259,6 +271,8 @@ fn main() -> ExitCode {
             first_account,
             first_broker,
             floor_dir,
+            md_subscribers,
+            md_stalled,
             cluster,
         } => {
             let per_request = orders_per_request.unwrap_or(if rate == 0 { 1 } else { 512 });
@@ -274,6 +288,8 @@ fn main() -> ExitCode {
                 cross_pct,
                 cancel_pct,
                 floor_dir,
+                md_subscribers,
+                md_stalled,
             };
             multi_thread_runtime().and_then(|rt| rt.block_on(cluster_bench(cluster, config)))
         }
@@ -289,6 +305,7 @@ fn main() -> ExitCode {
         Commands::Candles { candles, cluster } => {
             runtime().and_then(|rt| rt.block_on(market::candles(&cluster, &candles)))
         }
+        Commands::Report(args) => exchange::cli::report::run(&args, &mut std::io::stdout().lock()),
         Commands::Admin { admin, cluster } => cluster::admin_command(&admin)
             .and_then(|command| runtime().and_then(|rt| rt.block_on(submit(cluster, command)))),
     };
@@ -622,6 +639,21 @@ async fn cluster_bench(
             println!(
                 "{name:<22} {count:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
                 p[0], p[1], p[2], p[3], p[4]
+            );
+        }
+        if let Some(md) = &report.market_data {
+            println!();
+            println!(
+                "market data       {} subscribers (book + trades), {} stalled",
+                md.subscribers, md.stalled
+            );
+            println!(
+                "received          {} messages, {:.0}/s, {:.0} updates/s",
+                md.messages, md.messages_per_sec, md.updates_per_sec
+            );
+            println!(
+                "gaps, resyncs     {}, {}   stalled then recovered by a snapshot: {}",
+                md.gaps, md.resyncs, md.stalled_recovered
             );
         }
     }

@@ -72,6 +72,18 @@ impl ClusterArgs {
         Ok(self.anonymous_client()?.with_api_key(key))
     }
 
+    /// As [`ClusterArgs::client`], with a small stream window (see
+    /// `Client::with_stream_window`).
+    pub fn client_with_stream_window(&self, bytes: u32) -> Result<Client, String> {
+        let ca = trust(&self.certs_dir).map_err(|e| e.to_string())?;
+        let client = Client::with_stream_window(self.nodes.clone(), &ca, bytes)
+            .map_err(|e| e.to_string())?;
+        Ok(match self.api_key()? {
+            Some(key) => client.with_api_key(key),
+            None => client,
+        })
+    }
+
     fn anonymous_client(&self) -> Result<Client, String> {
         let ca = trust(&self.certs_dir).map_err(|e| e.to_string())?;
         Client::new(self.nodes.clone(), &ca).map_err(|e| e.to_string())

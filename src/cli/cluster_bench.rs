@@ -32,8 +32,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::cluster::ClusterArgs;
-use crate::gateway::client::Client;
+use crate::gateway::client::{Client, MarketFeed};
 use crate::gateway::credentials;
+use crate::marketdata::feed::{Channel, MdBody};
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -55,6 +56,28 @@ pub struct BenchConfig {
     pub cancel_pct: u8,
     /// Where to measure the fdatasync floor (a directory on the cluster's disk).
     pub floor_dir: PathBuf,
+    /// Market data subscribers that read the symbol's book and trades throughout.
+    pub md_subscribers: u64,
+    /// Market data subscribers that subscribe to the book and then stop reading.
+    pub md_stalled: u64,
+}
+
+/// What the market data subscribers saw.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MarketDataReport {
+    pub subscribers: u64,
+    pub stalled: u64,
+    /// Messages all reading subscribers received (book and trades), and per second.
+    pub messages: u64,
+    pub messages_per_sec: f64,
+    /// Level changes and trades in those messages, per second.
+    pub updates_per_sec: f64,
+    /// Messages that did not follow their predecessor (must be 0).
+    pub gaps: u64,
+    /// Snapshots beyond each stream's first: resynchronisations after falling behind.
+    pub resyncs: u64,
+    /// Stalled subscribers that, reading again, were resynchronised by a snapshot.
+    pub stalled_recovered: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -101,6 +124,55 @@ pub struct ClusterBenchReport {
     pub fill: Percentiles,
     /// A QUIC round trip on loopback plus one fdatasync, measured in this run.
     pub floor: Percentiles,
+    pub market_data: Option<MarketDataReport>,
+}
+
+/// The stream window of a stalled subscriber's connection.
+const STALLED_WINDOW_BYTES: u32 = 16 * 1024;
+
+/// What one reading subscriber counted.
+#[derive(Default)]
+struct FeedCount {
+    messages: u64,
+    updates: u64,
+    gaps: u64,
+    resyncs: u64,
+}
+
+/// Reads one stream until `stop`, counting.
+async fn read_feed(mut feed: MarketFeed, stop: Arc<AtomicBool>) -> FeedCount {
+    let mut count = FeedCount::default();
+    while !stop.load(Ordering::Acquire) {
+        let Ok(batch) = feed.next(Duration::from_millis(100)).await else {
+            continue;
+        };
+        count.messages += batch.len() as u64;
+        count.updates += batch
+            .iter()
+            .map(|m| match &m.body {
+                MdBody::BookUpdate { changes } => changes.len() as u64,
+                MdBody::Trades { trades } => trades.len() as u64,
+                _ => 0,
+            })
+            .sum::<u64>();
+    }
+    count.gaps = feed.gaps();
+    count.resyncs = feed.state().snapshots.saturating_sub(1);
+    count
+}
+
+/// Subscribes to the book, reads its snapshot, stops reading until `stop`, then reads again
+/// for a moment. Returns whether it was resynchronised by a fresh snapshot.
+async fn stall_feed(mut feed: MarketFeed, stop: Arc<AtomicBool>) -> bool {
+    let _ = feed.next(Duration::from_secs(5)).await;
+    while !stop.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until && feed.state().snapshots < 2 {
+        let _ = feed.next(Duration::from_millis(100)).await;
+    }
+    feed.state().snapshots >= 2 && feed.gaps() == 0
 }
 
 fn histogram() -> Histogram<u64> {
@@ -441,6 +513,23 @@ pub async fn run(
     for member in &members {
         clients.push(args.client_with_key(&member.key)?);
     }
+    let stop_feeds = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..config.md_subscribers {
+        for channel in [Channel::Book, Channel::Trades] {
+            let feed = args.client()?.into_market_feed(config.symbol, channel);
+            readers.push(tokio::spawn(read_feed(feed, Arc::clone(&stop_feeds))));
+        }
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..config.md_stalled {
+        // A small window, so that the node soon has nothing it may send ahead and the
+        // subscriber falls behind the hub (a large one only delays that).
+        let feed = args
+            .client_with_stream_window(STALLED_WINDOW_BYTES)?
+            .into_market_feed(config.symbol, Channel::Book);
+        stalled.push(tokio::spawn(stall_feed(feed, Arc::clone(&stop_feeds))));
+    }
     let started = Instant::now();
     let mut drivers = Vec::new();
     for (n, (client, member)) in clients.into_iter().zip(&members).enumerate() {
@@ -490,6 +579,28 @@ pub async fn run(
     }
     // Answers that came after the stop count: their orders were sent within the run.
     let elapsed = started.elapsed();
+    stop_feeds.store(true, Ordering::Release);
+    let mut market_data =
+        (config.md_subscribers + config.md_stalled > 0).then(|| MarketDataReport {
+            subscribers: config.md_subscribers,
+            stalled: config.md_stalled,
+            ..MarketDataReport::default()
+        });
+    if let Some(md) = market_data.as_mut() {
+        let mut updates = 0;
+        for reader in readers {
+            let count = reader.await.map_err(|e| e.to_string())?;
+            md.messages += count.messages;
+            updates += count.updates;
+            md.gaps += count.gaps;
+            md.resyncs += count.resyncs;
+        }
+        for stalled in stalled {
+            md.stalled_recovered += stalled.await.map_err(|e| e.to_string())? as u64;
+        }
+        md.messages_per_sec = md.messages as f64 / elapsed.as_secs_f64();
+        md.updates_per_sec = updates as f64 / elapsed.as_secs_f64();
+    }
     if progress {
         eprintln!();
     }
@@ -510,5 +621,6 @@ pub async fn run(
         max_us: acks.max_us,
         fill: Percentiles::of(&fill),
         floor,
+        market_data,
     })
 }

@@ -33,6 +33,7 @@ use crate::replication::reports::ReportJournal;
 use crate::replication::sequencer::Sequencer;
 use crate::replication::state_machine::{StateMachine, StoredSnapshot};
 use crate::replication::types::{NodeAddr, Raft};
+use crate::report::Reporter;
 
 /// A running node.
 pub struct Node {
@@ -40,6 +41,8 @@ pub struct Node {
     pub raft: Raft,
     raft_endpoint: quinn::Endpoint,
     broker_endpoint: quinn::Endpoint,
+    /// Dropped last, after Raft: it writes what is queued before the process ends.
+    reporter: Option<Arc<Reporter>>,
 }
 
 fn raft_config(config: &NodeConfig) -> Result<Config, String> {
@@ -86,7 +89,16 @@ impl Node {
         // The hub's feeding task needs a runtime, which `start` runs on.
         let (market, publisher, feed_market) = MarketHub::new(config.md_subscriber_buffer);
         tokio::spawn(feed_market);
-        let tap: Box<dyn OutputTap> = Box::new(NodeTap::new(publisher));
+        let reporter = match &config.report_db {
+            Some(path) => Some(Arc::new(
+                Reporter::spawn(path).map_err(|e| format!("--report-db: {e}"))?,
+            )),
+            None => None,
+        };
+        let tap: Box<dyn OutputTap> = Box::new(NodeTap::new(
+            publisher,
+            reporter.as_ref().map(|r| r.sender()),
+        ));
         let (engine, position) = match &snapshot {
             Some(stored) => {
                 let position = stored.position();
@@ -117,6 +129,9 @@ impl Node {
             &config.data_dir,
             position,
             snapshot,
+            reporter
+                .clone()
+                .map(|r| r as Arc<dyn crate::replication::state_machine::SnapshotGate>),
         );
 
         let me = config.peers[&config.id];
@@ -244,6 +259,7 @@ impl Node {
             raft,
             raft_endpoint,
             broker_endpoint,
+            reporter,
         })
     }
 
@@ -277,5 +293,8 @@ impl Node {
         self.broker_endpoint.close(0u32.into(), b"node stopping");
         let _ = self.raft.shutdown().await;
         self.raft_endpoint.close(0u32.into(), b"node stopping");
+        if let Some(why) = self.reporter.as_ref().and_then(|r| r.failed()) {
+            tracing::error!(%why, "the reporter had stopped");
+        }
     }
 }

@@ -16,6 +16,7 @@
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
@@ -114,6 +115,7 @@ pub struct StateMachine {
     dir: PathBuf,
     applied: AppliedPosition,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
+    gate: Option<Arc<dyn SnapshotGate>>,
 }
 
 fn sm_error(e: impl std::fmt::Display) -> StorageError {
@@ -122,13 +124,14 @@ fn sm_error(e: impl std::fmt::Display) -> StorageError {
 
 impl StateMachine {
     /// `applied` is where the engine stands (the snapshot it started from, or nothing), and
-    /// `snapshot` that snapshot.
+    /// `snapshot` that snapshot. Snapshots wait for `gate`, if any.
     pub fn new(
         engine: Arc<EngineHandle>,
         reports: Arc<ReportJournal>,
         dir: &Path,
         applied: AppliedPosition,
         snapshot: Option<StoredSnapshot>,
+        gate: Option<Arc<dyn SnapshotGate>>,
     ) -> Self {
         StateMachine {
             engine,
@@ -136,6 +139,7 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             applied,
             current: Arc::new(Mutex::new(snapshot)),
+            gate,
         }
     }
 
@@ -165,10 +169,46 @@ impl StateMachine {
     }
 }
 
+/// Holds a snapshot back until a consumer of the engine's outputs that must not miss any (the
+/// reporter) has taken everything up to it: a snapshot lets the log behind it be purged, and a
+/// restart begins at the snapshot, so outputs before it could never be produced again.
+pub trait SnapshotGate: Send + Sync + 'static {
+    /// Blocks until the consumer has everything up to `index` (true), or `timeout` passed.
+    fn wait_for(&self, index: u64, timeout: Duration) -> bool;
+    /// Why the consumer stopped for good, if it did: then waiting is pointless.
+    fn stopped(&self) -> Option<String>;
+}
+
+/// How long one wait for the gate lasts before the node says it is still waiting.
+const GATE_WAIT: Duration = Duration::from_secs(5);
+
+impl StateMachine {
+    async fn pass_gate(&self, index: u64) {
+        let Some(gate) = self.gate.clone() else {
+            return;
+        };
+        loop {
+            let waiting = Arc::clone(&gate);
+            let passed = tokio::task::spawn_blocking(move || waiting.wait_for(index, GATE_WAIT))
+                .await
+                .unwrap_or(false);
+            if passed {
+                return;
+            }
+            if let Some(why) = gate.stopped() {
+                tracing::error!(index, %why, "snapshot taken past a stopped reporter");
+                return;
+            }
+            tracing::warn!(index, "the snapshot waits for the reporter to catch up");
+        }
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let cut = self.engine.snapshot().await.map_err(sm_error)?;
         let last = cut.last_log_id;
+        self.pass_gate(last.map_or(0, |id| id.index)).await;
         let meta = SnapshotMeta {
             last_log_id: last,
             last_membership: cut.membership,

@@ -1,0 +1,250 @@
+//! The reporter on a real cluster: killed with SIGKILL in the middle of a stream, it restarts
+//! (from a snapshot it held back until it had caught up) and ends with exactly one row per
+//! execution, trade, order event and balance change the engine produced.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use exchange::domain::{AccountId, Cancel, Command, Event, Liquidity, Output, Side};
+use exchange::gateway::client::Client;
+use exchange::report::query::{self, Filter};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use support::*;
+
+const ACCOUNTS: u64 = 4;
+
+/// Crossing orders and cancels until told to stop; returns every output acknowledged.
+async fn trade(mut client: Client, seed: u64, stop: Arc<AtomicBool>) -> Vec<Output> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut outputs = Vec::new();
+    let mut resting = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut commands: Vec<Command> = (0..16)
+            .map(|_| {
+                let side = if rng.gen_bool(0.5) {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                };
+                limit(
+                    rng.gen_range(1..=ACCOUNTS),
+                    side,
+                    rng.gen_range(990..=1010),
+                    rng.gen_range(1..=5),
+                )
+            })
+            .collect();
+        // A cancel of an order seen earlier (it may have filled since: a refusal, also an
+        // order event).
+        if let Some((account, order_id)) = resting.pop() {
+            commands.push(Command::Cancel(Cancel { account, order_id }));
+        }
+        match client.submit_batch(commands).await {
+            Ok(results) => {
+                for answer in results {
+                    let answer = answer.expect("every command of the batch is sequenced");
+                    for output in &answer {
+                        if let Event::Accepted {
+                            order_id, account, ..
+                        } = output.event
+                        {
+                            resting.push((account, order_id));
+                        }
+                    }
+                    outputs.extend(answer);
+                }
+            }
+            Err(e) => panic!("the leader stays up in this test: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    outputs
+}
+
+/// An event's name as the reporter stores it (its serde name), for the order events.
+fn order_event_kind(event: &Event) -> Option<String> {
+    let order_event = matches!(
+        event,
+        Event::Accepted { .. }
+            | Event::Rejected { .. }
+            | Event::Cancelled { .. }
+            | Event::Replaced { .. }
+            | Event::CancelRejected { .. }
+            | Event::ReplaceRejected { .. }
+            | Event::MassCancelled { .. }
+            | Event::MassCancelRejected { .. }
+            | Event::DuplicateOrder { .. }
+    );
+    let value = serde_json::to_value(event).expect("json");
+    order_event.then(|| value.as_object().and_then(|o| o.keys().next().cloned()))?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_reporter_ends_with_exactly_one_row_per_output() {
+    let mut cluster = Cluster::start("reporter", 3, 27_000, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    // The reporter runs on a follower, and snapshots often, so that its restart begins at a
+    // snapshot (which waited for the reporter) rather than at the start of the log.
+    let reporter = (1..=3).find(|&id| id != leader).expect("a follower");
+    let db = cluster.dir.join("report.db");
+    let db_flag = db.to_str().expect("utf-8 path").to_string();
+    let reporter_flags = ["--report-db", &db_flag, "--snapshot-every", "100"];
+    cluster.kill(reporter);
+    cluster.start_node_with(reporter, &reporter_flags);
+
+    let mut admin = cluster.client();
+    let mut expected: Vec<Output> = Vec::new();
+    // The setup's deposits are balance changes the reporter must have too.
+    let deposits = [exchange::domain::AssetId(1), exchange::domain::AssetId(2)];
+    setup_market(&mut admin, ACCOUNTS).await;
+    for account in 1..=ACCOUNTS {
+        for asset in deposits {
+            let deposit = Command::Admin(exchange::domain::AdminCommand::Deposit {
+                account: AccountId(account),
+                asset,
+                amount: exchange::domain::Amount(1),
+            });
+            expected.extend(submit(&mut admin, deposit, Duration::from_secs(10)).await);
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|seed| tokio::spawn(trade(cluster.client(), seed, Arc::clone(&stop))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before_kill = query::counts(&query::open_read_only(&db).expect("db")).expect("counts");
+    assert!(before_kill.executions > 0, "the reporter was writing");
+    cluster.kill(reporter);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        cluster.data_dir(reporter).join("snapshot.bin").exists(),
+        "the reporter's node had taken a snapshot to restart from"
+    );
+    cluster.start_node_with(reporter, &reporter_flags);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        expected.extend(task.await.expect("load"));
+    }
+    let applied = cluster.assert_converged(Duration::from_secs(20)).await;
+
+    // Wait for the reporter's cursor to reach what every node has applied.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let counts = loop {
+        let counts = query::counts(&query::open_read_only(&db).expect("db")).expect("counts");
+        if counts.cursor >= applied {
+            break counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reporter cursor {} never reached {applied}",
+            counts.cursor
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(counts.gaps, 0, "no entry was skipped");
+    assert!(counts.cursor > before_kill.cursor);
+
+    // Row for row against the outputs the engine acknowledged.
+    let conn = query::open_read_only(&db).expect("db");
+    // No limit: every row.
+    let all = Filter::default();
+    let mut wanted_executions: Vec<u64> = expected
+        .iter()
+        .filter_map(|o| match o.event {
+            Event::Execution { exec_id, .. } => Some(exec_id.0),
+            _ => None,
+        })
+        .collect();
+    wanted_executions.sort_unstable();
+    let mut executions: Vec<u64> = query::executions(&conn, &all)
+        .expect("executions")
+        .iter()
+        .map(|e| e.exec_id)
+        .collect();
+    executions.sort_unstable();
+    assert!(
+        wanted_executions.len() > 100,
+        "{} executions",
+        wanted_executions.len()
+    );
+    assert!(
+        executions == wanted_executions,
+        "one row per execution: {} rows for {} executions",
+        executions.len(),
+        wanted_executions.len()
+    );
+
+    let mut wanted_trades: Vec<u64> = expected
+        .iter()
+        .filter_map(|o| match o.event {
+            Event::Execution {
+                trade_id,
+                liquidity: Liquidity::Taker,
+                ..
+            } => Some(trade_id.0),
+            _ => None,
+        })
+        .collect();
+    wanted_trades.sort_unstable();
+    let mut trades: Vec<u64> = query::trades(&conn, &all)
+        .expect("trades")
+        .iter()
+        .map(|t| t.trade_id)
+        .collect();
+    trades.sort_unstable();
+    assert!(
+        trades == wanted_trades,
+        "one row per trade: {} rows for {} trades",
+        trades.len(),
+        wanted_trades.len()
+    );
+
+    let mut wanted_events: BTreeMap<(u64, String), u32> = BTreeMap::new();
+    for output in &expected {
+        if let Some(kind) = order_event_kind(&output.event) {
+            *wanted_events.entry((output.seq, kind)).or_default() += 1;
+        }
+    }
+    let mut events: BTreeMap<(u64, String), u32> = BTreeMap::new();
+    for row in query::order_events(&conn, &all).expect("order events") {
+        *events.entry((row.seq, row.kind)).or_default() += 1;
+    }
+    let kinds: BTreeMap<&str, usize> = wanted_events.keys().fold(BTreeMap::new(), |mut m, k| {
+        *m.entry(k.1.as_str()).or_default() += 1;
+        m
+    });
+    assert!(kinds.contains_key("cancelled"), "{kinds:?}");
+    let extra = events
+        .iter()
+        .filter(|(k, n)| wanted_events.get(*k) != Some(n))
+        .count();
+    let missing = wanted_events
+        .iter()
+        .filter(|(k, n)| events.get(*k) != Some(n))
+        .count();
+    assert!(
+        extra == 0 && missing == 0,
+        "order events: {extra} rows unexpected or doubled, {missing} missing, of {}",
+        wanted_events.len()
+    );
+
+    let wanted_balances = expected
+        .iter()
+        .filter(|o| matches!(o.event, Event::BalanceChanged { .. }))
+        .count() as u64;
+    // setup_market's deposits went through `submit` without being collected: count them.
+    let setup_deposits = ACCOUNTS * 2;
+    assert_eq!(counts.balance_changes, wanted_balances + setup_deposits);
+    assert_eq!(
+        counts.orders,
+        kinds.get("accepted").copied().unwrap_or(0) as u64,
+        "one order row per accepted order"
+    );
+}
