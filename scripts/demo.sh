@@ -5,8 +5,9 @@
 # Builds (release), makes development certificates, starts three nodes on loopback (Raft on
 # 127.0.0.1:7001-7003, brokers on 7101-7103, data in a temporary directory), creates a market,
 # funds two brokers' accounts, trades as those brokers (with a resend and a refused account),
-# kills the leader with SIGKILL, keeps trading through the new leader, restarts the dead node, shows that all three agree (same output hash at the same index), and
-# stops everything. Then the engine alone: its benchmark and a replay of real NASDAQ data.
+# kills the leader with SIGKILL, keeps trading through the new leader, restarts the dead node,
+# shows that all three agree (same output hash at the same index), shows the market data and
+# the reporting database, and stops everything. Then the engine alone: its benchmark and a replay of real NASDAQ data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,6 +71,15 @@ say "restarting node $leader: it catches up from the others"
 scripts/cluster.sh start "$leader"
 sleep 2
 scripts/cluster.sh status
+
+say "market data: the book's snapshot, recent trades, and the 1 s candles (any node builds them)"
+run watch book 1 --seconds 0.5 --json
+run watch trades 1 --seconds 0.5
+run candles 1 --interval 1s
+
+say "the reporting database node 3 writes (exactly once, also across its crash)"
+run report summary --db "$EXCHANGE_DATA/report.db"
+run report trades --db "$EXCHANGE_DATA/report.db"
 
 say "stopping the cluster"
 scripts/cluster.sh down

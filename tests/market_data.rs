@@ -112,8 +112,13 @@ async fn a_subscriber_sees_every_message_once_across_a_leader_kill() {
     let mut admin = cluster.client();
     setup_market(&mut admin, ACCOUNTS).await;
 
-    let book = cluster.client().into_market_feed(SYMBOL.0, Channel::Book);
-    let trades = cluster.client().into_market_feed(SYMBOL.0, Channel::Trades);
+    // Both subscribed (their snapshots received) before the first trade.
+    let mut book = cluster.client().into_market_feed(SYMBOL.0, Channel::Book);
+    let mut trades = cluster.client().into_market_feed(SYMBOL.0, Channel::Trades);
+    for feed in [&mut book, &mut trades] {
+        let first = feed.next(Duration::from_secs(5)).await.expect("subscribe");
+        assert!(first.first().is_some_and(|m| m.is_snapshot()), "{first:?}");
+    }
     let stop_reading = Arc::new(AtomicBool::new(false));
     let book = tokio::spawn(follow(book, Arc::clone(&stop_reading)));
     let trades = tokio::spawn(follow(trades, Arc::clone(&stop_reading)));

@@ -410,13 +410,70 @@ impl Client {
     }
 }
 
+/// A subscription's replies, read by a task of their own: waiting for the next one with a
+/// deadline never loses half a frame (reading a frame is not cancel-safe; receiving from a
+/// channel is).
+struct Subscription {
+    addr: SocketAddr,
+    replies: tokio::sync::mpsc::Receiver<Reply>,
+    /// Kept so the stream and connection live as long as the subscription.
+    _send: quinn::SendStream,
+    _connection: quinn::Connection,
+}
+
+/// What waiting on a subscription gave.
+enum Received {
+    Reply(Reply),
+    /// Nothing before the deadline.
+    Nothing,
+    /// The stream or connection ended, or sent something that is not a reply.
+    Ended,
+}
+
+impl Subscription {
+    /// Takes over a link whose stream the node now streams replies on.
+    fn start(link: Link) -> Subscription {
+        let Link {
+            addr,
+            send,
+            mut recv,
+            _connection,
+        } = link;
+        let (sender, replies) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Ok(Some(bytes)) = read_frame(&mut recv, BROKER_REPLY_BYTES_MAX).await {
+                let Ok(reply) = postcard::from_bytes::<Reply>(&bytes) else {
+                    return;
+                };
+                if sender.send(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Subscription {
+            addr,
+            replies,
+            _send: send,
+            _connection,
+        }
+    }
+
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Received {
+        match tokio::time::timeout_at(deadline, self.replies.recv()).await {
+            Err(_) => Received::Nothing,
+            Ok(Some(reply)) => Received::Reply(reply),
+            Ok(None) => Received::Ended,
+        }
+    }
+}
+
 /// A broker's execution reports: every event about its accounts, in order, each once. Follows
 /// the leader: when the connection fails or the node stops leading, it reconnects (to the new
 /// leader) and asks for what came after the last report it received.
 pub struct ReportFeed {
     client: Client,
     since: u64,
-    subscribed: bool,
+    subscription: Option<Subscription>,
 }
 
 impl Client {
@@ -426,7 +483,7 @@ impl Client {
         ReportFeed {
             client: self,
             since,
-            subscribed: false,
+            subscription: None,
         }
     }
 }
@@ -441,13 +498,15 @@ impl ReportFeed {
     pub async fn next(&mut self, within: Duration) -> Result<Vec<Output>, ClientError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if !self.subscribed {
+            let Some(subscription) = self.subscription.as_mut() else {
                 let request = Request::Reports {
                     since_seq: self.since,
                 };
                 match self.client.request_leader(&request).await {
                     Ok(Reply::Reports(batch)) => {
-                        self.subscribed = true;
+                        if let Some(link) = self.client.link.take() {
+                            self.subscription = Some(Subscription::start(link));
+                        }
                         return Ok(self.received(batch));
                     }
                     Ok(other) => return Err(unexpected(other)),
@@ -460,36 +519,19 @@ impl ReportFeed {
                         continue;
                     }
                 }
-            }
-            let Some(link) = self.client.link.as_mut() else {
-                self.subscribed = false;
-                continue;
             };
-            let frame = tokio::time::timeout_at(
-                deadline,
-                read_frame(&mut link.recv, BROKER_REPLY_BYTES_MAX),
-            )
-            .await;
-            let reply = match frame {
-                Err(_) => return Ok(Vec::new()),
-                Ok(Ok(Some(bytes))) => postcard::from_bytes::<Reply>(&bytes).ok(),
-                Ok(Ok(None) | Err(_)) => None,
-            };
-            match reply {
-                Some(Reply::Reports(batch)) => return Ok(self.received(batch)),
-                Some(Reply::Error(e)) => return Err(ClientError::Rejected(e)),
+            match subscription.next(deadline).await {
+                Received::Nothing => return Ok(Vec::new()),
+                Received::Reply(Reply::Reports(batch)) => return Ok(self.received(batch)),
+                Received::Reply(Reply::Error(e)) => return Err(ClientError::Rejected(e)),
                 // The node stopped leading, failed, or said something odd: find the leader
                 // and resume after the last report received.
-                other => {
-                    if other.is_none() {
-                        if let Some(dead) = self.client.link.take() {
-                            self.client.suspect(dead.addr);
-                        }
-                    } else {
-                        self.client.link = None;
-                    }
-                    self.subscribed = false;
+                Received::Ended => {
+                    let addr = subscription.addr;
+                    self.client.suspect(addr);
+                    self.subscription = None;
                 }
+                Received::Reply(_) => self.subscription = None,
             }
         }
     }
@@ -541,7 +583,7 @@ impl Client {
             symbol,
             channel,
             state: StreamState::default(),
-            subscribed: false,
+            subscription: None,
             gaps: 0,
             subscriptions: 0,
         }
@@ -556,7 +598,7 @@ pub struct MarketFeed {
     symbol: u32,
     channel: Channel,
     state: StreamState,
-    subscribed: bool,
+    subscription: Option<Subscription>,
     gaps: u64,
     subscriptions: u64,
 }
@@ -583,18 +625,29 @@ impl MarketFeed {
     pub async fn next(&mut self, within: Duration) -> Result<Vec<MdMessage>, ClientError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if !self.subscribed {
+            let Some(subscription) = self.subscription.as_mut() else {
                 let request = Request::Subscribe {
                     symbol: self.symbol,
                     channel: self.channel,
                     since: self.state.seq,
                 };
-                match self.client.request_leader(&request).await {
+                let answer = self.client.request_leader(&request).await;
+                match answer {
                     Ok(Reply::Market(batch)) => {
-                        self.subscribed = true;
+                        if let Some(link) = self.client.link.take() {
+                            self.subscription = Some(Subscription::start(link));
+                        }
                         self.subscriptions += 1;
                         return Ok(self.received(batch));
                     }
+                    // The node is still catching up: ask again shortly.
+                    Ok(Reply::Throttled { retry_after_ms, .. })
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(retry_after_ms.min(1_000))).await;
+                        continue;
+                    }
+                    Ok(Reply::Throttled { .. }) => return Ok(Vec::new()),
                     Ok(other) => return Err(unexpected(other)),
                     Err(ClientError::Rejected(e)) => return Err(ClientError::Rejected(e)),
                     Err(e) => {
@@ -605,44 +658,28 @@ impl MarketFeed {
                         continue;
                     }
                 }
-            }
-            let Some(link) = self.client.link.as_mut() else {
-                self.subscribed = false;
-                continue;
             };
-            let frame = tokio::time::timeout_at(
-                deadline,
-                read_frame(&mut link.recv, BROKER_REPLY_BYTES_MAX),
-            )
-            .await;
-            let reply = match frame {
-                Err(_) => return Ok(Vec::new()),
-                Ok(Ok(Some(bytes))) => postcard::from_bytes::<Reply>(&bytes).ok(),
-                Ok(Ok(None) | Err(_)) => None,
-            };
-            match reply {
-                Some(Reply::Market(batch)) => return Ok(self.received(batch)),
-                Some(Reply::Error(e)) => return Err(ClientError::Rejected(e)),
-                other => {
-                    if other.is_none() {
-                        if let Some(dead) = self.client.link.take() {
-                            self.client.suspect(dead.addr);
-                        }
-                    } else {
-                        self.client.link = None;
-                    }
-                    self.subscribed = false;
+            match subscription.next(deadline).await {
+                Received::Nothing => return Ok(Vec::new()),
+                Received::Reply(Reply::Market(batch)) => return Ok(self.received(batch)),
+                Received::Reply(Reply::Error(e)) => return Err(ClientError::Rejected(e)),
+                Received::Ended => {
+                    let addr = subscription.addr;
+                    self.client.suspect(addr);
+                    self.subscription = None;
                 }
+                // The node stopped leading (NotLeader), or said something odd: subscribe
+                // again, after the last message applied.
+                Received::Reply(_) => self.subscription = None,
             }
         }
     }
 
     fn received(&mut self, mut batch: Vec<MdMessage>) -> Vec<MdMessage> {
         if let Some(bad) = batch.iter().position(|m| self.state.apply(m).is_err()) {
-            // Never expected: drop the link and resume after the last message applied.
+            // Never expected: drop the subscription and resume after the last message applied.
             self.gaps += 1;
-            self.client.link = None;
-            self.subscribed = false;
+            self.subscription = None;
             batch.truncate(bad);
         }
         batch

@@ -433,7 +433,7 @@ impl Gateway {
             Request::MarketSnapshot { symbol, channel } => {
                 match self.market.snapshot(symbol, channel) {
                     Some(snapshot) => Reply::Market(vec![snapshot]),
-                    None => Reply::Error(format!("no market data for symbol {symbol}")),
+                    None => self.no_market_data(symbol),
                 }
             }
             Request::Depth { symbol, levels } => self.depth(symbol, levels).await,
@@ -532,6 +532,7 @@ impl Gateway {
     /// The engine's own book, read between two commands.
     async fn depth(&self, symbol: u32, levels: u32) -> Reply {
         let levels = levels.min(DEPTH_LEVELS_MAX) as usize;
+        let status = self.engine.shared_status();
         let read = self
             .engine
             .query(move |engine| {
@@ -548,6 +549,8 @@ impl Gateway {
                 };
                 engine.has_symbol(symbol).then(|| {
                     (
+                        // Read between entries, on the engine thread: the book after it.
+                        status.applied_index(),
                         side(exchange_domain::Side::Buy),
                         side(exchange_domain::Side::Sell),
                     )
@@ -555,15 +558,23 @@ impl Gateway {
             })
             .await;
         match read {
-            Ok(Some((bids, asks))) => Reply::Depth {
-                // The engine answers between entries: everything up to the applied index.
-                index: self.engine.status().applied_index(),
-                bids,
-                asks,
-            },
+            Ok(Some((index, bids, asks))) => Reply::Depth { index, bids, asks },
             Ok(None) => Reply::Error(format!("unknown symbol {symbol}")),
             Err(e) => Reply::Error(e.to_string()),
         }
+    }
+
+    /// The answer for a symbol without market data: unknown, or not yet known to a node that
+    /// is still applying the log (a restarted node elected before it caught up): then "try
+    /// again shortly".
+    fn no_market_data(&self, symbol: u32) -> Reply {
+        if self.engine.status().applied_index() < self.committed.load(Ordering::Acquire) {
+            return Reply::Throttled {
+                reason: "this node is still applying the log".into(),
+                retry_after_ms: 50,
+            };
+        }
+        Reply::Error(format!("no market data for symbol {symbol}"))
     }
 
     /// Streams one market data stream until the subscriber goes, or this node stops leading.
@@ -580,7 +591,7 @@ impl Gateway {
                 return Some(self.not_leader());
             }
             let Some(subscription) = self.market.subscribe(symbol, channel, since) else {
-                return Some(Reply::Error(format!("no market data for symbol {symbol}")));
+                return Some(self.no_market_data(symbol));
             };
             let mut live = subscription.live;
             let mut last = match subscription.start {
@@ -618,6 +629,12 @@ impl Gateway {
                 batch.clear();
                 while let Some(received) = next.take() {
                     match received {
+                        Ok(published) if mine(&published) && published.message.is_snapshot() => {
+                            // The hub started again from snapshots (messages were dropped on
+                            // their way to it): so does the subscriber.
+                            last = published.message.seq;
+                            batch.push(published);
+                        }
                         Ok(published) if mine(&published) && published.message.seq > last => {
                             if published.message.seq != last + 1 {
                                 // Messages were dropped on their way to the hub: resynchronise.
@@ -654,6 +671,9 @@ impl Gateway {
                     self.metrics
                         .market_messages
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+                if !self.publishing() {
+                    return Some(self.not_leader());
                 }
                 if lagged {
                     // Too far behind to catch up message by message: start again from a

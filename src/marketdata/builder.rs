@@ -40,6 +40,8 @@ pub struct MarketData {
 struct SymbolFeed {
     /// The last sequence number of each channel, indexed by `Channel as usize`.
     seq: [u64; 3],
+    /// The log index and timestamp of each channel's last message (what a snapshot says).
+    last: [(u64, u64); 3],
     /// The published depth, best first.
     bids: Vec<Level>,
     asks: Vec<Level>,
@@ -64,6 +66,7 @@ struct SavedState {
 struct SavedFeed {
     symbol: u32,
     seq: [u64; 3],
+    last: [(u64, u64); 3],
     recent: Vec<TradeTick>,
     open: [Option<Candle>; 2],
     closed: [Vec<Candle>; 2],
@@ -142,6 +145,9 @@ impl MarketData {
             self.close_candles_before(now);
         }
         for symbol in std::mem::take(&mut self.added) {
+            if let Some(feed) = self.feeds.get_mut(&symbol) {
+                feed.last = [(index, now); 3];
+            }
             for channel in Channel::ALL {
                 out.extend(self.snapshot(symbol, channel));
             }
@@ -160,6 +166,7 @@ impl MarketData {
                 timestamp_ns: now,
                 body,
             };
+            let emitted = out.len();
             let changes = feed.diff_book(engine, SymbolId(symbol), &mut self.scratch);
             if !changes.is_empty() {
                 feed.seq[Channel::Book as usize] += 1;
@@ -196,6 +203,9 @@ impl MarketData {
                     feed.seq[Channel::Candles as usize],
                     MdBody::Candles { candles },
                 ));
+            }
+            for sent in &out[emitted..] {
+                feed.last[sent.channel as usize] = (index, now);
             }
         }
         touched.clear();
@@ -247,12 +257,13 @@ impl MarketData {
                     .collect(),
             },
         };
+        let (index, timestamp_ns) = feed.last[channel as usize];
         Some(MdMessage {
             symbol,
             channel,
             seq: feed.seq[channel as usize],
-            index: self.last_index,
-            timestamp_ns: self.last_timestamp_ns,
+            index,
+            timestamp_ns,
             body,
         })
     }
@@ -279,6 +290,7 @@ impl MarketData {
                 .map(|(&symbol, feed)| SavedFeed {
                     symbol,
                     seq: feed.seq,
+                    last: feed.last,
                     recent: feed.recent.iter().copied().collect(),
                     open: feed.open,
                     closed: [
@@ -310,6 +322,7 @@ impl MarketData {
             let [closed_short, closed_long] = saved_feed.closed;
             let mut feed = SymbolFeed {
                 seq: saved_feed.seq,
+                last: saved_feed.last,
                 recent: saved_feed.recent.into(),
                 open: saved_feed.open,
                 closed: [closed_short.into(), closed_long.into()],

@@ -261,7 +261,12 @@ impl StreamState {
                         .rev()
                         .find(|c| c.interval == candle.interval && c.start_ns == candle.start_ns)
                     {
-                        Some(known) => *known = *candle,
+                        Some(known) => {
+                            *known = *candle;
+                            if candle.closed {
+                                self.forget_old_candles(candle.interval);
+                            }
+                        }
                         None => {
                             self.candles.push(*candle);
                             self.forget_old_candles(candle.interval);
@@ -274,17 +279,17 @@ impl StreamState {
         Ok(())
     }
 
-    /// Keeps the closed candles a snapshot keeps, and the open one.
+    /// Keeps the closed candles the builder keeps (`Interval::kept`), and the open one.
     fn forget_old_candles(&mut self, interval: Interval) {
-        let count = self
+        let closed = self
             .candles
             .iter()
-            .filter(|c| c.interval == interval)
+            .filter(|c| c.interval == interval && c.closed)
             .count();
-        let mut excess = count.saturating_sub(interval.kept() + 1);
+        let mut excess = closed.saturating_sub(interval.kept());
         if excess > 0 {
             self.candles.retain(|c| {
-                let old = c.interval == interval && excess > 0;
+                let old = c.interval == interval && c.closed && excess > 0;
                 excess -= old as usize;
                 !old
             });

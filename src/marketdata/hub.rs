@@ -60,11 +60,20 @@ impl MdPublisher {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// Replaces the hub's state with `snapshots`; true if queued.
-    pub fn reset(&self, snapshots: Vec<MdMessage>) -> bool {
-        let queued = self.queue.try_send(MdBatch::Reset(snapshots)).is_ok();
-        self.lost.store(!queued, Ordering::Relaxed);
-        queued
+    /// Replaces the hub's state with `snapshots()`; true if queued. The snapshots are built
+    /// only once the queue has room for them: never on a full queue, again and again.
+    pub fn reset(&self, snapshots: impl FnOnce() -> Vec<MdMessage>) -> bool {
+        match self.queue.try_reserve() {
+            Ok(slot) => {
+                slot.send(MdBatch::Reset(snapshots()));
+                self.lost.store(false, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                self.lost.store(true, Ordering::Relaxed);
+                false
+            }
+        }
     }
 }
 
@@ -141,12 +150,19 @@ impl MarketHub {
             MdBatch::Reset(snapshots) => {
                 recent.history.clear();
                 recent.streams.clear();
-                for snapshot in &snapshots {
+                for snapshot in snapshots {
                     let mut state = StreamState::default();
-                    let _ = state.apply(snapshot);
+                    let _ = state.apply(&snapshot);
                     recent
                         .streams
                         .insert((snapshot.symbol, snapshot.channel), state);
+                    // Live subscribers start again from it too (they may have missed messages
+                    // that will never come, on a stream that may stay quiet).
+                    let encoded = postcard::to_allocvec(&snapshot).unwrap_or_default();
+                    let _ = self.live.send(Arc::new(Published {
+                        message: snapshot,
+                        encoded,
+                    }));
                 }
                 return;
             }
@@ -254,5 +270,149 @@ fn snapshot_of(symbol: u32, channel: Channel, state: &StreamState) -> MdMessage 
         index: state.index,
         timestamp_ns: state.timestamp_ns,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use exchange_domain::Side;
+
+    use super::*;
+    use crate::marketdata::feed::{Level, LevelChange};
+
+    fn snapshot(seq: u64, bid: i64) -> MdMessage {
+        MdMessage {
+            symbol: 1,
+            channel: Channel::Book,
+            seq,
+            index: seq,
+            timestamp_ns: 0,
+            body: MdBody::BookSnapshot {
+                bids: vec![Level { price: bid, qty: 1 }],
+                asks: Vec::new(),
+            },
+        }
+    }
+
+    fn update(seq: u64, price: i64) -> MdMessage {
+        MdMessage {
+            symbol: 1,
+            channel: Channel::Book,
+            seq,
+            index: seq,
+            timestamp_ns: 0,
+            body: MdBody::BookUpdate {
+                changes: vec![LevelChange {
+                    side: Side::Buy,
+                    price,
+                    qty: 1,
+                }],
+            },
+        }
+    }
+
+    /// A hub fed directly (as its task would), with a stream at message 3.
+    fn hub() -> Arc<MarketHub> {
+        let (hub, _publisher, _pump) = MarketHub::new(8);
+        hub.take(MdBatch::Reset(vec![snapshot(0, 10)]));
+        hub.take(MdBatch::Messages(vec![
+            update(1, 11),
+            update(2, 12),
+            update(3, 13),
+        ]));
+        hub
+    }
+
+    #[test]
+    fn a_resume_gets_exactly_what_followed() {
+        let hub = hub();
+        let Some(Subscription {
+            start: Start::Resume(later),
+            ..
+        }) = hub.subscribe(1, Channel::Book, Some(1))
+        else {
+            panic!("not a resume");
+        };
+        let seqs: Vec<u64> = later.iter().map(|p| p.message.seq).collect();
+        assert_eq!(seqs, [2, 3]);
+        // Up to date: nothing to send, live from here.
+        assert!(matches!(
+            hub.subscribe(1, Channel::Book, Some(3)).map(|s| s.start),
+            Some(Start::Resume(later)) if later.is_empty()
+        ));
+        // Unknown streams are refused; a stream the history no longer covers gets a snapshot.
+        assert!(hub.subscribe(2, Channel::Book, None).is_none());
+        assert!(matches!(
+            hub.subscribe(1, Channel::Book, None).map(|s| s.start),
+            Some(Start::Snapshot(s)) if s.seq == 3
+        ));
+    }
+
+    #[test]
+    fn a_subscriber_ahead_of_this_node_waits_for_it_instead_of_going_back() {
+        let hub = hub();
+        let mut subscription = hub.subscribe(1, Channel::Book, Some(5)).expect("stream");
+        assert!(matches!(&subscription.start, Start::Resume(later) if later.is_empty()));
+        // This node catches up: the subscriber gets what follows its own last message.
+        hub.take(MdBatch::Messages(vec![
+            update(4, 14),
+            update(5, 15),
+            update(6, 16),
+        ]));
+        let live: Vec<u64> = std::iter::from_fn(|| subscription.live.try_recv().ok())
+            .map(|p| p.message.seq)
+            .collect();
+        assert_eq!(live, [4, 5, 6], "the stream's server skips up to 5 itself");
+    }
+
+    #[test]
+    fn a_reset_reaches_live_subscribers_and_the_next_snapshot() {
+        let hub = hub();
+        let mut subscription = hub.subscribe(1, Channel::Book, Some(3)).expect("stream");
+        hub.take(MdBatch::Reset(vec![snapshot(9, 20)]));
+        let live = subscription.live.try_recv().expect("the reset's snapshot");
+        assert!(live.message.is_snapshot());
+        assert_eq!(live.message.seq, 9);
+        let now = hub.snapshot(1, Channel::Book).expect("stream");
+        assert_eq!(now, live.message);
+        // The history before the reset is gone: an old resume gets the snapshot.
+        assert!(matches!(
+            hub.subscribe(1, Channel::Book, Some(2)).map(|s| s.start),
+            Some(Start::Snapshot(s)) if s.seq == 9
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_batches_and_asks_for_a_reset() {
+        let (hub, publisher, pump) = MarketHub::new(8);
+        // No pump running: the queue fills.
+        let mut published = 0;
+        while publisher.publish(vec![update(1, 1)]) {
+            published += 1;
+        }
+        assert_eq!(published, HUB_QUEUE_BATCHES);
+        assert!(publisher.needs_reset());
+        assert!(
+            !publisher.publish(vec![update(2, 2)]),
+            "dropped while a reset is owed"
+        );
+        assert!(hub.dropped() >= 2);
+        let mut built = false;
+        assert!(!publisher.reset(|| {
+            built = true;
+            Vec::new()
+        }));
+        assert!(!built, "no snapshots are built for a full queue");
+        // The hub drains; the reset then goes through.
+        let task = tokio::spawn(pump);
+        while !publisher.reset(|| vec![snapshot(7, 1)]) {
+            tokio::task::yield_now().await;
+        }
+        assert!(!publisher.needs_reset());
+        while hub.snapshot(1, Channel::Book).map(|s| s.seq) != Some(7) {
+            tokio::task::yield_now().await;
+        }
+        drop(publisher);
+        task.await.expect("pump ends with its publisher");
     }
 }

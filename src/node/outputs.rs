@@ -1,24 +1,30 @@
 //! What follows the engine's outputs on this node's engine thread: the market data builder,
 //! whose messages go to the hub, and the reporter, when the node has one.
 
+use std::collections::VecDeque;
+
 use exchange_domain::Output;
 use exchange_engine::Engine;
 
 use crate::marketdata::hub::MdPublisher;
 use crate::marketdata::{MarketData, MdMessage};
 use crate::replication::engine_thread::OutputTap;
-use crate::report::{EntryOutputs, ReportSender};
+use crate::report::{EntryOutputs, ReportSender, TrySendError};
 
 pub struct NodeTap {
     md: MarketData,
     publisher: MdPublisher,
     messages: Vec<MdMessage>,
-    /// The reporter's queue, when the node runs one. Sending blocks while it is full: the
-    /// reporter never loses a row, and on a follower (where it belongs) a slow disk only
-    /// delays this node's applying, not the cluster's commits.
+    /// The reporter's queue, when the node runs one.
     report: Option<ReportSender>,
+    /// Entries the reporter's queue had no room for, oldest first. The engine thread does not
+    /// wait for a slow reporter (on the leader that would slow every answer): it keeps them
+    /// here, and waits only when this too is full (`REPORT_OVERFLOW_ENTRIES_MAX`), since the
+    /// reporter may never lose a row.
+    overflow: VecDeque<EntryOutputs>,
     /// The current entry's outputs, for the reporter.
     entry_outputs: Vec<Output>,
+    warned_full: bool,
 }
 
 impl NodeTap {
@@ -28,10 +34,49 @@ impl NodeTap {
             publisher,
             messages: Vec::new(),
             report,
+            overflow: VecDeque::new(),
             entry_outputs: Vec::new(),
+            warned_full: false,
+        }
+    }
+
+    /// Hands the reporter what it has room for, oldest first; with `must_wait`, waits for
+    /// room for the oldest.
+    fn feed_reporter(&mut self, must_wait: bool) {
+        let Some(report) = &self.report else {
+            self.overflow.clear();
+            return;
+        };
+        let mut stopped = false;
+        while let Some(entry) = self.overflow.pop_front() {
+            match report.try_send(entry) {
+                Ok(()) => {}
+                Err(TrySendError::Full(entry)) if must_wait => {
+                    stopped = report.send(entry).is_err();
+                    break;
+                }
+                Err(TrySendError::Full(entry)) => {
+                    self.overflow.push_front(entry);
+                    break;
+                }
+                Err(TrySendError::Stopped) => {
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        if stopped {
+            tracing::error!(
+                "the reporter has stopped (see its error above): no more rows are written"
+            );
+            self.report = None;
+            self.overflow.clear();
         }
     }
 }
+
+/// Entries kept for a reporter that cannot keep up before the engine thread waits for it.
+pub const REPORT_OVERFLOW_ENTRIES_MAX: usize = 1 << 20;
 
 impl OutputTap for NodeTap {
     fn command(&mut self, outputs: &[Output]) {
@@ -47,23 +92,33 @@ impl OutputTap for NodeTap {
         if self.publisher.needs_reset() {
             // Batches were dropped: snapshots replace them (and cover this entry's messages).
             self.messages.clear();
-            self.publisher.reset(self.md.snapshots());
+            let md = &self.md;
+            self.publisher.reset(|| md.snapshots());
         } else if !self.messages.is_empty() {
             self.publisher.publish(std::mem::take(&mut self.messages));
         }
-        if let Some(report) = &self.report {
-            let entry = EntryOutputs {
+        if self.report.is_some() {
+            self.overflow.push_back(EntryOutputs {
                 index,
                 timestamp_ns,
                 outputs: std::mem::take(&mut self.entry_outputs),
-            };
-            if report.send(entry).is_err() {
-                tracing::error!(
-                    index,
-                    "the reporter has stopped (see its error above): no more rows are written"
-                );
-                self.report = None;
+            });
+            let full = self.overflow.len() > REPORT_OVERFLOW_ENTRIES_MAX;
+            if full && !self.warned_full {
+                tracing::warn!("the reporter is far behind: the engine now waits for it");
+                self.warned_full = true;
             }
+            self.feed_reporter(full);
+        }
+    }
+
+    fn idle(&mut self) {
+        if !self.overflow.is_empty() {
+            self.feed_reporter(false);
+        }
+        if self.publisher.needs_reset() {
+            let md = &self.md;
+            self.publisher.reset(|| md.snapshots());
         }
     }
 
@@ -74,8 +129,14 @@ impl OutputTap for NodeTap {
     fn restore(&mut self, engine: &Engine, index: u64, saved: &[u8]) -> Result<(), String> {
         self.md = MarketData::restore(engine, saved)?;
         self.messages.clear();
-        self.publisher.reset(self.md.snapshots());
+        let md = &self.md;
+        self.publisher.reset(|| md.snapshots());
         self.entry_outputs.clear();
+        // What is waiting goes first, then the gap.
+        self.feed_reporter(false);
+        while !self.overflow.is_empty() && self.report.is_some() {
+            self.feed_reporter(true);
+        }
         if let Some(report) = &self.report {
             // The entries up to the snapshot will not come: a gap unless already reported
             // (after a restart they are: snapshots wait for the reporter).

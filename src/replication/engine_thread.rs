@@ -103,6 +103,8 @@ pub trait OutputTap: Send + 'static {
     fn save(&self) -> Vec<u8>;
     /// The engine now stands at `index`, restored from a snapshot whose tap state is `saved`.
     fn restore(&mut self, engine: &Engine, index: u64, saved: &[u8]) -> Result<(), String>;
+    /// The engine thread has nothing to do: a moment to finish deferred work.
+    fn idle(&mut self) {}
 }
 
 /// The first bytes of a node's state in a snapshot: the engine's, then the tap's.
@@ -318,6 +320,12 @@ impl EngineHandle {
         &self.status
     }
 
+    /// The status, to read from a query closure (which runs on the engine thread, between
+    /// entries, where the applied index is the state the closure sees).
+    pub fn shared_status(&self) -> Arc<EngineStatus> {
+        Arc::clone(&self.status)
+    }
+
     async fn submit(&self, mut request: Request) -> Result<(), EngineStopped> {
         loop {
             if self.join.as_ref().is_none_or(|j| j.is_finished()) {
@@ -454,6 +462,9 @@ impl Worker {
                     self.handle(request);
                 }
                 None => {
+                    if let Some(tap) = self.tap.as_mut() {
+                        tap.idle();
+                    }
                     idle(self.config.idle, idle_rounds);
                     idle_rounds = idle_rounds.saturating_add(1);
                 }

@@ -30,7 +30,7 @@ pub(crate) mod testing;
 use std::path::PathBuf;
 
 pub use db::{ReportDb, WriteStats};
-pub use thread::{ReportSender, Reporter, ReporterStopped};
+pub use thread::{ReportSender, Reporter, ReporterStopped, TrySendError};
 
 /// Entries the reporter's queue holds before `send` blocks (backpressure, never a drop).
 pub const REPORT_QUEUE_ENTRIES: usize = 65_536;

@@ -58,6 +58,15 @@ pub struct ReportSender {
     queue: SyncSender<Message>,
 }
 
+/// Why [`ReportSender::try_send`] did not queue an entry.
+#[derive(Debug)]
+pub enum TrySendError {
+    /// The queue is full: here is the entry back.
+    Full(EntryOutputs),
+    /// The reporter thread has stopped.
+    Stopped,
+}
+
 /// The reporter thread has stopped (see [`Reporter::failed`]); nothing more can be queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReporterStopped;
@@ -77,6 +86,17 @@ impl ReportSender {
         self.queue
             .send(Message::Entry(entry))
             .map_err(|_| ReporterStopped)
+    }
+
+    /// Queues one committed entry if there is room, else gives it back.
+    pub fn try_send(&self, entry: EntryOutputs) -> Result<(), TrySendError> {
+        match self.queue.try_send(Message::Entry(entry)) {
+            Ok(()) => Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(Message::Entry(entry))) => {
+                Err(TrySendError::Full(entry))
+            }
+            Err(_) => Err(TrySendError::Stopped),
+        }
     }
 
     /// A snapshot jumped the engine to `index`: the entries up to it will never be sent, so the
