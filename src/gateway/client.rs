@@ -382,16 +382,31 @@ impl Client {
                             candidates = vec![leader];
                         }
                         // No leader known, or the one named just failed us: an election is
-                        // under way. Give it a moment, then ask again.
+                        // under way. Give it a moment, then ask another node: this one may
+                        // be a leader cut off from its majority, which knows no leader.
                         _ => {
                             tokio::time::sleep(NO_LEADER_PAUSE).await;
-                            self.link = Some(link);
+                            let others: Vec<SocketAddr> = self
+                                .healthy_nodes()
+                                .into_iter()
+                                .filter(|addr| *addr != link.addr)
+                                .collect();
+                            if others.is_empty() {
+                                self.link = Some(link);
+                            } else {
+                                candidates = others;
+                            }
                         }
                     }
                 }
                 Ok(Reply::Error(e)) => {
                     self.link = Some(link);
                     return Err(ClientError::Rejected(e));
+                }
+                Ok(Reply::OutcomeUnknown(e)) => {
+                    // This node lost its majority: try the others first next time.
+                    self.suspect(link.addr);
+                    return Err(ClientError::OutcomeUnknown(format!("{}: {e}", link.addr)));
                 }
                 Ok(reply) => {
                     self.link = Some(link);

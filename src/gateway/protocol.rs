@@ -117,6 +117,10 @@ pub enum Reply {
         bids: Vec<Level>,
         asks: Vec<Level>,
     },
+    /// The command was proposed but neither committed nor refused (the leader lost its
+    /// majority): it may still take effect. A broker resends a new order with the same client
+    /// order id to the new leader (exactly once); other commands are for the sender to check.
+    OutcomeUnknown(String),
 }
 
 /// Market data messages in one `Market` frame, at most.

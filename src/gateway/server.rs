@@ -209,7 +209,12 @@ impl Gateway {
     }
 
     fn not_leader(&self) -> Reply {
-        let metrics = self.raft.metrics().borrow().clone();
+        let mut metrics = self.raft.metrics().borrow().clone();
+        // A leader without its majority still names itself: it must not send brokers back
+        // to itself.
+        if metrics.current_leader == Some(self.id) {
+            metrics.current_leader = None;
+        }
         let broker = metrics.current_leader.and_then(|leader| {
             metrics
                 .membership_config
@@ -485,6 +490,7 @@ impl Gateway {
                 match self.sequence(session, principal, vec![command]).await {
                     Ok(mut results) => match results.pop() {
                         Some(Ok(outputs)) => Reply::Outputs(outputs),
+                        Some(Err(SubmitError::Unknown(why))) => Reply::OutcomeUnknown(why),
                         Some(Err(e)) => Reply::Error(e.to_string()),
                         None => Reply::Error("the engine returned no outputs".into()),
                     },

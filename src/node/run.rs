@@ -181,7 +181,12 @@ impl Node {
             }
         }
 
-        let sequencer = Sequencer::start(raft.clone(), max_timestamp, Arc::clone(&engine));
+        let sequencer = Sequencer::start(
+            raft.clone(),
+            max_timestamp,
+            Arc::clone(&engine),
+            Duration::from_millis(config.election_max_ms),
+        );
         let brokers = match &config.brokers_file {
             Some(path) => BrokersFile::load(path)?,
             None => {

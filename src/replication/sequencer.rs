@@ -39,6 +39,9 @@ pub enum SubmitError {
     Stopped,
     /// Raft refused the proposal for another reason.
     Failed(String),
+    /// Proposed, but neither committed nor refused: the leader lost its majority, or the
+    /// proposal timed out. It may still commit; a broker resends with the same client order id.
+    Unknown(String),
 }
 
 impl std::fmt::Display for SubmitError {
@@ -50,6 +53,7 @@ impl std::fmt::Display for SubmitError {
             },
             SubmitError::Stopped => write!(f, "the node is stopping"),
             SubmitError::Failed(e) => write!(f, "{e}"),
+            SubmitError::Unknown(e) => write!(f, "outcome unknown: {e}"),
         }
     }
 }
@@ -68,9 +72,22 @@ pub struct Sequencer {
 impl Sequencer {
     /// Starts the proposing task. `log_max_timestamp` and `engine` give the timestamps already
     /// used, which new stamps must not go below.
-    pub fn start(raft: Raft, log_max_timestamp: Arc<AtomicU64>, engine: Arc<EngineHandle>) -> Self {
+    /// A proposal waiting while this leader has heard from no majority for
+    /// `quorum_lost_after` is answered "outcome unknown".
+    pub fn start(
+        raft: Raft,
+        log_max_timestamp: Arc<AtomicU64>,
+        engine: Arc<EngineHandle>,
+        quorum_lost_after: Duration,
+    ) -> Self {
         let (queue, pending) = mpsc::channel(SEQUENCER_QUEUE_COMMANDS_MAX);
-        tokio::spawn(run(raft, pending, log_max_timestamp, engine));
+        tokio::spawn(run(
+            raft,
+            pending,
+            log_max_timestamp,
+            engine,
+            quorum_lost_after,
+        ));
         Sequencer { queue }
     }
 
@@ -100,6 +117,27 @@ impl Sequencer {
     }
 }
 
+/// Resolves once this node, still leading, has heard from no majority for `after`.
+async fn majority_lost(raft: &Raft, after: Duration) {
+    loop {
+        let lost = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.state == openraft::ServerState::Leader
+                && metrics
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| ms > after.as_millis() as u64)
+        };
+        if lost {
+            return;
+        }
+        tokio::time::sleep(MAJORITY_CHECK_EVERY).await;
+    }
+}
+
+/// How often a waiting proposal looks at whether the leader still has its majority.
+const MAJORITY_CHECK_EVERY: Duration = Duration::from_millis(20);
+
 fn wall_clock_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -111,6 +149,7 @@ async fn run(
     mut pending: mpsc::Receiver<Pending>,
     log_max_timestamp: Arc<AtomicU64>,
     engine: Arc<EngineHandle>,
+    quorum_lost_after: Duration,
 ) {
     let mut last_stamp = 0u64;
     let mut waiting = Vec::with_capacity(BATCH_COMMANDS_MAX.min(4_096));
@@ -132,13 +171,23 @@ async fn run(
             timestamp_ns,
             commands: waiting.iter().map(|p| p.command).collect(),
         };
-        let outcome = match tokio::time::timeout(PROPOSAL_TIMEOUT, raft.client_write(batch)).await {
+        let write = raft.client_write(batch);
+        let unanswered = tokio::select! {
+            outcome = write => Ok(outcome),
+            () = tokio::time::sleep(PROPOSAL_TIMEOUT) => Err(format!(
+                "not committed within {PROPOSAL_TIMEOUT:?}"
+            )),
+            // Brokers waiting on a leader cut off from its majority would wait for the cut to
+            // heal: tell them at once, so they resend to the new leader.
+            () = majority_lost(&raft, quorum_lost_after) => Err(
+                "the leader lost its majority before this was committed".to_string()
+            ),
+        };
+        let outcome = match unanswered {
             Ok(outcome) => outcome,
-            Err(_) => {
+            Err(why) => {
                 for waiter in waiting.drain(..) {
-                    let _ = waiter.reply.send(Err(SubmitError::Failed(format!(
-                        "not committed within {PROPOSAL_TIMEOUT:?} (no majority?): outcome unknown"
-                    ))));
+                    let _ = waiter.reply.send(Err(SubmitError::Unknown(why.clone())));
                 }
                 continue;
             }
