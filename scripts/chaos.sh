@@ -44,16 +44,29 @@ echo "== chaos: 12 faults of every kind the machine allows"
 
 echo
 echo "== chaos: the checkers catch planted faults"
-# Node 2 reports a wrong output hash from index 300 on, as a replica with a nondeterminism bug
-# would: the run must fail, and on divergences.
-set +e
-planted=$("$chaos" --faults 2 --kinds kill --hold-ms 500 --quiet-ms 500 --json \
-  --node-flag 2:--fault-diverge-at=300 --out target/chaos/planted-divergence)
-status=$?
-set -e
-echo "$planted"
-if [ $status -ne 1 ] || ! echo "$planted" | grep -q '"divergences":[1-9]'; then
-  echo "the divergence checker missed a planted divergence" >&2
-  exit 1
-fi
-echo "caught: the planted divergence failed the run"
+# Each run plants one test-only fault (flags only test-faults builds accept) and must fail on
+# the checker that matches it.
+planted() { # name, the report field that must be above 0, node flags...
+  local name=$1 field=$2 flags=() out status
+  shift 2
+  for flag in "$@"; do flags+=(--node-flag "$flag"); done
+  set +e
+  out=$("$chaos" --faults 2 --kinds kill --hold-ms 500 --quiet-ms 500 --json "${flags[@]}" \
+    --out "target/chaos/planted-$name")
+  status=$?
+  set -e
+  if [ $status -ne 1 ] || ! echo "$out" | grep -q "\"$field\":[1-9]"; then
+    echo "$out"
+    echo "the $field checker missed the planted fault '$name'" >&2
+    exit 1
+  fi
+  echo "caught: $name -> $(echo "$out" | grep -o "\"$field\":[0-9]*")"
+}
+# A replica that reports a wrong output hash from index 300 on (a nondeterminism bug).
+planted divergence divergences 2:--fault-diverge-at=300
+# A gateway that acknowledges every 50th order without sequencing it.
+planted ack-without-commit lost \
+  1:--fault-ack-unsequenced-every=50 2:--fault-ack-unsequenced-every=50 3:--fault-ack-unsequenced-every=50
+# A gateway that enters every 50th order a second time, past the exactly-once window.
+planted double-entry duplicates \
+  1:--fault-double-submit-every=50 2:--fault-double-submit-every=50 3:--fault-double-submit-every=50

@@ -129,6 +129,16 @@ struct RunArgs {
     #[cfg(feature = "test-faults")]
     #[arg(long, hide = true)]
     fault_diverge_at: Option<u64>,
+    /// Test-only fault: answer every Nth new order of a broker with a made-up acceptance,
+    /// without sequencing it (an acknowledgement that was never committed).
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_ack_unsequenced_every: Option<u64>,
+    /// Test-only fault: sequence every Nth new order of a broker a second time, past the
+    /// exactly-once window (a client order id entered twice).
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_double_submit_every: Option<u64>,
 }
 
 fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
@@ -210,6 +220,13 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
         },
         #[cfg(feature = "test-faults")]
         fault_diverge_at: args.fault_diverge_at,
+        #[cfg(feature = "test-faults")]
+        gateway_faults: exchange::gateway::server::GatewayFaults {
+            ack_unsequenced_every: args.fault_ack_unsequenced_every.filter(|n| *n > 0),
+            double_submit_every: args.fault_double_submit_every.filter(|n| *n > 0),
+        },
+        #[cfg(not(feature = "test-faults"))]
+        gateway_faults: exchange::gateway::server::GatewayFaults::default(),
         #[cfg(not(feature = "test-faults"))]
         fault_diverge_at: None,
     })

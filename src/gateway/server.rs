@@ -52,6 +52,22 @@ pub struct Gateway {
     /// This node's market data, to publish (leader) and to answer snapshots from (any node).
     pub market: Arc<MarketHub>,
     pub metrics: Arc<GatewayMetrics>,
+    /// Test-only planted faults (settable only in `test-faults` builds); none otherwise.
+    pub faults: GatewayFaults,
+    /// New orders seen, for the planted faults' "every Nth".
+    pub fault_counter: Arc<AtomicU64>,
+}
+
+/// Faults planted in the gateway so that the chaos suite can show its checkers catch them.
+/// Only `test-faults` builds of exchange-node can set them; the default is none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayFaults {
+    /// Answer every Nth identified new order of a broker with a made-up acceptance, without
+    /// sequencing it: an acknowledged order that does not exist.
+    pub ack_unsequenced_every: Option<u64>,
+    /// Sequence every Nth identified new order of a broker a second time as the operator's,
+    /// past the exactly-once window: the client order id is entered twice.
+    pub double_submit_every: Option<u64>,
 }
 
 /// What one session may demand of the node.
@@ -487,6 +503,9 @@ impl Gateway {
                 }
             }
             Request::Submit(command) => {
+                if let Some(reply) = self.planted_fault(principal, &command).await {
+                    return reply;
+                }
                 match self.sequence(session, principal, vec![command]).await {
                     Ok(mut results) => match results.pop() {
                         Some(Ok(outputs)) => Reply::Outputs(outputs),
@@ -533,6 +552,51 @@ impl Gateway {
             Ok(_) => None,
         };
         Reply::OrderStatus { order_id, open }
+    }
+
+    /// The test-only faults (`GatewayFaults`): a made-up acceptance instead of sequencing, or a
+    /// second copy of the order sequenced past the exactly-once window.
+    async fn planted_fault(&self, principal: Principal, command: &Command) -> Option<Reply> {
+        let GatewayFaults {
+            ack_unsequenced_every,
+            double_submit_every,
+        } = self.faults;
+        if ack_unsequenced_every.is_none() && double_submit_every.is_none() {
+            return None;
+        }
+        let Command::NewOrder(order) = command else {
+            return None;
+        };
+        if principal.is_operator() || order.client_order_id.0 == 0 || !self.publishing() {
+            return None;
+        }
+        let n = self.fault_counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if ack_unsequenced_every.is_some_and(|every| n % every == 0) {
+            let made_up = Output {
+                seq: u64::MAX - n,
+                timestamp_ns: 0,
+                event: exchange_domain::Event::Accepted {
+                    order_id: exchange_domain::OrderId(u64::MAX - n),
+                    account: order.account,
+                    symbol: order.symbol,
+                    client_order_id: order.client_order_id,
+                    side: order.side,
+                    order_type: order.order_type,
+                    time_in_force: order.time_in_force,
+                    price: order.price,
+                    qty: order.qty,
+                },
+            };
+            return Some(Reply::Outputs(vec![made_up]));
+        }
+        if double_submit_every.is_some_and(|every| n % every == 0) {
+            let copy = BrokerCommand {
+                broker: BrokerId::OPERATOR,
+                command: *command,
+            };
+            let _ = self.sequencer.submit_many(vec![copy]).await;
+        }
+        None
     }
 
     /// The engine's own book, read between two commands.

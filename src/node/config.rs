@@ -81,6 +81,8 @@ pub struct NodeConfig {
     pub bootstrap: bool,
     /// Test-only: report a wrong output hash from this index on (`test-faults` builds only).
     pub fault_diverge_at: Option<u64>,
+    /// Test-only: the gateway planted faults the chaos suite's checkers must catch.
+    pub gateway_faults: crate::gateway::server::GatewayFaults,
     /// The admin key and the brokers to register (`cluster/brokers.toml`).
     pub brokers_file: Option<PathBuf>,
     pub session_limits: SessionLimits,

@@ -250,6 +250,8 @@ impl Node {
                 reports,
                 market,
                 metrics: Arc::clone(&gateway_metrics),
+                faults: config.gateway_faults,
+                fault_counter: Arc::default(),
             },
         ));
         tracing::info!(
