@@ -4,7 +4,7 @@
 # operation, a nemesis injecting faults, then checkers over the history and the final state.
 #
 #   scripts/chaos.sh --quick    a short run (12 faults, about 30 s) and the planted-fault runs: CI
-#   scripts/chaos.sh            the long run: 100 faults of every kind (about 6 minutes)
+#   scripts/chaos.sh            the long run: 100 faults of every kind (about 25 minutes)
 #   scripts/chaos.sh -- ARGS    any exchange-chaos arguments (exchange-chaos --help)
 #
 # Writes history.jsonl, report.json and timeline.svg under target/chaos/. Everything a run makes
@@ -34,13 +34,13 @@ if [ ${#args[@]} -gt 0 ]; then
 fi
 
 if [ "$mode" = long ]; then
-  # 6 kinds x 100.
-  "$chaos" --faults 600 --hold-ms 1000 --quiet-ms 300 --out target/chaos/long
+  # 8 kinds x 100.
+  "$chaos" --faults 800 --hold-ms 1000 --quiet-ms 300 --out target/chaos/long
   exit
 fi
 
-echo "== chaos: 12 faults of every kind the machine allows"
-"$chaos" --faults 12 --hold-ms 1000 --quiet-ms 500 --out target/chaos/quick
+echo "== chaos: 16 faults, two of every kind the machine allows"
+"$chaos" --faults 16 --hold-ms 1000 --quiet-ms 500 --out target/chaos/quick
 
 echo
 echo "== chaos: the checkers catch planted faults"

@@ -208,7 +208,20 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
         verdict.problem(format!("the nodes never converged: {:?}", state.nodes));
     }
 
-    // Sequences.
+    // Sequences. Timestamps come from the leaders' clocks (which the nemesis moves) but the
+    // sequencer never lets them go back.
+    for (broker, reports) in &state.reports {
+        if let Some(pair) = reports
+            .windows(2)
+            .find(|w| w[1].timestamp_ns < w[0].timestamp_ns)
+        {
+            verdict.sequence_errors += 1;
+            verdict.problem(format!(
+                "broker {broker}'s report timestamps go back: seq {} at {} then seq {} at {}",
+                pair[0].seq, pair[0].timestamp_ns, pair[1].seq, pair[1].timestamp_ns
+            ));
+        }
+    }
     for (broker, reports) in &state.reports {
         if let Some(pair) = reports
             .windows(2)

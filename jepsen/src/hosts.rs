@@ -39,6 +39,9 @@ pub struct Hosts {
 }
 
 const RAFT_PORT: u16 = 7001;
+/// libfaketime, where Debian's `faketime` package puts it: nodes started under it read their
+/// wall clock's offset from a file the nemesis rewrites (monotonic time stays true).
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const BROKER_PORT: u16 = 7101;
 
 fn run(args: &[&str]) -> Result<(), String> {
@@ -211,6 +214,49 @@ impl Hosts {
         self.node_flags.entry(id).or_default().push(flag);
     }
 
+    /// Whether nodes run under libfaketime, so their clocks can be moved.
+    pub fn can_move_clocks(&self) -> bool {
+        Path::new(FAKETIME_LIB).exists()
+    }
+
+    fn clock_file(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("clock-{id}"))
+    }
+
+    /// Moves node `id`'s wall clock by `offset` (libfaketime syntax: "+1h", "-30m", "+0").
+    pub fn set_clock(&self, id: u64, offset: &str) -> Result<(), String> {
+        std::fs::write(self.clock_file(id), offset).map_err(|e| e.to_string())
+    }
+
+    /// Tears the tail of node `id`'s log (the node must be stopped): zeroes the last bytes
+    /// written to its newest segment, or flips one of them, as a crash mid-write would.
+    pub fn tear_log(&self, id: u64, cut: usize, flip: bool) -> Result<String, String> {
+        let dir = self.data_dir(id).join("log");
+        let newest = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .max()
+            .ok_or_else(|| format!("{}: no segment", dir.display()))?;
+        let mut bytes = std::fs::read(&newest).map_err(|e| e.to_string())?;
+        let Some(end) = bytes.iter().rposition(|b| *b != 0) else {
+            return Ok("an empty segment: nothing to tear".into());
+        };
+        let from = end.saturating_sub(cut.max(1)).max(64);
+        if from >= end {
+            return Ok("a segment with no record: nothing to tear".into());
+        }
+        let what = if flip {
+            bytes[from] ^= 0x5a;
+            format!("flipped byte {from} of {}", newest.display())
+        } else {
+            bytes[from..=end].fill(0);
+            format!("zeroed bytes {from}..={end} of {}", newest.display())
+        };
+        std::fs::write(&newest, bytes).map_err(|e| e.to_string())?;
+        Ok(what)
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.children.contains_key(&id)
     }
@@ -239,6 +285,16 @@ impl Hosts {
             Placement::Loopback => Command::new(&self.node_bin),
         };
         let bootstrap = id == 1 && !self.data_dir(1).exists();
+        if self.can_move_clocks() {
+            if !self.clock_file(id).exists() {
+                self.set_clock(id, "+0")?;
+            }
+            command
+                .env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME_TIMESTAMP_FILE", self.clock_file(id))
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         command
             .arg("--id")
             .arg(id.to_string())

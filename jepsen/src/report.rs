@@ -16,6 +16,8 @@ pub struct FaultRecord {
     pub kind: String,
     /// What it hit (node ids).
     pub targets: Vec<u64>,
+    /// What exactly was done, where it needs saying (the bytes torn, the clock offset).
+    pub detail: String,
     pub start_ns: u64,
     pub healed_ns: u64,
     /// From the fault's start to the first acknowledged order sent after it.
