@@ -11,7 +11,8 @@
 # Node i listens for Raft on 127.0.0.1:700i and for brokers on 127.0.0.1:710i. Data, logs and
 # pids live under $EXCHANGE_DATA (default ./data); credentials in $EXCHANGE_BROKERS (default
 # cluster/brokers.toml). Extra node flags: $EXCHANGE_NODE_FLAGS. Node $EXCHANGE_REPORT_NODE
-# (default 3) writes the reporting database, $EXCHANGE_DATA/report.db.
+# (default 3) writes the reporting database, $EXCHANGE_DATA/report.db. $EXCHANGE_PIN_CORES
+# pins the engine threads; EXCHANGE_NO_BUILD=1 skips the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${EXCHANGE_DATA:-data}
@@ -51,12 +52,17 @@ start_node() {
   # Node 1 founds the cluster on its very first start only.
   local bootstrap=""
   if [ "$id" = 1 ] && [ ! -d "$data/node-1" ]; then bootstrap=--bootstrap; fi
+  # EXCHANGE_PIN_CORES=a,b,c pins node i's engine thread to the i-th core of the list.
+  local pin=()
+  if [ -n "${EXCHANGE_PIN_CORES:-}" ]; then
+    pin=(--pin-core "$(echo "$EXCHANGE_PIN_CORES" | cut -d, -f"$id")")
+  fi
   # One node (3 by default, $EXCHANGE_REPORT_NODE; empty: none) runs the reporter.
   local report=()
   if [ "$id" = "${EXCHANGE_REPORT_NODE-3}" ]; then report=(--report-db "$data/report.db"); fi
   # shellcheck disable=SC2086
   setsid "$node_bin" --id "$id" --peers "$(peers "$n")" --data-dir "$data/node-$id" \
-    --certs-dir "$certs" --brokers "$brokers_file" $bootstrap "${report[@]}" ${EXCHANGE_NODE_FLAGS:-} >>"$data/node-$id.log" 2>&1 < /dev/null &
+    --certs-dir "$certs" --brokers "$brokers_file" $bootstrap "${pin[@]}" "${report[@]}" ${EXCHANGE_NODE_FLAGS:-} >>"$data/node-$id.log" 2>&1 < /dev/null &
   echo $! > "$data/node-$id.pid"
   echo "node $id started (pid $!, log $data/node-$id.log)"
 }
@@ -78,7 +84,10 @@ wait_for_leader() {
 case "${1:-}" in
   up)
     n=${2:-3}
-    cargo build --release --quiet --bin exchange-node --bin exchange-cli
+    # EXCHANGE_NO_BUILD=1: use the binaries already in target/release (a machine without cargo).
+    if [ -z "${EXCHANGE_NO_BUILD:-}" ]; then
+      cargo build --release --quiet --bin exchange-node --bin exchange-cli
+    fi
     mkdir -p "$data"
     echo "$n" > "$data/cluster-size"
     if [ ! -f "$certs/ca.pem" ] || [ ! -f "$certs/node-$n.pem" ]; then
