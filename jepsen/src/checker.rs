@@ -18,6 +18,8 @@ pub struct FinalState {
     pub market_data_gaps: u64,
     /// Whether the subscriber's book equals the engine's at the end.
     pub market_data_book_matches: bool,
+    /// Every account's final balances: (asset, available, held).
+    pub balances: BTreeMap<u64, Vec<(u32, i64, i64)>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -32,6 +34,9 @@ pub struct Verdict {
     pub unmatched_trades: u64,
     /// Report streams whose sequence numbers do not rise, and market data gaps.
     pub sequence_errors: u64,
+    /// Assets whose balances do not add up to deposits minus withdrawals, and negative
+    /// balances.
+    pub conservation_errors: u64,
     /// Operations with an unknown outcome (allowed either way, never twice).
     pub unknown: u64,
     pub acknowledged: u64,
@@ -46,6 +51,7 @@ impl Verdict {
             && self.divergences == 0
             && self.unmatched_trades == 0
             && self.sequence_errors == 0
+            && self.conservation_errors == 0
     }
 
     fn problem(&mut self, text: String) {
@@ -208,6 +214,39 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
         verdict.problem(format!("the nodes never converged: {:?}", state.nodes));
     }
 
+    // Money is conserved: per asset, the balances add up to what was deposited minus what was
+    // withdrawn (trades only move it between accounts), and none is negative.
+    let mut moved: BTreeMap<u32, i64> = BTreeMap::new();
+    for output in &all {
+        if let Event::BalanceChanged { asset, delta, .. } = output.event {
+            *moved.entry(asset.0).or_default() += delta.0;
+        }
+    }
+    let mut held: BTreeMap<u32, i64> = BTreeMap::new();
+    for (account, balances) in &state.balances {
+        for &(asset, available, locked) in balances {
+            *held.entry(asset).or_default() += available + locked;
+            if available < 0 || locked < 0 {
+                verdict.conservation_errors += 1;
+                verdict.problem(format!(
+                    "account {account} asset {asset}: negative balance {available} / {locked}"
+                ));
+            }
+        }
+    }
+    for asset in moved.keys().chain(held.keys()).collect::<BTreeSet<_>>() {
+        let (deposited, total) = (
+            moved.get(asset).copied().unwrap_or(0),
+            held.get(asset).copied().unwrap_or(0),
+        );
+        if deposited != total {
+            verdict.conservation_errors += 1;
+            verdict.problem(format!(
+                "asset {asset}: balances add up to {total}, deposits less withdrawals to {deposited}"
+            ));
+        }
+    }
+
     // Sequences. Timestamps come from the leaders' clocks (which the nemesis moves) but the
     // sequencer never lets them go back.
     for (broker, reports) in &state.reports {
@@ -315,6 +354,7 @@ mod tests {
             ]),
             market_data_gaps: 0,
             market_data_book_matches: true,
+            balances: BTreeMap::new(),
         }
     }
 
@@ -374,6 +414,22 @@ mod tests {
             ]),
         );
         assert_eq!(back.sequence_errors, 1);
+        // Money from nowhere: a deposit of 5, balances of 7.
+        let mut minted = state(vec![Output {
+            seq: 1,
+            timestamp_ns: 0,
+            event: Event::BalanceChanged {
+                account: AccountId(101),
+                asset: AssetId(2),
+                delta: exchange::domain::Amount(5),
+                available: exchange::domain::Amount(5),
+                held: exchange::domain::Amount(0),
+            },
+        }]);
+        minted.balances.insert(101, vec![(2, 5, 0)]);
+        assert!(check(&[], &minted).passed(), "conserved");
+        minted.balances.insert(102, vec![(2, 2, 0)]);
+        assert_eq!(check(&[], &minted).conservation_errors, 1);
         let _ = AssetId(1);
     }
 }

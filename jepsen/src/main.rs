@@ -430,6 +430,14 @@ async fn chaos(
         }
         reports.insert(broker.id, all);
     }
+    let mut balances = BTreeMap::new();
+    for account in workload::brokers().into_iter().flat_map(|b| b.accounts) {
+        let held = probe
+            .balances(account, vec![workload::BASE.0, workload::QUOTE.0])
+            .await
+            .map_err(|e| format!("account {account}'s balances: {e}"))?;
+        balances.insert(account, held);
+    }
     let ops = history.ops();
     let verdict = checker::check(
         &ops,
@@ -438,6 +446,7 @@ async fn chaos(
             nodes,
             market_data_gaps: md_gaps.load(Ordering::Relaxed),
             market_data_book_matches: book_matches,
+            balances,
         },
     );
     report::recovery_times(&ops, &mut faults);
@@ -488,8 +497,13 @@ fn print_summary(report: &report::Report, out: &std::path::Path) {
         report.acknowledged, report.unknown
     );
     println!(
-        "lost / duplicates / divergences / unmatched trades / sequence errors   {} / {} / {} / {} / {}",
-        report.lost, report.duplicates, report.divergences, report.unmatched_trades, report.sequence_errors
+        "lost / duplicates / divergences / unmatched trades / sequence / conservation errors   {} / {} / {} / {} / {} / {}",
+        report.lost,
+        report.duplicates,
+        report.divergences,
+        report.unmatched_trades,
+        report.sequence_errors,
+        report.conservation_errors
     );
     println!(
         "RTO (ms)         median {}  max {}",

@@ -576,6 +576,21 @@ impl Client {
         }
     }
 
+    /// An account's balances of `assets`: (asset, available, held), from the leader.
+    pub async fn balances(
+        &mut self,
+        account: u64,
+        assets: Vec<u32>,
+    ) -> Result<Vec<(u32, i64, i64)>, ClientError> {
+        match self
+            .request_leader(&Request::Balances { account, assets })
+            .await?
+        {
+            Reply::Balances { balances, .. } => Ok(balances),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The engine's own book: (applied index, bids, asks), best first.
     pub async fn depth(
         &mut self,

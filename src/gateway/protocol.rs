@@ -67,6 +67,9 @@ pub enum Request {
     /// The engine's own book now, `levels` per side at most (any node): what market data is
     /// checked against.
     Depth { symbol: u32, levels: u32 },
+    /// Leader only: an account's balances of these assets (at most 64): a broker, of its own
+    /// accounts only.
+    Balances { account: u64, assets: Vec<u32> },
 }
 
 /// Reports in one `Reports` frame, at most.
@@ -121,7 +124,16 @@ pub enum Reply {
     /// majority): it may still take effect. A broker resends a new order with the same client
     /// order id to the new leader (exactly once); other commands are for the sender to check.
     OutcomeUnknown(String),
+    /// Per asset asked: (asset, available, held); none for an asset the account never held.
+    /// An unknown account, or another broker's, has no balances.
+    Balances {
+        account: u64,
+        balances: Vec<(u32, i64, i64)>,
+    },
 }
+
+/// Assets one `Balances` request may ask for.
+pub const BALANCE_ASSETS_MAX: usize = 64;
 
 /// Market data messages in one `Market` frame, at most.
 pub const MARKET_MESSAGES_PER_FRAME_MAX: usize = 512;

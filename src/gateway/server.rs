@@ -19,8 +19,8 @@ use tokio::sync::broadcast;
 use super::credentials;
 use super::metrics::GatewayMetrics;
 use super::protocol::{
-    NodeStatus, OpenOrderStatus, Reply, Request, BROKER_FRAME_BYTES_MAX, DEPTH_LEVELS_MAX,
-    MARKET_MESSAGES_PER_FRAME_MAX, PROTOCOL_VERSION, REPORTS_PER_FRAME_MAX,
+    NodeStatus, OpenOrderStatus, Reply, Request, BALANCE_ASSETS_MAX, BROKER_FRAME_BYTES_MAX,
+    DEPTH_LEVELS_MAX, MARKET_MESSAGES_PER_FRAME_MAX, PROTOCOL_VERSION, REPORTS_PER_FRAME_MAX,
     SUBMIT_BATCH_COMMANDS_MAX,
 };
 use crate::marketdata::feed::{Channel, Level};
@@ -459,6 +459,9 @@ impl Gateway {
             }
             Request::Depth { symbol, levels } => self.depth(symbol, levels).await,
             Request::OrderStatus { order_id } => self.order_status(principal, order_id).await,
+            Request::Balances { account, assets } => {
+                self.balances(principal, account, assets).await
+            }
             Request::AddLearner { .. } | Request::SetVoters { .. } if !principal.is_operator() => {
                 Reply::Error("not permitted: membership changes need the admin credential".into())
             }
@@ -753,6 +756,46 @@ impl Gateway {
                     continue 'subscribe;
                 }
             }
+        }
+    }
+
+    /// An account's balances, from the leader's engine. A broker sees only its own accounts.
+    async fn balances(&self, principal: Principal, account: u64, assets: Vec<u32>) -> Reply {
+        if !self.publishing() {
+            return self.not_leader();
+        }
+        if assets.len() > BALANCE_ASSETS_MAX {
+            return Reply::Error(format!(
+                "at most {BALANCE_ASSETS_MAX} assets a request, got {}",
+                assets.len()
+            ));
+        }
+        let read = self
+            .engine
+            .query(move |engine| {
+                let id = AccountId(account);
+                let owner = engine.account_owner(id);
+                let balances = assets
+                    .iter()
+                    .filter_map(|&asset| {
+                        engine
+                            .balance(id, exchange_domain::AssetId(asset))
+                            .map(|(available, held)| (asset, available, held))
+                    })
+                    .collect::<Vec<_>>();
+                (owner, balances)
+            })
+            .await;
+        match read {
+            Err(e) => Reply::Error(e.to_string()),
+            Ok((owner, balances)) if principal.is_operator() || owner == Some(principal.broker) => {
+                Reply::Balances { account, balances }
+            }
+            // Another broker's account is as good as unknown to this one.
+            Ok(_) => Reply::Balances {
+                account,
+                balances: Vec::new(),
+            },
         }
     }
 
