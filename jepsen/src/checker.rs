@@ -37,6 +37,8 @@ pub struct Verdict {
     /// Assets whose balances do not add up to deposits minus withdrawals, and negative
     /// balances.
     pub conservation_errors: u64,
+    /// Nodes that exited by themselves during the run (a fault must never crash a node).
+    pub crashes: u64,
     /// Operations with an unknown outcome (allowed either way, never twice).
     pub unknown: u64,
     pub acknowledged: u64,
@@ -52,6 +54,7 @@ impl Verdict {
             && self.unmatched_trades == 0
             && self.sequence_errors == 0
             && self.conservation_errors == 0
+            && self.crashes == 0
     }
 
     fn problem(&mut self, text: String) {

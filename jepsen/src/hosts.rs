@@ -261,6 +261,30 @@ impl Hosts {
         self.children.contains_key(&id)
     }
 
+    /// Nodes that exited by themselves (not killed here), with the end of their log: a crash
+    /// is a finding. They are forgotten, so `start` brings them back.
+    pub fn reap_exited(&mut self) -> Vec<(u64, String)> {
+        let mut exited = Vec::new();
+        for (id, child) in self.children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited.push((*id, status.to_string()));
+            }
+        }
+        for (id, status) in &mut exited {
+            self.children.remove(id);
+            let log = std::fs::read_to_string(self.dir.join(format!("node-{id}.log")))
+                .unwrap_or_default();
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("exchange-node") || l.contains("fatal"))
+                .unwrap_or("")
+                .to_string();
+            *status = format!("{status}: {last}");
+        }
+        exited
+    }
+
     pub fn start(&mut self, id: u64) -> Result<(), String> {
         if self.children.contains_key(&id) {
             return Ok(());

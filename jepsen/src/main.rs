@@ -231,6 +231,34 @@ async fn converged(
     }
 }
 
+/// Waits (at most `within`) until every node has applied what was committed when it began:
+/// the clients keep going meanwhile, so equal indexes are not to be expected.
+async fn caught_up(hosts: &Hosts, within: Duration) {
+    let Ok(probe) = client(hosts, workload::ADMIN_KEY) else {
+        return;
+    };
+    let deadline = Instant::now() + within;
+    let mut target = None;
+    while Instant::now() < deadline {
+        let mut applied = Vec::new();
+        let mut committed = 0;
+        for id in hosts.ids() {
+            match probe.status_of(hosts.broker_addr(id)).await {
+                Ok(status) => {
+                    applied.push(status.applied_index);
+                    committed = committed.max(status.commit_index);
+                }
+                Err(_) => applied.push(0),
+            }
+        }
+        let target = *target.get_or_insert(committed);
+        if applied.iter().all(|a| *a >= target) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn chaos(
     args: &Args,
     hosts: &mut Hosts,
@@ -247,6 +275,7 @@ async fn chaos(
     let started = Instant::now();
     let history = History::new(started);
     let stop = Arc::new(AtomicBool::new(false));
+    let md_stop_reports = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for (n, broker) in workload::brokers().into_iter().enumerate() {
         clients.push(tokio::spawn(workload::broker(
@@ -263,6 +292,35 @@ async fn chaos(
         history.clone(),
         Arc::clone(&stop),
     )));
+    // Every broker's reports, read throughout the run (a node keeps only the recent ones):
+    // the final state the checkers compare the history with.
+    let mut report_readers = Vec::new();
+    for broker in workload::brokers() {
+        let mut feed = client(hosts, &broker.key)?.into_report_feed(0);
+        let stop = Arc::clone(&md_stop_reports);
+        report_readers.push(tokio::spawn(async move {
+            let mut all = Vec::new();
+            let mut quiet_since = Instant::now();
+            loop {
+                match feed.next(Duration::from_millis(200)).await {
+                    Ok(batch) if !batch.is_empty() => {
+                        quiet_since = Instant::now();
+                        all.extend(batch);
+                    }
+                    Ok(_) => {}
+                    // Fell behind what the nodes keep: the run cannot be checked.
+                    Err(exchange::gateway::client::ClientError::Rejected(why)) => {
+                        return Err(format!("broker {}'s reports: {why}", broker.id));
+                    }
+                    // No leader for the moment: the feed resumes on the next call.
+                    Err(_) => {}
+                }
+                if stop.load(Ordering::Relaxed) && quiet_since.elapsed() > Duration::from_secs(1) {
+                    return Ok((broker.id, all));
+                }
+            }
+        }));
+    }
     // A market data subscriber throughout: its stream must have no gap.
     let md_gaps = Arc::new(AtomicU64::new(0));
     let md_stop = Arc::new(AtomicBool::new(false));
@@ -309,12 +367,23 @@ async fn chaos(
     not_injected.push("membership: not in this suite yet".into());
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let mut faults = Vec::new();
+    let mut crashes: Vec<String> = Vec::new();
     let hold = Duration::from_millis(args.hold_ms);
     for n in 0..args.faults {
         if kinds.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(args.quiet_ms)).await;
+        // A node that exited by itself crashed: note it, and bring it back.
+        for (id, why) in hosts.reap_exited() {
+            crashes.push(format!(
+                "node {id} exited by itself at {:.1} s ({why})",
+                history.now_ns() as f64 / 1e9
+            ));
+            hosts.start(id)?;
+        }
+        // One fault at a time: the next waits until every node has caught up with the last.
+        caught_up(hosts, Duration::from_secs(10)).await;
         let kind = kinds[n % kinds.len()];
         let current = leader(hosts, Duration::from_secs(10)).await;
         let all: Vec<u64> = hosts.ids().collect();
@@ -396,6 +465,9 @@ async fn chaos(
 
     // Heal, let everyone catch up, stop the clients, and read the final state.
     hosts.heal()?;
+    for (id, why) in hosts.reap_exited() {
+        crashes.push(format!("node {id} exited by itself ({why})"));
+    }
     for id in hosts.ids().collect::<Vec<_>>() {
         hosts.resume(id);
         hosts.start(id)?;
@@ -414,21 +486,11 @@ async fn chaos(
         .await
         .map_err(|e| e.to_string())?;
     let book_matches = feed.state().bids == bids && feed.state().asks == asks;
+    md_stop_reports.store(true, Ordering::Relaxed);
     let mut reports = BTreeMap::new();
-    for broker in workload::brokers() {
-        let mut stream = client(hosts, &broker.key)?.into_report_feed(0);
-        let mut all = Vec::new();
-        loop {
-            let batch = stream
-                .next(Duration::from_secs(1))
-                .await
-                .map_err(|e| format!("broker {}'s reports: {e}", broker.id))?;
-            if batch.is_empty() {
-                break;
-            }
-            all.extend(batch);
-        }
-        reports.insert(broker.id, all);
+    for reader in report_readers {
+        let (broker, all) = reader.await.map_err(|e| e.to_string())??;
+        reports.insert(broker, all);
     }
     let mut balances = BTreeMap::new();
     for account in workload::brokers().into_iter().flat_map(|b| b.accounts) {
@@ -449,6 +511,9 @@ async fn chaos(
             balances,
         },
     );
+    let mut verdict = verdict;
+    verdict.crashes = crashes.len() as u64;
+    verdict.problems.extend(crashes);
     report::recovery_times(&ops, &mut faults);
     let placement = match hosts.placement {
         Placement::Namespaces => "namespaces",
@@ -505,6 +570,7 @@ fn print_summary(report: &report::Report, out: &std::path::Path) {
         report.sequence_errors,
         report.conservation_errors
     );
+    println!("node crashes     {}", report.crashes);
     println!(
         "RTO (ms)         median {}  max {}",
         ms(report.rto_ms_median),
