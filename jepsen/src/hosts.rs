@@ -228,33 +228,57 @@ impl Hosts {
         std::fs::write(self.clock_file(id), offset).map_err(|e| e.to_string())
     }
 
-    /// Tears the tail of node `id`'s log (the node must be stopped): zeroes the last bytes
-    /// written to its newest segment, or flips one of them, as a crash mid-write would.
-    pub fn tear_log(&self, id: u64, cut: usize, flip: bool) -> Result<String, String> {
+    /// Tears the tail of node `id`'s log as a crash in the middle of a write would (the node
+    /// must be stopped): `len` bytes of a record that was never finished, right after the last
+    /// whole one. Records the node had made durable stay as they are: Raft relies on that, and
+    /// a nemesis that destroyed them would test a disk that loses acknowledged writes instead.
+    pub fn tear_log(&self, id: u64, len: usize, seed: u64) -> Result<String, String> {
+        use std::io::{Seek, SeekFrom, Write};
         let dir = self.data_dir(id).join("log");
-        let newest = std::fs::read_dir(&dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-            .max()
-            .ok_or_else(|| format!("{}: no segment", dir.display()))?;
-        let mut bytes = std::fs::read(&newest).map_err(|e| e.to_string())?;
-        let Some(end) = bytes.iter().rposition(|b| *b != 0) else {
-            return Ok("an empty segment: nothing to tear".into());
+        let (segment, end, last) = {
+            let log = exchange::log::Log::open(&dir, exchange::log::Config::default())
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            let Some(last) = log.last_index() else {
+                return Ok("an empty log: nothing to tear".into());
+            };
+            let position = log
+                .reader()
+                .position(last)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            let align = exchange::log::RECORD_ALIGN as u64;
+            let end = (position.offset + position.bytes).div_ceil(align) * align;
+            (position.segment, end, last)
         };
-        let from = end.saturating_sub(cut.max(1)).max(64);
-        if from >= end {
-            return Ok("a segment with no record: nothing to tear".into());
+        let room = std::fs::metadata(&segment)
+            .map_err(|e| e.to_string())?
+            .len()
+            .saturating_sub(end);
+        let len = len.min(room as usize);
+        if len == 0 {
+            return Ok("a full segment: nothing to tear".into());
         }
-        let what = if flip {
-            bytes[from] ^= 0x5a;
-            format!("flipped byte {from} of {}", newest.display())
-        } else {
-            bytes[from..=end].fill(0);
-            format!("zeroed bytes {from}..={end} of {}", newest.display())
-        };
-        std::fs::write(&newest, bytes).map_err(|e| e.to_string())?;
-        Ok(what)
+        // Never a zero byte first: a zero would read as the end of the log, not a torn record.
+        let mut state = seed | 1;
+        let garbage: Vec<u8> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 255) as u8 + 1
+            })
+            .collect();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .map_err(|e| format!("{}: {e}", segment.display()))?;
+        file.seek(SeekFrom::Start(end))
+            .and_then(|_| file.write_all(&garbage))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("{}: {e}", segment.display()))?;
+        Ok(format!(
+            "{len} bytes of an unfinished record after index {last}, at byte {end} of {}",
+            segment.display()
+        ))
     }
 
     pub fn is_running(&self, id: u64) -> bool {

@@ -432,7 +432,7 @@ async fn chaos(
             FaultKind::TornLog => {
                 let victim = all[rng.gen_range(0..all.len())];
                 hosts.kill(victim);
-                detail = hosts.tear_log(victim, rng.gen_range(1..=300), rng.gen_bool(0.5))?;
+                detail = hosts.tear_log(victim, rng.gen_range(1..=300), rng.gen())?;
                 vec![victim]
             }
         };
