@@ -482,6 +482,60 @@ impl Subscription {
     }
 }
 
+impl Client {
+    /// The next reply of a subscription that follows the leader: with none open, sends
+    /// `request` to the leader and opens one on its stream (the reply is then `(reply,
+    /// true)`); else waits for the stream's next reply. When the stream ends or the node stops
+    /// leading, subscribes again (with `request` made anew, so it resumes after what the caller
+    /// received). `None`: nothing came within `within`. A node's `Error` is a refusal.
+    async fn next_streamed(
+        &mut self,
+        subscription: &mut Option<Subscription>,
+        request: impl Fn() -> Request,
+        within: Duration,
+    ) -> Result<Option<(Reply, bool)>, ClientError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let Some(open) = subscription.as_mut() else {
+                match self.request_leader(&request()).await {
+                    Ok(reply @ (Reply::Reports(_) | Reply::Market(_))) => {
+                        if let Some(link) = self.link.take() {
+                            *subscription = Some(Subscription::start(link));
+                        }
+                        return Ok(Some((reply, true)));
+                    }
+                    // The node is still catching up: nothing was done, ask again shortly.
+                    Ok(Reply::Throttled { retry_after_ms, .. })
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(retry_after_ms.min(1_000))).await;
+                    }
+                    Ok(Reply::Throttled { .. }) => return Ok(None),
+                    Ok(other) => return Ok(Some((other, true))),
+                    Err(ClientError::Rejected(e)) => return Err(ClientError::Rejected(e)),
+                    Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(NO_LEADER_PAUSE).await,
+                }
+                continue;
+            };
+            match open.next(deadline).await {
+                Received::Nothing => return Ok(None),
+                Received::Reply(Reply::Error(e)) => return Err(ClientError::Rejected(e)),
+                Received::Reply(reply @ (Reply::Reports(_) | Reply::Market(_))) => {
+                    return Ok(Some((reply, false)))
+                }
+                Received::Ended => {
+                    self.suspect(open.addr);
+                    *subscription = None;
+                }
+                // The node stopped leading (NotLeader), or said something odd: subscribe
+                // again.
+                Received::Reply(_) => *subscription = None,
+            }
+        }
+    }
+}
+
 /// A broker's execution reports: every event about its accounts, in order, each once. Follows
 /// the leader: when the connection fails or the node stops leading, it reconnects (to the new
 /// leader) and asks for what came after the last report it received.
@@ -511,43 +565,19 @@ impl ReportFeed {
 
     /// The next reports, waiting at most `within` for them (an empty batch: none came).
     pub async fn next(&mut self, within: Duration) -> Result<Vec<Output>, ClientError> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let Some(subscription) = self.subscription.as_mut() else {
-                let request = Request::Reports {
-                    since_seq: self.since,
-                };
-                match self.client.request_leader(&request).await {
-                    Ok(Reply::Reports(batch)) => {
-                        if let Some(link) = self.client.link.take() {
-                            self.subscription = Some(Subscription::start(link));
-                        }
-                        return Ok(self.received(batch));
-                    }
-                    Ok(other) => return Err(unexpected(other)),
-                    Err(ClientError::Rejected(e)) => return Err(ClientError::Rejected(e)),
-                    Err(e) => {
-                        if tokio::time::Instant::now() >= deadline {
-                            return Err(e);
-                        }
-                        tokio::time::sleep(NO_LEADER_PAUSE).await;
-                        continue;
-                    }
-                }
-            };
-            match subscription.next(deadline).await {
-                Received::Nothing => return Ok(Vec::new()),
-                Received::Reply(Reply::Reports(batch)) => return Ok(self.received(batch)),
-                Received::Reply(Reply::Error(e)) => return Err(ClientError::Rejected(e)),
-                // The node stopped leading, failed, or said something odd: find the leader
-                // and resume after the last report received.
-                Received::Ended => {
-                    let addr = subscription.addr;
-                    self.client.suspect(addr);
-                    self.subscription = None;
-                }
-                Received::Reply(_) => self.subscription = None,
-            }
+        let since_seq = self.since;
+        let next = self
+            .client
+            .next_streamed(
+                &mut self.subscription,
+                || Request::Reports { since_seq },
+                within,
+            )
+            .await?;
+        match next {
+            Some((Reply::Reports(batch), _)) => Ok(self.received(batch)),
+            Some((other, _)) => Err(unexpected(other)),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -653,55 +683,26 @@ impl MarketFeed {
     /// The next messages, applied to the state, waiting at most `within` for them (an empty
     /// batch: none came).
     pub async fn next(&mut self, within: Duration) -> Result<Vec<MdMessage>, ClientError> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let Some(subscription) = self.subscription.as_mut() else {
-                let request = Request::Subscribe {
-                    symbol: self.symbol,
-                    channel: self.channel,
-                    since: self.state.seq,
-                };
-                let answer = self.client.request_leader(&request).await;
-                match answer {
-                    Ok(Reply::Market(batch)) => {
-                        if let Some(link) = self.client.link.take() {
-                            self.subscription = Some(Subscription::start(link));
-                        }
-                        self.subscriptions += 1;
-                        return Ok(self.received(batch));
-                    }
-                    // The node is still catching up: ask again shortly.
-                    Ok(Reply::Throttled { retry_after_ms, .. })
-                        if tokio::time::Instant::now() < deadline =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(retry_after_ms.min(1_000))).await;
-                        continue;
-                    }
-                    Ok(Reply::Throttled { .. }) => return Ok(Vec::new()),
-                    Ok(other) => return Err(unexpected(other)),
-                    Err(ClientError::Rejected(e)) => return Err(ClientError::Rejected(e)),
-                    Err(e) => {
-                        if tokio::time::Instant::now() >= deadline {
-                            return Err(e);
-                        }
-                        tokio::time::sleep(NO_LEADER_PAUSE).await;
-                        continue;
-                    }
-                }
-            };
-            match subscription.next(deadline).await {
-                Received::Nothing => return Ok(Vec::new()),
-                Received::Reply(Reply::Market(batch)) => return Ok(self.received(batch)),
-                Received::Reply(Reply::Error(e)) => return Err(ClientError::Rejected(e)),
-                Received::Ended => {
-                    let addr = subscription.addr;
-                    self.client.suspect(addr);
-                    self.subscription = None;
-                }
-                // The node stopped leading (NotLeader), or said something odd: subscribe
-                // again, after the last message applied.
-                Received::Reply(_) => self.subscription = None,
+        let (symbol, channel, since) = (self.symbol, self.channel, self.state.seq);
+        let next = self
+            .client
+            .next_streamed(
+                &mut self.subscription,
+                || Request::Subscribe {
+                    symbol,
+                    channel,
+                    since,
+                },
+                within,
+            )
+            .await?;
+        match next {
+            Some((Reply::Market(batch), subscribed)) => {
+                self.subscriptions += subscribed as u64;
+                Ok(self.received(batch))
             }
+            Some((other, _)) => Err(unexpected(other)),
+            None => Ok(Vec::new()),
         }
     }
 
