@@ -70,3 +70,15 @@ planted ack-without-commit lost \
 # A gateway that enters every 50th order a second time, past the exactly-once window.
 planted double-entry duplicates \
   1:--fault-double-submit-every=50 2:--fault-double-submit-every=50 3:--fault-double-submit-every=50
+# A report stream that leaves out every 20th execution: trades with one side.
+planted one-sided-trade unmatched_trades \
+  1:--fault-drop-execution-every=20 2:--fault-drop-execution-every=20 3:--fault-drop-execution-every=20
+# A report stream that swaps two reports in every 10th batch: a stream that goes back.
+planted reordered-reports sequence_errors \
+  1:--fault-reorder-reports-every=10 2:--fault-reorder-reports-every=10 3:--fault-reorder-reports-every=10
+# Balances replies that count held funds as available too: money from nowhere.
+planted held-counted-twice conservation_errors \
+  1:--fault-count-held-twice 2:--fault-count-held-twice 3:--fault-count-held-twice
+# Every 5th balances read answered with the previous read of the account: a stale read.
+planted stale-read linearizability_errors \
+  1:--fault-stale-balances-every=5 2:--fault-stale-balances-every=5 3:--fault-stale-balances-every=5

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use exchange::domain::{Event, Liquidity, Output};
 use serde::Serialize;
 
-use crate::workload::Op;
+use crate::linearizable;
+use crate::workload::{self, Op};
 
 /// What the cluster holds at the end, as the checkers need it.
 pub struct FinalState {
@@ -37,6 +38,13 @@ pub struct Verdict {
     /// Assets whose balances do not add up to deposits minus withdrawals, and negative
     /// balances.
     pub conservation_errors: u64,
+    /// Ledger accounts whose deposits, withdrawals and reads have no linearization (or an
+    /// operation that failed yet took effect).
+    pub linearizability_errors: u64,
+    /// Ledger operations the linearizability search placed.
+    pub linearizability_ops: u64,
+    /// Ledger accounts whose search grew past its bounds: neither proven nor refuted.
+    pub linearizability_inconclusive: u64,
     /// Nodes that exited by themselves during the run (a fault must never crash a node).
     pub crashes: u64,
     /// Operations with an unknown outcome (allowed either way, never twice).
@@ -54,6 +62,7 @@ impl Verdict {
             && self.unmatched_trades == 0
             && self.sequence_errors == 0
             && self.conservation_errors == 0
+            && self.linearizability_errors == 0
             && self.crashes == 0
     }
 
@@ -73,6 +82,7 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
     let mut by_client_id: BTreeMap<(u64, u64), u32> = BTreeMap::new();
     let mut balance_seqs: BTreeSet<u64> = BTreeSet::new();
     let mut cancelled: BTreeSet<u64> = BTreeSet::new();
+    let mut replaced: BTreeSet<u64> = BTreeSet::new();
     let mut executions: BTreeMap<u64, u32> = BTreeMap::new();
     let mut trades: BTreeMap<u64, Vec<&Output>> = BTreeMap::new();
     for output in &all {
@@ -95,6 +105,9 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
             }
             Event::Cancelled { order_id, .. } => {
                 cancelled.insert(order_id.0);
+            }
+            Event::Replaced { order_id, .. } => {
+                replaced.insert(order_id.0);
             }
             Event::Execution {
                 exec_id, trade_id, ..
@@ -123,6 +136,9 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
                 .is_some_and(|id| !accepted.contains_key(&id)),
             "cancel" => {
                 result["cancelled"].as_bool() == Some(true) && !cancelled.contains(&op.value)
+            }
+            "replace" => {
+                result["replaced"].as_bool() == Some(true) && !replaced.contains(&op.value)
             }
             "deposit" | "withdraw" => result["seq"]
                 .as_u64()
@@ -248,6 +264,48 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
                 "asset {asset}: balances add up to {total}, deposits less withdrawals to {deposited}"
             ));
         }
+    }
+
+    // The ledger accounts behave as one account each would.
+    let effects: BTreeSet<(u64, i64)> = all
+        .iter()
+        .filter_map(|output| match output.event {
+            Event::BalanceChanged {
+                account,
+                asset,
+                delta,
+                ..
+            } if asset == workload::QUOTE => Some((account.0, delta.0)),
+            _ => None,
+        })
+        .collect();
+    let final_balances: BTreeMap<u64, i64> = workload::LEDGER_ACCOUNTS
+        .iter()
+        .map(|&account| {
+            let available = state
+                .balances
+                .get(&account)
+                .and_then(|held| held.iter().find(|b| b.0 == workload::QUOTE.0))
+                .map_or(0, |b| b.1);
+            (account, available)
+        })
+        .collect();
+    let ledger = linearizable::check(
+        history,
+        &workload::LEDGER_ACCOUNTS,
+        &effects,
+        &final_balances,
+    );
+    verdict.linearizability_ops = ledger.operations;
+    verdict.linearizability_errors = ledger.violations.len() as u64;
+    verdict.linearizability_inconclusive = ledger.inconclusive.len() as u64;
+    for why in ledger.violations {
+        verdict.problem(format!("not linearizable: {why}"));
+    }
+    for why in ledger.inconclusive {
+        verdict.problem(format!(
+            "linearizability not settled (not a failure): {why}"
+        ));
     }
 
     // Sequences. Timestamps come from the leaders' clocks (which the nemesis moves) but the

@@ -99,7 +99,7 @@ impl Hosts {
         exchange::net::tls::generate(&hosts.certs(), &(1..=nodes).collect::<Vec<_>>(), &[])
             .map_err(|e| e.to_string())?;
         let mut brokers = format!("admin_key = \"{}\"\n", crate::workload::ADMIN_KEY);
-        for broker in crate::workload::brokers() {
+        for broker in crate::workload::desks() {
             brokers.push_str(&format!(
                 "[[broker]]\nid = {}\nkey = \"{}\"\naccounts = {:?}\n",
                 broker.id, broker.key, broker.accounts

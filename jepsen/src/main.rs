@@ -7,6 +7,7 @@
 
 mod checker;
 mod hosts;
+mod linearizable;
 mod report;
 mod workload;
 
@@ -292,10 +293,18 @@ async fn chaos(
         history.clone(),
         Arc::clone(&stop),
     )));
+    for index in 0..workload::LEDGER_CLERKS {
+        clients.push(tokio::spawn(workload::ledger_clerk(
+            index,
+            client(hosts, workload::ADMIN_KEY)?,
+            history.clone(),
+            Arc::clone(&stop),
+        )));
+    }
     // Every broker's reports, read throughout the run (a node keeps only the recent ones):
     // the final state the checkers compare the history with.
     let mut report_readers = Vec::new();
-    for broker in workload::brokers() {
+    for broker in workload::desks() {
         let mut feed = client(hosts, &broker.key)?.into_report_feed(0);
         let stop = Arc::clone(&md_stop_reports);
         report_readers.push(tokio::spawn(async move {
@@ -493,7 +502,7 @@ async fn chaos(
         reports.insert(broker, all);
     }
     let mut balances = BTreeMap::new();
-    for account in workload::brokers().into_iter().flat_map(|b| b.accounts) {
+    for account in workload::desks().into_iter().flat_map(|b| b.accounts) {
         let held = probe
             .balances(account, vec![workload::BASE.0, workload::QUOTE.0])
             .await
@@ -569,6 +578,12 @@ fn print_summary(report: &report::Report, out: &std::path::Path) {
         report.unmatched_trades,
         report.sequence_errors,
         report.conservation_errors
+    );
+    println!(
+        "linearizability  {} ledger operations, {} accounts not linearizable, {} not settled",
+        report.linearizability_ops,
+        report.linearizability_errors,
+        report.linearizability_inconclusive
     );
     println!("node crashes     {}", report.crashes);
     println!(

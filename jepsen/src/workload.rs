@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use exchange::domain::{
-    AccountId, AdminCommand, Amount, AssetId, Cancel, ClientOrderId, Command, Event, NewOrder,
-    OrderId, OrderType, Output, Price, Qty, RiskLimits, SelfTradePrevention, Side, SymbolId,
-    SymbolSpec, TimeInForce,
+    AccountId, AdminCommand, Amount, AssetId, Cancel, CancelReplace, ClientOrderId, Command, Event,
+    NewOrder, OrderId, OrderType, Output, Price, Qty, RiskLimits, SelfTradePrevention, Side,
+    SymbolId, SymbolSpec, TimeInForce,
 };
 use exchange::gateway::client::{Client, ClientError};
 use rand::rngs::SmallRng;
@@ -22,6 +22,13 @@ pub const BASE: AssetId = AssetId(1);
 pub const QUOTE: AssetId = AssetId(2);
 const BROKERS: u32 = 4;
 const ACCOUNTS_PER_BROKER: u64 = 4;
+/// The desk that owns the ledger accounts: it places no orders, so the only changes to those
+/// accounts are the clerks' deposits and withdrawals, which makes their histories small enough
+/// for a linearizability search.
+pub const LEDGER_DESK: u32 = 9;
+pub const LEDGER_ACCOUNTS: [u64; 3] = [901, 902, 903];
+/// Concurrent clerks working the ledger accounts.
+pub const LEDGER_CLERKS: u32 = 3;
 
 pub struct BrokerSpec {
     pub id: u32,
@@ -42,6 +49,18 @@ pub fn brokers() -> Vec<BrokerSpec> {
         .collect()
 }
 
+/// The order brokers and the ledger desk: every owner of accounts, as the brokers file lists
+/// them.
+pub fn desks() -> Vec<BrokerSpec> {
+    let mut all = brokers();
+    all.push(BrokerSpec {
+        id: LEDGER_DESK,
+        key: "chaos-ledger-desk-key-0123456789".into(),
+        accounts: LEDGER_ACCOUNTS.to_vec(),
+    });
+    all
+}
+
 /// One line of the history.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Op {
@@ -51,12 +70,12 @@ pub struct Op {
     pub op: u64,
     /// invoke, ok, fail or info.
     pub kind: String,
-    /// order, cancel, deposit or withdraw.
+    /// order, cancel, replace, deposit, withdraw or read (a balance).
     pub f: String,
     /// Nanoseconds since the run began.
     pub time_ns: u64,
     pub account: u64,
-    /// The client order id (orders), the order id (cancels), the amount (funds).
+    /// The client order id (orders), the order id (cancels, replaces), the amount (funds).
     pub value: u64,
     /// On completion: what the exchange answered (the order id, the reject reason, the
     /// command's sequence number) or why it failed.
@@ -193,7 +212,32 @@ pub async fn broker(
     let mut resting: Vec<(u64, OrderId)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let account = accounts[rng.gen_range(0..accounts.len())];
-        if rng.gen_range(0..100) < 25 && !resting.is_empty() {
+        let roll = rng.gen_range(0..100);
+        if (25..35).contains(&roll) && !resting.is_empty() {
+            let (account, order_id) = resting[rng.gen_range(0..resting.len())];
+            let invoked = history.invoke(process, "replace", account, order_id.0);
+            let replace = Command::CancelReplace(CancelReplace {
+                account: AccountId(account),
+                order_id,
+                price: Price(rng.gen_range(990..=1010)),
+                qty: Qty(rng.gen_range(1..=10)),
+            });
+            match client.submit(replace).await {
+                Ok(outputs) => {
+                    let replaced = outputs
+                        .iter()
+                        .any(|o| matches!(o.event, Event::Replaced { order_id: id, .. } if id == order_id));
+                    history.complete(
+                        &invoked,
+                        "ok",
+                        serde_json::json!({ "replaced": replaced, "seq": outputs.first().map(|o| o.seq) }),
+                    );
+                }
+                Err(e) => history.complete(&invoked, outcome(&e), serde_json::json!(e.to_string())),
+            }
+            continue;
+        }
+        if roll < 25 && !resting.is_empty() {
             let (account, order_id) = resting.swap_remove(rng.gen_range(0..resting.len()));
             let invoked = history.invoke(process, "cancel", account, order_id.0);
             let cancel = Command::Cancel(Cancel {
@@ -304,5 +348,78 @@ pub async fn treasurer(process: u32, mut admin: Client, history: History, stop: 
             Err(e) => history.complete(&invoked, outcome(&e), serde_json::json!(e.to_string())),
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A clerk depositing into, withdrawing from and reading the ledger accounts until `stop`,
+/// concurrently with the other clerks. Every amount is unique in the run (clerk `index` uses
+/// amounts congruent to it), so the checker can tell from the desk's reports whether an
+/// operation with an unknown outcome took effect. Withdrawals are as likely as deposits, so
+/// some find too little money and are refused: an observation of the balance too.
+pub async fn ledger_clerk(index: u32, mut admin: Client, history: History, stop: Arc<AtomicBool>) {
+    let process = 200 + index;
+    let mut rng = SmallRng::seed_from_u64(2_000 + index as u64);
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let account = LEDGER_ACCOUNTS[rng.gen_range(0..LEDGER_ACCOUNTS.len())];
+        let roll = rng.gen_range(0..100);
+        if roll < 30 {
+            let invoked = history.invoke(process, "read", account, 0);
+            match admin.balances(account, vec![QUOTE.0]).await {
+                Ok(balances) => {
+                    let available = balances.iter().find(|b| b.0 == QUOTE.0).map_or(0, |b| b.1);
+                    history.complete(
+                        &invoked,
+                        "ok",
+                        serde_json::json!({ "available": available }),
+                    );
+                }
+                Err(e) => history.complete(&invoked, "fail", serde_json::json!(e.to_string())),
+            }
+        } else {
+            n += 1;
+            let amount = 1_000 + (n * LEDGER_CLERKS as u64 + index as u64) as i64;
+            let withdraw = roll >= 65;
+            let f = if withdraw { "withdraw" } else { "deposit" };
+            let invoked = history.invoke(process, f, account, amount as u64);
+            let (account_id, asset, amount) = (AccountId(account), QUOTE, Amount(amount));
+            let command = if withdraw {
+                AdminCommand::Withdraw {
+                    account: account_id,
+                    asset,
+                    amount,
+                }
+            } else {
+                AdminCommand::Deposit {
+                    account: account_id,
+                    asset,
+                    amount,
+                }
+            };
+            match admin.submit(Command::Admin(command)).await {
+                Ok(outputs) => {
+                    let changed = outputs.iter().find_map(|o| match o.event {
+                        Event::BalanceChanged {
+                            delta, available, ..
+                        } => Some((o.seq, delta.0, available.0)),
+                        _ => None,
+                    });
+                    let rejected = outputs.iter().find_map(|o| o.event.reject_reason());
+                    history.complete(
+                        &invoked,
+                        "ok",
+                        serde_json::json!({
+                            "seq": changed.map(|c| c.0),
+                            "delta": changed.map(|c| c.1),
+                            "available": changed.map(|c| c.2),
+                            "asset": asset.0,
+                            "rejected": rejected.map(|r| format!("{r:?}")),
+                        }),
+                    );
+                }
+                Err(e) => history.complete(&invoked, outcome(&e), serde_json::json!(e.to_string())),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

@@ -139,6 +139,25 @@ struct RunArgs {
     #[cfg(feature = "test-faults")]
     #[arg(long, hide = true)]
     fault_double_submit_every: Option<u64>,
+    /// Test-only fault: leave every Nth execution out of the report stream (a trade with one
+    /// side).
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_drop_execution_every: Option<u64>,
+    /// Test-only fault: swap the last two reports of every Nth report batch (a stream that
+    /// goes back).
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_reorder_reports_every: Option<u64>,
+    /// Test-only fault: answer every Nth balances read with the account's previous read (a
+    /// stale read).
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_stale_balances_every: Option<u64>,
+    /// Test-only fault: count held funds as available too in balances replies.
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_count_held_twice: bool,
 }
 
 fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
@@ -224,6 +243,10 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
         gateway_faults: exchange::gateway::server::GatewayFaults {
             ack_unsequenced_every: args.fault_ack_unsequenced_every.filter(|n| *n > 0),
             double_submit_every: args.fault_double_submit_every.filter(|n| *n > 0),
+            drop_execution_every: args.fault_drop_execution_every.filter(|n| *n > 0),
+            reorder_reports_every: args.fault_reorder_reports_every.filter(|n| *n > 0),
+            stale_balances_every: args.fault_stale_balances_every.filter(|n| *n > 0),
+            count_held_twice: args.fault_count_held_twice,
         },
         #[cfg(not(feature = "test-faults"))]
         gateway_faults: exchange::gateway::server::GatewayFaults::default(),

@@ -54,9 +54,23 @@ pub struct Gateway {
     pub metrics: Arc<GatewayMetrics>,
     /// Test-only planted faults (settable only in `test-faults` builds); none otherwise.
     pub faults: GatewayFaults,
-    /// New orders seen, for the planted faults' "every Nth".
-    pub fault_counter: Arc<AtomicU64>,
+    /// What the planted faults count and remember.
+    pub fault_state: Arc<FaultState>,
 }
+
+/// The planted faults' counters ("every Nth") and the stale-read fault's memory.
+#[derive(Default)]
+pub struct FaultState {
+    orders: AtomicU64,
+    executions: AtomicU64,
+    report_batches: AtomicU64,
+    balance_reads: AtomicU64,
+    /// The last balances read per account, for the stale-read fault to answer again.
+    balances: std::sync::Mutex<std::collections::HashMap<u64, Vec<Balance>>>,
+}
+
+/// (asset, available, held), as a balances reply carries it.
+type Balance = (u32, i64, i64);
 
 /// Faults planted in the gateway so that the chaos suite can show its checkers catch them.
 /// Only `test-faults` builds of exchange-node can set them; the default is none.
@@ -68,6 +82,16 @@ pub struct GatewayFaults {
     /// Sequence every Nth identified new order of a broker a second time as the operator's,
     /// past the exactly-once window: the client order id is entered twice.
     pub double_submit_every: Option<u64>,
+    /// Leave every Nth execution out of the report stream: one side of a trade never
+    /// reaches its broker.
+    pub drop_execution_every: Option<u64>,
+    /// Send every Nth report batch of two or more with its last two reports swapped: the
+    /// stream goes back.
+    pub reorder_reports_every: Option<u64>,
+    /// Answer every Nth balances read with the previous read of that account: a stale read.
+    pub stale_balances_every: Option<u64>,
+    /// Count held funds as available too in balances replies: money from nowhere.
+    pub count_held_twice: bool,
 }
 
 /// What one session may demand of the node.
@@ -563,6 +587,7 @@ impl Gateway {
         let GatewayFaults {
             ack_unsequenced_every,
             double_submit_every,
+            ..
         } = self.faults;
         if ack_unsequenced_every.is_none() && double_submit_every.is_none() {
             return None;
@@ -573,7 +598,7 @@ impl Gateway {
         if principal.is_operator() || order.client_order_id.0 == 0 || !self.publishing() {
             return None;
         }
-        let n = self.fault_counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.fault_state.orders.fetch_add(1, Ordering::Relaxed) + 1;
         if ack_unsequenced_every.is_some_and(|every| n % every == 0) {
             let made_up = Output {
                 seq: u64::MAX - n,
@@ -789,13 +814,69 @@ impl Gateway {
         match read {
             Err(e) => Reply::Error(e.to_string()),
             Ok((owner, balances)) if principal.is_operator() || owner == Some(principal.broker) => {
-                Reply::Balances { account, balances }
+                Reply::Balances {
+                    account,
+                    balances: self.planted_balance_faults(account, balances),
+                }
             }
             // Another broker's account is as good as unknown to this one.
             Ok(_) => Reply::Balances {
                 account,
                 balances: Vec::new(),
             },
+        }
+    }
+
+    /// The test-only faults of balances replies: held funds counted twice, or a stale read.
+    fn planted_balance_faults(&self, account: u64, mut balances: Vec<Balance>) -> Vec<Balance> {
+        if self.faults.count_held_twice {
+            for (_, available, held) in balances.iter_mut() {
+                *available += *held;
+            }
+        }
+        if let Some(every) = self.faults.stale_balances_every {
+            let n = self
+                .fault_state
+                .balance_reads
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            let mut last = self
+                .fault_state
+                .balances
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let previous = last.insert(account, balances.clone());
+            if n % every == 0 {
+                if let Some(previous) = previous {
+                    return previous;
+                }
+            }
+        }
+        balances
+    }
+
+    /// The test-only faults of the report stream: executions left out, reports reordered.
+    fn planted_report_faults(&self, batch: &mut Vec<Output>) {
+        if let Some(every) = self.faults.drop_execution_every {
+            batch.retain(|report| {
+                !matches!(report.event, exchange_domain::Event::Execution { .. })
+                    || (self.fault_state.executions.fetch_add(1, Ordering::Relaxed) + 1) % every
+                        != 0
+            });
+        }
+        if let Some(every) = self.faults.reorder_reports_every {
+            if batch.len() >= 2
+                && (self
+                    .fault_state
+                    .report_batches
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1)
+                    % every
+                    == 0
+            {
+                let last = batch.len() - 1;
+                batch.swap(last - 1, last);
+            }
         }
     }
 
@@ -842,6 +923,8 @@ impl Gateway {
             if let Some(last) = batch.last() {
                 since = last.seq;
             }
+            let mut batch = batch;
+            self.planted_report_faults(&mut batch);
             write(send, &Reply::Reports(batch)).await.ok()?;
         }
     }

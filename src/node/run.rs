@@ -251,7 +251,7 @@ impl Node {
                 market,
                 metrics: Arc::clone(&gateway_metrics),
                 faults: config.gateway_faults,
-                fault_counter: Arc::default(),
+                fault_state: Arc::default(),
             },
         ));
         tracing::info!(
