@@ -26,7 +26,14 @@ pub struct Hosts {
     pub placement: Placement,
     /// Whether nftables is there to cut partitions.
     pub can_partition: bool,
-    nodes: u64,
+    /// Host slots: the cluster's nodes and one spare, so that a node can be replaced by a new
+    /// machine (a slot keeps its address; a node retired from the cluster frees its slot,
+    /// which then serves as the next spare, its data wiped).
+    slots: u64,
+    /// The cluster's voters now.
+    members: std::collections::BTreeSet<u64>,
+    /// Whether the cluster was founded (node 1's first start): never twice.
+    founded: bool,
     /// Names of everything made here start with this (unique per run).
     prefix: String,
     pub dir: PathBuf,
@@ -75,7 +82,9 @@ impl Hosts {
         let mut hosts = Hosts {
             placement: Placement::Loopback,
             can_partition: false,
-            nodes,
+            slots: nodes + 1,
+            members: (1..=nodes).collect(),
+            founded: false,
             prefix,
             dir: dir.to_path_buf(),
             node_bin: node_bin.to_path_buf(),
@@ -96,7 +105,7 @@ impl Hosts {
                 }
             }
         }
-        exchange::net::tls::generate(&hosts.certs(), &(1..=nodes).collect::<Vec<_>>(), &[])
+        exchange::net::tls::generate(&hosts.certs(), &hosts.slots().collect::<Vec<_>>(), &[])
             .map_err(|e| e.to_string())?;
         let mut brokers = format!("admin_key = \"{}\"\n", crate::workload::ADMIN_KEY);
         for broker in crate::workload::desks() {
@@ -134,7 +143,7 @@ impl Hosts {
         run(&["ip", "-n", &bridge, "link", "set", "lo", "up"])?;
         let client = self.client_ns();
         let mut attach = vec![(0u64, client)];
-        attach.extend((1..=self.nodes).map(|id| (id, self.host(id))));
+        attach.extend(self.slots().map(|id| (id, self.host(id))));
         for (id, ns) in attach {
             let port = self.port(id);
             let address = format!("10.77.0.{}/24", if id == 0 { 100 } else { id });
@@ -155,7 +164,7 @@ impl Hosts {
 
     fn remove_namespaces(&self) {
         let mut all = vec![self.client_ns(), self.bridge()];
-        all.extend((1..=self.nodes).map(|id| self.host(id)));
+        all.extend(self.slots().map(|id| self.host(id)));
         for ns in all {
             let _ = run(&["ip", "netns", "del", &ns]);
         }
@@ -201,12 +210,43 @@ impl Hosts {
         }
     }
 
+    /// Every slot's broker address: where clients look for the leader.
     pub fn brokers(&self) -> Vec<SocketAddr> {
-        (1..=self.nodes).map(|id| self.broker_addr(id)).collect()
+        self.slots().map(|id| self.broker_addr(id)).collect()
     }
 
+    /// The cluster's members (voters) now.
     pub fn ids(&self) -> impl Iterator<Item = u64> {
-        1..=self.nodes
+        self.members.clone().into_iter()
+    }
+
+    fn slots(&self) -> impl Iterator<Item = u64> {
+        1..=self.slots
+    }
+
+    /// The free slot a new node can start in.
+    pub fn spare(&self) -> Option<u64> {
+        self.slots().find(|id| !self.members.contains(id))
+    }
+
+    /// Node `joined` replaced node `left` in the cluster: `left` is stopped and its data
+    /// wiped (the machine is gone; its slot is the next spare).
+    pub fn replaced(&mut self, left: u64, joined: u64) -> Result<(), String> {
+        self.kill(left);
+        self.wipe(left)?;
+        self.members.remove(&left);
+        self.members.insert(joined);
+        Ok(())
+    }
+
+    /// Removes a stopped node's data: a new, empty machine in its slot.
+    pub fn wipe(&mut self, id: u64) -> Result<(), String> {
+        match std::fs::remove_dir_all(self.data_dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("{}: {e}", self.data_dir(id).display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Extra flags node `id` starts with.
@@ -313,9 +353,17 @@ impl Hosts {
         if self.children.contains_key(&id) {
             return Ok(());
         }
-        let peers: Vec<String> = self
-            .ids()
-            .map(|p| format!("{p}={}/{}", self.raft_addr(p), self.broker_addr(p)))
+        // The founder names the first members (they become the voters); anyone else knows
+        // every slot, members and spare, to compare output hashes with.
+        let bootstrap = id == 1 && !self.founded;
+        let named: Vec<u64> = if bootstrap {
+            self.ids().collect()
+        } else {
+            self.slots().collect()
+        };
+        let peers: Vec<String> = named
+            .iter()
+            .map(|&p| format!("{p}={}/{}", self.raft_addr(p), self.broker_addr(p)))
             .collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -332,7 +380,6 @@ impl Hosts {
             }
             Placement::Loopback => Command::new(&self.node_bin),
         };
-        let bootstrap = id == 1 && !self.data_dir(1).exists();
         if self.can_move_clocks() {
             if !self.clock_file(id).exists() {
                 self.set_clock(id, "+0")?;
@@ -374,6 +421,7 @@ impl Hosts {
             .spawn()
             .map_err(|e| format!("starting node {id}: {e}"))?;
         self.children.insert(id, child);
+        self.founded |= bootstrap;
         Ok(())
     }
 
@@ -405,22 +453,31 @@ impl Hosts {
     /// Cuts the network between the groups (nodes not named keep every link). Symmetric and
     /// silent: packets are dropped at the bridge.
     pub fn partition(&self, groups: &[Vec<u64>]) -> Result<(), String> {
+        let mut links = Vec::new();
+        for (a, group) in groups.iter().enumerate() {
+            for other in &groups[a + 1..] {
+                for x in group {
+                    for y in other {
+                        links.push((*x, *y));
+                    }
+                }
+            }
+        }
+        self.cut(&links)
+    }
+
+    /// Cuts the links between these pairs of nodes, both ways; every other link stays.
+    pub fn cut(&self, links: &[(u64, u64)]) -> Result<(), String> {
         if !self.can_partition {
             return Err("partitions need network namespaces and nftables".into());
         }
         let _ = self.heal();
         let mut rules = String::new();
-        for (a, group) in groups.iter().enumerate() {
-            for other in &groups[a + 1..] {
-                for x in group {
-                    for y in other {
-                        let (px, py) = (self.port(*x), self.port(*y));
-                        rules.push_str(&format!(
-                            "iifname \"{px}\" oifname \"{py}\" drop\niifname \"{py}\" oifname \"{px}\" drop\n"
-                        ));
-                    }
-                }
-            }
+        for (x, y) in links {
+            let (px, py) = (self.port(*x), self.port(*y));
+            rules.push_str(&format!(
+                "iifname \"{px}\" oifname \"{py}\" drop\niifname \"{py}\" oifname \"{px}\" drop\n"
+            ));
         }
         let script = format!(
             "table bridge chaos {{ chain cut {{ type filter hook forward priority 0; policy accept;\n{rules}}}\n}}\n"
@@ -438,8 +495,8 @@ impl Hosts {
         }
         let _ = self.heal();
         let mut rules = String::new();
-        for x in self.ids() {
-            for y in self.ids().filter(|y| *y != x) {
+        for x in self.slots() {
+            for y in self.slots().filter(|y| *y != x) {
                 rules.push_str(&format!(
                     "iifname \"{}\" oifname \"{}\" numgen random mod 100 < {percent} drop\n",
                     self.port(x),
@@ -484,7 +541,7 @@ impl Hosts {
             return;
         }
         self.torn_down = true;
-        for id in self.ids().collect::<Vec<_>>() {
+        for id in self.slots().collect::<Vec<_>>() {
             self.resume(id);
             self.kill(id);
         }

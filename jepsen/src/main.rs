@@ -42,12 +42,18 @@ enum FaultKind {
     IsolateLeader,
     /// Split the nodes into a minority and a majority at random.
     Halves,
+    /// Majorities ring: every node sees a majority, no two the same one (with 3 nodes: one
+    /// link cut, so one node bridges the other two).
+    Ring,
     /// Drop 20% of the packets between nodes.
     Loss,
     /// Move the leader's wall clock an hour forward or back (libfaketime).
     Clock,
-    /// SIGKILL a node, tear the tail of its log (zeroed or flipped bytes), restart it.
+    /// SIGKILL a node, tear the tail of its log (an unfinished record), restart it.
     TornLog,
+    /// Replace a node: SIGKILL it (the machine is lost), start a new node on an empty spare
+    /// host, add it as a learner, make it a voter in the lost node's place.
+    Membership,
 }
 
 impl FaultKind {
@@ -60,7 +66,7 @@ impl FaultKind {
     fn needs_network(self) -> bool {
         matches!(
             self,
-            FaultKind::IsolateLeader | FaultKind::Halves | FaultKind::Loss
+            FaultKind::IsolateLeader | FaultKind::Halves | FaultKind::Ring | FaultKind::Loss
         )
     }
 }
@@ -373,7 +379,6 @@ async fn chaos(
         not_injected.push("clock: libfaketime is not installed (apt-get install faketime)".into());
         kinds.retain(|k| *k != FaultKind::Clock);
     }
-    not_injected.push("membership: not in this suite yet".into());
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let mut faults = Vec::new();
     let mut crashes: Vec<String> = Vec::new();
@@ -427,9 +432,26 @@ async fn chaos(
                 hosts.partition(&[minority.clone(), majority])?;
                 minority
             }
+            FaultKind::Ring => {
+                let mut ring = all.clone();
+                for i in (1..ring.len()).rev() {
+                    ring.swap(i, rng.gen_range(0..=i));
+                }
+                let links = ring_cuts(&ring);
+                detail = format!("ring {ring:?}, cut {links:?}");
+                hosts.cut(&links)?;
+                all.clone()
+            }
             FaultKind::Loss => {
                 hosts.lose_packets(20)?;
                 all.clone()
+            }
+            FaultKind::Membership => {
+                let Some(spare) = hosts.spare() else { continue };
+                let victim = all[rng.gen_range(0..all.len())];
+                hosts.kill(victim);
+                detail = format!("node {victim} lost, node {spare} replaces it");
+                vec![victim, spare]
             }
             FaultKind::Clock => {
                 let Some(victim) = current else { continue };
@@ -453,10 +475,32 @@ async fn chaos(
             }
             FaultKind::Clock => hosts.set_clock(targets[0], "+0")?,
             FaultKind::PauseLeader => hosts.resume(targets[0]),
-            FaultKind::IsolateLeader | FaultKind::Halves | FaultKind::Loss => hosts.heal()?,
+            FaultKind::IsolateLeader | FaultKind::Halves | FaultKind::Ring | FaultKind::Loss => {
+                hosts.heal()?
+            }
+            FaultKind::Membership => {
+                let (victim, spare) = (targets[0], targets[1]);
+                if let Err(why) = replace_node(hosts, victim, spare).await {
+                    crashes.push(format!(
+                        "replacing node {victim} with node {spare} at {:.1} s failed: {why}",
+                        start_ns as f64 / 1e9
+                    ));
+                    detail.push_str(&format!(" (failed: {why})"));
+                }
+            }
         }
+        let hit_leader = current.is_some_and(|leader| match kind {
+            FaultKind::Loss => false,
+            FaultKind::Halves => targets.contains(&leader),
+            FaultKind::Ring => false,
+            FaultKind::Clock => false,
+            FaultKind::Membership => targets[0] == leader,
+            _ => targets.contains(&leader),
+        });
         faults.push(FaultRecord {
             kind: kind.name(),
+            leader: current,
+            hit_leader,
             targets,
             detail,
             start_ns,
@@ -534,6 +578,77 @@ async fn chaos(
     ))
 }
 
+/// The links a majorities ring cuts: with 5 nodes every node keeps its two neighbours on the
+/// ring (itself and two: a majority, different for each); with 3, the first and last lose
+/// each other and the middle one bridges them.
+fn ring_cuts(ring: &[u64]) -> Vec<(u64, u64)> {
+    let n = ring.len();
+    if n == 3 {
+        return vec![(ring[0], ring[2])];
+    }
+    let mut cuts = Vec::new();
+    for a in 0..n {
+        for b in a + 1..n {
+            let distance = (b - a).min(n - (b - a));
+            if distance > 1 {
+                cuts.push((ring[a], ring[b]));
+            }
+        }
+    }
+    cuts
+}
+
+/// Replaces lost node `victim` (stopped, its data intact) with a new node on the empty
+/// `spare` host: start it, add it as a learner (the leader waits until it has caught up),
+/// then make it a voter in the victim's place. On success the victim's host is wiped and
+/// becomes the next spare; on failure the new node is removed and the victim restarted.
+async fn replace_node(hosts: &mut Hosts, victim: u64, spare: u64) -> Result<(), String> {
+    use exchange::gateway::protocol::{Reply, Request};
+    hosts.wipe(spare)?;
+    hosts.start(spare)?;
+    let mut admin = client(hosts, workload::ADMIN_KEY)?;
+    let voters: Vec<u64> = hosts
+        .ids()
+        .filter(|id| *id != victim)
+        .chain([spare])
+        .collect();
+    let requests = [
+        Request::AddLearner {
+            id: spare,
+            raft: hosts.raft_addr(spare).to_string(),
+            broker: hosts.broker_addr(spare).to_string(),
+        },
+        Request::SetVoters {
+            voters: voters.clone(),
+        },
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut outcome = Ok(());
+    'requests: for request in &requests {
+        loop {
+            let why = match admin.request_leader(request).await {
+                Ok(Reply::Membership { .. }) => continue 'requests,
+                Ok(other) => format!("{other:?}"),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                outcome = Err(why);
+                break 'requests;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    match outcome {
+        Ok(()) => hosts.replaced(victim, spare),
+        Err(why) => {
+            hosts.kill(spare);
+            hosts.wipe(spare)?;
+            hosts.start(victim)?;
+            Err(why)
+        }
+    }
+}
+
 fn write_outputs(
     out: &std::path::Path,
     report: &report::Report,
@@ -593,10 +708,13 @@ fn print_summary(report: &report::Report, out: &std::path::Path) {
     );
     for (kind, summary) in &report.by_kind {
         println!(
-            "  {kind:<16} {:>4} faults  RTO median {:>6}  max {:>6}",
+            "  {kind:<16} {:>4} faults  RTO median {:>6}  max {:>6}   ({} hit the leader: median {}; the others: median {})",
             summary.count,
             ms(summary.rto_ms_median),
-            ms(summary.rto_ms_max)
+            ms(summary.rto_ms_max),
+            summary.hit_leader,
+            ms(summary.rto_ms_median_leader_hit),
+            ms(summary.rto_ms_median_leader_spared),
         );
     }
     for line in &report.not_injected {

@@ -16,6 +16,11 @@ pub struct FaultRecord {
     pub kind: String,
     /// What it hit (node ids).
     pub targets: Vec<u64>,
+    /// The leader when it began, if one was agreed on.
+    pub leader: Option<u64>,
+    /// Whether it took the leader out of the majority (killed, paused, cut off or replaced it,
+    /// or left it in the minority): then clients wait for an election.
+    pub hit_leader: bool,
     /// What exactly was done, where it needs saying (the bytes torn, the clock offset).
     pub detail: String,
     pub start_ns: u64,
@@ -29,6 +34,10 @@ pub struct KindSummary {
     pub count: usize,
     pub rto_ms_median: Option<f64>,
     pub rto_ms_max: Option<f64>,
+    /// How many of them hit the leader, and the median RTO of those and of the others.
+    pub hit_leader: usize,
+    pub rto_ms_median_leader_hit: Option<f64>,
+    pub rto_ms_median_leader_spared: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -111,25 +120,31 @@ pub fn build(
         .iter()
         .copied()
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-    let mut by_kind: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_kind: BTreeMap<String, Vec<&FaultRecord>> = BTreeMap::new();
     for fault in &faults {
-        *counts.entry(fault.kind.clone()).or_default() += 1;
-        if let Some(rto) = fault.rto_ms {
-            by_kind.entry(fault.kind.clone()).or_default().push(rto);
-        }
+        by_kind.entry(fault.kind.clone()).or_default().push(fault);
     }
-    let by_kind = counts
+    let by_kind = by_kind
         .into_iter()
-        .map(|(kind, count)| {
-            let mut values = by_kind.remove(&kind).unwrap_or_default();
+        .map(|(kind, faults)| {
+            let rtos = |hit: Option<bool>| -> Vec<f64> {
+                faults
+                    .iter()
+                    .filter(|f| hit.is_none_or(|hit| f.hit_leader == hit))
+                    .filter_map(|f| f.rto_ms)
+                    .collect()
+            };
+            let mut values = rtos(None);
             let max = values.iter().copied().reduce(f64::max);
             (
                 kind,
                 KindSummary {
-                    count,
+                    count: faults.len(),
                     rto_ms_median: median(&mut values),
                     rto_ms_max: max,
+                    hit_leader: faults.iter().filter(|f| f.hit_leader).count(),
+                    rto_ms_median_leader_hit: median(&mut rtos(Some(true))),
+                    rto_ms_median_leader_spared: median(&mut rtos(Some(false))),
                 },
             )
         })

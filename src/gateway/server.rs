@@ -551,8 +551,8 @@ impl Gateway {
     /// An order's open state, from the leader's engine (which has applied everything the
     /// session was answered). A broker sees only orders of its own accounts.
     async fn order_status(&self, principal: Principal, order_id: u64) -> Reply {
-        if !self.publishing() {
-            return self.not_leader();
+        if let Err(reply) = self.confirm_leadership().await {
+            return reply;
         }
         let found = self
             .engine
@@ -786,8 +786,8 @@ impl Gateway {
 
     /// An account's balances, from the leader's engine. A broker sees only its own accounts.
     async fn balances(&self, principal: Principal, account: u64, assets: Vec<u32>) -> Reply {
-        if !self.publishing() {
-            return self.not_leader();
+        if let Err(reply) = self.confirm_leadership().await {
+            return reply;
         }
         if assets.len() > BALANCE_ASSETS_MAX {
             return Reply::Error(format!(
@@ -877,6 +877,23 @@ impl Gateway {
                 let last = batch.len() - 1;
                 batch.swap(last - 1, last);
             }
+        }
+    }
+
+    /// Makes a read linearizable (Raft's read index): a leader deposed without knowing it yet
+    /// would answer from a stale state, so it first confirms with a majority that it still
+    /// leads, and waits until its engine has applied everything committed before the read.
+    async fn confirm_leadership(&self) -> Result<(), Reply> {
+        if !self.publishing() {
+            return Err(self.not_leader());
+        }
+        match tokio::time::timeout(self.quorum_lost_after * 4, self.raft.ensure_linearizable())
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.forward_to_leader().is_some() => Err(self.not_leader()),
+            Ok(Err(e)) => Err(Reply::Error(format!("cannot read now: {e}"))),
+            Err(_) => Err(self.not_leader()),
         }
     }
 
