@@ -25,8 +25,13 @@ pub struct FinalState {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Verdict {
-    /// Acknowledged orders, cancels, deposits and withdrawals missing from the final state.
+    /// Acknowledged orders, cancels, replaces, deposits and withdrawals missing from the final
+    /// state.
     pub lost: u64,
+    /// When each lost operation was acknowledged (run time, ns): the report charges it to the
+    /// fault in force then.
+    #[serde(skip)]
+    pub lost_at_ns: Vec<u64>,
     /// Orders, executions or reports that appear twice, or a client order id used twice.
     pub duplicates: u64,
     /// Nodes whose output hash differs at the same index, or that reported a divergence.
@@ -47,6 +52,8 @@ pub struct Verdict {
     pub linearizability_inconclusive: u64,
     /// Nodes that exited by themselves during the run (a fault must never crash a node).
     pub crashes: u64,
+    /// The run could not gather what the checkers need (a report feed that failed).
+    pub harness_errors: u64,
     /// Operations with an unknown outcome (allowed either way, never twice).
     pub unknown: u64,
     pub acknowledged: u64,
@@ -64,6 +71,7 @@ impl Verdict {
             && self.conservation_errors == 0
             && self.linearizability_errors == 0
             && self.crashes == 0
+            && self.harness_errors == 0
     }
 
     fn problem(&mut self, text: String) {
@@ -147,6 +155,7 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
         };
         if missing {
             verdict.lost += 1;
+            verdict.lost_at_ns.push(op.time_ns);
             verdict.problem(format!(
                 "lost: acknowledged {} {:?} -> {result}",
                 op.f, op.value

@@ -86,6 +86,9 @@ struct Args {
     /// The kinds to inject [default: all this machine allows].
     #[arg(long, value_enum, value_delimiter = ',')]
     kinds: Vec<FaultKind>,
+    /// Pick each fault's kind at random (from the seed) instead of taking the kinds in turn.
+    #[arg(long)]
+    random_order: bool,
     /// How long each fault lasts, in milliseconds.
     #[arg(long, default_value_t = 1_500)]
     hold_ms: u64,
@@ -398,7 +401,11 @@ async fn chaos(
         }
         // One fault at a time: the next waits until every node has caught up with the last.
         caught_up(hosts, Duration::from_secs(10)).await;
-        let kind = kinds[n % kinds.len()];
+        let kind = if args.random_order {
+            kinds[rng.gen_range(0..kinds.len())]
+        } else {
+            kinds[n % kinds.len()]
+        };
         let current = leader(hosts, Duration::from_secs(10)).await;
         let all: Vec<u64> = hosts.ids().collect();
         // Inject, then note the time: the fault counts from when it is in force.
@@ -506,6 +513,7 @@ async fn chaos(
             start_ns,
             healed_ns: history.now_ns(),
             rto_ms: None,
+            lost: 0,
         });
         eprint!(
             "\rfaults {}/{}  operations {}   ",
@@ -540,10 +548,19 @@ async fn chaos(
         .map_err(|e| e.to_string())?;
     let book_matches = feed.state().bids == bids && feed.state().asks == asks;
     md_stop_reports.store(true, Ordering::Relaxed);
+    // A feed that failed leaves the checkers without part of the final state: the run fails
+    // and says why, but its history and report are still written.
     let mut reports = BTreeMap::new();
+    let mut feed_errors = Vec::new();
     for reader in report_readers {
-        let (broker, all) = reader.await.map_err(|e| e.to_string())??;
-        reports.insert(broker, all);
+        match reader.await.map_err(|e| e.to_string())? {
+            Ok((broker, all)) => {
+                reports.insert(broker, all);
+            }
+            Err(why) => feed_errors.push(format!(
+                "a report feed failed, so the checkers cannot see every report: {why}"
+            )),
+        }
     }
     let mut balances = BTreeMap::new();
     for account in workload::desks().into_iter().flat_map(|b| b.accounts) {
@@ -567,6 +584,8 @@ async fn chaos(
     let mut verdict = verdict;
     verdict.crashes = crashes.len() as u64;
     verdict.problems.extend(crashes);
+    verdict.harness_errors = feed_errors.len() as u64;
+    verdict.problems.extend(feed_errors);
     report::recovery_times(&ops, &mut faults);
     let placement = match hosts.placement {
         Placement::Namespaces => "namespaces",
@@ -701,6 +720,9 @@ fn print_summary(report: &report::Report, out: &std::path::Path) {
         report.linearizability_inconclusive
     );
     println!("node crashes     {}", report.crashes);
+    if report.harness_errors > 0 {
+        println!("harness errors   {}", report.harness_errors);
+    }
     println!(
         "RTO (ms)         median {}  max {}",
         ms(report.rto_ms_median),
@@ -728,4 +750,43 @@ fn print_summary(report: &report::Report, out: &std::path::Path) {
         if report.passed { "PASSED" } else { "FAILED" },
         out.display()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ring_cuts;
+
+    /// Every node keeps a majority of the cluster (itself included), and no two nodes keep
+    /// the same one.
+    fn views(ring: &[u64]) -> Vec<Vec<u64>> {
+        let cuts = ring_cuts(ring);
+        let mut nodes = ring.to_vec();
+        nodes.sort();
+        nodes
+            .iter()
+            .map(|&x| {
+                nodes
+                    .iter()
+                    .copied()
+                    .filter(|&y| !cuts.contains(&(x, y)) && !cuts.contains(&(y, x)))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_majorities_ring_leaves_every_node_a_different_majority() {
+        let five = views(&[3, 1, 5, 2, 4]);
+        for view in &five {
+            assert_eq!(view.len(), 3, "{five:?}");
+        }
+        for (i, a) in five.iter().enumerate() {
+            assert!(five[i + 1..].iter().all(|b| b != a), "{five:?}");
+        }
+        // Three nodes: the ends lose each other, the middle one bridges them.
+        assert_eq!(ring_cuts(&[2, 3, 1]), vec![(2, 1)]);
+        for view in views(&[2, 3, 1]) {
+            assert!(view.len() >= 2);
+        }
+    }
 }

@@ -27,6 +27,9 @@ pub struct FaultRecord {
     pub healed_ns: u64,
     /// From the fault's start to the first acknowledged order sent after it.
     pub rto_ms: Option<f64>,
+    /// Acknowledged operations lost that were acknowledged from this fault's start to the
+    /// next one's (must be 0).
+    pub lost: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -55,6 +58,7 @@ pub struct Report {
     pub linearizability_ops: u64,
     pub linearizability_inconclusive: u64,
     pub crashes: u64,
+    pub harness_errors: u64,
     pub acknowledged: u64,
     pub unknown: u64,
     pub rto_ms_median: Option<f64>,
@@ -111,10 +115,15 @@ pub fn recovery_times(history: &[Op], faults: &mut [FaultRecord]) {
 pub fn build(
     placement: &str,
     nodes: u64,
-    faults: Vec<FaultRecord>,
+    mut faults: Vec<FaultRecord>,
     verdict: &Verdict,
     not_injected: Vec<String>,
 ) -> Report {
+    for at in &verdict.lost_at_ns {
+        if let Some(fault) = faults.iter_mut().rev().find(|f| f.start_ns <= *at) {
+            fault.lost += 1;
+        }
+    }
     let mut all: Vec<f64> = faults.iter().filter_map(|f| f.rto_ms).collect();
     let max = all
         .iter()
@@ -163,6 +172,7 @@ pub fn build(
         linearizability_ops: verdict.linearizability_ops,
         linearizability_inconclusive: verdict.linearizability_inconclusive,
         crashes: verdict.crashes,
+        harness_errors: verdict.harness_errors,
         acknowledged: verdict.acknowledged,
         unknown: verdict.unknown,
         rto_ms_median: median(&mut all),

@@ -154,7 +154,9 @@ impl Client {
     }
 
     /// Connects to every candidate at once and keeps the first that answers, so a dead node
-    /// costs nothing while another is up.
+    /// costs nothing while another is up. A refused logon counts only if no node accepts it:
+    /// a node that has not yet applied a broker's registration (just replaced, or behind)
+    /// does not know its key, while the others do.
     async fn connect_any(&mut self, candidates: &[SocketAddr]) -> Result<Link, ConnectError> {
         let mut attempts = tokio::task::JoinSet::new();
         for &addr in candidates {
@@ -163,6 +165,7 @@ impl Client {
             attempts.spawn(async move { connect(&endpoint, addr, api_key.as_deref()).await });
         }
         let mut last_error = String::from("no node to connect to");
+        let mut refused = None;
         while let Some(attempt) = attempts.join_next().await {
             match attempt {
                 Ok(Ok((link, broker))) => {
@@ -171,12 +174,17 @@ impl Client {
                     }
                     return Ok(link);
                 }
-                Ok(Err(ConnectError::Refused(e))) => return Err(ConnectError::Refused(e)),
+                Ok(Err(ConnectError::Refused(e))) => {
+                    refused.get_or_insert(e);
+                }
                 Ok(Err(ConnectError::Network(e))) => last_error = e,
                 Err(e) => last_error = e.to_string(),
             }
         }
-        Err(ConnectError::Network(last_error))
+        Err(match refused {
+            Some(why) => ConnectError::Refused(why),
+            None => ConnectError::Network(last_error),
+        })
     }
 
     async fn exchange(link: &mut Link, request: &Request) -> Result<Reply, String> {
