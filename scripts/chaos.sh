@@ -5,7 +5,7 @@
 #
 #   scripts/chaos.sh --quick    a short run (20 faults, two of every kind) and the planted-fault
 #                               runs (about 3 minutes): CI
-#   scripts/chaos.sh            the long run: 100 faults of every kind (about 45 minutes)
+#   scripts/chaos.sh            the long run: 100 faults of every kind (about 50 minutes)
 #   scripts/chaos.sh -- ARGS    any exchange-chaos arguments (exchange-chaos --help)
 #
 # Writes history.jsonl, report.json and timeline.svg under target/chaos/. Everything a run makes

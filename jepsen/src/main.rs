@@ -187,6 +187,11 @@ fn client(hosts: &Hosts, key: &str) -> Result<Client, String> {
 
 /// The node every running node names as leader, if they agree.
 async fn leader(hosts: &Hosts, within: Duration) -> Option<u64> {
+    leader_and_voters(hosts, within).await.map(|(id, _)| id)
+}
+
+/// The agreed leader and the voters it names.
+async fn leader_and_voters(hosts: &Hosts, within: Duration) -> Option<(u64, Vec<u64>)> {
     let probe = client(hosts, workload::ADMIN_KEY).ok()?;
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
@@ -194,12 +199,12 @@ async fn leader(hosts: &Hosts, within: Duration) -> Option<u64> {
         for id in hosts.ids().filter(|id| hosts.is_running(*id)) {
             if let Ok(status) = probe.status_of(hosts.broker_addr(id)).await {
                 if status.role == "leader" {
-                    named.push(status.id);
+                    named.push((status.id, status.voters));
                 }
             }
         }
         if named.len() == 1 {
-            return Some(named[0]);
+            return named.pop();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -406,7 +411,10 @@ async fn chaos(
         } else {
             kinds[n % kinds.len()]
         };
-        let current = leader(hosts, Duration::from_secs(10)).await;
+        let (current, voters) = match leader_and_voters(hosts, Duration::from_secs(10)).await {
+            Some((id, voters)) => (Some(id), voters),
+            None => (None, Vec::new()),
+        };
         let all: Vec<u64> = hosts.ids().collect();
         // Inject, then note the time: the fault counts from when it is in force.
         let mut detail = String::new();
@@ -507,6 +515,7 @@ async fn chaos(
         faults.push(FaultRecord {
             kind: kind.name(),
             leader: current,
+            voters,
             hit_leader,
             targets,
             detail,

@@ -16,8 +16,9 @@ pub struct FaultRecord {
     pub kind: String,
     /// What it hit (node ids).
     pub targets: Vec<u64>,
-    /// The leader when it began, if one was agreed on.
+    /// The leader when it began, if one was agreed on, and the voters it named.
     pub leader: Option<u64>,
+    pub voters: Vec<u64>,
     /// Whether it took the leader out of the majority (killed, paused, cut off or replaced it,
     /// or left it in the minority): then clients wait for an election.
     pub hit_leader: bool,

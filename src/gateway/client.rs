@@ -775,6 +775,10 @@ async fn connect(
     match Client::exchange(&mut link, &logon).await {
         Ok(Reply::LoggedOn { broker }) => Ok((link, Some(broker))),
         Ok(Reply::Error(why)) => Err(ConnectError::Refused(format!("{addr}: {why}"))),
+        // A node that is not the leader and does not know the key (yet): ask the others.
+        Ok(Reply::NotLeader { .. }) => Err(network(format!(
+            "{addr}: not the leader, and it does not know this key (it may be behind)"
+        ))),
         Ok(other) => Err(ConnectError::Refused(format!(
             "{addr}: unexpected logon reply {other:?}"
         ))),

@@ -72,6 +72,9 @@ pub struct FaultState {
 /// (asset, available, held), as a balances reply carries it.
 type Balance = (u32, i64, i64);
 
+/// Why a logon with a well-formed key that no broker has is refused.
+const UNKNOWN_KEY: &str = "logon refused: unknown API key";
+
 /// Faults planted in the gateway so that the chaos suite can show its checkers catch them.
 /// Only `test-faults` builds of exchange-node can set them; the default is none.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -277,7 +280,8 @@ impl Gateway {
         }
     }
 
-    /// Checks a logon; the session's principal when the key is known.
+    /// Checks a logon; the session's principal when the key is known. Keys are registered
+    /// through the log, so only the leader's "unknown" is final.
     async fn log_on(&self, protocol_version: u16, api_key: &str) -> Result<Principal, String> {
         if protocol_version != PROTOCOL_VERSION {
             return Err(format!(
@@ -303,7 +307,7 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         broker
             .map(|broker| Principal { broker })
-            .ok_or_else(|| "logon refused: unknown API key".to_string())
+            .ok_or_else(|| UNKNOWN_KEY.to_string())
     }
 
     async fn handle(&self, session: &Session, request: Request) -> (Reply, After) {
@@ -326,6 +330,11 @@ impl Gateway {
                     Err(_) => &self.metrics.logons_refused,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                // A node that is not the leader may not have applied the broker's registration
+                // yet (just replaced, or behind): send the broker to the leader instead.
+                if matches!(&logon, Err(why) if why == UNKNOWN_KEY) && !self.publishing() {
+                    return (self.not_leader(), After::Close(close_code::LOGON_REFUSED));
+                }
                 return match logon {
                     Ok(principal) => {
                         // Two streams racing to log on: the first wins, the other is refused.
