@@ -219,6 +219,8 @@ pub fn role_name(state: ServerState) -> &'static str {
 pub const BROKER_CONNECTIONS_MAX: usize = 4_096;
 /// How long adding a learner may take to catch it up.
 pub const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// A read whose leadership check fell short of a majority tries again after this pause.
+const READ_INDEX_RETRY_PAUSE: Duration = Duration::from_millis(2);
 
 impl Gateway {
     pub fn status(&self) -> NodeStatus {
@@ -893,16 +895,22 @@ impl Gateway {
     /// would answer from a stale state, so it first confirms with a majority that it still
     /// leads, and waits until its engine has applied everything committed before the read.
     async fn confirm_leadership(&self) -> Result<(), Reply> {
-        if !self.publishing() {
-            return Err(self.not_leader());
-        }
-        match tokio::time::timeout(self.quorum_lost_after * 4, self.raft.ensure_linearizable())
-            .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if e.forward_to_leader().is_some() => Err(self.not_leader()),
-            Ok(Err(e)) => Err(Reply::Error(format!("cannot read now: {e}"))),
-            Err(_) => Err(self.not_leader()),
+        let deadline = tokio::time::Instant::now() + self.quorum_lost_after * 4;
+        loop {
+            if !self.publishing() {
+                return Err(self.not_leader());
+            }
+            match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if e.forward_to_leader().is_some() => return Err(self.not_leader()),
+                // The heartbeats of this round did not reach a majority in time (a busy host
+                // answers late): another round may, until the deadline.
+                Ok(Err(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(READ_INDEX_RETRY_PAUSE).await;
+                }
+                // No majority confirmed this node's leadership in time: as good as not leading.
+                Ok(Err(_)) | Err(_) => return Err(self.not_leader()),
+            }
         }
     }
 
