@@ -90,8 +90,11 @@ enum Commands {
     /// Creates what it needs (a symbol, one broker with a fresh key and one funded account per
     /// session) with the admin key, then runs the sessions for --duration seconds. With --rate,
     /// orders are scheduled evenly and latency counts from each order's scheduled time; with
-    /// --rate 0, each session sends as soon as its last request is answered. Also measures,
-    /// in the same run, the floor: a QUIC round trip on loopback plus one fdatasync.
+    /// --rate 0, each session sends as soon as its last request is answered. "Send lag" is the
+    /// load generator's own part: from an order's scheduled time to the sending of its request
+    /// (a session with one request out sends what fell due meanwhile when the answer comes;
+    /// see --pipeline). Also measures, in the same run, the floor: a QUIC round trip on
+    /// loopback plus one fdatasync.
     Bench {
         /// Broker sessions, each with its own connection, broker and account.
         #[arg(long, visible_alias = "clients", default_value_t = 16)]
@@ -132,6 +135,12 @@ enum Commands {
         /// that a slow reader does not slow orders (compare with a run without).
         #[arg(long, default_value_t = 0)]
         md_stalled: u64,
+        /// Open loop: send each order when it is due, without waiting for the answers to the
+        /// session's earlier ones (each request on a QUIC stream of its own). Without it a
+        /// session has one request out at a time and sends what fell due meanwhile together;
+        /// on a host with few cores that batching is cheaper.
+        #[arg(long)]
+        pipeline: bool,
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
     },
@@ -273,6 +282,7 @@ fn main() -> ExitCode {
             floor_dir,
             md_subscribers,
             md_stalled,
+            pipeline,
             cluster,
         } => {
             let per_request = orders_per_request.unwrap_or(if rate == 0 { 1 } else { 512 });
@@ -290,6 +300,7 @@ fn main() -> ExitCode {
                 floor_dir,
                 md_subscribers,
                 md_stalled,
+                pipeline,
             };
             multi_thread_runtime().and_then(|rt| rt.block_on(cluster_bench(cluster, config)))
         }
@@ -600,6 +611,7 @@ async fn cluster_bench(
             "latency (us)", "count", "p50", "p90", "p99", "p99.9", "max"
         );
         let fill = &report.fill;
+        let lag = &report.send_lag;
         let floor = &report.floor;
         for (name, count, p) in [
             (
@@ -623,6 +635,11 @@ async fn cluster_bench(
                     fill.p999_us,
                     fill.max_us,
                 ],
+            ),
+            (
+                "  of which send lag",
+                lag.count,
+                [lag.p50_us, lag.p90_us, lag.p99_us, lag.p999_us, lag.max_us],
             ),
             (
                 "floor: QUIC rtt+fsync",

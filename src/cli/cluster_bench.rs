@@ -32,7 +32,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::cluster::ClusterArgs;
-use crate::gateway::client::{Client, MarketFeed};
+use crate::gateway::client::{Client, ClientError, MarketFeed};
 use crate::gateway::credentials;
 use crate::marketdata::feed::{Channel, MdBody};
 
@@ -60,6 +60,8 @@ pub struct BenchConfig {
     pub md_subscribers: u64,
     /// Market data subscribers that subscribe to the book and then stop reading.
     pub md_stalled: u64,
+    /// Open loop: send each order when due without waiting for earlier answers.
+    pub pipeline: bool,
 }
 
 /// What the market data subscribers saw.
@@ -122,10 +124,17 @@ pub struct ClusterBenchReport {
     pub p999_us: u64,
     pub max_us: u64,
     pub fill: Percentiles,
+    /// From each order's scheduled time to the sending of its request: the load generator's
+    /// own part of order-to-ack (waiting for the session's previous answer, or for a core).
+    pub send_lag: Percentiles,
     /// A QUIC round trip on loopback plus one fdatasync, measured in this run.
     pub floor: Percentiles,
     pub market_data: Option<MarketDataReport>,
 }
+
+/// Orders released to one session and not yet sent: a session this far behind holds back the
+/// pacer (the orders' scheduled times stay what they were).
+const RELEASED_QUEUE_MAX: usize = 65_536;
 
 /// The stream window of a stalled subscriber's connection.
 const STALLED_WINDOW_BYTES: u32 = 16 * 1024;
@@ -257,6 +266,8 @@ async fn setup(args: &ClusterArgs, config: &BenchConfig) -> Result<Vec<Member>, 
 /// What one session measured.
 struct SessionResult {
     ack: Histogram<u64>,
+    /// From each order's scheduled time to the sending of its request.
+    send_lag: Histogram<u64>,
     fill: Histogram<u64>,
     sent: u64,
     rejected: u64,
@@ -319,75 +330,56 @@ impl Flow {
     }
 }
 
-async fn drive_session(
-    mut client: Client,
-    mut flow: Flow,
-    config: BenchConfig,
-    started: Instant,
-    stop: Arc<AtomicBool>,
-    acked_so_far: Arc<AtomicU64>,
-) -> SessionResult {
-    let mut result = SessionResult {
-        ack: histogram(),
-        fill: histogram(),
-        sent: 0,
-        rejected: 0,
-        failed: 0,
-    };
-    // Open loop: this session's share of the rate, its orders evenly spaced.
-    let interval = (config.rate > 0)
-        .then(|| Duration::from_secs_f64(config.sessions as f64 / config.rate as f64));
-    let mut scheduled_count = 0u64;
-    while !stop.load(Ordering::Acquire) {
-        let mut due: Vec<(Command, bool, Instant)> = Vec::new();
-        match interval {
-            Some(interval) => {
-                let next_at = started + interval.mul_f64(scheduled_count as f64);
-                let now = Instant::now();
-                if next_at > now {
-                    tokio::time::sleep_until(next_at.into()).await;
-                    continue;
-                }
-                while due.len() < config.orders_per_request {
-                    let at = started + interval.mul_f64(scheduled_count as f64);
-                    if at > now {
-                        break;
-                    }
-                    let (command, crossing) = flow.next();
-                    due.push((command, crossing, at));
-                    scheduled_count += 1;
-                }
-            }
-            None => {
-                let now = Instant::now();
-                for _ in 0..config.orders_per_request {
-                    let (command, crossing) = flow.next();
-                    due.push((command, crossing, now));
-                }
-            }
+/// An order as the session sent it: the command, whether it crosses (measured to its fill),
+/// and its scheduled send time.
+type Sent = (Command, bool, Instant);
+
+impl SessionResult {
+    fn new() -> Self {
+        SessionResult {
+            ack: histogram(),
+            send_lag: histogram(),
+            fill: histogram(),
+            sent: 0,
+            rejected: 0,
+            failed: 0,
         }
-        result.sent += due.len() as u64;
-        let commands: Vec<Command> = due.iter().map(|(c, _, _)| *c).collect();
-        let answers = if commands.len() == 1 {
-            client.submit(commands[0]).await.map(|o| vec![Ok(o)])
-        } else {
-            client.submit_batch(commands).await
-        };
-        let answered = Instant::now();
-        let Ok(answers) = answers else {
-            result.failed += due.len() as u64;
-            continue;
+    }
+
+    /// Records a request's answers (latency from each order's scheduled time) and keeps the
+    /// session's resting orders for its cancels.
+    fn record(
+        &mut self,
+        flow: &mut Flow,
+        due: &[Sent],
+        sent_at: Instant,
+        answers: Result<Vec<Result<Vec<exchange_domain::Output>, String>>, ClientError>,
+        answered: Instant,
+    ) {
+        for (_, _, scheduled) in due {
+            self.send_lag
+                .saturating_record(sent_at.saturating_duration_since(*scheduled).as_micros() as u64);
+        }
+        let answers = match answers {
+            Ok(answers) => answers,
+            Err(_) => {
+                self.failed += due.len() as u64;
+                return;
+            }
         };
         for ((command, crossing, scheduled), answer) in due.iter().zip(answers) {
-            let Ok(outputs) = answer else {
-                result.failed += 1;
-                continue;
+            let outputs = match answer {
+                Ok(outputs) => outputs,
+                Err(_) => {
+                    self.failed += 1;
+                    continue;
+                }
             };
             let micros = answered.duration_since(*scheduled).as_micros() as u64;
-            result.ack.saturating_record(micros);
+            self.ack.saturating_record(micros);
             for output in &outputs {
                 match output.event {
-                    Event::Rejected { .. } | Event::CancelRejected { .. } => result.rejected += 1,
+                    Event::Rejected { .. } | Event::CancelRejected { .. } => self.rejected += 1,
                     Event::Accepted {
                         order_id,
                         time_in_force: TimeInForce::Gtc,
@@ -402,16 +394,190 @@ async fn drive_session(
                 .iter()
                 .any(|o| matches!(o.event, Event::Execution { .. }));
             if *crossing && filled {
-                result.fill.saturating_record(micros);
+                self.fill.saturating_record(micros);
             }
         }
-        acked_so_far.fetch_add(due.len() as u64, Ordering::Relaxed);
         // Keep the book bounded: resting orders filled by others are simply cancelled late.
         while flow.resting.len() > 10_000 {
             flow.resting.pop_front();
         }
     }
+}
+
+/// Closed loop: each session sends its next request as soon as the last is answered.
+async fn drive_closed_loop(
+    mut client: Client,
+    mut flow: Flow,
+    config: BenchConfig,
+    stop: Arc<AtomicBool>,
+    acked_so_far: Arc<AtomicU64>,
+) -> SessionResult {
+    let mut result = SessionResult::new();
+    while !stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        let due: Vec<Sent> = (0..config.orders_per_request)
+            .map(|_| {
+                let (command, crossing) = flow.next();
+                (command, crossing, now)
+            })
+            .collect();
+        result.sent += due.len() as u64;
+        let commands: Vec<Command> = due.iter().map(|(c, _, _)| *c).collect();
+        let sent_at = Instant::now();
+        let answers = if commands.len() == 1 {
+            client.submit(commands[0]).await.map(|o| vec![Ok(o)])
+        } else {
+            client.submit_batch(commands).await
+        };
+        result.record(&mut flow, &due, sent_at, answers, Instant::now());
+        acked_so_far.fetch_add(due.len() as u64, Ordering::Relaxed);
+    }
     result
+}
+
+/// Open loop, one request out at a time: the session's orders are evenly spaced; what falls
+/// due while a request is out goes together in the next (at most `orders_per_request`).
+/// Latency counts from each order's scheduled time. The session runs on a thread of its own
+/// with a single-threaded runtime and waits for the next order with the kernel's timer: the
+/// async runtime's timer wakes on millisecond ticks, which sent orders 1.2 ms late at the
+/// median, counted as the exchange's latency.
+fn drive_open_loop(
+    client: Client,
+    mut flow: Flow,
+    config: BenchConfig,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    acked_so_far: Arc<AtomicU64>,
+    runtime: tokio::runtime::Runtime,
+) -> SessionResult {
+    let mut client = client;
+    let mut result = SessionResult::new();
+    let interval = Duration::from_secs_f64(config.sessions as f64 / config.rate as f64);
+    let mut scheduled_count = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let next_at = started + interval.mul_f64(scheduled_count as f64);
+        let now = Instant::now();
+        if next_at > now {
+            std::thread::sleep(next_at - now);
+            continue;
+        }
+        let mut due: Vec<Sent> = Vec::new();
+        while due.len() < config.orders_per_request {
+            let at = started + interval.mul_f64(scheduled_count as f64);
+            if at > now {
+                break;
+            }
+            let (command, crossing) = flow.next();
+            due.push((command, crossing, at));
+            scheduled_count += 1;
+        }
+        result.sent += due.len() as u64;
+        let commands: Vec<Command> = due.iter().map(|(c, _, _)| *c).collect();
+        let sent_at = Instant::now();
+        let answers = runtime.block_on(async {
+            if commands.len() == 1 {
+                client.submit(commands[0]).await.map(|o| vec![Ok(o)])
+            } else {
+                client.submit_batch(commands).await
+            }
+        });
+        result.record(&mut flow, &due, sent_at, answers, Instant::now());
+        acked_so_far.fetch_add(due.len() as u64, Ordering::Relaxed);
+    }
+    result
+}
+
+/// Open loop, pipelined: the session sends each order when the pacer releases it (at its
+/// scheduled time), without waiting for the answers to earlier ones, each request on a stream
+/// of its own, as a broker with orders to send does. Orders released together go in one
+/// request (at most `orders_per_request`).
+async fn drive_pipelined(
+    mut client: Client,
+    mut flow: Flow,
+    config: BenchConfig,
+    mut released: tokio::sync::mpsc::Receiver<Instant>,
+    acked_so_far: Arc<AtomicU64>,
+) -> SessionResult {
+    let mut result = SessionResult::new();
+    let pipeline = match client.pipeline().await {
+        Ok(pipeline) => pipeline,
+        Err(e) => {
+            eprintln!("exchange-cli bench: a session cannot reach the leader: {e}");
+            while released.recv().await.is_some() {
+                result.sent += 1;
+                result.failed += 1;
+            }
+            return result;
+        }
+    };
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            scheduled = released.recv(), if open => {
+                let Some(scheduled) = scheduled else {
+                    open = false;
+                    continue;
+                };
+                let mut due: Vec<Sent> = Vec::with_capacity(1);
+                let (command, crossing) = flow.next();
+                due.push((command, crossing, scheduled));
+                while due.len() < config.orders_per_request {
+                    let Ok(scheduled) = released.try_recv() else { break };
+                    let (command, crossing) = flow.next();
+                    due.push((command, crossing, scheduled));
+                }
+                result.sent += due.len() as u64;
+                let pipeline = pipeline.clone();
+                in_flight.spawn(async move {
+                    let commands = due.iter().map(|(c, _, _)| *c).collect();
+                    let sent_at = Instant::now();
+                    let answers = pipeline.submit_batch(commands).await;
+                    (due, sent_at, answers, Instant::now())
+                });
+            }
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                let Ok((due, sent_at, answers, answered)) = done else { continue };
+                acked_so_far.fetch_add(due.len() as u64, Ordering::Relaxed);
+                result.record(&mut flow, &due, sent_at, answers, answered);
+            }
+        }
+    }
+    result
+}
+
+/// Releases the open loop's orders at their scheduled times, round robin over the sessions,
+/// until `stop`. A thread of its own that sleeps with the kernel's timer (tens of
+/// microseconds late, where the async runtime's timer rounds up to the next millisecond), so
+/// the schedule the latency is measured from is the schedule orders are sent on.
+fn pace(
+    rate: u64,
+    started: Instant,
+    sessions: Vec<tokio::sync::mpsc::Sender<Instant>>,
+    stop: Arc<AtomicBool>,
+) {
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut next = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        let mut at = started + interval.mul_f64(next as f64);
+        if at > now {
+            std::thread::sleep(at - now);
+            continue;
+        }
+        while at <= now {
+            // A full queue means the session is behind: waiting here delays the release but
+            // not the scheduled time the order is measured from.
+            if sessions[(next % sessions.len() as u64) as usize]
+                .blocking_send(at)
+                .is_err()
+            {
+                return;
+            }
+            next += 1;
+            at = started + interval.mul_f64(next as f64);
+        }
+    }
 }
 
 /// The floor: QUIC echo round trips on loopback and fdatasyncs of 64-byte appends.
@@ -509,9 +675,24 @@ pub async fn run(
     let members = setup(args, config).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
+    // An open loop with one request out at a time runs each session on a thread of its own,
+    // with a runtime of its own that must drive its client's connection.
+    let own_runtimes = config.rate > 0 && !config.pipeline;
     let mut clients = Vec::new();
+    let mut runtimes = Vec::new();
     for member in &members {
-        clients.push(args.client_with_key(&member.key)?);
+        if own_runtimes {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start a session's runtime: {e}"))?;
+            let entered = runtime.enter();
+            clients.push(args.client_with_key(&member.key)?);
+            drop(entered);
+            runtimes.push(runtime);
+        } else {
+            clients.push(args.client_with_key(&member.key)?);
+        }
     }
     let stop_feeds = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
@@ -532,6 +713,7 @@ pub async fn run(
     }
     let started = Instant::now();
     let mut drivers = Vec::new();
+    let mut releases = Vec::new();
     for (n, (client, member)) in clients.into_iter().zip(&members).enumerate() {
         let flow = Flow {
             rng: rand::rngs::SmallRng::seed_from_u64(n as u64),
@@ -542,15 +724,44 @@ pub async fn run(
             cross_pct: config.cross_pct,
             cancel_pct: config.cancel_pct,
         };
-        drivers.push(tokio::spawn(drive_session(
-            client,
-            flow,
-            config.clone(),
-            started,
-            Arc::clone(&stop),
-            Arc::clone(&acked),
-        )));
+        let acked = Arc::clone(&acked);
+        drivers.push(if config.rate > 0 && config.pipeline {
+            let (release, released) = tokio::sync::mpsc::channel(RELEASED_QUEUE_MAX);
+            releases.push(release);
+            tokio::spawn(drive_pipelined(
+                client,
+                flow,
+                config.clone(),
+                released,
+                acked,
+            ))
+        } else if config.rate > 0 {
+            let (stop, config, runtime) = (Arc::clone(&stop), config.clone(), runtimes.remove(0));
+            let session = std::thread::Builder::new()
+                .name(format!("bench-session-{n}"))
+                .spawn(move || drive_open_loop(client, flow, config, started, stop, acked, runtime))
+                .map_err(|e| format!("cannot start a session thread: {e}"))?;
+            tokio::task::spawn_blocking(move || {
+                session
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+        } else {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(drive_closed_loop(client, flow, config.clone(), stop, acked))
+        });
     }
+    let pacer = (config.rate > 0 && config.pipeline).then(|| {
+        let (rate, stop) = (config.rate, Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("bench-pacer".into())
+            .spawn(move || pace(rate, started, releases, stop))
+    });
+    let pacer = match pacer {
+        Some(Ok(pacer)) => Some(pacer),
+        Some(Err(e)) => return Err(format!("cannot start the pacing thread: {e}")),
+        None => None,
+    };
     while started.elapsed() < config.duration {
         tokio::time::sleep(Duration::from_millis(250).min(config.duration)).await;
         if progress {
@@ -566,12 +777,21 @@ pub async fn run(
         }
     }
     stop.store(true, Ordering::Release);
+    if let Some(pacer) = pacer {
+        // Its end closes the sessions' queues, so they finish what is in flight and return.
+        tokio::task::spawn_blocking(move || pacer.join())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "the pacing thread panicked".to_string())?;
+    }
     let mut ack = histogram();
+    let mut send_lag = histogram();
     let mut fill = histogram();
     let (mut sent, mut rejected, mut failed) = (0, 0, 0);
     for driver in drivers {
         let result = driver.await.map_err(|e| e.to_string())?;
         ack.add(result.ack).map_err(|e| e.to_string())?;
+        send_lag.add(result.send_lag).map_err(|e| e.to_string())?;
         fill.add(result.fill).map_err(|e| e.to_string())?;
         sent += result.sent;
         rejected += result.rejected;
@@ -620,6 +840,7 @@ pub async fn run(
         p999_us: acks.p999_us,
         max_us: acks.max_us,
         fill: Percentiles::of(&fill),
+        send_lag: Percentiles::of(&send_lag),
         floor,
         market_data,
     })

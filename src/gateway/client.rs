@@ -433,6 +433,93 @@ impl Client {
     }
 }
 
+/// Requests sent without waiting for earlier answers: each on a QUIC stream of its own over
+/// one logged-on connection to the leader, so an order does not queue behind the replies to
+/// the orders before it (as on a `Client`, which has one request out at a time). Cheap to
+/// clone. It does not follow a change of leader or resend: a request whose connection fails is
+/// reported as `OutcomeUnknown`, and a new pipeline is taken from the `Client`.
+#[derive(Clone)]
+pub struct Pipeline {
+    addr: SocketAddr,
+    connection: quinn::Connection,
+}
+
+impl Client {
+    /// A pipeline on this client's connection to the leader, connecting (and logging on)
+    /// first if it has none.
+    pub async fn pipeline(&mut self) -> Result<Pipeline, ClientError> {
+        if self.link.is_none() {
+            // The node that answers a heartbeat is not necessarily the leader: ask for
+            // something only the leader serves.
+            self.request_leader(&Request::Balances {
+                account: 0,
+                assets: Vec::new(),
+            })
+            .await?;
+        }
+        let link = self
+            .link
+            .as_ref()
+            .ok_or_else(|| ClientError::Unavailable("no connection to the leader".into()))?;
+        Ok(Pipeline {
+            addr: link.addr,
+            connection: link._connection.clone(),
+        })
+    }
+}
+
+impl Pipeline {
+    /// The leader this pipeline sends to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Submits several commands in one request, in order, on a stream of its own; returns each
+    /// one's outputs or the reason it was not sequenced.
+    pub async fn submit_batch(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Result<Vec<Output>, String>>, ClientError> {
+        let request = Request::SubmitBatch(commands);
+        let bytes =
+            postcard::to_allocvec(&request).map_err(|e| ClientError::Rejected(e.to_string()))?;
+        let round_trip = async {
+            let (mut send, mut recv) = self
+                .connection
+                .open_bi()
+                .await
+                .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+            let unknown = |e: String| ClientError::OutcomeUnknown(format!("{}: {e}", self.addr));
+            write_frame(&mut send, &bytes)
+                .await
+                .map_err(|e| unknown(e.to_string()))?;
+            // Nothing more on this stream: the node's task for it ends after the reply.
+            let _ = send.finish();
+            read_frame(&mut recv, BROKER_REPLY_BYTES_MAX)
+                .await
+                .map_err(|e| unknown(e.to_string()))?
+                .ok_or_else(|| unknown("the node closed the stream".into()))
+        };
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, round_trip)
+            .await
+            .map_err(|_| {
+                ClientError::OutcomeUnknown(format!(
+                    "{}: no reply within {REQUEST_TIMEOUT:?}",
+                    self.addr
+                ))
+            })??;
+        match postcard::from_bytes(&reply).map_err(|e| ClientError::Rejected(e.to_string()))? {
+            Reply::BatchOutputs(results) => Ok(results),
+            Reply::NotLeader { .. } => Err(ClientError::Unavailable(format!(
+                "{} is no longer the leader",
+                self.addr
+            ))),
+            Reply::Error(e) => Err(ClientError::Rejected(e)),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
 /// A subscription's replies, read by a task of their own: waiting for the next one with a
 /// deadline never loses half a frame (reading a frame is not cancel-safe; receiving from a
 /// channel is).
