@@ -100,12 +100,13 @@ pub async fn apply_when_leader(
     if file.brokers.is_empty() {
         return;
     }
-    let mut metrics = raft.metrics();
+    // The server metrics change with the role and term only, not with every entry.
+    let mut metrics = raft.server_metrics();
     let mut done_term = None;
     loop {
         let (state, term) = {
             let m = metrics.borrow();
-            (m.state, m.current_term)
+            (m.state, m.vote.leader_id().term)
         };
         if state == ServerState::Leader && done_term != Some(term) {
             done_term = Some(term);

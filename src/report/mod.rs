@@ -38,6 +38,9 @@ pub const REPORT_QUEUE_ENTRIES: usize = 65_536;
 pub const REPORT_BATCH_ENTRIES_MAX: usize = 4_096;
 /// The most outputs one write takes: bounds the transaction when entries are large.
 pub const REPORT_BATCH_OUTPUTS_MAX: usize = 100_000;
+/// At most one write (one transaction) this often: under a steady stream of small entries a
+/// transaction each cost a quarter of a core; rows appear at most this much later.
+pub const REPORT_ROUND_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 const _: () = assert!(REPORT_BATCH_ENTRIES_MAX <= REPORT_QUEUE_ENTRIES);
 

@@ -2,7 +2,8 @@
 //!
 //! Under load each round takes everything queued (up to a batch's bounds), so one transaction
 //! (one sync) covers thousands of entries; when idle a round is the one entry that woke it, so
-//! rows appear promptly. The queue is bounded and `send` blocks when it is full: a reporter that
+//! rows appear promptly. Rounds are at least `REPORT_ROUND_EVERY` apart, so a steady stream of
+//! small entries is written in a few transactions, not one each. The queue is bounded and `send` blocks when it is full: a reporter that
 //! cannot keep up slows its sender rather than lose rows or grow without bound.
 
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     EntryOutputs, ReportDb, ReportError, REPORT_BATCH_ENTRIES_MAX, REPORT_BATCH_OUTPUTS_MAX,
-    REPORT_QUEUE_ENTRIES,
+    REPORT_QUEUE_ENTRIES, REPORT_ROUND_EVERY,
 };
 
 enum Message {
@@ -245,10 +246,18 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn rounds(&mut self, receiver: &Receiver<Message>) -> Result<(), ReportError> {
+        let mut last_round: Option<Instant> = None;
         loop {
+            // Entries that come meanwhile wait in the queue and join the next round.
+            if let Some(wait) =
+                last_round.and_then(|at| REPORT_ROUND_EVERY.checked_sub(at.elapsed()))
+            {
+                std::thread::sleep(wait);
+            }
             let Ok(first) = receiver.recv() else {
                 return Ok(()); // Every sender is gone, and so is the Reporter.
             };
+            last_round = Some(Instant::now());
             let mut stop = self.take(first)?;
             // Take what else is queued, within a batch's bounds; after a stop, all of it.
             loop {
