@@ -32,7 +32,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::cluster::ClusterArgs;
-use crate::gateway::client::{Client, ClientError, MarketFeed};
+use crate::gateway::client::{Client, ClientError, MarketFeed, Pipeline};
 use crate::gateway::credentials;
 use crate::marketdata::feed::{Channel, MdBody};
 
@@ -435,6 +435,16 @@ async fn drive_closed_loop(
     result
 }
 
+/// What a session on a thread of its own needs besides its client: its place among the
+/// sessions, its runtime (which drives its client's connection), and the handshake with the
+/// main thread: it reports once connected, then waits for the time the run starts.
+struct SessionThread {
+    index: u64,
+    runtime: tokio::runtime::Runtime,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    start: std::sync::mpsc::Receiver<Instant>,
+}
+
 /// Open loop, one request out at a time: the session's orders are evenly spaced; what falls
 /// due while a request is out goes together in the next (at most `orders_per_request`).
 /// Latency counts from each order's scheduled time. The session runs on a thread of its own
@@ -442,20 +452,32 @@ async fn drive_closed_loop(
 /// async runtime's timer wakes on millisecond ticks, which sent orders 1.2 ms late at the
 /// median, counted as the exchange's latency.
 fn drive_open_loop(
-    client: Client,
+    mut client: Client,
     mut flow: Flow,
     config: BenchConfig,
-    started: Instant,
+    session: SessionThread,
     stop: Arc<AtomicBool>,
     acked_so_far: Arc<AtomicU64>,
-    runtime: tokio::runtime::Runtime,
 ) -> SessionResult {
-    let mut client = client;
     let mut result = SessionResult::new();
-    let interval = Duration::from_secs_f64(config.sessions as f64 / config.rate as f64);
+    let SessionThread {
+        index,
+        runtime,
+        ready,
+        start,
+    } = session;
+    let connected = runtime.block_on(client.pipeline()).map(|_| ());
+    let _ = ready.send(connected.map_err(|e| e.to_string()));
+    let Ok(started) = start.recv() else {
+        return result;
+    };
+    // Order k of session i is due at (k * sessions + i) / rate: the sessions' orders
+    // interleave evenly, not in bursts of one per session.
+    let interval = Duration::from_secs_f64(1.0 / config.rate as f64);
+    let due_at = |k: u64| started + interval.mul_f64((k * config.sessions + index) as f64);
     let mut scheduled_count = 0u64;
     while !stop.load(Ordering::Acquire) {
-        let next_at = started + interval.mul_f64(scheduled_count as f64);
+        let next_at = due_at(scheduled_count);
         let now = Instant::now();
         if next_at > now {
             std::thread::sleep(next_at - now);
@@ -463,7 +485,7 @@ fn drive_open_loop(
         }
         let mut due: Vec<Sent> = Vec::new();
         while due.len() < config.orders_per_request {
-            let at = started + interval.mul_f64(scheduled_count as f64);
+            let at = due_at(scheduled_count);
             if at > now {
                 break;
             }
@@ -492,24 +514,13 @@ fn drive_open_loop(
 /// of its own, as a broker with orders to send does. Orders released together go in one
 /// request (at most `orders_per_request`).
 async fn drive_pipelined(
-    mut client: Client,
+    pipeline: Pipeline,
     mut flow: Flow,
     config: BenchConfig,
     mut released: tokio::sync::mpsc::Receiver<Instant>,
     acked_so_far: Arc<AtomicU64>,
 ) -> SessionResult {
     let mut result = SessionResult::new();
-    let pipeline = match client.pipeline().await {
-        Ok(pipeline) => pipeline,
-        Err(e) => {
-            eprintln!("exchange-cli bench: a session cannot reach the leader: {e}");
-            while released.recv().await.is_some() {
-                result.sent += 1;
-                result.failed += 1;
-            }
-            return result;
-        }
-    };
     let mut in_flight = tokio::task::JoinSet::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
@@ -711,11 +722,10 @@ pub async fn run(
             .into_market_feed(config.symbol, Channel::Book);
         stalled.push(tokio::spawn(stall_feed(feed, Arc::clone(&stop_feeds))));
     }
-    let started = Instant::now();
-    let mut drivers = Vec::new();
-    let mut releases = Vec::new();
-    for (n, (client, member)) in clients.into_iter().zip(&members).enumerate() {
-        let flow = Flow {
+    let flows: Vec<Flow> = members
+        .iter()
+        .enumerate()
+        .map(|(n, member)| Flow {
             rng: rand::rngs::SmallRng::seed_from_u64(n as u64),
             account: member.account,
             symbol: SymbolId(config.symbol),
@@ -723,34 +733,80 @@ pub async fn run(
             resting: VecDeque::new(),
             cross_pct: config.cross_pct,
             cancel_pct: config.cancel_pct,
-        };
-        let acked = Arc::clone(&acked);
-        drivers.push(if config.rate > 0 && config.pipeline {
-            let (release, released) = tokio::sync::mpsc::channel(RELEASED_QUEUE_MAX);
-            releases.push(release);
-            tokio::spawn(drive_pipelined(
-                client,
-                flow,
-                config.clone(),
-                released,
-                acked,
-            ))
-        } else if config.rate > 0 {
-            let (stop, config, runtime) = (Arc::clone(&stop), config.clone(), runtimes.remove(0));
-            let session = std::thread::Builder::new()
-                .name(format!("bench-session-{n}"))
-                .spawn(move || drive_open_loop(client, flow, config, started, stop, acked, runtime))
+        })
+        .collect();
+    // Every session connects and logs on before the clock starts: a handshake within the run
+    // would count against the orders scheduled meanwhile (it made the p99.9).
+    let unreachable = |e: &dyn std::fmt::Display| format!("a session cannot reach the leader: {e}");
+    let mut drivers = Vec::new();
+    let mut releases = Vec::new();
+    let started = if own_runtimes {
+        let (ready, connected) = std::sync::mpsc::channel();
+        let mut starts = Vec::new();
+        let sessions = clients.into_iter().zip(flows).zip(runtimes);
+        for (index, ((client, flow), runtime)) in sessions.enumerate() {
+            let (start, wait_for_start) = std::sync::mpsc::channel();
+            starts.push(start);
+            let session = SessionThread {
+                index: index as u64,
+                runtime,
+                ready: ready.clone(),
+                start: wait_for_start,
+            };
+            let (stop, acked, config) = (Arc::clone(&stop), Arc::clone(&acked), config.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("bench-session-{index}"))
+                .spawn(move || drive_open_loop(client, flow, config, session, stop, acked))
                 .map_err(|e| format!("cannot start a session thread: {e}"))?;
-            tokio::task::spawn_blocking(move || {
-                session
+            drivers.push(tokio::task::spawn_blocking(move || {
+                thread
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }));
+        }
+        drop(ready);
+        let count = starts.len();
+        let all_connected = tokio::task::spawn_blocking(move || {
+            (0..count).try_for_each(|_| {
+                connected
+                    .recv()
+                    .unwrap_or_else(|_| Err("a session thread stopped".into()))
             })
-        } else {
-            let stop = Arc::clone(&stop);
-            tokio::spawn(drive_closed_loop(client, flow, config.clone(), stop, acked))
-        });
-    }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        // On an error the sessions' start senders are dropped here, and they end.
+        all_connected.map_err(|e| unreachable(&e))?;
+        let started = Instant::now();
+        for start in starts {
+            let _ = start.send(started);
+        }
+        started
+    } else {
+        let mut pipelines = Vec::with_capacity(clients.len());
+        for client in &mut clients {
+            pipelines.push(client.pipeline().await.map_err(|e| unreachable(&e))?);
+        }
+        let started = Instant::now();
+        for ((client, flow), pipeline) in clients.into_iter().zip(flows).zip(pipelines) {
+            let acked = Arc::clone(&acked);
+            drivers.push(if config.rate > 0 {
+                let (release, released) = tokio::sync::mpsc::channel(RELEASED_QUEUE_MAX);
+                releases.push(release);
+                tokio::spawn(drive_pipelined(
+                    pipeline,
+                    flow,
+                    config.clone(),
+                    released,
+                    acked,
+                ))
+            } else {
+                let stop = Arc::clone(&stop);
+                tokio::spawn(drive_closed_loop(client, flow, config.clone(), stop, acked))
+            });
+        }
+        started
+    };
     let pacer = (config.rate > 0 && config.pipeline).then(|| {
         let (rate, stop) = (config.rate, Arc::clone(&stop));
         std::thread::Builder::new()
