@@ -254,6 +254,18 @@ async fn sessions_are_authenticated_and_act_only_for_their_own_accounts() {
     assert!(value("exchange_rejects_total{reason=\"InvalidClientOrderId\"") >= 1);
     assert!(value("exchange_commands_applied_total") >= 10);
     assert!(value("exchange_order_ack_seconds_count") >= 5);
+    // Every answered command went through a committed round, and every round through a log
+    // append; a round is part of an answer, so it cannot take longer in all.
+    let rounds = value("exchange_raft_round_seconds_count");
+    assert!(rounds >= 5, "{page}");
+    assert!(
+        value("exchange_log_append_seconds_count") >= rounds,
+        "{page}"
+    );
+    assert!(
+        value_of_f64(&page, "exchange_raft_round_seconds_sum") > 0.0,
+        "{page}"
+    );
     assert!(value("exchange_gateway_logons_refused_total") >= 2);
     assert_eq!(value("exchange_apply_lag"), 0);
     let follower = (1..=3).find(|id| *id != leader).unwrap();
@@ -267,11 +279,15 @@ async fn sessions_are_authenticated_and_act_only_for_their_own_accounts() {
 }
 
 fn value_of(page: &str, line_start: &str) -> u64 {
+    value_of_f64(page, line_start) as u64
+}
+
+fn value_of_f64(page: &str, line_start: &str) -> f64 {
     page.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in\n{page}")) as u64
+        .unwrap_or_else(|| panic!("no {line_start} in\n{page}"))
 }
 
 type OrderIds = BTreeMap<u64, exchange::domain::OrderId>;

@@ -111,7 +111,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 4_096)]
     session_in_flight: u32,
     /// Serve Prometheus metrics (GET /metrics: role, term, commit and applied index, apply
-    /// lag, commands applied, rejects by reason, answer latency) on this address.
+    /// lag, commands applied, rejects by reason; latency of broker answers, of Raft rounds
+    /// and of log appends) on this address.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Market data messages a live subscriber may fall behind before the node sends it a

@@ -12,7 +12,7 @@ use std::time::Duration;
 use exchange_domain::RejectReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::gateway::metrics::{GatewayMetrics, LATENCY_BUCKETS_US};
+use crate::gateway::metrics::{GatewayMetrics, LatencyHistogram, LATENCY_BUCKETS_US};
 use crate::gateway::server::role_name;
 use crate::replication::engine_thread::EngineHandle;
 use crate::replication::types::Raft;
@@ -25,6 +25,10 @@ pub struct MetricsSources {
     pub engine: Arc<EngineHandle>,
     pub committed: Arc<std::sync::atomic::AtomicU64>,
     pub gateway: Arc<GatewayMetrics>,
+    /// Each log append's write and sync.
+    pub append_latency: Arc<LatencyHistogram>,
+    /// Each committed proposal, from proposing to the engine's outputs (leader).
+    pub round_latency: Arc<LatencyHistogram>,
 }
 
 /// A request head larger than this is refused (a scrape is one short line).
@@ -167,12 +171,31 @@ pub fn render(sources: &MetricsSources) -> String {
             &[("", value.load(Ordering::Relaxed))],
         );
     }
-    let (counts, sum_us) = gateway.ack_latency.cumulative();
-    let name = "exchange_order_ack_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} From a broker request's arrival to its answer (committed and applied).\n# TYPE {name} histogram"
-    );
+    for (name, help, histogram) in [
+        (
+            "exchange_order_ack_seconds",
+            "From a broker request's arrival to its answer (committed and applied).",
+            &gateway.ack_latency,
+        ),
+        (
+            "exchange_raft_round_seconds",
+            "From proposing an entry to the engine's outputs for it: replicated to a majority, committed and applied (leader).",
+            &*sources.round_latency,
+        ),
+        (
+            "exchange_log_append_seconds",
+            "Writing a log append and syncing it (as --fsync says).",
+            &*sources.append_latency,
+        ),
+    ] {
+        latency_histogram(&mut out, name, help, histogram);
+    }
+    out
+}
+
+fn latency_histogram(out: &mut String, name: &str, help: &str, histogram: &LatencyHistogram) {
+    let (counts, sum_us) = histogram.cumulative();
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (bound, count) in LATENCY_BUCKETS_US.iter().zip(&counts) {
         let _ = writeln!(
             out,
@@ -184,7 +207,6 @@ pub fn render(sources: &MetricsSources) -> String {
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
     let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
     let _ = writeln!(out, "{name}_count {total}");
-    out
 }
 
 /// Serves `GET /metrics` on `addr` until the process ends.

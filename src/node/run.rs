@@ -19,7 +19,7 @@ use super::config::NodeConfig;
 use super::metrics::{serve as serve_metrics, MetricsSources};
 use super::outputs::NodeTap;
 use crate::gateway::credentials::BrokersFile;
-use crate::gateway::metrics::GatewayMetrics;
+use crate::gateway::metrics::{GatewayMetrics, LatencyHistogram};
 use crate::gateway::server::{serve as serve_brokers, Gateway};
 use crate::marketdata::hub::MarketHub;
 use crate::net::tls;
@@ -76,10 +76,13 @@ impl Node {
             format!("{e} (make development certificates with `exchange-node gen-certs`)")
         })?;
 
+        let append_latency = Arc::new(LatencyHistogram::default());
+        let round_latency = Arc::new(LatencyHistogram::default());
         let log = LogStore::open(
             &config.data_dir.join("log"),
             config.fsync,
             config.segment_bytes,
+            Arc::clone(&append_latency),
         )?;
         let snapshot = StoredSnapshot::load(&config.data_dir)?;
         let engine_config = EngineThreadConfig {
@@ -189,6 +192,7 @@ impl Node {
             max_timestamp,
             Arc::clone(&engine),
             Duration::from_millis(config.election_max_ms),
+            Arc::clone(&round_latency),
         );
         let brokers = match &config.brokers_file {
             Some(path) => BrokersFile::load(path)?,
@@ -210,6 +214,8 @@ impl Node {
                     engine: Arc::clone(&engine),
                     committed: Arc::clone(&committed),
                     gateway: Arc::clone(&gateway_metrics),
+                    append_latency,
+                    round_latency,
                 },
             )
             .await?;

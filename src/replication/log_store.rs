@@ -15,6 +15,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use exchange_log::{Config as LogConfig, FlushPolicy, Log, LogReader, MetaFile, Record};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -23,6 +24,7 @@ use tokio::sync::oneshot;
 
 use super::codec;
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::gateway::metrics::LatencyHistogram;
 
 /// When appended entries are made durable (`--fsync`).
 #[derive(
@@ -108,7 +110,13 @@ fn read_error(e: impl std::fmt::Display) -> StorageError {
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`, recovering a torn tail, and starts the WAL thread.
-    pub fn open(dir: &Path, fsync: Fsync, segment_bytes: u64) -> Result<Self, String> {
+    /// Each append's write and sync time goes into `append_latency`.
+    pub fn open(
+        dir: &Path,
+        fsync: Fsync,
+        segment_bytes: u64,
+        append_latency: Arc<LatencyHistogram>,
+    ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let config = LogConfig {
             segment_bytes,
@@ -129,7 +137,7 @@ impl LogStore {
         let wal_dir = dir.to_path_buf();
         std::thread::Builder::new()
             .name("wal".into())
-            .spawn(move || wal_thread(log, wal_dir, fsync_after_write, requests))
+            .spawn(move || wal_thread(log, wal_dir, fsync_after_write, requests, &append_latency))
             .map_err(|e| format!("cannot start the WAL thread: {e}"))?;
         Ok(LogStore {
             wal,
@@ -215,6 +223,7 @@ fn wal_thread(
     dir: PathBuf,
     fsync_after_write: bool,
     requests: mpsc::Receiver<WalRequest>,
+    append_latency: &LatencyHistogram,
 ) {
     for request in requests {
         match request {
@@ -224,6 +233,7 @@ fn wal_thread(
                 written,
                 flushed,
             } => {
+                let began = Instant::now();
                 let mut start = 0;
                 let result = log.append_batch(records.iter().map(|&(term, index, end)| {
                     let payload = &payloads[start..end];
@@ -241,6 +251,7 @@ fn wal_thread(
                     None if fsync_after_write => log.sync().map_err(|e| io_error(e.to_string())),
                     None => Ok(()),
                 };
+                append_latency.record(began.elapsed());
                 flushed.log_io_completed(flush);
             }
             WalRequest::Truncate { index, done } => {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::batch::{Batch, BATCH_COMMANDS_MAX};
 use super::engine_thread::EngineHandle;
 use super::types::{NodeAddr, NodeId, Raft};
+use crate::gateway::metrics::LatencyHistogram;
 
 /// How long a proposal may wait to be committed and applied. Past it, the leader has lost its
 /// majority (openraft 0.9 does not step a leader down on its own): its waiters are told the
@@ -73,12 +74,14 @@ impl Sequencer {
     /// Starts the proposing task. `log_max_timestamp` and `engine` give the timestamps already
     /// used, which new stamps must not go below.
     /// A proposal waiting while this leader has heard from no majority for
-    /// `quorum_lost_after` is answered "outcome unknown".
+    /// `quorum_lost_after` is answered "outcome unknown". Each committed proposal's time, from
+    /// proposing to the engine's outputs, goes into `round_latency`.
     pub fn start(
         raft: Raft,
         log_max_timestamp: Arc<AtomicU64>,
         engine: Arc<EngineHandle>,
         quorum_lost_after: Duration,
+        round_latency: Arc<LatencyHistogram>,
     ) -> Self {
         let (queue, pending) = mpsc::channel(SEQUENCER_QUEUE_COMMANDS_MAX);
         tokio::spawn(run(
@@ -87,6 +90,7 @@ impl Sequencer {
             log_max_timestamp,
             engine,
             quorum_lost_after,
+            round_latency,
         ));
         Sequencer { queue }
     }
@@ -150,6 +154,7 @@ async fn run(
     log_max_timestamp: Arc<AtomicU64>,
     engine: Arc<EngineHandle>,
     quorum_lost_after: Duration,
+    round_latency: Arc<LatencyHistogram>,
 ) {
     let mut last_stamp = 0u64;
     let mut waiting = Vec::with_capacity(BATCH_COMMANDS_MAX.min(4_096));
@@ -171,6 +176,7 @@ async fn run(
             timestamp_ns,
             commands: waiting.iter().map(|p| p.command).collect(),
         };
+        let proposed = std::time::Instant::now();
         let write = raft.client_write(batch);
         let unanswered = tokio::select! {
             outcome = write => Ok(outcome),
@@ -194,6 +200,7 @@ async fn run(
         };
         match outcome {
             Ok(response) => {
+                round_latency.record(proposed.elapsed());
                 let mut outputs = response.data.outputs.into_iter();
                 for waiter in waiting.drain(..) {
                     let result = outputs.next().ok_or_else(|| {
