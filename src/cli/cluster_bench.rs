@@ -353,7 +353,7 @@ impl SessionResult {
         flow: &mut Flow,
         due: &[Sent],
         sent_at: Instant,
-        answers: Result<Vec<Result<Vec<exchange_domain::Output>, String>>, ClientError>,
+        answers: Answers,
         answered: Instant,
     ) {
         for (_, _, scheduled) in due {
@@ -404,6 +404,21 @@ impl SessionResult {
     }
 }
 
+type Answers = Result<Vec<Result<Vec<exchange_domain::Output>, String>>, ClientError>;
+
+/// Sends due orders in one request (a single one as a plain submit); returns when it was sent
+/// and the answers.
+async fn submit_due(client: &mut Client, due: &[Sent]) -> (Instant, Answers) {
+    let commands: Vec<Command> = due.iter().map(|(c, _, _)| *c).collect();
+    let sent_at = Instant::now();
+    let answers = if commands.len() == 1 {
+        client.submit(commands[0]).await.map(|o| vec![Ok(o)])
+    } else {
+        client.submit_batch(commands).await
+    };
+    (sent_at, answers)
+}
+
 /// Closed loop: each session sends its next request as soon as the last is answered.
 async fn drive_closed_loop(
     mut client: Client,
@@ -422,13 +437,7 @@ async fn drive_closed_loop(
             })
             .collect();
         result.sent += due.len() as u64;
-        let commands: Vec<Command> = due.iter().map(|(c, _, _)| *c).collect();
-        let sent_at = Instant::now();
-        let answers = if commands.len() == 1 {
-            client.submit(commands[0]).await.map(|o| vec![Ok(o)])
-        } else {
-            client.submit_batch(commands).await
-        };
+        let (sent_at, answers) = submit_due(&mut client, &due).await;
         result.record(&mut flow, &due, sent_at, answers, Instant::now());
         acked_so_far.fetch_add(due.len() as u64, Ordering::Relaxed);
     }
@@ -494,15 +503,7 @@ fn drive_open_loop(
             scheduled_count += 1;
         }
         result.sent += due.len() as u64;
-        let commands: Vec<Command> = due.iter().map(|(c, _, _)| *c).collect();
-        let sent_at = Instant::now();
-        let answers = runtime.block_on(async {
-            if commands.len() == 1 {
-                client.submit(commands[0]).await.map(|o| vec![Ok(o)])
-            } else {
-                client.submit_batch(commands).await
-            }
-        });
+        let (sent_at, answers) = runtime.block_on(submit_due(&mut client, &due));
         result.record(&mut flow, &due, sent_at, answers, Instant::now());
         acked_so_far.fetch_add(due.len() as u64, Ordering::Relaxed);
     }
