@@ -72,8 +72,24 @@ pub struct FaultState {
 /// (asset, available, held), as a balances reply carries it.
 type Balance = (u32, i64, i64);
 
-/// Why a logon with a well-formed key that no broker has is refused.
-const UNKNOWN_KEY: &str = "logon refused: unknown API key";
+/// Why a logon is refused.
+#[derive(Debug)]
+enum LogonRefusal {
+    /// A well-formed key that no broker has, as far as this node has applied: only final on
+    /// the leader, since keys are registered through the log.
+    UnknownKey,
+    /// Anything else (protocol version, a malformed key, the engine stopped): final.
+    Other(String),
+}
+
+impl std::fmt::Display for LogonRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogonRefusal::UnknownKey => write!(f, "logon refused: unknown API key"),
+            LogonRefusal::Other(why) => write!(f, "{why}"),
+        }
+    }
+}
 
 /// Faults planted in the gateway so that the chaos suite can show its checkers catch them.
 /// Only `test-faults` builds of exchange-node can set them; the default is none.
@@ -284,13 +300,18 @@ impl Gateway {
 
     /// Checks a logon; the session's principal when the key is known. Keys are registered
     /// through the log, so only the leader's "unknown" is final.
-    async fn log_on(&self, protocol_version: u16, api_key: &str) -> Result<Principal, String> {
+    async fn log_on(
+        &self,
+        protocol_version: u16,
+        api_key: &str,
+    ) -> Result<Principal, LogonRefusal> {
         if protocol_version != PROTOCOL_VERSION {
-            return Err(format!(
+            return Err(LogonRefusal::Other(format!(
                 "protocol version {protocol_version} is not spoken here (this node speaks {PROTOCOL_VERSION})"
-            ));
+            )));
         }
-        credentials::check_key(api_key).map_err(|e| format!("logon refused: {e}"))?;
+        credentials::check_key(api_key)
+            .map_err(|e| LogonRefusal::Other(format!("logon refused: {e}")))?;
         let digest = credentials::digest(api_key);
         if self.admin_digest == Some(digest) {
             return Ok(Principal {
@@ -306,10 +327,10 @@ impl Gateway {
                     .map(|(id, _)| id)
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| LogonRefusal::Other(e.to_string()))?;
         broker
             .map(|broker| Principal { broker })
-            .ok_or_else(|| UNKNOWN_KEY.to_string())
+            .ok_or(LogonRefusal::UnknownKey)
     }
 
     async fn handle(&self, session: &Session, request: Request) -> (Reply, After) {
@@ -334,7 +355,7 @@ impl Gateway {
                 counter.fetch_add(1, Ordering::Relaxed);
                 // A node that is not the leader may not have applied the broker's registration
                 // yet (just replaced, or behind): send the broker to the leader instead.
-                if matches!(&logon, Err(why) if why == UNKNOWN_KEY) && !self.publishing() {
+                if matches!(logon, Err(LogonRefusal::UnknownKey)) && !self.publishing() {
                     return (self.not_leader(), After::Close(close_code::LOGON_REFUSED));
                 }
                 return match logon {
@@ -353,7 +374,10 @@ impl Gateway {
                             After::Continue,
                         )
                     }
-                    Err(why) => (Reply::Error(why), After::Close(close_code::LOGON_REFUSED)),
+                    Err(why) => (
+                        Reply::Error(why.to_string()),
+                        After::Close(close_code::LOGON_REFUSED),
+                    ),
                 };
             }
             other => match session.principal.get() {
