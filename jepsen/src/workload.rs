@@ -199,6 +199,62 @@ fn first_accepted(outputs: &[Output]) -> Option<OrderId> {
     })
 }
 
+/// What a broker does to one of its resting orders.
+enum Amend {
+    Cancel,
+    Replace { price: Price, qty: Qty },
+}
+
+/// Cancels or replaces a resting order and records it in the history (as "cancel" or
+/// "replace"), with whether the outputs show it took effect and the first output's sequence
+/// number.
+async fn amend(
+    client: &mut Client,
+    history: &History,
+    process: u32,
+    (account, order_id): (u64, OrderId),
+    how: Amend,
+) {
+    let (op, shown_as, command) = match how {
+        Amend::Cancel => (
+            "cancel",
+            "cancelled",
+            Command::Cancel(Cancel {
+                account: AccountId(account),
+                order_id,
+            }),
+        ),
+        Amend::Replace { price, qty } => (
+            "replace",
+            "replaced",
+            Command::CancelReplace(CancelReplace {
+                account: AccountId(account),
+                order_id,
+                price,
+                qty,
+            }),
+        ),
+    };
+    let invoked = history.invoke(process, op, account, order_id.0);
+    match client.submit(command).await {
+        Ok(outputs) => {
+            let took_effect = outputs.iter().any(|o| match o.event {
+                Event::Cancelled { order_id: id, .. } => op == "cancel" && id == order_id,
+                Event::Replaced { order_id: id, .. } => op == "replace" && id == order_id,
+                _ => false,
+            });
+            let mut value = serde_json::Map::new();
+            value.insert(shown_as.into(), took_effect.into());
+            value.insert(
+                "seq".into(),
+                serde_json::json!(outputs.first().map(|o| o.seq)),
+            );
+            history.complete(&invoked, "ok", serde_json::Value::Object(value));
+        }
+        Err(e) => history.complete(&invoked, outcome(&e), serde_json::json!(e.to_string())),
+    }
+}
+
 /// A broker sending orders (most of them resting, some crossing) and cancels until `stop`.
 pub async fn broker(
     process: u32,
@@ -214,49 +270,16 @@ pub async fn broker(
         let account = accounts[rng.gen_range(0..accounts.len())];
         let roll = rng.gen_range(0..100);
         if (25..35).contains(&roll) && !resting.is_empty() {
-            let (account, order_id) = resting[rng.gen_range(0..resting.len())];
-            let invoked = history.invoke(process, "replace", account, order_id.0);
-            let replace = Command::CancelReplace(CancelReplace {
-                account: AccountId(account),
-                order_id,
-                price: Price(rng.gen_range(990..=1010)),
-                qty: Qty(rng.gen_range(1..=10)),
-            });
-            match client.submit(replace).await {
-                Ok(outputs) => {
-                    let replaced = outputs
-                        .iter()
-                        .any(|o| matches!(o.event, Event::Replaced { order_id: id, .. } if id == order_id));
-                    history.complete(
-                        &invoked,
-                        "ok",
-                        serde_json::json!({ "replaced": replaced, "seq": outputs.first().map(|o| o.seq) }),
-                    );
-                }
-                Err(e) => history.complete(&invoked, outcome(&e), serde_json::json!(e.to_string())),
-            }
+            let resting_order = resting[rng.gen_range(0..resting.len())];
+            let price = Price(rng.gen_range(990..=1010));
+            let qty = Qty(rng.gen_range(1..=10));
+            let how = Amend::Replace { price, qty };
+            amend(&mut client, &history, process, resting_order, how).await;
             continue;
         }
         if roll < 25 && !resting.is_empty() {
-            let (account, order_id) = resting.swap_remove(rng.gen_range(0..resting.len()));
-            let invoked = history.invoke(process, "cancel", account, order_id.0);
-            let cancel = Command::Cancel(Cancel {
-                account: AccountId(account),
-                order_id,
-            });
-            match client.submit(cancel).await {
-                Ok(outputs) => {
-                    let cancelled = outputs
-                        .iter()
-                        .any(|o| matches!(o.event, Event::Cancelled { order_id: id, .. } if id == order_id));
-                    history.complete(
-                        &invoked,
-                        "ok",
-                        serde_json::json!({ "cancelled": cancelled, "seq": outputs.first().map(|o| o.seq) }),
-                    );
-                }
-                Err(e) => history.complete(&invoked, outcome(&e), serde_json::json!(e.to_string())),
-            }
+            let resting_order = resting.swap_remove(rng.gen_range(0..resting.len()));
+            amend(&mut client, &history, process, resting_order, Amend::Cancel).await;
             continue;
         }
         next_client_order_id += 1;
