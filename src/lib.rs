@@ -7,6 +7,7 @@
 //! - [`engine`] (`src/engine`): the pure state machine: order manager (risk, wallets), order
 //!   books, matching, output hash, snapshots. No IO, no clock, no async.
 //! - [`log`] (`src/log`): the mmap event log: segments, CRC32C records, recovery, group commit.
+//! - [`latency`]: fixed-bucket latency histograms for the nodes' metrics.
 //! - [`net`]: QUIC plumbing: TLS from the cluster's authority, length-prefixed frames.
 //! - [`replication`]: openraft over the log, the engine thread it feeds, the node network.
 //! - [`gateway`]: the broker endpoint (QUIC), its protocol and the client library.
@@ -22,6 +23,7 @@ pub use exchange_log as log;
 
 pub mod cli;
 pub mod gateway;
+pub mod latency;
 pub mod marketdata;
 pub mod net;
 pub mod node;

@@ -12,8 +12,9 @@ use std::time::Duration;
 use exchange_domain::RejectReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::gateway::metrics::{GatewayMetrics, LatencyHistogram, LATENCY_BUCKETS_US};
+use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::server::role_name;
+use crate::latency::{LatencyHistogram, LATENCY_BUCKETS_US};
 use crate::replication::engine_thread::EngineHandle;
 use crate::replication::types::Raft;
 

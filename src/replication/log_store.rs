@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use super::codec;
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
-use crate::gateway::metrics::LatencyHistogram;
+use crate::latency::LatencyHistogram;
 
 /// When appended entries are made durable (`--fsync`).
 #[derive(

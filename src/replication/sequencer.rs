@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::batch::{Batch, BATCH_COMMANDS_MAX};
 use super::engine_thread::EngineHandle;
 use super::types::{NodeAddr, NodeId, Raft};
-use crate::gateway::metrics::LatencyHistogram;
+use crate::latency::LatencyHistogram;
 
 /// How long a proposal may wait to be committed and applied. Past it, the leader has lost its
 /// majority (openraft 0.9 does not step a leader down on its own): its waiters are told the
