@@ -139,6 +139,34 @@ async fn majority_lost(raft: &Raft, after: Duration) {
     }
 }
 
+/// `None` while this node leads; else "not the leader", naming the leader if one is known.
+async fn not_leading(raft: &Raft) -> Option<SubmitError> {
+    let leads = |state| state == openraft::ServerState::Leader;
+    if leads(raft.metrics().borrow().state) {
+        return None;
+    }
+    // The metrics trail Raft's own state for a moment after an election: ask Raft before
+    // turning brokers away from a leader.
+    if raft
+        .with_raft_state(move |state| leads(state.server_state))
+        .await
+        .unwrap_or(false)
+    {
+        return None;
+    }
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let leader_id = metrics.current_leader;
+    let leader = leader_id.and_then(|id| {
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    });
+    Some(SubmitError::NotLeader { leader_id, leader })
+}
+
 /// How often a waiting proposal looks at whether the leader still has its majority.
 const MAJORITY_CHECK_EVERY: Duration = Duration::from_millis(20);
 
@@ -172,6 +200,16 @@ async fn run(
             .max(engine.status().last_timestamp_ns());
         let timestamp_ns = wall_clock_ns().max(floor);
         last_stamp = timestamp_ns;
+        // Only a leader proposes. What Raft refuses later with "forward to the leader" may
+        // have been appended first (openraft answers so when it truncates an uncommitted
+        // entry), and a later leader may still commit it: then the outcome is unknown, never a
+        // plain "not the leader" that a client would take as "not done".
+        if let Some(not_leader) = not_leading(&raft).await {
+            for waiter in waiting.drain(..) {
+                let _ = waiter.reply.send(Err(not_leader.clone()));
+            }
+            continue;
+        }
         let batch = Batch {
             timestamp_ns,
             commands: waiting.iter().map(|p| p.command).collect(),
@@ -212,10 +250,12 @@ async fn run(
             Err(error) => {
                 let error = match error {
                     RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-                        SubmitError::NotLeader {
-                            leader_id: forward.leader_id,
-                            leader: forward.leader_node,
-                        }
+                        SubmitError::Unknown(format!(
+                            "leadership passed to {} while this was proposed",
+                            forward
+                                .leader_id
+                                .map_or("an unknown node".to_string(), |id| format!("node {id}"))
+                        ))
                     }
                     RaftError::APIError(other) => SubmitError::Failed(other.to_string()),
                     RaftError::Fatal(_) => SubmitError::Stopped,
