@@ -82,10 +82,10 @@ struct RunArgs {
     /// Leader heartbeat interval; also the deadline of each AppendEntries [default: 10].
     #[arg(long)]
     heartbeat_ms: Option<u64>,
-    /// Election timeout range, lower end [default: 40].
+    /// Election timeout range, lower end [default: 30].
     #[arg(long)]
     election_min_ms: Option<u64>,
-    /// Election timeout range, upper end [default: 80].
+    /// Election timeout range, upper end [default: 60].
     #[arg(long)]
     election_max_ms: Option<u64>,
     /// Snapshot (and purge the log behind it) every this many entries [default: 20000].

@@ -122,12 +122,15 @@ impl FileConfig {
 }
 
 /// Defaults, measured rather than guessed (README, failover): a crashed leader is replaced in
-/// about 150 ms, and a full load on a 2-core machine causes no leader change
-/// (tests/cluster_rto.rs, tests/cluster_load.rs). Raise them for slow disks or a WAN: an
-/// AppendEntries, the follower's fsync included, must finish within one heartbeat.
+/// about 120 ms, and a full load on a 2-core machine causes no leader change
+/// (tests/cluster_rto.rs, tests/cluster_load.rs). openraft 0.9 lets a follower stand for
+/// election only after the leader's lease (the election timeout's upper end) and then its own
+/// election timeout, so a crash costs 90-120 ms of silence before a vote. Raise them for slow
+/// disks or a WAN: an AppendEntries, the follower's fsync included, must finish within one
+/// heartbeat.
 pub const HEARTBEAT_MS_DEFAULT: u64 = 10;
-pub const ELECTION_MIN_MS_DEFAULT: u64 = 40;
-pub const ELECTION_MAX_MS_DEFAULT: u64 = 80;
+pub const ELECTION_MIN_MS_DEFAULT: u64 = 30;
+pub const ELECTION_MAX_MS_DEFAULT: u64 = 60;
 pub const SNAPSHOT_EVERY_DEFAULT: u64 = 20_000;
 pub const SEGMENT_MIB_DEFAULT: u64 = 64;
 
