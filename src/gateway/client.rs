@@ -67,6 +67,11 @@ struct Link {
 /// A node whose connection just failed is not tried again for this long (unless no other node
 /// answers): followers keep naming a crashed leader until they elect a new one.
 const SUSPECT_FOR: Duration = Duration::from_millis(1_000);
+/// A node under suspicion that the others still name as leader this long after its failure is
+/// tried again: longer than an election takes with the default timeouts (90-120 ms of silence
+/// before a vote). Trusting suspicion for the whole `SUSPECT_FOR` stalled brokers for up to a
+/// second whenever their connection to a live leader had failed.
+const TRUST_REDIRECT_AFTER: Duration = Duration::from_millis(150);
 
 /// Why a connection could not be used.
 enum ConnectError {
@@ -235,6 +240,18 @@ impl Client {
         self.suspects.iter().any(|(a, _)| *a == addr)
     }
 
+    /// Whether to follow a redirect to `leader`: yes unless its connection failed within
+    /// `TRUST_REDIRECT_AFTER`. Followers go on naming a crashed leader only until they elect
+    /// another; one still named after that has been heard from since (the failure was the
+    /// client's connection, or a fault now healed).
+    fn follow_redirect_to(&mut self, leader: SocketAddr) -> bool {
+        let now = std::time::Instant::now();
+        !self.is_suspect(leader)
+            || self.suspects.iter().any(|(a, until)| {
+                *a == leader && now + SUSPECT_FOR >= *until + TRUST_REDIRECT_AFTER
+            })
+    }
+
     /// The nodes not under suspicion, or all of them if every one is.
     fn healthy_nodes(&mut self) -> Vec<SocketAddr> {
         let nodes = self.nodes.clone();
@@ -381,7 +398,7 @@ impl Client {
                 Ok(Reply::NotLeader { broker, .. }) => {
                     last_error = format!("{} is not the leader", link.addr);
                     match broker.and_then(|b| b.parse::<SocketAddr>().ok()) {
-                        Some(leader) if !self.is_suspect(leader) => {
+                        Some(leader) if self.follow_redirect_to(leader) => {
                             // Nodes naming each other mid-election: pause before going round again.
                             if redirected_to.contains(&leader) {
                                 tokio::time::sleep(NO_LEADER_PAUSE).await;
