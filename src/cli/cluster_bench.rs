@@ -360,20 +360,14 @@ impl SessionResult {
             self.send_lag
                 .saturating_record(sent_at.saturating_duration_since(*scheduled).as_micros() as u64);
         }
-        let answers = match answers {
-            Ok(answers) => answers,
-            Err(_) => {
-                self.failed += due.len() as u64;
-                return;
-            }
+        let Ok(answers) = answers else {
+            self.failed += due.len() as u64;
+            return;
         };
         for ((command, crossing, scheduled), answer) in due.iter().zip(answers) {
-            let outputs = match answer {
-                Ok(outputs) => outputs,
-                Err(_) => {
-                    self.failed += 1;
-                    continue;
-                }
+            let Ok(outputs) = answer else {
+                self.failed += 1;
+                continue;
             };
             let micros = answered.duration_since(*scheduled).as_micros() as u64;
             self.ack.saturating_record(micros);
@@ -549,7 +543,9 @@ async fn drive_pipelined(
                 });
             }
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                let Ok((due, sent_at, answers, answered)) = done else { continue };
+                // A request task ends only by returning or panicking (none is aborted).
+                let (due, sent_at, answers, answered) =
+                    done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
                 acked_so_far.fetch_add(due.len() as u64, Ordering::Relaxed);
                 result.record(&mut flow, &due, sent_at, answers, answered);
             }

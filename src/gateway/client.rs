@@ -91,6 +91,7 @@ pub struct Client {
     broker: Option<u32>,
     link: Option<Link>,
     /// Nodes whose connection failed recently, and until when they are avoided.
+    /// Nodes whose connection failed within `SUSPECT_FOR`, and when.
     suspects: Vec<(SocketAddr, std::time::Instant)>,
 }
 
@@ -230,14 +231,21 @@ impl Client {
 
     fn suspect(&mut self, addr: SocketAddr) {
         self.suspects.retain(|(a, _)| *a != addr);
+        self.suspects.push((addr, std::time::Instant::now()));
+    }
+
+    /// When `addr`'s connection failed, if that was within `SUSPECT_FOR`.
+    fn failed_at(&mut self, addr: SocketAddr) -> Option<std::time::Instant> {
         self.suspects
-            .push((addr, std::time::Instant::now() + SUSPECT_FOR));
+            .retain(|(_, failed)| failed.elapsed() < SUSPECT_FOR);
+        self.suspects
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, failed)| *failed)
     }
 
     fn is_suspect(&mut self, addr: SocketAddr) -> bool {
-        let now = std::time::Instant::now();
-        self.suspects.retain(|(_, until)| *until > now);
-        self.suspects.iter().any(|(a, _)| *a == addr)
+        self.failed_at(addr).is_some()
     }
 
     /// Whether to follow a redirect to `leader`: yes unless its connection failed within
@@ -245,11 +253,8 @@ impl Client {
     /// another; one still named after that has been heard from since (the failure was the
     /// client's connection, or a fault now healed).
     fn follow_redirect_to(&mut self, leader: SocketAddr) -> bool {
-        let now = std::time::Instant::now();
-        !self.is_suspect(leader)
-            || self.suspects.iter().any(|(a, until)| {
-                *a == leader && now + SUSPECT_FOR >= *until + TRUST_REDIRECT_AFTER
-            })
+        self.failed_at(leader)
+            .is_none_or(|failed| failed.elapsed() >= TRUST_REDIRECT_AFTER)
     }
 
     /// The nodes not under suspicion, or all of them if every one is.
@@ -486,11 +491,6 @@ impl Client {
 }
 
 impl Pipeline {
-    /// The leader this pipeline sends to.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Submits several commands in one request, in order, on a stream of its own; returns each
     /// one's outputs or the reason it was not sequenced.
     pub async fn submit_batch(

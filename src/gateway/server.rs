@@ -475,12 +475,7 @@ impl Gateway {
         // Not the leader, or stopping: nothing was sequenced (every command got the same
         // answer), and the broker is sent elsewhere.
         match results.first() {
-            Some(Err(SubmitError::NotLeader { leader_id, leader })) => {
-                return Err(Reply::NotLeader {
-                    leader_id: *leader_id,
-                    broker: leader.as_ref().map(|node| node.broker.clone()),
-                })
-            }
+            Some(Err(SubmitError::NotLeader { .. })) => return Err(self.not_leader()),
             Some(Err(SubmitError::Stopped)) => {
                 return Err(Reply::NotLeader {
                     leader_id: None,

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{Batch, BATCH_COMMANDS_MAX};
 use super::engine_thread::EngineHandle;
-use super::types::{NodeAddr, NodeId, Raft};
+use super::types::{NodeId, Raft};
 use crate::latency::LatencyHistogram;
 
 /// How long a proposal may wait to be committed and applied. Past it, the leader has lost its
@@ -31,11 +31,8 @@ pub const SEQUENCER_QUEUE_COMMANDS_MAX: usize = 65_536;
 /// Why a command was not sequenced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SubmitError {
-    /// This node is not the leader; the leader, if known.
-    NotLeader {
-        leader_id: Option<NodeId>,
-        leader: Option<NodeAddr>,
-    },
+    /// This node is not the leader (nothing was proposed); the leader, if known.
+    NotLeader { leader_id: Option<NodeId> },
     /// The node is shutting down or its Raft has stopped.
     Stopped,
     /// Raft refused the proposal for another reason.
@@ -154,17 +151,8 @@ async fn not_leading(raft: &Raft) -> Option<SubmitError> {
     {
         return None;
     }
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow();
-    let leader_id = metrics.current_leader;
-    let leader = leader_id.and_then(|id| {
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .cloned()
-    });
-    Some(SubmitError::NotLeader { leader_id, leader })
+    let leader_id = raft.metrics().borrow().current_leader;
+    Some(SubmitError::NotLeader { leader_id })
 }
 
 /// How often a waiting proposal looks at whether the leader still has its majority.
@@ -194,12 +182,6 @@ async fn run(
                 Err(_) => break,
             }
         }
-        // Never below anything stamped before, here or by an earlier leader.
-        let floor = last_stamp
-            .max(log_max_timestamp.load(Ordering::Acquire))
-            .max(engine.status().last_timestamp_ns());
-        let timestamp_ns = wall_clock_ns().max(floor);
-        last_stamp = timestamp_ns;
         // Only a leader proposes. What Raft refuses later with "forward to the leader" may
         // have been appended first (openraft answers so when it truncates an uncommitted
         // entry), and a later leader may still commit it: then the outcome is unknown, never a
@@ -210,6 +192,12 @@ async fn run(
             }
             continue;
         }
+        // Never below anything stamped before, here or by an earlier leader.
+        let floor = last_stamp
+            .max(log_max_timestamp.load(Ordering::Acquire))
+            .max(engine.status().last_timestamp_ns());
+        let timestamp_ns = wall_clock_ns().max(floor);
+        last_stamp = timestamp_ns;
         let batch = Batch {
             timestamp_ns,
             commands: waiting.iter().map(|p| p.command).collect(),

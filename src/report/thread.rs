@@ -3,8 +3,9 @@
 //! Under load each round takes everything queued (up to a batch's bounds), so one transaction
 //! (one sync) covers thousands of entries; when idle a round is the one entry that woke it, so
 //! rows appear promptly. Rounds are at least `REPORT_ROUND_EVERY` apart, so a steady stream of
-//! small entries is written in a few transactions, not one each. The queue is bounded and `send` blocks when it is full: a reporter that
-//! cannot keep up slows its sender rather than lose rows or grow without bound.
+//! small entries is written in a few transactions, not one each. The queue is bounded and
+//! `send` blocks when it is full: a reporter that cannot keep up slows its sender rather than
+//! lose rows or grow without bound.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
