@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -135,6 +136,17 @@ pub const SNAPSHOT_EVERY_DEFAULT: u64 = 20_000;
 pub const SEGMENT_MIB_DEFAULT: u64 = 64;
 
 impl NodeConfig {
+    /// How long a leader may go without hearing from a majority before it stops answering
+    /// brokers (their waiting orders are told "outcome unknown" and they go elsewhere): the
+    /// earliest another node can be elected (openraft's leader lease, the upper end of the
+    /// election timeout, plus the shortest election timeout), less one heartbeat. Shorter
+    /// turns a loaded 2-core host's late acknowledgements into failed orders (60 ms did).
+    pub fn quorum_lost_after(&self) -> Duration {
+        Duration::from_millis(
+            (self.election_max_ms + self.election_min_ms).saturating_sub(self.heartbeat_ms),
+        )
+    }
+
     pub fn check(&self) -> Result<(), String> {
         if !self.peers.contains_key(&self.id) {
             return Err(format!("--id {} is not among --peers", self.id));

@@ -192,7 +192,7 @@ impl Node {
             raft.clone(),
             max_timestamp,
             Arc::clone(&engine),
-            Duration::from_millis(config.election_max_ms),
+            config.quorum_lost_after(),
             Arc::clone(&round_latency),
         );
         let brokers = match &config.brokers_file {
@@ -254,7 +254,7 @@ impl Node {
                 engine,
                 committed,
                 divergence,
-                quorum_lost_after: Duration::from_millis(config.election_max_ms),
+                quorum_lost_after: config.quorum_lost_after(),
                 admin_digest,
                 session_limits: config.session_limits,
                 reports,
