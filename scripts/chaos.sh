@@ -3,8 +3,9 @@
 # iproute2; loopback processes otherwise, which the report says), clients recording every
 # operation, a nemesis injecting faults, then checkers over the history and the final state.
 #
-#   scripts/chaos.sh --quick    a short run (20 faults, two of every kind) and the planted-fault
-#                               runs (about 3 minutes): CI
+#   scripts/chaos.sh --quick    a short run (20 faults, two of every kind, each kind must be
+#                               injected), a run that must fail without nftables, and the
+#                               planted-fault runs (about 6 minutes): CI
 #   scripts/chaos.sh            the long run: 100 faults of every kind (about 50 minutes)
 #   scripts/chaos.sh -- ARGS    any exchange-chaos arguments (exchange-chaos --help)
 #
@@ -24,65 +25,107 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-# The nodes are built with the test-only faults compiled in (off unless a flag names one), so
-# that the planted-fault runs can switch one on; production builds reject those flags.
-cargo build --release --quiet --features exchange/test-faults --bin exchange-node
-cargo build --release --quiet -p exchange-jepsen
-chaos=target/release/exchange-chaos
+# The production node runs the chaos runs; a node built with the test-only faults compiled in
+# (off unless a flag names one), into a target directory of its own so that it can never be
+# mistaken for a real node, runs the planted-fault runs. Profile: $EXCHANGE_PROFILE (default
+# release-checked: a release build with debug assertions and overflow checks).
+profile=${EXCHANGE_PROFILE:-release-checked}
+cargo build --profile "$profile" --quiet --bin exchange-node
+cargo build --profile "$profile" --quiet -p exchange-jepsen
+cargo build --profile "$profile" --quiet --features exchange/test-faults --target-dir target/faults \
+  --bin exchange-node
+node=target/$profile/exchange-node
+faults_node=target/faults/$profile/exchange-node
+chaos=target/$profile/exchange-chaos
 
 if [ ${#args[@]} -gt 0 ]; then
-  exec "$chaos" "${args[@]}"
+  case " ${args[*]} " in
+    *" --node-bin"*) exec "$chaos" "${args[@]}" ;;
+    *) exec "$chaos" --node-bin "$node" "${args[@]}" ;;
+  esac
 fi
 
 if [ "$mode" = long ]; then
-  # 10 kinds x 100.
-  "$chaos" --faults 1000 --hold-ms 1000 --quiet-ms 300 --out target/chaos/long
+  # 10 kinds x 100; every kind must be injected, every fault recovered within 1 s.
+  "$chaos" --node-bin "$node" --faults 1000 --hold-ms 1000 --quiet-ms 300 --rto-max-ms 1000 \
+    --out target/chaos/long
   exit
 fi
 
-echo "== chaos: 20 faults, two of every kind the machine allows"
-"$chaos" --faults 20 --hold-ms 1000 --quiet-ms 500 --out target/chaos/quick
+echo "== chaos: 20 faults, two of every kind (each must be injected)"
+"$chaos" --node-bin "$node" --faults 20 --hold-ms 1000 --quiet-ms 500 --rto-max-ms 1000 \
+  --out target/chaos/quick
 
 echo
-echo "== chaos: the checkers catch planted faults"
-# Each run plants one test-only fault (flags only test-faults builds accept) and must fail on
-# the checker that matches it.
-planted() { # name, the report field that must be above 0, node flags...
-  local name=$1 field=$2 flags=() out status
+echo "== chaos: a run that cannot inject every kind fails (nftables hidden from PATH)"
+no_nft_path=$(echo "$PATH" | tr ':' '\n' | while read -r dir; do [ -x "$dir/nft" ] || echo "$dir"; done | paste -sd:)
+set +e
+out=$(PATH=$no_nft_path "$chaos" --node-bin "$node" --faults 20 --out target/chaos/no-nft 2>&1)
+status=$?
+set -e
+if [ $status -ne 1 ] || ! echo "$out" | grep -q "NOT INJECTABLE   isolate-leader"; then
+  echo "$out"
+  echo "a run without nftables did not fail on the network faults it could not inject" >&2
+  exit 1
+fi
+echo "failed as it must: $(echo "$out" | grep -m1 'NOT INJECTABLE')"
+
+echo
+echo "== chaos: the checkers and the run's rules catch planted faults"
+# Each run breaks one thing (with a flag only test-faults builds accept, or a setting a real
+# cluster could have) and must fail on the report field that matches it.
+planted() { # name, the report field that must be above 0, then exchange-chaos args
+  local name=$1 field=$2 out status count
   shift 2
-  for flag in "$@"; do flags+=(--node-flag "$flag"); done
   set +e
-  out=$("$chaos" --faults 2 --kinds kill --hold-ms 500 --quiet-ms 500 --json "${flags[@]}" \
-    --out "target/chaos/planted-$name")
+  out=$("$chaos" --faults 2 --hold-ms 500 --quiet-ms 500 --json --out "target/chaos/planted-$name" "$@")
   status=$?
   set -e
   # The report's own count comes first (each fault in its log has a "lost" count too).
-  local count
   count=$(echo "$out" | grep -o "\"$field\":[0-9]*" | head -1 | cut -d: -f2)
   if [ $status -ne 1 ] || [ "${count:-0}" -eq 0 ]; then
     echo "$out"
-    echo "the $field checker missed the planted fault '$name'" >&2
+    echo "the $field check missed the planted fault '$name'" >&2
     exit 1
   fi
   echo "caught: $name -> $field $count"
 }
+# A test-only fault on every node (the leader is the one that shows it).
+on_all() { for id in 1 2 3; do echo "--node-flag"; echo "$id:$1"; done; }
+faulty() { # name, field, node flag for every node
+  local name=$1 field=$2 flag=$3
+  mapfile -t flags < <(on_all "$flag")
+  planted "$name" "$field" --node-bin "$faults_node" --kinds kill "${flags[@]}"
+}
 # A replica that reports a wrong output hash from index 300 on (a nondeterminism bug).
-planted divergence divergences 2:--fault-diverge-at=300
+planted divergence divergences --node-bin "$faults_node" --kinds kill --node-flag 2:--fault-diverge-at=300
 # A gateway that acknowledges every 50th order without sequencing it.
-planted ack-without-commit lost \
-  1:--fault-ack-unsequenced-every=50 2:--fault-ack-unsequenced-every=50 3:--fault-ack-unsequenced-every=50
+faulty ack-without-commit lost --fault-ack-unsequenced-every=50
 # A gateway that enters every 50th order a second time, past the exactly-once window.
-planted double-entry duplicates \
-  1:--fault-double-submit-every=50 2:--fault-double-submit-every=50 3:--fault-double-submit-every=50
+faulty double-entry duplicates --fault-double-submit-every=50
 # A report stream that leaves out every 20th execution: trades with one side.
-planted one-sided-trade unmatched_trades \
-  1:--fault-drop-execution-every=20 2:--fault-drop-execution-every=20 3:--fault-drop-execution-every=20
+faulty one-sided-trade unmatched_trades --fault-drop-execution-every=20
 # A report stream that swaps two reports in every 10th batch: a stream that goes back.
-planted reordered-reports sequence_errors \
-  1:--fault-reorder-reports-every=10 2:--fault-reorder-reports-every=10 3:--fault-reorder-reports-every=10
+faulty reordered-reports sequence_errors --fault-reorder-reports-every=10
 # Balances replies that count held funds as available too: money from nowhere.
-planted held-counted-twice conservation_errors \
-  1:--fault-count-held-twice 2:--fault-count-held-twice 3:--fault-count-held-twice
+faulty held-counted-twice conservation_errors --fault-count-held-twice
 # Every 5th balances read answered with the previous read of the account: a stale read.
-planted stale-read linearizability_errors \
-  1:--fault-stale-balances-every=5 2:--fault-stale-balances-every=5 3:--fault-stale-balances-every=5
+faulty stale-read linearizability_errors --fault-stale-balances-every=5
+# Every 100th command sequenced, yet answered with a refusal: failed, yet it took effect.
+faulty refused-yet-sequenced failed_took_effect --fault-refuse-sequenced-every=100
+# A market data stream that leaves out a message of every 20th batch.
+faulty market-data-gap market_data_gaps --fault-market-gap-every=20
+# Depth reads with one lot too many at the best bid: the final books differ.
+faulty wrong-final-book book_mismatches --fault-wrong-depth
+# Report timestamps that go back in every 10th batch.
+faulty timestamps-back timestamp_errors --fault-report-time-back-every=10
+# A leader that exits after 3,000 commands: a node crash.
+faulty node-crash crashes --fault-exit-after-commands=3000
+# Elections that take 1.5-2 s (a real setting, badly chosen): the leader's loss costs clients
+# more than the run allows.
+mapfile -t slow < <(on_all --election-min-ms=1500; on_all --election-max-ms=2000)
+planted slow-failover rto_errors --node-bin "$node" --kinds kill-leader "${slow[@]}"
+# Brokers held to 2 commands a second each: too little is acknowledged for the checks to mean
+# anything.
+mapfile -t starved < <(on_all --session-rate=2)
+planted starved-run coverage_errors --node-bin "$node" --kinds kill "${starved[@]}"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every check the project makes: formatting, lints, and all tests of the workspace (unit,
-# property, integration), optimised so the property tests and data replays run quickly.
+# property, integration) in the release-checked profile (optimised, so the property tests and
+# data replays run quickly, with debug assertions and overflow checks on), then the quick chaos
+# run and its planted faults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,14 +15,21 @@ step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo clippy --workspace --all-targets --release --features exchange/test-faults -- -D warnings
 
-step "cargo test (workspace, release)"
+step "cargo test (workspace, the production build; profile release-checked)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-# test-faults builds the planted faults the checker tests need (never used for a real exchange).
-cargo test --workspace --release --features exchange/test-faults 2>&1 | tee "$log"
+# release-checked: optimised, with debug assertions and overflow checks (Cargo.toml). No
+# test-faults here: the tests run the node a real exchange would run.
+cargo test --workspace --profile release-checked 2>&1 | tee "$log"
+
+step "cargo test (the tests that plant faults: a test-faults build in target/faults)"
+# A directory of its own, so that a node with the planted faults compiled in never sits where a
+# real one is looked for.
+cargo test --profile release-checked --features exchange/test-faults --target-dir target/faults \
+  --test cluster_divergence 2>&1 | tee -a "$log"
 
 step "chaos suite, quick (scripts/chaos.sh --quick)"
-scripts/chaos.sh --quick 2>&1 | tee -a "$log"
+EXCHANGE_PROFILE=release-checked scripts/chaos.sh --quick 2>&1 | tee -a "$log"
 
 # One closing line over every test binary (cargo prints one "test result" line per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }

@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use exchange::domain::{OrderId, Side};
+use exchange::gateway::client::ClientError;
 use support::*;
 
 async fn place(client: &mut exchange::gateway::client::Client, count: i64) -> Vec<OrderId> {
@@ -52,16 +53,21 @@ async fn a_lone_survivor_accepts_nothing() {
     for id in (1..=3).filter(|id| *id != leader) {
         cluster.kill(id);
     }
+    // A real client must be told, in bounded time, that the order is not done or that its
+    // outcome is unknown; silence is a failure too.
+    let asked = std::time::Instant::now();
     let attempt = tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(6),
         client.submit(limit(1, Side::Buy, 10, 1)),
     )
     .await;
     match attempt {
-        Err(_elapsed) => {}
-        Ok(Err(_refused)) => {}
+        Ok(Err(ClientError::OutcomeUnknown(_) | ClientError::Unavailable(_))) => {}
+        Ok(Err(other)) => panic!("a lone leader answered neither unknown nor unavailable: {other}"),
         Ok(Ok(outputs)) => panic!("a minority acknowledged an order: {outputs:?}"),
+        Err(_elapsed) => panic!("no answer within 6 s from a lone leader"),
     }
+    eprintln!("a lone leader's answer came after {:?}", asked.elapsed());
     let statuses = cluster.statuses().await;
     let survivor = statuses[&leader].as_ref().expect("survivor status");
     assert!(

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use exchange::domain::{Event, Liquidity, Output};
+use exchange::domain::{CancelReason, Event, Liquidity, Output};
 use serde::Serialize;
 
 use crate::linearizable;
@@ -19,6 +19,8 @@ pub struct FinalState {
     pub market_data_gaps: u64,
     /// Whether the subscriber's book equals the engine's at the end.
     pub market_data_book_matches: bool,
+    /// The cluster's voters at the end: each must report a final status.
+    pub members: Vec<u64>,
     /// Every account's final balances: (asset, available, held).
     pub balances: BTreeMap<u64, Vec<(u32, i64, i64)>>,
 }
@@ -38,8 +40,18 @@ pub struct Verdict {
     pub divergences: u64,
     /// Trades whose two sides do not match (one side missing, prices or quantities differ).
     pub unmatched_trades: u64,
-    /// Report streams whose sequence numbers do not rise, and market data gaps.
+    /// Report streams whose sequence numbers do not rise.
     pub sequence_errors: u64,
+    /// Report streams whose timestamps go back (the sequencer never lets them, whatever the
+    /// leaders' clocks do).
+    pub timestamp_errors: u64,
+    /// Market data messages that did not follow their predecessor.
+    pub market_data_gaps: u64,
+    /// The market data subscriber's final book differs from the engine's.
+    pub book_mismatches: u64,
+    /// Orders, cancels and replaces the client was told failed (certainly not done) that the
+    /// reports show took effect.
+    pub failed_took_effect: u64,
     /// Assets whose balances do not add up to deposits minus withdrawals, and negative
     /// balances.
     pub conservation_errors: u64,
@@ -50,10 +62,19 @@ pub struct Verdict {
     pub linearizability_ops: u64,
     /// Ledger accounts whose search grew past its bounds: neither proven nor refuted.
     pub linearizability_inconclusive: u64,
+    /// The ledger operations of those accounts.
+    pub linearizability_inconclusive_ops: u64,
     /// Nodes that exited by themselves during the run (a fault must never crash a node).
     pub crashes: u64,
     /// The run could not gather what the checkers need (a report feed that failed).
     pub harness_errors: u64,
+    /// The run did not do the work it names: a requested fault kind not injected, fewer
+    /// faults than asked, too few operations checked, a node's final status missing, or too
+    /// much of the linearizability search left unsettled.
+    pub coverage_errors: u64,
+    /// Faults after which clients waited longer than the run allows for an acknowledged
+    /// order (or never got one).
+    pub rto_errors: u64,
     /// Operations with an unknown outcome (allowed either way, never twice).
     pub unknown: u64,
     pub acknowledged: u64,
@@ -68,16 +89,144 @@ impl Verdict {
             && self.divergences == 0
             && self.unmatched_trades == 0
             && self.sequence_errors == 0
+            && self.timestamp_errors == 0
+            && self.market_data_gaps == 0
+            && self.book_mismatches == 0
+            && self.failed_took_effect == 0
             && self.conservation_errors == 0
             && self.linearizability_errors == 0
             && self.crashes == 0
             && self.harness_errors == 0
+            && self.coverage_errors == 0
+            && self.rto_errors == 0
     }
 
     fn problem(&mut self, text: String) {
         if self.problems.len() < 20 {
             self.problems.push(text);
         }
+    }
+
+    /// A problem that must be seen even after many others: the run's own shortcomings are few
+    /// and say why the verdict cannot be trusted.
+    fn run_problem(&mut self, text: String) {
+        self.problems.insert(0, text);
+        self.problems.truncate(40);
+    }
+}
+
+/// What the run did, as the rules that judge the run itself need it.
+pub struct RunFacts {
+    pub faults_asked: usize,
+    pub faults_injected: usize,
+    /// Requested fault kinds this machine could not inject: (kind, why, allowed by
+    /// `--allow-missing`).
+    pub missing_kinds: Vec<(String, String, bool)>,
+    /// Faults the nemesis gave up on (no agreed leader, say), with why.
+    pub skipped: Vec<String>,
+    /// From the clients' start to their stop.
+    pub run_seconds: f64,
+    /// Each fault's kind, when it began (run time, s) and the clients' recovery time.
+    pub recoveries: Vec<(String, f64, Option<f64>)>,
+}
+
+/// The run's own bars: what it must have done for its verdict to mean anything.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// Longest clients may wait after a fault for an acknowledged order.
+    pub rto_max_ms: f64,
+    /// Acknowledged operations per second of the run, at least.
+    pub acknowledged_per_s_min: f64,
+    /// Ledger operations checked for linearizability per second of the run, at least.
+    pub ledger_ops_per_s_min: f64,
+    /// Share of the ledger operations the search may leave unsettled.
+    pub inconclusive_share_max: f64,
+}
+
+/// Judges the run itself: a verdict over a run that skipped its faults, checked next to
+/// nothing, lost sight of a node or recovered too slowly fails, whatever the checkers found.
+pub fn judge_run(verdict: &mut Verdict, facts: &RunFacts, state: &FinalState, rules: &Rules) {
+    let coverage = |verdict: &mut Verdict, why: String| {
+        verdict.coverage_errors += 1;
+        verdict.run_problem(why);
+    };
+    for (kind, why, allowed) in &facts.missing_kinds {
+        if !allowed {
+            coverage(
+                verdict,
+                format!("fault kind {kind} was asked for but cannot be injected here: {why} (--allow-missing {kind} accepts that)"),
+            );
+        }
+    }
+    if facts.faults_injected < facts.faults_asked {
+        coverage(
+            verdict,
+            format!(
+                "{} of {} faults injected{}",
+                facts.faults_injected,
+                facts.faults_asked,
+                match facts.skipped.first() {
+                    Some(why) => format!(" (first skipped: {why})"),
+                    None => String::new(),
+                }
+            ),
+        );
+    }
+    let acknowledged_min = (rules.acknowledged_per_s_min * facts.run_seconds).ceil() as u64;
+    if verdict.acknowledged < acknowledged_min.max(1) {
+        coverage(
+            verdict,
+            format!(
+                "only {} operations acknowledged in {:.1} s; the checks need at least {}",
+                verdict.acknowledged,
+                facts.run_seconds,
+                acknowledged_min.max(1)
+            ),
+        );
+    }
+    let ledger_min = (rules.ledger_ops_per_s_min * facts.run_seconds).ceil() as u64;
+    if verdict.linearizability_ops < ledger_min.max(1) {
+        coverage(
+            verdict,
+            format!(
+                "only {} ledger operations checked for linearizability in {:.1} s; at least {} needed",
+                verdict.linearizability_ops,
+                facts.run_seconds,
+                ledger_min.max(1)
+            ),
+        );
+    }
+    let unsettled = verdict.linearizability_inconclusive_ops as f64;
+    if unsettled > rules.inconclusive_share_max * verdict.linearizability_ops as f64 {
+        coverage(
+            verdict,
+            format!(
+                "the linearizability search left {} of {} ledger operations unsettled (at most {:.0}% may be)",
+                verdict.linearizability_inconclusive_ops,
+                verdict.linearizability_ops,
+                rules.inconclusive_share_max * 100.0
+            ),
+        );
+    }
+    for id in &state.members {
+        if !state.nodes.contains_key(id) {
+            coverage(
+                verdict,
+                format!("node {id} gave no final status: its state was never compared"),
+            );
+        }
+    }
+    for (kind, at_s, rto) in &facts.recoveries {
+        let why = match rto {
+            Some(ms) if *ms > rules.rto_max_ms => format!(
+                "{kind} at {at_s:.1} s: clients waited {ms:.0} ms for an acknowledged order (at most {:.0} ms allowed)",
+                rules.rto_max_ms
+            ),
+            Some(_) => continue,
+            None => format!("{kind} at {at_s:.1} s: no order sent after it was ever acknowledged"),
+        };
+        verdict.rto_errors += 1;
+        verdict.run_problem(why);
     }
 }
 
@@ -91,6 +240,9 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
     let mut balance_seqs: BTreeSet<u64> = BTreeSet::new();
     let mut cancelled: BTreeSet<u64> = BTreeSet::new();
     let mut replaced: BTreeSet<u64> = BTreeSet::new();
+    // Cancels on request and replaces that took effect, per order.
+    let mut cancels_done: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut replaces_done: BTreeMap<u64, u32> = BTreeMap::new();
     let mut executions: BTreeMap<u64, u32> = BTreeMap::new();
     let mut trades: BTreeMap<u64, Vec<&Output>> = BTreeMap::new();
     for output in &all {
@@ -111,11 +263,17 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
             Event::BalanceChanged { .. } => {
                 balance_seqs.insert(output.seq);
             }
-            Event::Cancelled { order_id, .. } => {
+            Event::Cancelled {
+                order_id, reason, ..
+            } => {
                 cancelled.insert(order_id.0);
+                if reason == CancelReason::Requested {
+                    *cancels_done.entry(order_id.0).or_default() += 1;
+                }
             }
             Event::Replaced { order_id, .. } => {
                 replaced.insert(order_id.0);
+                *replaces_done.entry(order_id.0).or_default() += 1;
             }
             Event::Execution {
                 exec_id, trade_id, ..
@@ -159,6 +317,59 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
             verdict.problem(format!(
                 "lost: acknowledged {} {:?} -> {result}",
                 op.f, op.value
+            ));
+        }
+    }
+
+    // Nothing the client was told failed took effect. An order is known by its client order
+    // id; a cancel or replace by the order it names, so those are counted: the reports may
+    // show no more of them than were acknowledged as done or left unknown.
+    let mut cancels_allowed: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut replaces_allowed: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut failed_amends: Vec<&Op> = Vec::new();
+    for op in history.iter().filter(|op| op.kind != "invoke") {
+        let result = op.result.clone().unwrap_or_default();
+        let (allowed, done_field) = match op.f.as_str() {
+            "cancel" => (&mut cancels_allowed, "cancelled"),
+            "replace" => (&mut replaces_allowed, "replaced"),
+            "order" => {
+                if op.kind == "fail" && by_client_id.contains_key(&(op.account, op.value)) {
+                    verdict.failed_took_effect += 1;
+                    verdict.problem(format!(
+                        "order {} of account {} was reported failed ({result}), yet it was accepted",
+                        op.value, op.account
+                    ));
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        match op.kind.as_str() {
+            "ok" if result[done_field].as_bool() == Some(true) => {
+                *allowed.entry(op.value).or_default() += 1
+            }
+            "info" => *allowed.entry(op.value).or_default() += 1,
+            "fail" => failed_amends.push(op),
+            _ => {}
+        }
+    }
+    for op in failed_amends {
+        let (done, allowed) = if op.f == "cancel" {
+            (&cancels_done, &cancels_allowed)
+        } else {
+            (&replaces_done, &replaces_allowed)
+        };
+        let (done, allowed) = (
+            done.get(&op.value).copied().unwrap_or(0),
+            allowed.get(&op.value).copied().unwrap_or(0),
+        );
+        if done > allowed {
+            verdict.failed_took_effect += 1;
+            verdict.problem(format!(
+                "{} of order {} was reported failed ({}), yet the reports show {done} taking effect and only {allowed} acknowledged or unknown",
+                op.f,
+                op.value,
+                op.result.clone().unwrap_or_default()
             ));
         }
     }
@@ -308,13 +519,12 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
     verdict.linearizability_ops = ledger.operations;
     verdict.linearizability_errors = ledger.violations.len() as u64;
     verdict.linearizability_inconclusive = ledger.inconclusive.len() as u64;
+    verdict.linearizability_inconclusive_ops = ledger.inconclusive_operations;
     for why in ledger.violations {
         verdict.problem(format!("not linearizable: {why}"));
     }
     for why in ledger.inconclusive {
-        verdict.problem(format!(
-            "linearizability not settled (not a failure): {why}"
-        ));
+        verdict.problem(format!("linearizability not settled: {why}"));
     }
 
     // Sequences. Timestamps come from the leaders' clocks (which the nemesis moves) but the
@@ -324,7 +534,7 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
             .windows(2)
             .find(|w| w[1].timestamp_ns < w[0].timestamp_ns)
         {
-            verdict.sequence_errors += 1;
+            verdict.timestamp_errors += 1;
             verdict.problem(format!(
                 "broker {broker}'s report timestamps go back: seq {} at {} then seq {} at {}",
                 pair[0].seq, pair[0].timestamp_ns, pair[1].seq, pair[1].timestamp_ns
@@ -344,11 +554,11 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
         }
     }
     if state.market_data_gaps > 0 {
-        verdict.sequence_errors += state.market_data_gaps;
+        verdict.market_data_gaps += state.market_data_gaps;
         verdict.problem(format!("{} market data gaps", state.market_data_gaps));
     }
     if !state.market_data_book_matches {
-        verdict.sequence_errors += 1;
+        verdict.book_mismatches += 1;
         verdict.problem("the market data book differs from the engine's".into());
     }
     verdict
@@ -425,6 +635,7 @@ mod tests {
             market_data_gaps: 0,
             market_data_book_matches: true,
             balances: BTreeMap::new(),
+            members: vec![1, 2],
         }
     }
 
@@ -501,5 +712,301 @@ mod tests {
         minted.balances.insert(102, vec![(2, 2, 0)]);
         assert_eq!(check(&[], &minted).conservation_errors, 1);
         let _ = AssetId(1);
+    }
+
+    fn op(kind: &str, f: &str, account: u64, value: u64, result: serde_json::Value) -> Op {
+        Op {
+            process: 1,
+            op: 0,
+            kind: kind.into(),
+            f: f.into(),
+            time_ns: 0,
+            account,
+            value,
+            result: Some(result),
+        }
+    }
+
+    /// An invoke and its completion, `at` and `at + 1` ns.
+    fn timed(id: u64, at: u64, mut done: Op) -> [Op; 2] {
+        done.op = id;
+        done.time_ns = at + 1;
+        let invoked = Op {
+            op: id,
+            kind: "invoke".into(),
+            time_ns: at,
+            result: None,
+            ..done.clone()
+        };
+        [invoked, done]
+    }
+
+    fn output(seq: u64, event: Event) -> Output {
+        Output {
+            seq,
+            timestamp_ns: seq,
+            event,
+        }
+    }
+
+    fn cancelled(seq: u64, order_id: u64) -> Output {
+        output(
+            seq,
+            Event::Cancelled {
+                order_id: OrderId(order_id),
+                account: AccountId(101),
+                symbol: SymbolId(1),
+                client_order_id: ClientOrderId(1),
+                leaves_qty: Qty(1),
+                reason: CancelReason::Requested,
+            },
+        )
+    }
+
+    fn replaced(seq: u64, order_id: u64) -> Output {
+        output(
+            seq,
+            Event::Replaced {
+                order_id: OrderId(order_id),
+                account: AccountId(101),
+                symbol: SymbolId(1),
+                price: Price(1_000),
+                qty: Qty(2),
+                priority_kept: false,
+            },
+        )
+    }
+
+    fn deposited(seq: u64, account: u64, amount: i64, available: i64) -> Output {
+        output(
+            seq,
+            Event::BalanceChanged {
+                account: AccountId(account),
+                asset: workload::QUOTE,
+                delta: exchange::domain::Amount(amount),
+                available: exchange::domain::Amount(available),
+                held: exchange::domain::Amount(0),
+            },
+        )
+    }
+
+    #[test]
+    fn lost_cancels_replaces_and_deposits_are_caught() {
+        let history = [
+            op(
+                "ok",
+                "cancel",
+                101,
+                7,
+                serde_json::json!({"cancelled": true, "seq": 9}),
+            ),
+            op(
+                "ok",
+                "replace",
+                101,
+                8,
+                serde_json::json!({"replaced": true, "seq": 10}),
+            ),
+            op("ok", "deposit", 101, 5, serde_json::json!({"seq": 11})),
+        ];
+        let verdict = check(&history, &state(Vec::new()));
+        assert_eq!(verdict.lost, 3, "{verdict:?}");
+        let present = state(vec![
+            cancelled(9, 7),
+            replaced(10, 8),
+            deposited(11, 101, 5, 5),
+        ]);
+        let mut present = present;
+        present
+            .balances
+            .insert(101, vec![(workload::QUOTE.0, 5, 0)]);
+        let verdict = check(&history, &present);
+        assert!(verdict.passed(), "{verdict:?}");
+    }
+
+    #[test]
+    fn a_command_reported_failed_that_took_effect_is_caught() {
+        let failed = |f: &str, value| op("fail", f, 101, value, serde_json::json!("refused"));
+        // An order told "failed" whose client order id was accepted.
+        let verdict = check(
+            &[failed("order", 1)],
+            &state(vec![accepted(65_536, 65_536, 1)]),
+        );
+        assert_eq!(verdict.failed_took_effect, 1, "{verdict:?}");
+        // A cancel told "failed" of an order the reports show cancelled on request.
+        let verdict = check(&[failed("cancel", 7)], &state(vec![cancelled(9, 7)]));
+        assert_eq!(verdict.failed_took_effect, 1, "{verdict:?}");
+        // A replace told "failed", with one replace of the order acknowledged and two done.
+        let history = [
+            failed("replace", 8),
+            op(
+                "ok",
+                "replace",
+                101,
+                8,
+                serde_json::json!({"replaced": true}),
+            ),
+        ];
+        let two = state(vec![replaced(9, 8), replaced(10, 8)]);
+        assert_eq!(check(&history, &two).failed_took_effect, 1);
+        // Allowed: a failed cancel beside an unknown one (that one took effect), and a failed
+        // order that was never accepted.
+        let history = [
+            failed("cancel", 7),
+            op("info", "cancel", 101, 7, serde_json::json!("timed out")),
+            failed("order", 2),
+        ];
+        let verdict = check(&history, &state(vec![cancelled(9, 7)]));
+        assert_eq!(verdict.failed_took_effect, 0, "{verdict:?}");
+    }
+
+    #[test]
+    fn a_stale_ledger_read_is_caught() {
+        let account = workload::LEDGER_ACCOUNTS[0];
+        let mut history = Vec::new();
+        history.extend(timed(
+            1,
+            10,
+            op(
+                "ok",
+                "deposit",
+                account,
+                1_000,
+                serde_json::json!({"seq": 5, "available": 1_000}),
+            ),
+        ));
+        // Read after the deposit was answered, yet it saw the balance before it.
+        history.extend(timed(
+            2,
+            20,
+            op(
+                "ok",
+                "read",
+                account,
+                0,
+                serde_json::json!({"available": 0}),
+            ),
+        ));
+        let mut final_state = state(vec![deposited(5, account, 1_000, 1_000)]);
+        final_state
+            .balances
+            .insert(account, vec![(workload::QUOTE.0, 1_000, 0)]);
+        let verdict = check(&history, &final_state);
+        assert_eq!(verdict.linearizability_errors, 1, "{verdict:?}");
+        // The same read seeing the deposit is fine.
+        history[3].result = Some(serde_json::json!({"available": 1_000}));
+        let verdict = check(&history, &final_state);
+        assert!(verdict.passed(), "{verdict:?}");
+        assert_eq!(
+            verdict.linearizability_ops, 5,
+            "two operations and three final reads"
+        );
+    }
+
+    #[test]
+    fn market_data_and_timestamp_faults_are_caught() {
+        let mut gaps = state(Vec::new());
+        gaps.market_data_gaps = 2;
+        assert_eq!(check(&[], &gaps).market_data_gaps, 2);
+        let mut wrong_book = state(Vec::new());
+        wrong_book.market_data_book_matches = false;
+        assert_eq!(check(&[], &wrong_book).book_mismatches, 1);
+        let mut later = accepted(131_072, 131_072, 2);
+        later.timestamp_ns = 5;
+        let mut earlier = accepted(65_536, 65_536, 1);
+        earlier.timestamp_ns = 9;
+        let back = check(&[], &state(vec![earlier, later]));
+        assert_eq!((back.timestamp_errors, back.sequence_errors), (1, 0));
+    }
+
+    fn facts() -> RunFacts {
+        RunFacts {
+            faults_asked: 2,
+            faults_injected: 2,
+            missing_kinds: Vec::new(),
+            skipped: Vec::new(),
+            run_seconds: 1.0,
+            recoveries: vec![
+                ("kill".into(), 0.5, Some(12.0)),
+                ("halves".into(), 0.8, Some(150.0)),
+            ],
+        }
+    }
+
+    const RULES: Rules = Rules {
+        rto_max_ms: 1_000.0,
+        acknowledged_per_s_min: 2.0,
+        ledger_ops_per_s_min: 2.0,
+        inconclusive_share_max: 0.05,
+    };
+
+    /// A verdict the checkers passed, with enough operations for the rules.
+    fn busy() -> Verdict {
+        Verdict {
+            acknowledged: 10,
+            linearizability_ops: 10,
+            ..Verdict::default()
+        }
+    }
+
+    fn judged(facts: &RunFacts, state: &FinalState, verdict: Verdict) -> Verdict {
+        let mut verdict = verdict;
+        judge_run(&mut verdict, facts, state, &RULES);
+        verdict
+    }
+
+    #[test]
+    fn every_run_rule_fails_a_run_that_breaks_it() {
+        let clean = judged(&facts(), &state(Vec::new()), busy());
+        assert!(clean.passed(), "{clean:?}");
+        // A kind that could not be injected, unless allowed.
+        let mut missing = facts();
+        missing.missing_kinds = vec![("ring".into(), "nftables is not installed".into(), false)];
+        assert_eq!(
+            judged(&missing, &state(Vec::new()), busy()).coverage_errors,
+            1
+        );
+        missing.missing_kinds[0].2 = true;
+        assert!(judged(&missing, &state(Vec::new()), busy()).passed());
+        // Fewer faults than asked.
+        let mut fewer = facts();
+        fewer.faults_injected = 1;
+        fewer.skipped = vec!["fault 2 (kill-leader): no leader agreed on within 10 s".into()];
+        let verdict = judged(&fewer, &state(Vec::new()), busy());
+        assert_eq!(verdict.coverage_errors, 1);
+        assert!(
+            verdict.problems[0].contains("no leader agreed"),
+            "{verdict:?}"
+        );
+        // An idle run: too few acknowledged operations, or ledger operations, for its length.
+        let mut long = facts();
+        long.run_seconds = 60.0;
+        assert_eq!(judged(&long, &state(Vec::new()), busy()).coverage_errors, 2);
+        assert_eq!(
+            judged(&facts(), &state(Vec::new()), Verdict::default()).coverage_errors,
+            2
+        );
+        // A node whose final status is missing (only one node answered).
+        let mut one_answered = state(Vec::new());
+        one_answered.nodes.remove(&2);
+        let verdict = judged(&facts(), &one_answered, busy());
+        assert_eq!(verdict.coverage_errors, 1, "{verdict:?}");
+        // A linearizability search that settled too little.
+        let unsettled = Verdict {
+            linearizability_inconclusive: 1,
+            linearizability_inconclusive_ops: 3,
+            ..busy()
+        };
+        assert_eq!(
+            judged(&facts(), &state(Vec::new()), unsettled).coverage_errors,
+            1
+        );
+        // A fault that cost clients more than the limit, and one after which nothing was
+        // acknowledged at all.
+        let mut slow = facts();
+        slow.recoveries
+            .push(("kill-leader".into(), 0.9, Some(1_500.0)));
+        slow.recoveries.push(("pause-leader".into(), 0.95, None));
+        assert_eq!(judged(&slow, &state(Vec::new()), busy()).rto_errors, 2);
     }
 }

@@ -75,6 +75,8 @@ pub struct Outcome {
     pub violations: Vec<String>,
     /// Accounts whose search grew past its bounds (neither proven nor refuted).
     pub inconclusive: Vec<String>,
+    /// The operations of those accounts.
+    pub inconclusive_operations: u64,
 }
 
 /// Bounds of one account's search: states kept at once, and states visited in all.
@@ -167,9 +169,12 @@ pub fn check(
         match search(&ops) {
             Search::Linearizable => {}
             Search::Violation(why) => outcome.violations.push(format!("account {account}: {why}")),
-            Search::TooLarge(why) => outcome
-                .inconclusive
-                .push(format!("account {account}: {why}")),
+            Search::TooLarge(why) => {
+                outcome.inconclusive_operations += ops.len() as u64;
+                outcome
+                    .inconclusive
+                    .push(format!("account {account}: {why}"))
+            }
         }
     }
     outcome

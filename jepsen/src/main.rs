@@ -118,6 +118,94 @@ struct Args {
     /// rto_ms_median, rto_ms_max, ...).
     #[arg(long)]
     json: bool,
+    /// A fault kind this run may leave out when the machine cannot inject it (no nftables,
+    /// no namespaces, no libfaketime); the report says so. Without it, a requested kind that
+    /// cannot be injected fails the run.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "KIND")]
+    allow_missing: Vec<FaultKind>,
+    /// The longest clients may wait after any fault for an acknowledged order, in ms; a fault
+    /// that costs more fails the run.
+    #[arg(long, default_value_t = 1_000.0)]
+    rto_max_ms: f64,
+    /// Acknowledged operations per second of the run the checks need at least (an idle run
+    /// proves nothing).
+    #[arg(long, default_value_t = 100.0)]
+    min_acknowledged_per_s: f64,
+    /// Ledger operations per second of the run the linearizability check needs at least.
+    #[arg(long, default_value_t = 20.0)]
+    min_ledger_ops_per_s: f64,
+    /// Share of the ledger operations the linearizability search may leave unsettled.
+    #[arg(long, default_value_t = 0.05)]
+    inconclusive_share_max: f64,
+}
+
+/// The file that marks a directory as exchange-chaos output: it lists what a run created
+/// there, the only things a later run with the same `--out` removes.
+const OUT_MARKER: &str = ".exchange-chaos";
+
+/// Makes `out` ready for a run without deleting anything a run did not create: a new or empty
+/// directory is used as it is; one a previous run marked loses what that run listed; any
+/// other refuses the run. Returns what is in it before the run.
+fn prepare_out(
+    out: &std::path::Path,
+) -> Result<std::collections::BTreeSet<std::ffi::OsString>, String> {
+    let shown = out.display();
+    std::fs::create_dir_all(out).map_err(|e| format!("--out {shown}: {e}"))?;
+    let entries = |out: &std::path::Path| -> Result<std::collections::BTreeSet<_>, String> {
+        std::fs::read_dir(out)
+            .map_err(|e| format!("--out {shown}: {e}"))?
+            .map(|entry| {
+                entry
+                    .map(|e| e.file_name())
+                    .map_err(|e| format!("--out {shown}: {e}"))
+            })
+            .collect()
+    };
+    let present = entries(out)?;
+    if present.is_empty() {
+        return Ok(present);
+    }
+    let marker = out.join(OUT_MARKER);
+    let listed = std::fs::read_to_string(&marker).map_err(|_| {
+        format!(
+            "--out {shown} is not empty and was not made by exchange-chaos: give a new or empty directory (nothing was deleted)"
+        )
+    })?;
+    for name in listed.lines().filter(|name| !name.is_empty()) {
+        // Only plain names a run wrote at the top of the directory.
+        if name.contains('/') || name == "." || name == ".." {
+            continue;
+        }
+        let path = out.join(name);
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(_) => Ok(()),
+        };
+        removed.map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    entries(out)
+}
+
+/// Lists in the marker what this run created in `out` (what is there now and was not before).
+fn mark_out(
+    out: &std::path::Path,
+    before: &std::collections::BTreeSet<std::ffi::OsString>,
+) -> Result<(), String> {
+    let mut created = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(out).map_err(|e| format!("{}: {e}", out.display()))? {
+        let name = entry.map_err(|e| e.to_string())?.file_name();
+        if !before.contains(&name) && name != OUT_MARKER {
+            created.insert(name);
+        }
+    }
+    let mut listed = String::new();
+    for name in created.iter().filter_map(|name| name.to_str()) {
+        listed.push_str(name);
+        listed.push('\n');
+    }
+    let marker = out.join(OUT_MARKER);
+    std::fs::write(&marker, listed).map_err(|e| format!("{}: {e}", marker.display()))
 }
 
 fn main() -> ExitCode {
@@ -145,16 +233,41 @@ fn run(args: Args) -> Result<bool, String> {
             args.node_bin.display()
         )
     })?;
-    let _ = std::fs::remove_dir_all(&args.out);
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let before = prepare_out(&args.out)?;
     let out = std::fs::canonicalize(&args.out).map_err(|e| e.to_string())?;
-    let mut hosts = Hosts::create(args.nodes, &out, &node_bin, !args.loopback, args.base_port)?;
+    // Marked before anything is made, so that even a run that stops half-way is cleaned up by
+    // the next, and marked again with everything at the end.
+    std::fs::write(out.join(OUT_MARKER), "").map_err(|e| format!("{}: {e}", out.display()))?;
+    let outcome = run_in(&args, &out, &node_bin);
+    let marked = mark_out(&out, &before);
+    let passed = outcome?;
+    marked?;
+    Ok(passed)
+}
+
+fn run_in(args: &Args, out: &std::path::Path, node_bin: &std::path::Path) -> Result<bool, String> {
+    let mut hosts = Hosts::create(args.nodes, out, node_bin, !args.loopback, args.base_port)?;
     for spec in &args.node_flag {
         let (id, flag) = spec
             .split_once(':')
             .and_then(|(id, flag)| Some((id.parse::<u64>().ok()?, flag)))
             .ok_or_else(|| format!("--node-flag {spec}: expected ID:FLAG"))?;
         hosts.add_node_flag(id, flag.to_string());
+    }
+    // A kind that cannot be injected fails the run before it starts, unless allowed.
+    let missing = missing_kinds(args, &hosts);
+    let refused: Vec<_> = missing
+        .iter()
+        .filter(|(kind, _)| !args.allow_missing.contains(kind))
+        .collect();
+    if !refused.is_empty() {
+        hosts.teardown();
+        for (kind, why) in refused {
+            let kind = kind.name();
+            println!("NOT INJECTABLE   {kind}: {why} (--allow-missing {kind} runs without it)");
+        }
+        println!("FAILED   (the run would not inject every fault kind it was asked for)");
+        return Ok(false);
     }
     // Every thread of the runtime below is born in the clients' namespace.
     hosts.enter_client_namespace()?;
@@ -163,17 +276,17 @@ fn run(args: Args) -> Result<bool, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let result = runtime.block_on(chaos(&args, &mut hosts));
+    let result = runtime.block_on(chaos(args, &mut hosts, missing));
     hosts.teardown();
     let (report, history) = result?;
-    write_outputs(&out, &report, &history)?;
+    write_outputs(out, &report, &history)?;
     if args.json {
         println!(
             "{}",
             serde_json::to_string(&report).map_err(|e| e.to_string())?
         );
     } else {
-        print_summary(&report, &out);
+        print_summary(&report, out);
     }
     Ok(report.passed)
 }
@@ -274,9 +387,40 @@ async fn caught_up(hosts: &Hosts, within: Duration) {
     }
 }
 
+/// The fault kinds the run was asked for.
+fn requested_kinds(args: &Args) -> Vec<FaultKind> {
+    if args.kinds.is_empty() {
+        FaultKind::value_variants().to_vec()
+    } else {
+        args.kinds.clone()
+    }
+}
+
+/// The requested kinds these hosts cannot inject, and why.
+fn missing_kinds(args: &Args, hosts: &Hosts) -> Vec<(FaultKind, String)> {
+    let mut missing = Vec::new();
+    for kind in requested_kinds(args) {
+        if kind.needs_network() && !hosts.can_partition {
+            let why = match hosts.placement {
+                Placement::Loopback => "no network namespaces here (loopback placement)",
+                Placement::Namespaces => "nftables (nft) is not installed",
+            };
+            missing.push((kind, why.to_string()));
+        }
+        if kind == FaultKind::Clock && !hosts.can_move_clocks() {
+            missing.push((
+                kind,
+                "libfaketime is not installed (apt-get install faketime)".into(),
+            ));
+        }
+    }
+    missing
+}
+
 async fn chaos(
     args: &Args,
     hosts: &mut Hosts,
+    missing: Vec<(FaultKind, String)>,
 ) -> Result<(report::Report, Vec<workload::Op>), String> {
     for id in hosts.ids().collect::<Vec<_>>() {
         hosts.start(id)?;
@@ -367,26 +511,20 @@ async fn chaos(
         })
     };
 
-    let mut kinds: Vec<FaultKind> = if args.kinds.is_empty() {
-        FaultKind::value_variants().to_vec()
-    } else {
-        args.kinds.clone()
-    };
-    let mut not_injected = Vec::new();
-    if !hosts.can_partition {
-        let why = match hosts.placement {
-            Placement::Loopback => "no network namespaces here (loopback placement)",
-            Placement::Namespaces => "nftables is not installed",
-        };
-        for kind in kinds.iter().filter(|k| k.needs_network()) {
-            not_injected.push(format!("{}: {why}", kind.name()));
-        }
-        kinds.retain(|k| !k.needs_network());
-    }
-    if !hosts.can_move_clocks() && kinds.contains(&FaultKind::Clock) {
-        not_injected.push("clock: libfaketime is not installed (apt-get install faketime)".into());
-        kinds.retain(|k| *k != FaultKind::Clock);
-    }
+    let mut kinds = requested_kinds(args);
+    kinds.retain(|kind| missing.iter().all(|(gone, _)| gone != kind));
+    let not_injected: Vec<String> = missing
+        .iter()
+        .map(|(kind, why)| {
+            let allowed = if args.allow_missing.contains(kind) {
+                "allowed by --allow-missing"
+            } else {
+                "fails the run"
+            };
+            format!("{}: {why} ({allowed})", kind.name())
+        })
+        .collect();
+    let mut skipped: Vec<String> = Vec::new();
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let mut faults = Vec::new();
     let mut crashes: Vec<String> = Vec::new();
@@ -425,7 +563,14 @@ async fn chaos(
                 vec![victim]
             }
             FaultKind::KillLeader | FaultKind::PauseLeader | FaultKind::IsolateLeader => {
-                let Some(victim) = current else { continue };
+                let Some(victim) = current else {
+                    skipped.push(format!(
+                        "fault {} ({}): no leader agreed on within 10 s",
+                        n + 1,
+                        kind.name()
+                    ));
+                    continue;
+                };
                 match kind {
                     FaultKind::KillLeader => hosts.kill(victim),
                     FaultKind::PauseLeader => hosts.pause(victim),
@@ -462,14 +607,23 @@ async fn chaos(
                 all.clone()
             }
             FaultKind::Membership => {
-                let Some(spare) = hosts.spare() else { continue };
+                let Some(spare) = hosts.spare() else {
+                    skipped.push(format!("fault {} (membership): no spare host", n + 1));
+                    continue;
+                };
                 let victim = all[rng.gen_range(0..all.len())];
                 hosts.kill(victim);
                 detail = format!("node {victim} lost, node {spare} replaces it");
                 vec![victim, spare]
             }
             FaultKind::Clock => {
-                let Some(victim) = current else { continue };
+                let Some(victim) = current else {
+                    skipped.push(format!(
+                        "fault {} (clock): no leader agreed on within 10 s",
+                        n + 1
+                    ));
+                    continue;
+                };
                 let offset = if rng.gen_bool(0.5) { "+1h" } else { "-1h" };
                 hosts.set_clock(victim, offset)?;
                 detail = format!("wall clock {offset}");
@@ -544,6 +698,7 @@ async fn chaos(
     }
     tokio::time::sleep(Duration::from_millis(args.quiet_ms)).await;
     stop.store(true, Ordering::Relaxed);
+    let run_seconds = history.now_ns() as f64 / 1e9;
     for task in clients {
         task.await.map_err(|e| e.to_string())?;
     }
@@ -579,23 +734,46 @@ async fn chaos(
             .map_err(|e| format!("account {account}'s balances: {e}"))?;
         balances.insert(account, held);
     }
+    // A node that died after the last fault, even while the final state was read, crashed.
+    for (id, why) in hosts.reap_exited() {
+        crashes.push(format!("node {id} exited by itself at the end ({why})"));
+    }
     let ops = history.ops();
-    let verdict = checker::check(
-        &ops,
-        &FinalState {
-            reports,
-            nodes,
-            market_data_gaps: md_gaps.load(Ordering::Relaxed),
-            market_data_book_matches: book_matches,
-            balances,
-        },
-    );
-    let mut verdict = verdict;
+    let state = FinalState {
+        reports,
+        nodes,
+        market_data_gaps: md_gaps.load(Ordering::Relaxed),
+        market_data_book_matches: book_matches,
+        balances,
+        members: hosts.ids().collect(),
+    };
+    let mut verdict = checker::check(&ops, &state);
     verdict.crashes = crashes.len() as u64;
     verdict.problems.extend(crashes);
     verdict.harness_errors = feed_errors.len() as u64;
     verdict.problems.extend(feed_errors);
     report::recovery_times(&ops, &mut faults);
+    let facts = checker::RunFacts {
+        faults_asked: args.faults,
+        faults_injected: faults.len(),
+        missing_kinds: missing
+            .iter()
+            .map(|(kind, why)| (kind.name(), why.clone(), args.allow_missing.contains(kind)))
+            .collect(),
+        skipped,
+        run_seconds,
+        recoveries: faults
+            .iter()
+            .map(|f| (f.kind.clone(), f.start_ns as f64 / 1e9, f.rto_ms))
+            .collect(),
+    };
+    let rules = checker::Rules {
+        rto_max_ms: args.rto_max_ms,
+        acknowledged_per_s_min: args.min_acknowledged_per_s,
+        ledger_ops_per_s_min: args.min_ledger_ops_per_s,
+        inconclusive_share_max: args.inconclusive_share_max,
+    };
+    checker::judge_run(&mut verdict, &facts, &state, &rules);
     let placement = match hosts.placement {
         Placement::Namespaces => "namespaces",
         Placement::Loopback => "loopback",
@@ -728,7 +906,18 @@ fn print_summary(report: &report::Report, out: &std::path::Path) {
         report.linearizability_errors,
         report.linearizability_inconclusive
     );
+    println!(
+        "timestamps back / market data gaps / book mismatches / failed yet took effect   {} / {} / {} / {}",
+        report.timestamp_errors,
+        report.market_data_gaps,
+        report.book_mismatches,
+        report.failed_took_effect
+    );
     println!("node crashes     {}", report.crashes);
+    println!(
+        "run rules        {} coverage errors, {} faults over the RTO limit",
+        report.coverage_errors, report.rto_errors
+    );
     if report.harness_errors > 0 {
         println!("harness errors   {}", report.harness_errors);
     }
@@ -763,7 +952,31 @@ fn print_summary(report: &report::Report, out: &std::path::Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::ring_cuts;
+    use super::{mark_out, prepare_out, ring_cuts, OUT_MARKER};
+
+    #[test]
+    fn out_never_deletes_what_a_run_did_not_create() {
+        let dir = std::env::temp_dir().join(format!("chaos-out-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A directory with someone's work in it: refused, and left as it was.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        let refused = prepare_out(&dir).unwrap_err();
+        assert!(refused.contains("not made by exchange-chaos"), "{refused}");
+        assert!(dir.join("notes.txt").exists());
+        // A run's directory: its next run removes what it listed, and nothing else.
+        std::fs::write(dir.join(OUT_MARKER), "").unwrap();
+        let before = prepare_out(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("node-1")).unwrap();
+        std::fs::write(dir.join("report.json"), "{}").unwrap();
+        mark_out(&dir, &before).unwrap();
+        let listed = std::fs::read_to_string(dir.join(OUT_MARKER)).unwrap();
+        assert_eq!(listed, "node-1\nreport.json\n");
+        prepare_out(&dir).unwrap();
+        assert!(!dir.join("node-1").exists() && !dir.join("report.json").exists());
+        assert!(dir.join("notes.txt").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// Every node keeps a majority of the cluster (itself included), and no two nodes keep
     /// the same one.

@@ -159,6 +159,27 @@ struct RunArgs {
     #[cfg(feature = "test-faults")]
     #[arg(long, hide = true)]
     fault_count_held_twice: bool,
+    /// Test-only fault: answer every Nth sequenced broker command with a refusal (failed, yet
+    /// it took effect).
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_refuse_sequenced_every: Option<u64>,
+    /// Test-only fault: leave the first message out of every Nth market data batch (a gap).
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_market_gap_every: Option<u64>,
+    /// Test-only fault: answer depth reads with one lot too many at the best bid.
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_wrong_depth: bool,
+    /// Test-only fault: stamp the last report of every Nth report batch earlier than the first.
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_report_time_back_every: Option<u64>,
+    /// Test-only fault: exit after this many broker commands (a crash).
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_exit_after_commands: Option<u64>,
 }
 
 fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
@@ -248,6 +269,11 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             reorder_reports_every: args.fault_reorder_reports_every.filter(|n| *n > 0),
             stale_balances_every: args.fault_stale_balances_every.filter(|n| *n > 0),
             count_held_twice: args.fault_count_held_twice,
+            refuse_sequenced_every: args.fault_refuse_sequenced_every.filter(|n| *n > 0),
+            market_gap_every: args.fault_market_gap_every.filter(|n| *n > 0),
+            wrong_depth: args.fault_wrong_depth,
+            report_time_back_every: args.fault_report_time_back_every.filter(|n| *n > 0),
+            exit_after_commands: args.fault_exit_after_commands.filter(|n| *n > 0),
         },
         #[cfg(not(feature = "test-faults"))]
         gateway_faults: exchange::gateway::server::GatewayFaults::default(),

@@ -115,10 +115,16 @@ impl Engine {
                         );
                         last_priority = Some(order.priority);
                         let (slot, amount) = match side {
-                            Side::Buy => (order.quote_slot, order.price.0 * order.leaves.0),
-                            Side::Sell => (order.base_slot, order.leaves.0),
+                            Side::Buy => {
+                                (order.quote_slot, order.price.0.checked_mul(order.leaves.0))
+                            }
+                            Side::Sell => (order.base_slot, Some(order.leaves.0)),
                         };
-                        *expected_held.entry((order.account, slot)).or_insert(0) += amount;
+                        // Checked sums: a wrapped total could hide money from nowhere.
+                        let held = expected_held.entry((order.account, slot)).or_insert(0);
+                        let sum = amount.and_then(|amount| held.checked_add(amount));
+                        ensure!(sum.is_some(), "order {} holds more than an i64", order.id);
+                        *held = sum.unwrap_or_default();
                         count += 1;
                         total += order.leaves.0;
                         prev = handle;
@@ -206,7 +212,17 @@ impl Engine {
                     balance.asset,
                     expected
                 );
-                *totals.entry(balance.asset).or_insert(0) += balance.available + balance.held;
+                let total = totals.entry(balance.asset).or_insert(0);
+                let sum = balance
+                    .available
+                    .checked_add(balance.held)
+                    .and_then(|funds| total.checked_add(funds));
+                ensure!(
+                    sum.is_some(),
+                    "asset {}'s balances add up to more than an i64",
+                    balance.asset
+                );
+                *total = sum.unwrap_or_default();
             }
         }
         ensure!(

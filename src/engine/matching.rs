@@ -194,6 +194,13 @@ impl State {
         match taker.side {
             Side::Buy => {
                 let held_at_limit = Amount(taker.limit.0 * qty.0);
+                // A buyer never pays above its limit: the improvement it gets back is >= 0.
+                assert!(
+                    held_at_limit.0 >= notional.0,
+                    "trade at {} above the buyer's limit {}",
+                    price.0,
+                    taker.limit.0
+                );
                 let buyer = &mut self.accounts[taker.account as usize];
                 buyer.spend_held(taker.quote_slot, held_at_limit);
                 buyer.credit(taker.quote_slot, Amount(held_at_limit.0 - notional.0));

@@ -82,25 +82,50 @@ impl Account {
     }
 
     /// Moves `amount` from held back to available.
+    ///
+    /// The money checks here are `assert!`s in every build: a broken one means the engine's
+    /// accounting is wrong, and stopping the node beats publishing money from nowhere.
     #[inline]
     pub fn release(&mut self, slot: u8, amount: Amount) {
         let balance = &mut self.balances[slot as usize];
-        debug_assert!(balance.held >= amount.0, "release more than held");
+        assert!(
+            amount.0 >= 0 && balance.held >= amount.0,
+            "account {}: release {} of asset {} with {} held",
+            self.id,
+            amount.0,
+            balance.asset,
+            balance.held
+        );
         balance.held -= amount.0;
-        balance.available += amount.0;
+        balance.available = balance
+            .available
+            .checked_add(amount.0)
+            .expect("available funds overflow on release");
     }
 
     /// Spends `amount` of held funds (they leave this account).
     #[inline]
     pub fn spend_held(&mut self, slot: u8, amount: Amount) {
         let balance = &mut self.balances[slot as usize];
-        debug_assert!(balance.held >= amount.0, "spend more than held");
+        assert!(
+            amount.0 >= 0 && balance.held >= amount.0,
+            "account {}: spend {} of asset {} with {} held",
+            self.id,
+            amount.0,
+            balance.asset,
+            balance.held
+        );
         balance.held -= amount.0;
     }
 
     /// Credits `amount` to available funds.
     #[inline]
     pub fn credit(&mut self, slot: u8, amount: Amount) {
-        self.balances[slot as usize].available += amount.0;
+        let balance = &mut self.balances[slot as usize];
+        assert!(amount.0 >= 0, "account {}: credit of {}", self.id, amount.0);
+        balance.available = balance
+            .available
+            .checked_add(amount.0)
+            .expect("available funds overflow on credit");
     }
 }

@@ -62,6 +62,8 @@ pub struct Gateway {
 #[derive(Default)]
 pub struct FaultState {
     orders: AtomicU64,
+    commands: AtomicU64,
+    market_batches: AtomicU64,
     executions: AtomicU64,
     report_batches: AtomicU64,
     balance_reads: AtomicU64,
@@ -111,6 +113,19 @@ pub struct GatewayFaults {
     pub stale_balances_every: Option<u64>,
     /// Count held funds as available too in balances replies: money from nowhere.
     pub count_held_twice: bool,
+    /// Answer every Nth broker command that was sequenced with a refusal: the broker is told
+    /// "failed" for a command that took effect.
+    pub refuse_sequenced_every: Option<u64>,
+    /// Leave the first message out of every Nth market data batch sent to a subscriber: a gap.
+    pub market_gap_every: Option<u64>,
+    /// Answer depth reads with one more lot at the best bid than the book holds: a wrong
+    /// final book.
+    pub wrong_depth: bool,
+    /// Stamp the last report of every Nth report batch of two or more earlier than the first:
+    /// report timestamps that go back.
+    pub report_time_back_every: Option<u64>,
+    /// Exit the process after this many broker commands (a node crash).
+    pub exit_after_commands: Option<u64>,
 }
 
 /// What one session may demand of the node.
@@ -565,6 +580,9 @@ impl Gateway {
                 }
                 match self.sequence(session, principal, vec![command]).await {
                     Ok(mut results) => match results.pop() {
+                        Some(Ok(_)) if self.planted_refusal(principal) => {
+                            Reply::Error("refused (a planted test fault)".into())
+                        }
                         Some(Ok(outputs)) => Reply::Outputs(outputs),
                         Some(Err(SubmitError::Unknown(why))) => Reply::OutcomeUnknown(why),
                         Some(Err(e)) => Reply::Error(e.to_string()),
@@ -609,6 +627,27 @@ impl Gateway {
             Ok(_) => None,
         };
         Reply::OrderStatus { order_id, open }
+    }
+
+    /// The test-only refusal of a command that was sequenced (`GatewayFaults`), and the
+    /// test-only crash after a number of commands.
+    fn planted_refusal(&self, principal: Principal) -> bool {
+        let GatewayFaults {
+            refuse_sequenced_every,
+            exit_after_commands,
+            ..
+        } = self.faults;
+        if principal.is_operator()
+            || (refuse_sequenced_every.is_none() && exit_after_commands.is_none())
+        {
+            return false;
+        }
+        let n = self.fault_state.commands.fetch_add(1, Ordering::Relaxed) + 1;
+        if exit_after_commands.is_some_and(|limit| n >= limit) {
+            eprintln!("exchange-node: exiting after {n} commands (a planted test fault)");
+            std::process::exit(70);
+        }
+        refuse_sequenced_every.is_some_and(|every| n % every == 0)
     }
 
     /// The test-only faults (`GatewayFaults`): a made-up acceptance instead of sequencing, or a
@@ -686,7 +725,15 @@ impl Gateway {
             })
             .await;
         match read {
-            Ok(Some((index, bids, asks))) => Reply::Depth { index, bids, asks },
+            Ok(Some((index, mut bids, asks))) => {
+                if self.faults.wrong_depth {
+                    match bids.first_mut() {
+                        Some(best) => best.qty += 1,
+                        None => bids.push(Level { price: 1, qty: 1 }),
+                    }
+                }
+                Reply::Depth { index, bids, asks }
+            }
             Ok(None) => Reply::Error(format!("unknown symbol {symbol}")),
             Err(e) => Reply::Error(e.to_string()),
         }
@@ -794,6 +841,7 @@ impl Gateway {
                         };
                     }
                 }
+                self.planted_market_gap(&mut batch);
                 if !batch.is_empty() {
                     write_market(send, &batch).await.ok()?;
                     self.metrics
@@ -885,8 +933,44 @@ impl Gateway {
         balances
     }
 
-    /// The test-only faults of the report stream: executions left out, reports reordered.
+    /// The test-only market data gap: the first message of every Nth batch left out.
+    fn planted_market_gap(&self, batch: &mut Vec<Arc<Published>>) {
+        let Some(every) = self.faults.market_gap_every else {
+            return;
+        };
+        if batch.len() >= 2
+            && !batch[0].message.is_snapshot()
+            && (self
+                .fault_state
+                .market_batches
+                .fetch_add(1, Ordering::Relaxed)
+                + 1)
+                % every
+                == 0
+        {
+            batch.remove(0);
+        }
+    }
+
+    /// The test-only faults of the report stream: executions left out, reports reordered,
+    /// timestamps that go back.
     fn planted_report_faults(&self, batch: &mut Vec<Output>) {
+        if let Some(every) = self.faults.report_time_back_every {
+            if batch.len() >= 2
+                && (self
+                    .fault_state
+                    .report_batches
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1)
+                    % every
+                    == 0
+            {
+                let first = batch[0].timestamp_ns;
+                if let Some(last) = batch.last_mut() {
+                    last.timestamp_ns = first.saturating_sub(1);
+                }
+            }
+        }
         if let Some(every) = self.faults.drop_execution_every {
             batch.retain(|report| {
                 !matches!(report.event, exchange_domain::Event::Execution { .. })

@@ -165,6 +165,7 @@ impl Node {
 
         // Only an explicit bootstrap founds a cluster; on a restart Raft already knows its
         // members, and a node that lost its data must not found a second cluster.
+        let mut founded = false;
         if config.bootstrap {
             let members: BTreeMap<u64, NodeAddr> = config
                 .peers
@@ -180,12 +181,19 @@ impl Node {
                 })
                 .collect();
             match raft.initialize(members).await {
-                Ok(()) => tracing::info!("initialized a new cluster"),
+                Ok(()) => {
+                    founded = true;
+                    tracing::info!("initialized a new cluster")
+                }
                 Err(openraft::error::RaftError::APIError(
                     openraft::error::InitializeError::NotAllowed(_),
                 )) => {}
                 Err(e) => return Err(format!("initializing the cluster: {e}")),
             }
+        }
+
+        if !founded {
+            hold_candidacy_until_a_leader_is_heard(&raft);
         }
 
         let sequencer = Sequencer::start(
@@ -319,4 +327,29 @@ impl Node {
             tracing::error!(%why, "the reporter had stopped");
         }
     }
+}
+
+/// How long a node that starts into an existing cluster waits to hear a leader before it may
+/// stand for election itself.
+const CANDIDACY_HOLD_ON_START: Duration = Duration::from_secs(1);
+
+/// A node that (re)starts into a running cluster does not stand for election until it has
+/// heard a leader, or for `CANDIDACY_HOLD_ON_START`. openraft 0.9 has no pre-vote: a node
+/// restarted while the leader's first heartbeats had not yet reached it (a slow handshake on a
+/// busy host) stood for election with a higher term, and although the others refused it (its
+/// log is behind), the higher term alone made a leader with a healthy majority step down. A
+/// whole cluster restarting elects its first leader this much later.
+fn hold_candidacy_until_a_leader_is_heard(raft: &Raft) {
+    raft.runtime_config().elect(false);
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        let heard = raft
+            .wait(Some(CANDIDACY_HOLD_ON_START))
+            .metrics(|m| m.current_leader.is_some(), "a leader is heard")
+            .await;
+        if heard.is_err() {
+            tracing::info!("no leader heard within {CANDIDACY_HOLD_ON_START:?}: standing for election is allowed");
+        }
+        raft.runtime_config().elect(true);
+    });
 }

@@ -85,6 +85,11 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     connection: Option<quinn::Connection>,
+    /// A dial in progress. It runs as a task of its own, so that a call whose deadline (one
+    /// heartbeat) ends mid-handshake does not throw the handshake away: on a busy host a QUIC
+    /// and TLS handshake can take longer than a heartbeat, and a node just restarted would
+    /// otherwise never be reached, stand for election, and depose a healthy leader.
+    dialing: Option<tokio::task::JoinHandle<Result<quinn::Connection, String>>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -96,6 +101,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.raft.clone(),
             connection: None,
+            dialing: None,
         }
     }
 }
@@ -115,19 +121,35 @@ impl PeerConnection {
             }
         }
         self.connection = None;
-        let addr: SocketAddr = tokio::net::lookup_host(&self.addr)
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| CallError::Unreachable(format!("cannot resolve {}", self.addr)))?;
-        let connecting = self
-            .endpoint
-            .connect(addr, &node_name(self.target))
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| CallError::Unreachable(format!("connecting to {} timed out", self.addr)))?
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        if self.dialing.is_none() {
+            let (endpoint, addr, name) = (
+                self.endpoint.clone(),
+                self.addr.clone(),
+                node_name(self.target),
+            );
+            self.dialing = Some(tokio::spawn(async move {
+                let addr: SocketAddr = tokio::net::lookup_host(&addr)
+                    .await
+                    .ok()
+                    .and_then(|mut addrs| addrs.next())
+                    .ok_or_else(|| format!("cannot resolve {addr}"))?;
+                let connecting = endpoint.connect(addr, &name).map_err(|e| e.to_string())?;
+                tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                    .await
+                    .map_err(|_| format!("connecting to {addr} timed out"))?
+                    .map_err(|e| e.to_string())
+            }));
+        }
+        // Awaiting the handle is cancel-safe: a call that times out here leaves the dial
+        // running for the next call to pick up.
+        let dialed = match self.dialing.as_mut() {
+            Some(dialing) => dialing.await,
+            None => return Err(CallError::Unreachable("no dial in progress".into())),
+        };
+        self.dialing = None;
+        let connection = dialed
+            .map_err(|e| CallError::Unreachable(format!("dialing node {}: {e}", self.target)))?
+            .map_err(CallError::Unreachable)?;
         self.connection = Some(connection.clone());
         Ok(connection)
     }
