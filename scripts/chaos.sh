@@ -78,7 +78,8 @@ planted() { # name, the report field that must be above 0, then exchange-chaos a
   local name=$1 field=$2 out status count
   shift 2
   set +e
-  out=$("$chaos" --faults 2 --hold-ms 500 --quiet-ms 500 --json --out "target/chaos/planted-$name" "$@")
+  out=$("$chaos" --faults 2 --hold-ms "${HOLD_MS:-500}" --quiet-ms 500 --json \
+    --out "target/chaos/planted-$name" "$@")
   status=$?
   set -e
   # The report's own count comes first (each fault in its log has a "lost" count too).
@@ -113,18 +114,19 @@ faulty held-counted-twice conservation_errors --fault-count-held-twice
 faulty stale-read linearizability_errors --fault-stale-balances-every=5
 # Every 100th command sequenced, yet answered with a refusal: failed, yet it took effect.
 faulty refused-yet-sequenced failed_took_effect --fault-refuse-sequenced-every=100
-# A market data stream that leaves out a message of every 20th batch.
+# A market data stream that leaves out every 20th message.
 faulty market-data-gap market_data_gaps --fault-market-gap-every=20
 # Depth reads with one lot too many at the best bid: the final books differ.
 faulty wrong-final-book book_mismatches --fault-wrong-depth
 # Report timestamps that go back in every 10th batch.
 faulty timestamps-back timestamp_errors --fault-report-time-back-every=10
-# A leader that exits after 3,000 commands: a node crash.
-faulty node-crash crashes --fault-exit-after-commands=3000
-# Elections that take 1.5-2 s (a real setting, badly chosen): the leader's loss costs clients
-# more than the run allows.
+# A leader that exits after 500 commands: a node crash.
+faulty node-crash crashes --fault-exit-after-commands=500
+# Elections that take 1.5-2 s (a real setting, badly chosen), with the leader down for 1.5 s
+# (a leader restarted sooner takes office again at once): its loss costs clients more than the
+# run allows.
 mapfile -t slow < <(on_all --election-min-ms=1500; on_all --election-max-ms=2000)
-planted slow-failover rto_errors --node-bin "$node" --kinds kill-leader "${slow[@]}"
+HOLD_MS=1500 planted slow-failover rto_errors --node-bin "$node" --kinds kill-leader "${slow[@]}"
 # Brokers held to 2 commands a second each: too little is acknowledged for the checks to mean
 # anything.
 mapfile -t starved < <(on_all --session-rate=2)

@@ -54,10 +54,11 @@ async fn a_lone_survivor_accepts_nothing() {
         cluster.kill(id);
     }
     // A real client must be told, in bounded time, that the order is not done or that its
-    // outcome is unknown; silence is a failure too.
+    // outcome is unknown; silence is a failure too. The leader gives up on its majority after
+    // 80 ms (measured: about 90 ms to the answer); 1 s leaves room for a busy host.
     let asked = std::time::Instant::now();
     let attempt = tokio::time::timeout(
-        Duration::from_secs(6),
+        Duration::from_secs(1),
         client.submit(limit(1, Side::Buy, 10, 1)),
     )
     .await;
@@ -65,7 +66,7 @@ async fn a_lone_survivor_accepts_nothing() {
         Ok(Err(ClientError::OutcomeUnknown(_) | ClientError::Unavailable(_))) => {}
         Ok(Err(other)) => panic!("a lone leader answered neither unknown nor unavailable: {other}"),
         Ok(Ok(outputs)) => panic!("a minority acknowledged an order: {outputs:?}"),
-        Err(_elapsed) => panic!("no answer within 6 s from a lone leader"),
+        Err(_elapsed) => panic!("no answer within 1 s from a lone leader"),
     }
     eprintln!("a lone leader's answer came after {:?}", asked.elapsed());
     let statuses = cluster.statuses().await;

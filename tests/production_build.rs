@@ -18,7 +18,7 @@ const FAULT_FLAGS: [&str; 12] = [
     "--fault-market-gap-every=20",
     "--fault-wrong-depth",
     "--fault-report-time-back-every=10",
-    "--fault-exit-after-commands=3000",
+    "--fault-exit-after-commands=500",
 ];
 
 #[test]

@@ -164,7 +164,7 @@ struct RunArgs {
     #[cfg(feature = "test-faults")]
     #[arg(long, hide = true)]
     fault_refuse_sequenced_every: Option<u64>,
-    /// Test-only fault: leave the first message out of every Nth market data batch (a gap).
+    /// Test-only fault: leave every Nth market data message out of a subscriber's stream (a gap).
     #[cfg(feature = "test-faults")]
     #[arg(long, hide = true)]
     fault_market_gap_every: Option<u64>,

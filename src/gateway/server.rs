@@ -63,7 +63,7 @@ pub struct Gateway {
 pub struct FaultState {
     orders: AtomicU64,
     commands: AtomicU64,
-    market_batches: AtomicU64,
+    market_messages: AtomicU64,
     executions: AtomicU64,
     report_batches: AtomicU64,
     balance_reads: AtomicU64,
@@ -116,7 +116,7 @@ pub struct GatewayFaults {
     /// Answer every Nth broker command that was sequenced with a refusal: the broker is told
     /// "failed" for a command that took effect.
     pub refuse_sequenced_every: Option<u64>,
-    /// Leave the first message out of every Nth market data batch sent to a subscriber: a gap.
+    /// Leave every Nth market data message (not a snapshot) out of a subscriber's stream: a gap.
     pub market_gap_every: Option<u64>,
     /// Answer depth reads with one more lot at the best bid than the book holds: a wrong
     /// final book.
@@ -933,23 +933,21 @@ impl Gateway {
         balances
     }
 
-    /// The test-only market data gap: the first message of every Nth batch left out.
+    /// The test-only market data gap: every Nth message (other than a snapshot) left out.
     fn planted_market_gap(&self, batch: &mut Vec<Arc<Published>>) {
         let Some(every) = self.faults.market_gap_every else {
             return;
         };
-        if batch.len() >= 2
-            && !batch[0].message.is_snapshot()
-            && (self
-                .fault_state
-                .market_batches
-                .fetch_add(1, Ordering::Relaxed)
-                + 1)
-                % every
-                == 0
-        {
-            batch.remove(0);
-        }
+        batch.retain(|published| {
+            published.message.is_snapshot()
+                || (self
+                    .fault_state
+                    .market_messages
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1)
+                    % every
+                    != 0
+        });
     }
 
     /// The test-only faults of the report stream: executions left out, reports reordered,
