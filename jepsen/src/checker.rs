@@ -172,29 +172,28 @@ pub fn judge_run(verdict: &mut Verdict, facts: &RunFacts, state: &FinalState, ru
             ),
         );
     }
-    let acknowledged_min = (rules.acknowledged_per_s_min * facts.run_seconds).ceil() as u64;
-    if verdict.acknowledged < acknowledged_min.max(1) {
-        coverage(
-            verdict,
-            format!(
-                "only {} operations acknowledged in {:.1} s; the checks need at least {}",
-                verdict.acknowledged,
-                facts.run_seconds,
-                acknowledged_min.max(1)
-            ),
-        );
-    }
-    let ledger_min = (rules.ledger_ops_per_s_min * facts.run_seconds).ceil() as u64;
-    if verdict.linearizability_ops < ledger_min.max(1) {
-        coverage(
-            verdict,
-            format!(
-                "only {} ledger operations checked for linearizability in {:.1} s; at least {} needed",
-                verdict.linearizability_ops,
-                facts.run_seconds,
-                ledger_min.max(1)
-            ),
-        );
+    for (what, checked, per_s) in [
+        (
+            "operations acknowledged",
+            verdict.acknowledged,
+            rules.acknowledged_per_s_min,
+        ),
+        (
+            "ledger operations checked for linearizability",
+            verdict.linearizability_ops,
+            rules.ledger_ops_per_s_min,
+        ),
+    ] {
+        let needed = ((per_s * facts.run_seconds).ceil() as u64).max(1);
+        if checked < needed {
+            coverage(
+                verdict,
+                format!(
+                    "only {checked} {what} in {:.1} s; the checks need at least {needed}",
+                    facts.run_seconds
+                ),
+            );
+        }
     }
     let unsettled = verdict.linearizability_inconclusive_ops as f64;
     if unsettled > rules.inconclusive_share_max * verdict.linearizability_ops as f64 {

@@ -87,20 +87,8 @@ impl Account {
     /// accounting is wrong, and stopping the node beats publishing money from nowhere.
     #[inline]
     pub fn release(&mut self, slot: u8, amount: Amount) {
-        let balance = &mut self.balances[slot as usize];
-        assert!(
-            amount.0 >= 0 && balance.held >= amount.0,
-            "account {}: release {} of asset {} with {} held",
-            self.id,
-            amount.0,
-            balance.asset,
-            balance.held
-        );
-        balance.held -= amount.0;
-        balance.available = balance
-            .available
-            .checked_add(amount.0)
-            .expect("available funds overflow on release");
+        self.spend_held(slot, amount);
+        self.credit(slot, amount);
     }
 
     /// Spends `amount` of held funds (they leave this account).
@@ -109,7 +97,7 @@ impl Account {
         let balance = &mut self.balances[slot as usize];
         assert!(
             amount.0 >= 0 && balance.held >= amount.0,
-            "account {}: spend {} of asset {} with {} held",
+            "account {}: take {} of asset {} from {} held",
             self.id,
             amount.0,
             balance.asset,

@@ -71,6 +71,12 @@ pub struct FaultState {
     balances: std::sync::Mutex<std::collections::HashMap<u64, Vec<Balance>>>,
 }
 
+/// Counts one more with `counter` and says whether it is an Nth one (the planted faults'
+/// "every Nth").
+fn nth(counter: &AtomicU64, every: u64) -> bool {
+    (counter.fetch_add(1, Ordering::Relaxed) + 1) % every == 0
+}
+
 /// (asset, available, held), as a balances reply carries it.
 type Balance = (u32, i64, i64);
 
@@ -939,14 +945,7 @@ impl Gateway {
             return;
         };
         batch.retain(|published| {
-            published.message.is_snapshot()
-                || (self
-                    .fault_state
-                    .market_messages
-                    .fetch_add(1, Ordering::Relaxed)
-                    + 1)
-                    % every
-                    != 0
+            published.message.is_snapshot() || !nth(&self.fault_state.market_messages, every)
         });
     }
 
@@ -954,15 +953,7 @@ impl Gateway {
     /// timestamps that go back.
     fn planted_report_faults(&self, batch: &mut Vec<Output>) {
         if let Some(every) = self.faults.report_time_back_every {
-            if batch.len() >= 2
-                && (self
-                    .fault_state
-                    .report_batches
-                    .fetch_add(1, Ordering::Relaxed)
-                    + 1)
-                    % every
-                    == 0
-            {
+            if batch.len() >= 2 && nth(&self.fault_state.report_batches, every) {
                 let first = batch[0].timestamp_ns;
                 if let Some(last) = batch.last_mut() {
                     last.timestamp_ns = first.saturating_sub(1);
@@ -972,20 +963,11 @@ impl Gateway {
         if let Some(every) = self.faults.drop_execution_every {
             batch.retain(|report| {
                 !matches!(report.event, exchange_domain::Event::Execution { .. })
-                    || (self.fault_state.executions.fetch_add(1, Ordering::Relaxed) + 1) % every
-                        != 0
+                    || !nth(&self.fault_state.executions, every)
             });
         }
         if let Some(every) = self.faults.reorder_reports_every {
-            if batch.len() >= 2
-                && (self
-                    .fault_state
-                    .report_batches
-                    .fetch_add(1, Ordering::Relaxed)
-                    + 1)
-                    % every
-                    == 0
-            {
+            if batch.len() >= 2 && nth(&self.fault_state.report_batches, every) {
                 let last = batch.len() - 1;
                 batch.swap(last - 1, last);
             }
