@@ -74,6 +74,7 @@ echo
 echo "== chaos: the checkers and the run's rules catch planted faults"
 # Each run breaks one thing (with a flag only test-faults builds accept, or a setting a real
 # cluster could have) and must fail on the report field that matches it.
+# $WHY, when set, is text the run's output must hold: the rule that failed it.
 planted() { # name, the report field that must be above 0, then exchange-chaos args
   local name=$1 field=$2 out status count
   shift 2
@@ -84,19 +85,20 @@ planted() { # name, the report field that must be above 0, then exchange-chaos a
   set -e
   # The report's own count comes first (each fault in its log has a "lost" count too).
   count=$(echo "$out" | grep -o "\"$field\":[0-9]*" | head -1 | cut -d: -f2)
-  if [ $status -ne 1 ] || [ "${count:-0}" -eq 0 ]; then
+  if [ $status -ne 1 ] || [ "${count:-0}" -eq 0 ] || ! echo "$out" | grep -q "${WHY:-}"; then
     echo "$out"
-    echo "the $field check missed the planted fault '$name'" >&2
+    echo "the $field check missed the planted fault '$name'${WHY:+ (expected: $WHY)}" >&2
     exit 1
   fi
   echo "caught: $name -> $field $count"
 }
 # A test-only fault on every node (the leader is the one that shows it).
 on_all() { for id in 1 2 3; do echo "--node-flag"; echo "$id:$1"; done; }
-faulty() { # name, field, node flag for every node
-  local name=$1 field=$2 flag=$3
+faulty() { # name, field, node flag for every node[, fault kind[, exchange-chaos args]]
+  local name=$1 field=$2 flag=$3 kind=${4:-kill}
+  shift $(($# < 4 ? $# : 4))
   mapfile -t flags < <(on_all "$flag")
-  planted "$name" "$field" --node-bin "$faults_node" --kinds kill "${flags[@]}"
+  planted "$name" "$field" --node-bin "$faults_node" --kinds "$kind" "${flags[@]}" "$@"
 }
 # A replica that reports a wrong output hash from index 300 on (a nondeterminism bug).
 planted divergence divergences --node-bin "$faults_node" --kinds kill --node-flag 2:--fault-diverge-at=300
@@ -130,4 +132,18 @@ HOLD_MS=1500 planted slow-failover rto_errors --node-bin "$node" --kinds kill-le
 # Brokers held to 2 commands a second each: too little is acknowledged for the checks to mean
 # anything.
 mapfile -t starved < <(on_all --session-rate=2)
-planted starved-run coverage_errors --node-bin "$node" --kinds kill "${starved[@]}"
+WHY="the checks need at least" \
+  planted starved-run coverage_errors --node-bin "$node" --kinds kill "${starved[@]}"
+# Nodes that never name the leader: the leader's faults cannot be aimed, fewer are injected.
+WHY="of 2 faults injected" \
+  faulty leader-unseen coverage_errors --fault-status-hides-leader-from=200 kill-leader
+# A node that refuses status requests: its final state cannot be compared (the run waits out
+# the final read's 60 s for it).
+WHY="node 3 gave no final status" planted status-unread coverage_errors \
+  --node-bin "$faults_node" --kinds kill --node-flag 3:--fault-status-refused
+# Every deposit and withdrawal answered "outcome unknown" (each may have taken effect at any
+# time up to the end), and the search held to 100 states an account: it gives up on them.
+# (With the default budget of 20 million, the reads between them let it settle this short
+# run's 13-18 unknowns an account.)
+WHY="ledger operations unsettled" \
+  faulty unsettled-ledger coverage_errors --fault-admin-unknown-every=1 kill --search-visits-max 100

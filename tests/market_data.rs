@@ -4,7 +4,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,9 +18,14 @@ use support::*;
 /// Accounts the load trades between.
 const ACCOUNTS: u64 = 4;
 
-/// Sends batches of crossing limit orders until told to stop; returns the ids of the trades
-/// the acknowledgements reported.
-async fn trade(mut client: Client, seed: u64, stop: Arc<AtomicBool>) -> Vec<u64> {
+/// Sends batches of crossing limit orders until told to stop, counting the batches sequenced
+/// in `batches`; returns the ids of the trades the acknowledgements reported.
+async fn trade(
+    mut client: Client,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    batches: Arc<AtomicU64>,
+) -> Vec<u64> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut trades = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -42,6 +47,7 @@ async fn trade(mut client: Client, seed: u64, stop: Arc<AtomicBool>) -> Vec<u64>
             .collect();
         match client.submit_batch(commands).await {
             Ok(results) => {
+                batches.fetch_add(1, Ordering::Relaxed);
                 for outputs in results.into_iter().flatten() {
                     trades.extend(outputs.iter().filter_map(|o| match o.event {
                         Event::Execution {
@@ -125,7 +131,15 @@ async fn a_subscriber_sees_every_message_once_across_a_leader_kill() {
 
     let stop_trading = Arc::new(AtomicBool::new(false));
     let load: Vec<_> = (0..2)
-        .map(|seed| tokio::spawn(trade(cluster.client(), seed, Arc::clone(&stop_trading))))
+        .map(|seed| {
+            let batches = Arc::new(AtomicU64::new(0));
+            tokio::spawn(trade(
+                cluster.client(),
+                seed,
+                Arc::clone(&stop_trading),
+                batches,
+            ))
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     cluster.kill(leader);
@@ -252,11 +266,26 @@ async fn a_subscriber_that_stops_reading_is_resynchronised_by_a_snapshot() {
     assert!(first[0].is_snapshot());
 
     // It stops reading while the market moves.
+    // Trades until far more has happened than the node's buffer for it (32 messages), the
+    // stream window and the client library's queue (64 replies) hold: 2,000 sequenced batches,
+    // each an entry with its own market data. A count, not a time, so that a busy host
+    // cannot make it too little.
     let stop = Arc::new(AtomicBool::new(false));
+    let batches = Arc::new(AtomicU64::new(0));
     let load: Vec<_> = (0..2)
-        .map(|seed| tokio::spawn(trade(cluster.client(), seed, Arc::clone(&stop))))
+        .map(|seed| {
+            let (stop, batches) = (Arc::clone(&stop), Arc::clone(&batches));
+            tokio::spawn(trade(cluster.client(), seed, stop, batches))
+        })
         .collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while batches.load(Ordering::Relaxed) < 2_000 {
+        assert!(
+            Instant::now() < deadline,
+            "2,000 batches were not sequenced within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.expect("load");

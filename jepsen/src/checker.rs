@@ -7,6 +7,7 @@ use exchange::domain::{CancelReason, Event, Liquidity, Output};
 use serde::Serialize;
 
 use crate::linearizable;
+pub use crate::linearizable::VISITS_MAX as SEARCH_VISITS_MAX;
 use crate::workload::{self, Op};
 
 /// What the cluster holds at the end, as the checkers need it.
@@ -229,7 +230,13 @@ pub fn judge_run(verdict: &mut Verdict, facts: &RunFacts, state: &FinalState, ru
     }
 }
 
+#[cfg(test)]
 pub fn check(history: &[Op], state: &FinalState) -> Verdict {
+    check_with(history, state, linearizable::VISITS_MAX)
+}
+
+/// `check`, with the linearizability search bounded by `search_visits_max` states per account.
+pub fn check_with(history: &[Op], state: &FinalState, search_visits_max: u64) -> Verdict {
     let mut verdict = Verdict::default();
     let all: Vec<&Output> = state.reports.values().flatten().collect();
 
@@ -514,6 +521,7 @@ pub fn check(history: &[Op], state: &FinalState) -> Verdict {
         &workload::LEDGER_ACCOUNTS,
         &effects,
         &final_balances,
+        search_visits_max,
     );
     verdict.linearizability_ops = ledger.operations;
     verdict.linearizability_errors = ledger.violations.len() as u64;

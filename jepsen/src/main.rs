@@ -137,6 +137,10 @@ struct Args {
     /// Share of the ledger operations the linearizability search may leave unsettled.
     #[arg(long, default_value_t = 0.05)]
     inconclusive_share_max: f64,
+    /// States the linearizability search may visit per ledger account before it leaves the
+    /// account unsettled.
+    #[arg(long, default_value_t = checker::SEARCH_VISITS_MAX)]
+    search_visits_max: u64,
 }
 
 /// The file that marks a directory as exchange-chaos output: it lists what a run created
@@ -747,7 +751,7 @@ async fn chaos(
         balances,
         members: hosts.ids().collect(),
     };
-    let mut verdict = checker::check(&ops, &state);
+    let mut verdict = checker::check_with(&ops, &state, args.search_visits_max);
     verdict.crashes = crashes.len() as u64;
     verdict.problems.extend(crashes);
     verdict.harness_errors = feed_errors.len() as u64;

@@ -601,6 +601,9 @@ async fn cluster_bench(
         println!("duration          {:.1} s", report.duration_s);
         println!("sent / answered   {} / {}", report.sent, report.acked);
         println!("rejected, failed  {}, {}", report.rejected, report.failed);
+        if let Some(why) = &report.first_failure {
+            println!("first failure     {why}");
+        }
         println!(
             "throughput        {:.0} orders/s",
             report.throughput_per_sec

@@ -79,7 +79,7 @@ struct RunArgs {
     /// Pin the engine thread to this CPU core.
     #[arg(long)]
     pin_core: Option<usize>,
-    /// Leader heartbeat interval; also the deadline of each AppendEntries [default: 10].
+    /// Leader heartbeat interval; also the deadline of each AppendEntries [default: 20].
     #[arg(long)]
     heartbeat_ms: Option<u64>,
     /// Election timeout range, lower end [default: 30].
@@ -180,6 +180,20 @@ struct RunArgs {
     #[cfg(feature = "test-faults")]
     #[arg(long, hide = true)]
     fault_exit_after_commands: Option<u64>,
+    /// Test-only fault: answer every Nth sequenced operator deposit or withdrawal with
+    /// "outcome unknown".
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_admin_unknown_every: Option<u64>,
+    /// Test-only fault: once this log index is applied, report this node a follower that
+    /// knows no leader.
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_status_hides_leader_from: Option<u64>,
+    /// Test-only fault: refuse every status request.
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    fault_status_refused: bool,
 }
 
 fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
@@ -274,6 +288,9 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             wrong_depth: args.fault_wrong_depth,
             report_time_back_every: args.fault_report_time_back_every.filter(|n| *n > 0),
             exit_after_commands: args.fault_exit_after_commands.filter(|n| *n > 0),
+            admin_unknown_every: args.fault_admin_unknown_every.filter(|n| *n > 0),
+            status_hides_leader_from: args.fault_status_hides_leader_from,
+            status_refused: args.fault_status_refused,
         },
         #[cfg(not(feature = "test-faults"))]
         gateway_faults: exchange::gateway::server::GatewayFaults::default(),

@@ -116,6 +116,8 @@ pub struct ClusterBenchReport {
     pub acked: u64,
     pub rejected: u64,
     pub failed: u64,
+    /// Why the first failed order failed (`None` when none did).
+    pub first_failure: Option<String>,
     pub throughput_per_sec: f64,
     /// Order-to-ack.
     pub p50_us: u64,
@@ -272,6 +274,7 @@ struct SessionResult {
     sent: u64,
     rejected: u64,
     failed: u64,
+    first_failure: Option<String>,
 }
 
 /// One session's order stream: resting orders on both sides of a wide book, crossing orders
@@ -343,6 +346,7 @@ impl SessionResult {
             sent: 0,
             rejected: 0,
             failed: 0,
+            first_failure: None,
         }
     }
 
@@ -360,14 +364,22 @@ impl SessionResult {
             self.send_lag
                 .saturating_record(sent_at.saturating_duration_since(*scheduled).as_micros() as u64);
         }
-        let Ok(answers) = answers else {
-            self.failed += due.len() as u64;
-            return;
+        let answers = match answers {
+            Ok(answers) => answers,
+            Err(e) => {
+                self.failed += due.len() as u64;
+                self.first_failure.get_or_insert_with(|| e.to_string());
+                return;
+            }
         };
         for ((command, crossing, scheduled), answer) in due.iter().zip(answers) {
-            let Ok(outputs) = answer else {
-                self.failed += 1;
-                continue;
+            let outputs = match answer {
+                Ok(outputs) => outputs,
+                Err(why) => {
+                    self.failed += 1;
+                    self.first_failure.get_or_insert(why);
+                    continue;
+                }
             };
             let micros = answered.duration_since(*scheduled).as_micros() as u64;
             self.ack.saturating_record(micros);
@@ -841,6 +853,7 @@ pub async fn run(
     let mut send_lag = histogram();
     let mut fill = histogram();
     let (mut sent, mut rejected, mut failed) = (0, 0, 0);
+    let mut first_failure = None;
     for driver in drivers {
         let result = driver.await.map_err(|e| e.to_string())?;
         ack.add(result.ack).map_err(|e| e.to_string())?;
@@ -849,6 +862,7 @@ pub async fn run(
         sent += result.sent;
         rejected += result.rejected;
         failed += result.failed;
+        first_failure = first_failure.or(result.first_failure);
     }
     // Answers that came after the stop count: their orders were sent within the run.
     let elapsed = started.elapsed();
@@ -886,6 +900,7 @@ pub async fn run(
         acked: ack.len(),
         rejected,
         failed,
+        first_failure,
         throughput_per_sec: ack.len() as f64 / elapsed.as_secs_f64(),
         p50_us: acks.p50_us,
         p90_us: acks.p90_us,

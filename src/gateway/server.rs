@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use exchange_domain::{AccountId, BrokerCommand, BrokerId, Command, KeyDigest, Output};
+use exchange_domain::{
+    AccountId, AdminCommand, BrokerCommand, BrokerId, Command, KeyDigest, Output,
+};
 use openraft::ServerState;
 use tokio::sync::broadcast;
 
@@ -67,6 +69,7 @@ pub struct FaultState {
     executions: AtomicU64,
     report_batches: AtomicU64,
     balance_reads: AtomicU64,
+    admin_moves: AtomicU64,
     /// The last balances read per account, for the stale-read fault to answer again.
     balances: std::sync::Mutex<std::collections::HashMap<u64, Vec<Balance>>>,
 }
@@ -132,6 +135,14 @@ pub struct GatewayFaults {
     pub report_time_back_every: Option<u64>,
     /// Exit the process after this many broker commands (a node crash).
     pub exit_after_commands: Option<u64>,
+    /// Answer every Nth operator deposit or withdrawal that was sequenced with "outcome
+    /// unknown": history the linearizability search cannot settle.
+    pub admin_unknown_every: Option<u64>,
+    /// Once this node has applied this log index, report it a follower that knows no
+    /// leader, even when it leads: a run that cannot find the leader to fault.
+    pub status_hides_leader_from: Option<u64>,
+    /// Refuse every status request: a node whose final state nobody can read.
+    pub status_refused: bool,
 }
 
 /// What one session may demand of the node.
@@ -264,11 +275,20 @@ impl Gateway {
         // Clone at once: holding the metrics borrow would block Raft's updates.
         let metrics = self.raft.metrics().borrow().clone();
         let (applied_index, output_hash) = self.engine.status().applied();
+        let hidden = self
+            .faults
+            .status_hides_leader_from
+            .is_some_and(|index| applied_index >= index);
+        let (role, leader) = if hidden {
+            ("follower", None)
+        } else {
+            (role_name(metrics.state), metrics.current_leader)
+        };
         NodeStatus {
             id: self.id,
-            role: role_name(metrics.state).into(),
+            role: role.into(),
             term: metrics.current_term,
-            leader: metrics.current_leader,
+            leader,
             last_log_index: metrics.last_log_index,
             commit_index: self.committed.load(Ordering::Acquire),
             applied_index,
@@ -356,6 +376,12 @@ impl Gateway {
 
     async fn handle(&self, session: &Session, request: Request) -> (Reply, After) {
         let principal = match request {
+            Request::Status if self.faults.status_refused => {
+                return (
+                    Reply::Error("status refused (a planted test fault)".into()),
+                    After::Continue,
+                )
+            }
             Request::Status => return (Reply::Status(self.status()), After::Continue),
             Request::Heartbeat => return (Reply::Heartbeat, After::Continue),
             Request::Logon {
@@ -589,6 +615,9 @@ impl Gateway {
                         Some(Ok(_)) if self.planted_refusal(principal) => {
                             Reply::Error("refused (a planted test fault)".into())
                         }
+                        Some(Ok(_)) if self.planted_unknown(principal, &command) => {
+                            Reply::OutcomeUnknown("no answer (a planted test fault)".into())
+                        }
                         Some(Ok(outputs)) => Reply::Outputs(outputs),
                         Some(Err(SubmitError::Unknown(why))) => Reply::OutcomeUnknown(why),
                         Some(Err(e)) => Reply::Error(e.to_string()),
@@ -654,6 +683,20 @@ impl Gateway {
             std::process::exit(70);
         }
         refuse_sequenced_every.is_some_and(|every| n % every == 0)
+    }
+
+    /// The test-only "outcome unknown" for an operator's deposit or withdrawal that was
+    /// sequenced.
+    fn planted_unknown(&self, principal: Principal, command: &Command) -> bool {
+        let Some(every) = self.faults.admin_unknown_every else {
+            return false;
+        };
+        principal.is_operator()
+            && matches!(
+                command,
+                Command::Admin(AdminCommand::Deposit { .. } | AdminCommand::Withdraw { .. })
+            )
+            && nth(&self.fault_state.admin_moves, every)
     }
 
     /// The test-only faults (`GatewayFaults`): a made-up acceptance instead of sequencing, or a
