@@ -73,30 +73,40 @@ fn term(cluster: &Cluster, runtime: &tokio::runtime::Runtime) -> u64 {
         .unwrap_or(0)
 }
 
-/// A bench run in which no order failed. Orders fail (unavailable, outcome unknown) only when
-/// the leader changes mid-run, which a busy host can cause: then, and only then, the run is
-/// made once more (as the next run number) and must be clean.
+/// A bench run in which no order failed. On a loaded host the leader can lose its majority
+/// for a moment (it then answers "outcome unknown" or "unavailable") or be replaced: a real
+/// client's outcomes, never a wrong answer. A run whose failures are all of these kinds is
+/// made again (as a new run number), at most twice; one with any other failure fails the test.
 fn clean_bench(
     cluster: &Cluster,
     runtime: &tokio::runtime::Runtime,
     run: u32,
     args: &[&str],
 ) -> serde_json::Value {
-    let before = term(cluster, runtime);
-    let report = bench(cluster, run, args);
-    if number(&report, &["failed"]) == 0.0 {
-        return report;
+    let mut attempt = 0;
+    loop {
+        let before = term(cluster, runtime);
+        let report = bench(cluster, run + 10 * attempt, args);
+        if number(&report, &["failed"]) == 0.0 {
+            return report;
+        }
+        assert_eq!(
+            number(&report, &["failures", "refused"]),
+            0.0,
+            "{args:?}: orders refused: {report}"
+        );
+        assert!(
+            attempt < 2,
+            "{args:?}: orders failed in three runs: {report}"
+        );
+        eprintln!(
+            "{args:?}: {} orders unavailable or of unknown outcome (term {before} -> {}; the first: {}); running it again",
+            number(&report, &["failed"]),
+            term(cluster, runtime),
+            report["first_failure"]
+        );
+        attempt += 1;
     }
-    let after = term(cluster, runtime);
-    assert!(
-        after > before,
-        "{args:?}: orders failed with no change of leader (term {before}): {report}"
-    );
-    eprintln!(
-        "{args:?}: the leader changed mid-run (term {before} -> {after}; first failure: {}); running it again",
-        report["first_failure"]
-    );
-    bench(cluster, run + 10, args)
 }
 
 fn number(report: &serde_json::Value, path: &[&str]) -> f64 {

@@ -138,7 +138,8 @@ enum Commands {
         /// Open loop: send each order when it is due, without waiting for the answers to the
         /// session's earlier ones (each request on a QUIC stream of its own). Without it a
         /// session has one request out at a time and sends what fell due meanwhile together;
-        /// on a host with few cores that batching is cheaper.
+        /// on a host with few cores that batching is cheaper. A request refused as unavailable
+        /// (nothing sequenced) is sent again for up to 2 s, timed from its scheduled send.
         #[arg(long)]
         pipeline: bool,
         #[command(flatten)]
@@ -602,7 +603,11 @@ async fn cluster_bench(
         println!("sent / answered   {} / {}", report.sent, report.acked);
         println!("rejected, failed  {}, {}", report.rejected, report.failed);
         if let Some(why) = &report.first_failure {
-            println!("first failure     {why}");
+            let f = report.failures;
+            println!(
+                "failures          {} unavailable, {} outcome unknown, {} refused; the first: {why}",
+                f.unavailable, f.unknown, f.refused
+            );
         }
         println!(
             "throughput        {:.0} orders/s",

@@ -116,7 +116,8 @@ pub struct ClusterBenchReport {
     pub acked: u64,
     pub rejected: u64,
     pub failed: u64,
-    /// Why the first failed order failed (`None` when none did).
+    /// The failed orders by kind, and why the first one failed (`None` when none did).
+    pub failures: Failures,
     pub first_failure: Option<String>,
     pub throughput_per_sec: f64,
     /// Order-to-ack.
@@ -134,9 +135,41 @@ pub struct ClusterBenchReport {
     pub market_data: Option<MarketDataReport>,
 }
 
+/// Failed orders by what a client can conclude: `unavailable`, nothing was sequenced;
+/// `unknown`, the outcome is unknown (the leader failed or lost its majority mid-request);
+/// `refused`, any other error.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Failures {
+    pub unavailable: u64,
+    pub unknown: u64,
+    pub refused: u64,
+}
+
+impl Failures {
+    fn count(&mut self, error: &ClientError, orders: u64) {
+        match error {
+            ClientError::Unavailable(_) => self.unavailable += orders,
+            ClientError::OutcomeUnknown(_) => self.unknown += orders,
+            ClientError::Rejected(_) => self.refused += orders,
+        }
+    }
+
+    fn add(&mut self, other: Failures) {
+        self.unavailable += other.unavailable;
+        self.unknown += other.unknown;
+        self.refused += other.refused;
+    }
+}
+
 /// Orders released to one session and not yet sent: a session this far behind holds back the
 /// pacer (the orders' scheduled times stay what they were).
 const RELEASED_QUEUE_MAX: usize = 65_536;
+
+/// How long a pipelined request refused as unavailable (nothing was sequenced: the leader is
+/// briefly without its majority, or the connection is gone) is sent again, as a broker would,
+/// before it counts as failed. Its latency runs from its scheduled time throughout.
+const UNAVAILABLE_RESEND_FOR: Duration = Duration::from_secs(2);
+const UNAVAILABLE_RESEND_PAUSE: Duration = Duration::from_millis(5);
 
 /// The stream window of a stalled subscriber's connection.
 const STALLED_WINDOW_BYTES: u32 = 16 * 1024;
@@ -274,6 +307,7 @@ struct SessionResult {
     sent: u64,
     rejected: u64,
     failed: u64,
+    failures: Failures,
     first_failure: Option<String>,
 }
 
@@ -346,6 +380,7 @@ impl SessionResult {
             sent: 0,
             rejected: 0,
             failed: 0,
+            failures: Failures::default(),
             first_failure: None,
         }
     }
@@ -368,6 +403,7 @@ impl SessionResult {
             Ok(answers) => answers,
             Err(e) => {
                 self.failed += due.len() as u64;
+                self.failures.count(&e, due.len() as u64);
                 self.first_failure.get_or_insert_with(|| e.to_string());
                 return;
             }
@@ -377,6 +413,12 @@ impl SessionResult {
                 Ok(outputs) => outputs,
                 Err(why) => {
                     self.failed += 1;
+                    // A batch answers each command's failure as text (SubmitError's).
+                    if why.starts_with("outcome unknown") {
+                        self.failures.unknown += 1;
+                    } else {
+                        self.failures.refused += 1;
+                    }
                     self.first_failure.get_or_insert(why);
                     continue;
                 }
@@ -548,9 +590,18 @@ async fn drive_pipelined(
                 result.sent += due.len() as u64;
                 let pipeline = pipeline.clone();
                 in_flight.spawn(async move {
-                    let commands = due.iter().map(|(c, _, _)| *c).collect();
+                    let commands: Vec<Command> = due.iter().map(|(c, _, _)| *c).collect();
                     let sent_at = Instant::now();
-                    let answers = pipeline.submit_batch(commands).await;
+                    let answers = loop {
+                        match pipeline.submit_batch(commands.clone()).await {
+                            Err(ClientError::Unavailable(_))
+                                if sent_at.elapsed() < UNAVAILABLE_RESEND_FOR =>
+                            {
+                                tokio::time::sleep(UNAVAILABLE_RESEND_PAUSE).await
+                            }
+                            answers => break answers,
+                        }
+                    };
                     (due, sent_at, answers, Instant::now())
                 });
             }
@@ -854,6 +905,7 @@ pub async fn run(
     let mut fill = histogram();
     let (mut sent, mut rejected, mut failed) = (0, 0, 0);
     let mut first_failure = None;
+    let mut failures = Failures::default();
     for driver in drivers {
         let result = driver.await.map_err(|e| e.to_string())?;
         ack.add(result.ack).map_err(|e| e.to_string())?;
@@ -863,6 +915,7 @@ pub async fn run(
         rejected += result.rejected;
         failed += result.failed;
         first_failure = first_failure.or(result.first_failure);
+        failures.add(result.failures);
     }
     // Answers that came after the stop count: their orders were sent within the run.
     let elapsed = started.elapsed();
@@ -900,6 +953,7 @@ pub async fn run(
         acked: ack.len(),
         rejected,
         failed,
+        failures,
         first_failure,
         throughput_per_sec: ack.len() as f64 / elapsed.as_secs_f64(),
         p50_us: acks.p50_us,
