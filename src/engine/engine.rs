@@ -1,18 +1,20 @@
-//! The engine: state plus the running output hash, and the single entry point `process`.
+//! The engine: state plus the running output hash, the single entry point `process`, and the
+//! dispatch of each command: permission (which broker may act for which account), the
+//! exactly-once window for brokers' new orders, then the handler that applies it.
 
 use std::collections::BTreeMap;
 
 use exchange_domain::{
-    AccountId, AssetId, BrokerId, Event, Input, KeyDigest, OrderId, Output, Price, Qty, Side,
-    SymbolId, SymbolSpec,
+    AccountId, AssetId, BrokerId, Command, Event, Input, KeyDigest, NewOrder, OrderId, Output,
+    Price, Qty, RejectReason, Side, SymbolId, SymbolSpec,
 };
 use rustc_hash::FxHashMap;
 
 use crate::arena::{Handle, OrderArena};
 use crate::book::Book;
-use crate::brokers::Broker;
+use crate::brokers::{Broker, Recall};
 use crate::hash::OutputHasher;
-use crate::limits::EngineConfig;
+use crate::limits::{EngineConfig, BROKERS_MAX};
 use crate::sink::EventSink;
 use crate::wallet::Account;
 
@@ -263,5 +265,130 @@ impl Engine {
     /// Whether the symbol exists.
     pub fn has_symbol(&self, symbol: SymbolId) -> bool {
         self.state.market_index.contains_key(&symbol)
+    }
+}
+
+/// Emits the refusal of a whole command.
+fn refuse<S: EventSink>(command: &Command, reason: RejectReason, out: &mut Emitter<S>) {
+    out.emit(command.rejected(reason));
+}
+
+impl State {
+    /// Applies one command on behalf of the broker that sent it.
+    ///
+    /// Permission comes first: a broker that is not registered, or whose key was revoked,
+    /// may do nothing, and a broker may act only for its own accounts. Only then does a new
+    /// order meet the exactly-once window, so a refusal for permission is never remembered
+    /// (ownership never changes, so it repeats by itself) and a broker never learns about
+    /// another broker's orders through a duplicate answer.
+    pub fn dispatch<S: EventSink>(&mut self, input: &Input, out: &mut Emitter<S>) {
+        let broker = input.broker;
+        if let Command::Admin(admin) = &input.command {
+            return if broker == BrokerId::OPERATOR {
+                self.admin(admin, out)
+            } else {
+                out.emit(Event::AdminRejected {
+                    reason: RejectReason::NotPermitted,
+                })
+            };
+        }
+        let broker_index = match self.permit(broker, input.command.account()) {
+            Ok(index) => index,
+            Err(reason) => return refuse(&input.command, reason, out),
+        };
+        match &input.command {
+            Command::NewOrder(order) => {
+                self.broker_new_order(broker_index, OrderId(input.seq), order, out)
+            }
+            Command::Cancel(cancel) => self.cancel(cancel, out),
+            Command::CancelReplace(replace) => self.cancel_replace(replace, out),
+            Command::MassCancel(mass) => self.mass_cancel(mass, out),
+            // Answered above.
+            Command::Admin(_) => {}
+        }
+    }
+
+    /// Whether `broker` may act for `account`; the broker's table index (`None` for the
+    /// operator, who may act for every account). An account that does not exist is let
+    /// through, so that the command itself reports it as unknown.
+    fn permit(
+        &self,
+        broker: BrokerId,
+        account: Option<AccountId>,
+    ) -> Result<Option<u32>, RejectReason> {
+        if broker == BrokerId::OPERATOR {
+            return Ok(None);
+        }
+        let index = *self
+            .broker_index
+            .get(&broker)
+            .ok_or(RejectReason::NotPermitted)?;
+        if self.brokers[index as usize].is_revoked() {
+            return Err(RejectReason::NotPermitted);
+        }
+        let owner = account
+            .and_then(|account| self.account_index.get(&account))
+            .map(|&account| self.accounts[account as usize].owner);
+        match owner {
+            Some(owner) if owner != broker => Err(RejectReason::NotPermitted),
+            _ => Ok(Some(index)),
+        }
+    }
+
+    /// A permitted new order: the operator's goes straight in; a broker's meets the
+    /// exactly-once window first.
+    fn broker_new_order<S: EventSink>(
+        &mut self,
+        broker_index: Option<u32>,
+        order_id: OrderId,
+        cmd: &NewOrder,
+        out: &mut Emitter<S>,
+    ) {
+        let Some(broker_index) = broker_index else {
+            self.new_order(order_id, cmd, out);
+            return;
+        };
+        let client_order_id = cmd.client_order_id.0;
+        let reject = |reason| cmd.rejected(reason);
+        if client_order_id == 0 {
+            return out.emit(reject(RejectReason::InvalidClientOrderId));
+        }
+        match self.brokers[broker_index as usize].recall(client_order_id) {
+            Recall::Duplicate(original) => {
+                return out.emit(Event::DuplicateOrder {
+                    account: cmd.account,
+                    client_order_id: cmd.client_order_id,
+                    order_id: OrderId(original.order_id),
+                    rejected: original.rejected,
+                })
+            }
+            Recall::Stale => return out.emit(reject(RejectReason::StaleClientOrderId)),
+            Recall::Fresh => {}
+        }
+        let rejected = self.new_order(order_id, cmd, out);
+        self.brokers[broker_index as usize].remember(client_order_id, order_id.0, rejected);
+    }
+
+    /// Registers a broker or replaces its key.
+    pub fn set_broker_key(
+        &mut self,
+        broker: BrokerId,
+        key_digest: KeyDigest,
+    ) -> Result<Event, RejectReason> {
+        if broker == BrokerId::OPERATOR {
+            // The operator's credential is the nodes' admin key, not replicated state.
+            return Err(RejectReason::NotPermitted);
+        }
+        match self.broker_index.get(&broker) {
+            Some(&index) => self.brokers[index as usize].key_digest = key_digest,
+            None => {
+                if self.brokers.len() >= BROKERS_MAX {
+                    return Err(RejectReason::TooManyBrokers);
+                }
+                self.broker_index.insert(broker, self.brokers.len() as u32);
+                self.brokers.push(Broker::new(broker, key_digest));
+            }
+        }
+        Ok(Event::BrokerKeySet { broker, key_digest })
     }
 }

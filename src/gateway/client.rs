@@ -832,7 +832,7 @@ impl MarketFeed {
 /// How long a request's reply may take: adding a learner waits for it to catch up.
 fn reply_timeout(request: &Request) -> Duration {
     match request {
-        Request::AddLearner { .. } => super::server::LEARNER_CATCH_UP_TIMEOUT + REQUEST_TIMEOUT,
+        Request::AddLearner { .. } => super::protocol::LEARNER_CATCH_UP_TIMEOUT + REQUEST_TIMEOUT,
         _ => REQUEST_TIMEOUT,
     }
 }

@@ -14,6 +14,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const BROKER_FRAME_BYTES_MAX: usize = 1 << 20;
 /// Commands in one `SubmitBatch`.
 pub const SUBMIT_BATCH_COMMANDS_MAX: usize = 4_096;
+/// How long the leader waits for a learner being added to catch up (`AddLearner`); a client
+/// waits this long for the answer, and more.
+pub const LEARNER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {

@@ -22,8 +22,8 @@ use super::credentials;
 use super::metrics::GatewayMetrics;
 use super::protocol::{
     NodeStatus, OpenOrderStatus, Reply, Request, BALANCE_ASSETS_MAX, BROKER_FRAME_BYTES_MAX,
-    DEPTH_LEVELS_MAX, MARKET_MESSAGES_PER_FRAME_MAX, PROTOCOL_VERSION, REPORTS_PER_FRAME_MAX,
-    SUBMIT_BATCH_COMMANDS_MAX,
+    DEPTH_LEVELS_MAX, LEARNER_CATCH_UP_TIMEOUT, MARKET_MESSAGES_PER_FRAME_MAX, PROTOCOL_VERSION,
+    REPORTS_PER_FRAME_MAX, SUBMIT_BATCH_COMMANDS_MAX,
 };
 use crate::marketdata::feed::{Channel, Level};
 use crate::marketdata::hub::{MarketHub, Published, Start};
@@ -265,8 +265,6 @@ pub fn role_name(state: ServerState) -> &'static str {
 
 /// Connections served at once; more are refused (bounded memory for any number of brokers).
 pub const BROKER_CONNECTIONS_MAX: usize = 4_096;
-/// How long adding a learner may take to catch it up.
-pub const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// A read whose leadership check fell short of a majority tries again after this pause.
 const READ_INDEX_RETRY_PAUSE: Duration = Duration::from_millis(2);
 

@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use memmap2::{MmapMut, MmapRaw};
 
-// Offsets are u32 (half the memory of u64), so segments stay below 4 GiB.
-const _: () = assert!(crate::segment::SEGMENT_BYTES_MAX <= u32::MAX as u64);
+// Offsets are u32 (half the memory of u64): segment.rs keeps segments below 4 GiB.
 // The table is viewed as [AtomicU32] over bytes the map hands out.
 const _: () = assert!(size_of::<AtomicU32>() == 4 && align_of::<AtomicU32>() == 4);
 

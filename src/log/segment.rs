@@ -60,6 +60,8 @@ const _: () = assert!(SEGMENT_HEADER_BYTES == 8 + 4 + 4 + 8 + 8);
 const _: () = assert!(SEGMENT_HEADER_BYTES % RECORD_ALIGN == 0);
 const _: () = assert!(SEGMENT_BYTES_MIN as usize > SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
+// The offset table holds u32 byte offsets.
+const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
 
 /// Largest payload a segment of `segment_bytes` holds: everything after both headers. It is a
 /// multiple of 8 when `segment_bytes` is, so the padded record fits too.

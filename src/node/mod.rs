@@ -2,6 +2,7 @@
 
 pub mod brokers;
 pub mod config;
+pub mod divergence_watch;
 pub mod metrics;
 pub mod outputs;
 pub mod run;

@@ -16,6 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::brokers::apply_when_leader as apply_brokers_file;
 use super::config::NodeConfig;
+use super::divergence_watch::watch as watch_divergence;
 use super::metrics::{serve as serve_metrics, MetricsSources};
 use super::outputs::NodeTap;
 use crate::gateway::credentials::BrokersFile;
@@ -24,7 +25,7 @@ use crate::gateway::server::{serve as serve_brokers, Gateway};
 use crate::latency::LatencyHistogram;
 use crate::marketdata::hub::MarketHub;
 use crate::net::tls;
-use crate::replication::divergence::{watch as watch_divergence, DivergenceLog};
+use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::{
     AppliedPosition, EngineHandle, EngineThreadConfig, OutputTap,
 };

@@ -2,20 +2,14 @@
 //! indexes. The engine is deterministic, so any difference is a bug (or a corrupted node) and
 //! must never pass silently: it is logged as an error and shown by `status`.
 //!
-//! A watcher task asks each peer for its applied index and the hash there (through the peer's
-//! broker endpoint, the same status request `exchange-cli status` uses) and looks up its own
-//! hash at that index in the engine's recent history.
+//! This is the record of what was compared; the watcher that asks the peers is node wiring
+//! (node/divergence_watch.rs).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-
-use super::engine_thread::EngineHandle;
-use crate::gateway::client::Client;
 
 /// How often each peer is compared.
 pub const DIVERGENCE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -89,30 +83,6 @@ impl DivergenceLog {
             *first = Some(divergence.clone());
         }
         Some(divergence)
-    }
-}
-
-/// Runs until the process ends, comparing with each peer's broker endpoint.
-pub async fn watch(
-    engine: Arc<EngineHandle>,
-    peers: BTreeMap<u64, SocketAddr>,
-    ca: CertificateDer<'static>,
-    log: DivergenceLog,
-) {
-    let Ok(client) = Client::new(peers.values().copied().collect(), &ca) else {
-        tracing::error!("divergence detection disabled: cannot make a client");
-        return;
-    };
-    let mut interval = tokio::time::interval(DIVERGENCE_CHECK_INTERVAL);
-    loop {
-        interval.tick().await;
-        for (&peer, &addr) in &peers {
-            let Ok(status) = client.status_of(addr).await else {
-                continue;
-            };
-            let ours = engine.status().hash_at(status.applied_index);
-            log.compare(peer, status.applied_index, &status.output_hash, ours);
-        }
     }
 }
 
