@@ -15,7 +15,8 @@
 //! - [`cli`]: what `exchange-cli` does (replay, synthetic workloads, engine benchmark).
 //!
 //! Data flows down this list; nothing below reaches back up. Binaries: `exchange-node` and
-//! `exchange-cli` (src/bin). See README.md for how to run them and DESIGN.md for the map.
+//! `exchange-cli` (src/bin). See README.md for how to run them and docs/architecture.md for the
+//! map.
 
 pub use exchange_domain as domain;
 pub use exchange_engine as engine;

@@ -122,7 +122,7 @@ impl FileConfig {
     }
 }
 
-/// Defaults, measured rather than guessed (README, failover): a crashed leader is replaced in
+/// Defaults, measured rather than guessed (docs/performance.md, failover): a crashed leader is replaced in
 /// about 120 ms, and a full load on a 2-core machine causes no leader change
 /// (tests/cluster_rto.rs, tests/cluster_load.rs). openraft 0.9 lets a follower stand for
 /// election only after the leader's lease (the election timeout's upper end) and then its own
