@@ -4,6 +4,15 @@
 //!
 //! Every RPC is bounded by openraft's deadline for it; a failed connection is dropped and
 //! re-dialled on the next RPC, so a healed partition reconnects by itself.
+//!
+//! openraft 0.9 gives each AppendEntries one heartbeat (20 ms by default) and, when that runs
+//! out, sends the same entries again at once. On a busy host a follower's answer (its fsync
+//! included) can take longer than that for a while: every try would time out and each resend
+//! would queue behind the last. So an AppendEntries exchange runs as a task of its own that
+//! outlives the call's deadline, and a resend from the same place in the log waits for that
+//! exchange's answer instead of sending the entries again (`PeerConnection::in_flight`); when
+//! the resend carries more entries than the exchange did, the answer says how far the
+//! follower matched (a partial success), and the rest goes in the next request.
 
 use std::future::Future;
 use std::io::Cursor;
@@ -23,7 +32,7 @@ use openraft::storage::Snapshot;
 use openraft::OptionalSend;
 use serde::{Deserialize, Serialize};
 
-use super::types::{NodeAddr, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+use super::types::{LogId, NodeAddr, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 use crate::net::frame::{read_frame, write_frame, FrameError};
 use crate::net::tls::node_name;
 
@@ -31,6 +40,9 @@ use crate::net::tls::node_name;
 pub const RAFT_FRAME_BYTES_MAX: usize = 1 << 30;
 /// Frames larger than this are decoded on a blocking thread.
 const LARGE_FRAME_BYTES: usize = 1 << 20;
+/// How long an AppendEntries exchange may go on after the call that started it gave up (a
+/// resend of the same entries picks up its answer).
+const APPEND_OUTLIVES_CALL: Duration = Duration::from_secs(2);
 /// How long dialling a peer may take before the RPC counts the peer unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A snapshot transfer's deadline: a base plus time per megabyte.
@@ -90,6 +102,28 @@ pub struct PeerConnection {
     /// and TLS handshake can take longer than a heartbeat, and a node just restarted would
     /// otherwise never be reached, stand for election, and depose a healthy leader.
     dialing: Option<tokio::task::JoinHandle<Result<quinn::Connection, String>>>,
+    /// The AppendEntries exchange whose call timed out, still running, and its answer to come.
+    in_flight: Option<InFlight>,
+}
+
+/// An AppendEntries exchange: the leader's vote, the log id before its entries and the last
+/// entry's (the entries run contiguously between them), and its answer to come.
+struct InFlight {
+    vote: Vote,
+    prev: Option<LogId>,
+    last: Option<LogId>,
+    exchange: tokio::task::JoinHandle<Result<Response, CallError>>,
+}
+
+impl InFlight {
+    /// Whether a request from `vote`, after `prev`, up to `last` covers what this exchange
+    /// sent: the same leader and place in the log, and as many entries or more (a leader's
+    /// entries after one log id are the same whenever it sends them). Its answer then answers
+    /// the request, as far as this exchange's entries go. (The leader's commit index may have
+    /// moved on; the follower learns it with the next request.)
+    fn answers(&self, vote: &Vote, prev: &Option<LogId>, last: &Option<LogId>) -> bool {
+        self.vote == *vote && self.prev == *prev && self.last <= *last
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -102,6 +136,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.raft.clone(),
             connection: None,
             dialing: None,
+            in_flight: None,
         }
     }
 }
@@ -191,6 +226,99 @@ impl PeerConnection {
         }
     }
 
+    /// One request and its answer on a stream of `connection`, as a task of its own bounded by
+    /// `bound`.
+    fn spawn_exchange(
+        connection: quinn::Connection,
+        bytes: Vec<u8>,
+        bound: Duration,
+    ) -> tokio::task::JoinHandle<Result<Response, CallError>> {
+        tokio::spawn(async move {
+            let attempt = async {
+                let (mut send, mut recv) = connection
+                    .open_bi()
+                    .await
+                    .map_err(|e| CallError::Unreachable(e.to_string()))?;
+                let frame_error = |e: FrameError| CallError::Network(e.to_string());
+                write_frame(&mut send, &bytes).await.map_err(frame_error)?;
+                let _ = send.finish();
+                let reply = read_frame(&mut recv, RAFT_FRAME_BYTES_MAX)
+                    .await
+                    .map_err(frame_error)?
+                    .ok_or_else(|| CallError::Network("the peer closed the stream".into()))?;
+                postcard::from_bytes::<Response>(&reply)
+                    .map_err(|e| CallError::Network(e.to_string()))
+            };
+            tokio::time::timeout(bound, attempt)
+                .await
+                .unwrap_or(Err(CallError::Timeout))
+        })
+    }
+
+    /// An AppendEntries: joins the exchange still running from the same place in the log, or
+    /// starts one; answers within `deadline`, leaving an unfinished exchange for the resend.
+    async fn append(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        deadline: Duration,
+    ) -> Result<Response, CallError> {
+        let started = tokio::time::Instant::now();
+        let (vote, prev) = (rpc.vote, rpc.prev_log_id);
+        let last = rpc.entries.last().map(|entry| entry.log_id).or(prev);
+        let joins = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|running| running.answers(&vote, &prev, &last));
+        if !joins {
+            // Another request: an exchange still running for an older one goes on alone.
+            self.in_flight = None;
+            let connection = match tokio::time::timeout(deadline, self.connection()).await {
+                Ok(connection) => connection?,
+                Err(_) => return Err(CallError::Timeout),
+            };
+            let bytes = postcard::to_allocvec(&Request::AppendEntries(rpc))
+                .map_err(|e| CallError::Network(e.to_string()))?;
+            let exchange = Self::spawn_exchange(connection, bytes, deadline + APPEND_OUTLIVES_CALL);
+            self.in_flight = Some(InFlight {
+                vote,
+                prev,
+                last,
+                exchange,
+            });
+        }
+        let Some(running) = self.in_flight.as_mut() else {
+            return Err(CallError::Network("no exchange in flight".into()));
+        };
+        let left = deadline.saturating_sub(started.elapsed());
+        let answer = match tokio::time::timeout(left, &mut running.exchange).await {
+            // Not yet: the exchange stays for the resend to pick up.
+            Err(_) => return Err(CallError::Timeout),
+            Ok(joined) => joined,
+        };
+        let sent_up_to = running.last;
+        self.in_flight = None;
+        match answer {
+            // The follower has what the exchange carried; the request's further entries go
+            // in the next one.
+            Ok(Ok(Response::AppendEntries(Ok(AppendEntriesResponse::Success))))
+                if sent_up_to != last =>
+            {
+                Ok(Response::AppendEntries(Ok(
+                    AppendEntriesResponse::PartialSuccess(sent_up_to),
+                )))
+            }
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => {
+                if !matches!(error, CallError::Timeout) {
+                    // Drop the connection so the next call dials afresh.
+                    self.connection = None;
+                }
+                Err(error)
+            }
+            Err(join) => Err(CallError::Network(format!("the exchange failed: {join}"))),
+        }
+    }
+
     fn rpc_error<E: std::error::Error>(
         &self,
         error: CallError,
@@ -220,7 +348,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let deadline = option.hard_ttl();
-        match self.call(&Request::AppendEntries(rpc), deadline).await {
+        match self.append(rpc, deadline).await {
             Ok(Response::AppendEntries(Ok(response))) => Ok(response),
             Ok(Response::AppendEntries(Err(e))) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
