@@ -54,7 +54,7 @@ async fn trade(mut client: Client, seed: u64, stop: Arc<AtomicBool>) -> (Vec<Out
                 for answer in results {
                     let answer = match answer {
                         Ok(answer) => answer,
-                        Err(why) if why.contains("outcome unknown") => {
+                        Err(ClientError::OutcomeUnknown(_)) => {
                             unknown += 1;
                             continue;
                         }

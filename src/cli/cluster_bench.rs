@@ -231,7 +231,8 @@ struct Member {
 }
 
 async fn setup(args: &ClusterArgs, config: &BenchConfig) -> Result<Vec<Member>, String> {
-    let mut admin = args.client()?;
+    let key = args.required_key("the bench (it registers brokers and funds accounts)")?;
+    let mut admin = args.client_with_key(&key)?;
     let symbol = SymbolId(config.symbol);
     let mut commands = vec![Command::Admin(AdminCommand::AddSymbol(SymbolSpec {
         symbol,
@@ -411,15 +412,10 @@ impl SessionResult {
         for ((command, crossing, scheduled), answer) in due.iter().zip(answers) {
             let outputs = match answer {
                 Ok(outputs) => outputs,
-                Err(why) => {
+                Err(e) => {
                     self.failed += 1;
-                    // A batch answers each command's failure as text (SubmitError's).
-                    if why.starts_with("outcome unknown") {
-                        self.failures.unknown += 1;
-                    } else {
-                        self.failures.refused += 1;
-                    }
-                    self.first_failure.get_or_insert(why);
+                    self.failures.count(&e, 1);
+                    self.first_failure.get_or_insert_with(|| e.to_string());
                     continue;
                 }
             };
@@ -452,7 +448,7 @@ impl SessionResult {
     }
 }
 
-type Answers = Result<Vec<Result<Vec<exchange_domain::Output>, String>>, ClientError>;
+type Answers = crate::gateway::client::BatchAnswers;
 
 /// Sends due orders in one request (a single one as a plain submit); returns when it was sent
 /// and the answers.
@@ -769,7 +765,9 @@ pub async fn run(
     let mut readers = Vec::new();
     for _ in 0..config.md_subscribers {
         for channel in [Channel::Book, Channel::Trades] {
-            let feed = args.client()?.into_market_feed(config.symbol, channel);
+            let feed = args
+                .client_with_key(&args.required_key("market data")?)?
+                .into_market_feed(config.symbol, channel);
             readers.push(tokio::spawn(read_feed(feed, Arc::clone(&stop_feeds))));
         }
     }

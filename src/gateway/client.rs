@@ -9,7 +9,7 @@ use std::time::Duration;
 use exchange_domain::{Command, Output};
 use rustls::pki_types::CertificateDer;
 
-use super::protocol::{NodeStatus, Reply, Request, PROTOCOL_VERSION};
+use super::protocol::{CommandAnswer, NodeStatus, Reply, Request, PROTOCOL_VERSION};
 use crate::marketdata::feed::{Channel, Level, MdMessage, StreamState};
 use crate::net::frame::{read_frame, write_frame};
 use crate::net::tls;
@@ -56,6 +56,22 @@ impl std::fmt::Display for ClientError {
 }
 
 impl std::error::Error for ClientError {}
+
+/// A batch's answers: each command's outputs or why it has none; or why the whole request
+/// failed.
+pub type BatchAnswers = Result<Vec<Result<Vec<Output>, ClientError>>, ClientError>;
+
+/// Each command's answer as the client library reports answers.
+fn per_command(answers: Vec<CommandAnswer>) -> Vec<Result<Vec<Output>, ClientError>> {
+    answers
+        .into_iter()
+        .map(|answer| match answer {
+            CommandAnswer::Outputs(outputs) => Ok(outputs),
+            CommandAnswer::NotSequenced(why) => Err(ClientError::Rejected(why)),
+            CommandAnswer::OutcomeUnknown(why) => Err(ClientError::OutcomeUnknown(why)),
+        })
+        .collect()
+}
 
 struct Link {
     addr: SocketAddr,
@@ -338,18 +354,16 @@ impl Client {
         }
     }
 
-    /// Submits several commands at once, in order; returns each one's outputs or the reason
-    /// it was not sequenced. Resent as `submit` resends, when every command may be.
-    pub async fn submit_batch(
-        &mut self,
-        commands: Vec<Command>,
-    ) -> Result<Vec<Result<Vec<Output>, String>>, ClientError> {
+    /// Submits several commands at once, in order; returns each one's outputs, or why it has
+    /// none: `Rejected` (not sequenced) or `OutcomeUnknown` (it may have happened). Resent as
+    /// `submit` resends, when every command may be.
+    pub async fn submit_batch(&mut self, commands: Vec<Command>) -> BatchAnswers {
         let identified = Self::only_identified_new_orders(commands.iter());
         match self
             .request_with_resend(&Request::SubmitBatch(commands), identified)
             .await?
         {
-            Reply::BatchOutputs(results) => Ok(results),
+            Reply::BatchOutputs(answers) => Ok(per_command(answers)),
             other => Err(unexpected(other)),
         }
     }
@@ -492,11 +506,8 @@ impl Client {
 
 impl Pipeline {
     /// Submits several commands in one request, in order, on a stream of its own; returns each
-    /// one's outputs or the reason it was not sequenced.
-    pub async fn submit_batch(
-        &self,
-        commands: Vec<Command>,
-    ) -> Result<Vec<Result<Vec<Output>, String>>, ClientError> {
+    /// one's outputs, or why it has none (as `Client::submit_batch`).
+    pub async fn submit_batch(&self, commands: Vec<Command>) -> BatchAnswers {
         let request = Request::SubmitBatch(commands);
         let bytes =
             postcard::to_allocvec(&request).map_err(|e| ClientError::Rejected(e.to_string()))?;
@@ -526,7 +537,7 @@ impl Pipeline {
                 ))
             })??;
         match postcard::from_bytes(&reply).map_err(|e| ClientError::Rejected(e.to_string()))? {
-            Reply::BatchOutputs(results) => Ok(results),
+            Reply::BatchOutputs(answers) => Ok(per_command(answers)),
             Reply::NotLeader { .. } => Err(ClientError::Unavailable(format!(
                 "{} is no longer the leader",
                 self.addr

@@ -18,6 +18,19 @@ pub const SUBMIT_BATCH_COMMANDS_MAX: usize = 4_096;
 /// waits this long for the answer, and more.
 pub const LEARNER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// What became of one command of a `SubmitBatch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandAnswer {
+    /// Committed and applied: everything the engine said about it that the session may see.
+    Outputs(Vec<Output>),
+    /// Not sequenced (the reason): it did not happen, and sending it again is safe.
+    NotSequenced(String),
+    /// Proposed, but the leader failed or lost its majority before it was committed (the
+    /// reason): it may or may not have happened. A broker's new order resent with the same
+    /// client order id is answered with its original outcome.
+    OutcomeUnknown(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Opens the session: the broker's API key, or the admin key for the operator. Must come
@@ -93,8 +106,8 @@ pub enum Reply {
     },
     /// The command was committed and applied: everything the engine said about it.
     Outputs(Vec<Output>),
-    /// Per command of a `SubmitBatch`: its outputs, or why it was not sequenced.
-    BatchOutputs(Vec<Result<Vec<Output>, String>>),
+    /// Per command of a `SubmitBatch`, in order: what became of it.
+    BatchOutputs(Vec<CommandAnswer>),
     /// Ask the leader instead. `broker` is its broker address, when known.
     NotLeader {
         leader_id: Option<u64>,

@@ -21,9 +21,10 @@ use tokio::sync::broadcast;
 use super::credentials;
 use super::metrics::GatewayMetrics;
 use super::protocol::{
-    NodeStatus, OpenOrderStatus, Reply, Request, BALANCE_ASSETS_MAX, BROKER_FRAME_BYTES_MAX,
-    DEPTH_LEVELS_MAX, LEARNER_CATCH_UP_TIMEOUT, MARKET_MESSAGES_PER_FRAME_MAX, PROTOCOL_VERSION,
-    REPORTS_PER_FRAME_MAX, SUBMIT_BATCH_COMMANDS_MAX,
+    CommandAnswer, NodeStatus, OpenOrderStatus, Reply, Request, BALANCE_ASSETS_MAX,
+    BROKER_FRAME_BYTES_MAX, DEPTH_LEVELS_MAX, LEARNER_CATCH_UP_TIMEOUT,
+    MARKET_MESSAGES_PER_FRAME_MAX, PROTOCOL_VERSION, REPORTS_PER_FRAME_MAX,
+    SUBMIT_BATCH_COMMANDS_MAX,
 };
 use crate::marketdata::feed::{Channel, Level};
 use crate::marketdata::hub::{MarketHub, Published, Start};
@@ -569,7 +570,13 @@ impl Gateway {
                     Ok(results) => Reply::BatchOutputs(
                         results
                             .into_iter()
-                            .map(|result| result.map_err(|e| e.to_string()))
+                            .map(|result| match result {
+                                Ok(outputs) => CommandAnswer::Outputs(outputs),
+                                Err(SubmitError::Unknown(why)) => {
+                                    CommandAnswer::OutcomeUnknown(why)
+                                }
+                                Err(e) => CommandAnswer::NotSequenced(e.to_string()),
+                            })
                             .collect(),
                     ),
                     Err(reply) => reply,
