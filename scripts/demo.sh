@@ -24,21 +24,28 @@ trap cleanup EXIT
 
 cli=target/release/exchange-cli
 say() { echo; echo "== $*"; }
-run() { echo "\$ exchange-cli $*"; "$cli" "$@"; }
+# Exit 1 is the exchange refusing a command, which the flow shows on purpose; anything else
+# (3 unavailable, 4 outcome unknown, 2 usage) stops the demo.
+run() {
+  echo "\$ exchange-cli $*"
+  local rc=0
+  "$cli" "$@" || rc=$?
+  if [ $rc -ne 0 ] && [ $rc -ne 1 ]; then exit $rc; fi
+}
 
 say "starting a 3-node cluster (data in $EXCHANGE_DATA)"
 scripts/cluster.sh up 3
 
 say "a market: symbol 1 trades asset 1 (shares) against asset 2 (cents)"
-echo "(exchange-cli logs on with the admin key of cluster/brokers.toml unless given --api-key)"
-run admin add-symbol --symbol 1 --base 1 --quote 2 --tick-size 1 --lot-size 1
+echo "(--admin: log on as the operator, with the admin key of cluster/brokers.toml)"
+run admin add-symbol --admin --symbol 1 --base 1 --quote 2 --tick-size 1 --lot-size 1
 
 # Brokers 1 and 2 of cluster/brokers.toml own accounts 1001 and 2001; the leader opens them
 # when it takes office, so the first deposit may have to wait a moment for it.
 deposit() {
   for _ in $(seq 50); do
-    out=$("$cli" admin deposit --account "$1" --asset "$2" --amount "$3" 2>&1) || true
-    case "$out" in *unknown_account*|*UnknownAccount*|*"cluster unavailable"*) sleep 0.1 ;; *) echo "\$ exchange-cli admin deposit --account $1 --asset $2 --amount $3"; echo "$out"; return ;; esac
+    out=$("$cli" admin deposit --admin --account "$1" --asset "$2" --amount "$3" 2>&1) || true
+    case "$out" in *unknown_account*|*UnknownAccount*|*"cluster unavailable"*) sleep 0.1 ;; *) echo "\$ exchange-cli admin deposit --admin --account $1 --asset $2 --amount $3"; echo "$out"; return ;; esac
   done
   echo "account $1 was never opened" >&2; exit 1
 }
@@ -73,9 +80,9 @@ sleep 2
 scripts/cluster.sh status
 
 say "market data: the book's snapshot, recent trades, and the 1 s candles (any node builds them)"
-run watch book 1 --seconds 0.5 --json
-run watch trades 1 --seconds 0.5
-run candles 1 --interval 1s
+run watch book 1 --seconds 0.5 --json --admin
+run watch trades 1 --seconds 0.5 --admin
+run candles 1 --interval 1s --admin
 
 say "the reporting database node 3 writes (exactly once, also across its crash)"
 run report summary --db "$EXCHANGE_DATA/report.db"

@@ -15,7 +15,7 @@ trap 'scripts/cluster.sh down >/dev/null 2>&1 || true' EXIT
 scripts/cluster.sh up 3 >/dev/null
 cli=target/release/exchange-cli
 n=0
-bench() { n=$((n+1)); echo "$1 $(taskset -c 8-15 $cli bench --json --duration 10 --symbol $((900+n)) --first-account $((900000+n*1000)) --first-broker $((100+n*20)) --floor-dir "$EXCHANGE_DATA" "${@:2}" 2>/dev/null)"; }
+bench() { n=$((n+1)); echo "$1 $(taskset -c 8-15 $cli bench --admin --json --duration 10 --symbol $((900+n)) --first-account $((900000+n*1000)) --first-broker $((100+n*20)) --floor-dir "$EXCHANGE_DATA" "${@:2}" 2>/dev/null)"; }
 for i in 1 2 3; do bench open10k --rate 10000; done
 bench closed1 --rate 0 --sessions 16
 bench open50k --rate 50000

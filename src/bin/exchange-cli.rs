@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use exchange::cli::outcome::CliError;
 use exchange::cli::{bench, cluster, lobster, market, replay, workload};
 
 #[derive(Parser)]
@@ -237,14 +238,14 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result: Result<(), CliError> = match cli.command {
         Commands::EngineReplay {
             file,
             json,
             tick_size,
             lot_size,
             events,
-        } => engine_replay(file, json, tick_size, lot_size, events),
+        } => engine_replay(file, json, tick_size, lot_size, events).map_err(CliError::from),
         Commands::EngineBench {
             json,
             seed,
@@ -258,17 +259,17 @@ fn main() -> ExitCode {
                 resting,
                 ..workload::WorkloadConfig::default()
             };
-            engine_bench(config, json, write_csv)
+            engine_bench(config, json, write_csv).map_err(CliError::from)
         }
         Commands::LobsterCheck {
             messages,
             orderbook,
             levels,
             json,
-        } => lobster_check(messages, orderbook, levels, json),
-        Commands::Status { cluster } => runtime().and_then(|rt| rt.block_on(status(cluster))),
+        } => lobster_check(messages, orderbook, levels, json).map_err(CliError::from),
+        Commands::Status { cluster } => on_runtime(|rt| rt.block_on(status(cluster))),
         Commands::Cluster { change, cluster } => {
-            runtime().and_then(|rt| rt.block_on(membership(cluster, change)))
+            on_runtime(|rt| rt.block_on(membership(cluster, change)))
         }
         Commands::Bench {
             sessions,
@@ -303,29 +304,39 @@ fn main() -> ExitCode {
                 md_stalled,
                 pipeline,
             };
-            multi_thread_runtime().and_then(|rt| rt.block_on(cluster_bench(cluster, config)))
+            multi_thread_runtime()
+                .and_then(|rt| rt.block_on(cluster_bench(cluster, config)))
+                .map_err(CliError::from)
         }
         Commands::Order {
             order: cluster::OrderCommand::Status { order_id },
             cluster,
-        } => runtime().and_then(|rt| rt.block_on(order_status(cluster, order_id))),
+        } => on_runtime(|rt| rt.block_on(order_status(cluster, order_id))),
         Commands::Order { order, cluster } => cluster::order_command(&order)
-            .and_then(|command| runtime().and_then(|rt| rt.block_on(submit(cluster, command)))),
-        Commands::Watch { what, cluster } => {
-            runtime().and_then(|rt| rt.block_on(market::watch(&cluster, &what)))
+            .map_err(CliError::from)
+            .and_then(|command| on_runtime(|rt| rt.block_on(submit(cluster, command, "orders")))),
+        Commands::Watch { what, cluster } => on_runtime(|rt| {
+            rt.block_on(market::watch(&cluster, &what))
+                .map_err(CliError::from)
+        }),
+        Commands::Candles { candles, cluster } => on_runtime(|rt| {
+            rt.block_on(market::candles(&cluster, &candles))
+                .map_err(CliError::from)
+        }),
+        Commands::Report(args) => {
+            exchange::cli::report::run(&args, &mut std::io::stdout().lock()).map_err(CliError::from)
         }
-        Commands::Candles { candles, cluster } => {
-            runtime().and_then(|rt| rt.block_on(market::candles(&cluster, &candles)))
-        }
-        Commands::Report(args) => exchange::cli::report::run(&args, &mut std::io::stdout().lock()),
         Commands::Admin { admin, cluster } => cluster::admin_command(&admin)
-            .and_then(|command| runtime().and_then(|rt| rt.block_on(submit(cluster, command)))),
+            .map_err(CliError::from)
+            .and_then(|command| {
+                on_runtime(|rt| rt.block_on(submit(cluster, command, "admin commands")))
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("exchange-cli: {message}");
-            ExitCode::from(2)
+        Err(error) => {
+            eprintln!("exchange-cli: {error}");
+            error.exit_code()
         }
     }
 }
@@ -497,7 +508,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-async fn status(args: cluster::ClusterArgs) -> Result<(), String> {
+/// Runs `f` on a fresh single-threaded runtime.
+fn on_runtime(
+    f: impl FnOnce(tokio::runtime::Runtime) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    f(runtime()?)
+}
+
+/// Every node's view. Exits 3 when no node answers or none is leader, 5 when a node reports
+/// a divergence.
+async fn status(args: cluster::ClusterArgs) -> Result<(), CliError> {
     let client = args.client()?;
     let mut rows = Vec::new();
     for addr in &args.nodes {
@@ -508,9 +528,10 @@ async fn status(args: cluster::ClusterArgs) -> Result<(), String> {
             Err(e) => rows.push(serde_json::json!({ "node": addr.to_string(), "error": e })),
         }
     }
+    let health = health(&rows);
     if args.json {
         println!("{}", serde_json::Value::Array(rows));
-        return Ok(());
+        return health;
     }
     println!(
         "{:<18} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9}  output hash",
@@ -543,24 +564,56 @@ async fn status(args: cluster::ClusterArgs) -> Result<(), String> {
             ),
         }
     }
+    health
+}
+
+/// What `status` rows say of the cluster as a whole.
+fn health(rows: &[serde_json::Value]) -> Result<(), CliError> {
+    let statuses: Vec<exchange::gateway::protocol::NodeStatus> = rows
+        .iter()
+        .filter_map(|row| serde_json::from_value(row["status"].clone()).ok())
+        .collect();
+    if let Some(diverged) = statuses.iter().find(|s| s.divergence.is_some()) {
+        return Err(CliError::Unhealthy(format!(
+            "node {} reports a divergence: {}",
+            diverged.id,
+            diverged.divergence.as_deref().unwrap_or_default()
+        )));
+    }
+    if statuses.is_empty() {
+        return Err(CliError::Unavailable("no node answered".into()));
+    }
+    if !statuses.iter().any(|s| s.role == "leader") {
+        return Err(CliError::Unavailable(format!(
+            "{} of {} nodes answered, and none is the leader",
+            statuses.len(),
+            rows.len()
+        )));
+    }
     Ok(())
 }
 
+/// Sends one command (`what` names its kind, for the error without a logon); exits 1 when the
+/// exchange refused it.
 async fn submit(
     args: cluster::ClusterArgs,
     command: exchange::domain::Command,
-) -> Result<(), String> {
-    let mut client = args.client()?;
-    let outputs = client.submit(command).await.map_err(|e| e.to_string())?;
-    cluster::print_outputs(&outputs, args.json)
+    what: &str,
+) -> Result<(), CliError> {
+    let key = args.required_key(what)?;
+    let mut client = args.client_with_key(&key)?;
+    let outputs = client.submit(command).await?;
+    cluster::print_outputs(&outputs, args.json)?;
+    match outputs.iter().find_map(|o| o.event.reject_reason()) {
+        Some(reason) => Err(CliError::Refused(format!("refused: {reason:?}"))),
+        None => Ok(()),
+    }
 }
 
-async fn order_status(args: cluster::ClusterArgs, order_id: u64) -> Result<(), String> {
-    let mut client = args.client()?;
-    let open = client
-        .order_status(order_id)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn order_status(args: cluster::ClusterArgs, order_id: u64) -> Result<(), CliError> {
+    let key = args.required_key("order status")?;
+    let mut client = args.client_with_key(&key)?;
+    let open = client.order_status(order_id).await?;
     if args.json {
         let json = serde_json::json!({ "order_id": order_id, "open": open });
         println!("{json}");
@@ -685,17 +738,18 @@ async fn cluster_bench(
     Ok(())
 }
 
-async fn membership(args: cluster::ClusterArgs, change: MembershipCommand) -> Result<(), String> {
+async fn membership(args: cluster::ClusterArgs, change: MembershipCommand) -> Result<(), CliError> {
     use exchange::gateway::protocol::{Reply, Request};
-    let mut client = args.client()?;
+    let key = args.required_key("membership changes")?;
+    let mut client = args.client_with_key(&key)?;
     async fn ask(
         client: &mut exchange::gateway::client::Client,
         request: Request,
-    ) -> Result<Reply, String> {
-        client
-            .request_leader(&request)
-            .await
-            .map_err(|e| e.to_string())
+    ) -> Result<Reply, CliError> {
+        match client.request_leader(&request).await? {
+            Reply::Error(why) => Err(CliError::Refused(why)),
+            reply => Ok(reply),
+        }
     }
     let reply = match change {
         MembershipCommand::AddLearner { id, raft, broker } => {
@@ -720,7 +774,9 @@ async fn membership(args: cluster::ClusterArgs, change: MembershipCommand) -> Re
             )
             .await?
             else {
-                return Err("unexpected reply to adding the learner".into());
+                return Err(CliError::Refused(
+                    "unexpected reply to adding the learner".into(),
+                ));
             };
             eprintln!("node {new} has caught up as a learner");
             let voters: Vec<u64> = voters
@@ -743,6 +799,6 @@ async fn membership(args: cluster::ClusterArgs, change: MembershipCommand) -> Re
             }
             Ok(())
         }
-        other => Err(format!("unexpected reply {other:?}")),
+        other => Err(CliError::Refused(format!("unexpected reply {other:?}"))),
     }
 }

@@ -34,11 +34,14 @@ pub struct ClusterArgs {
         default_value = "cluster/certs"
     )]
     pub certs_dir: PathBuf,
-    /// The API key to log on with: a broker's key, or the admin key [default: the admin key
-    /// of --brokers-file].
+    /// The API key to log on with: a broker's key, or the admin key.
     #[arg(long, global = true, env = "EXCHANGE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Where the admin key is read from when no --api-key is given.
+    /// Log on as the operator, with the admin key of --brokers-file (when no --api-key is
+    /// given). Without a key or --admin, the CLI logs on as nobody: commands are refused.
+    #[arg(long, global = true)]
+    pub admin: bool,
+    /// Where --admin reads the admin key.
     #[arg(long, global = true, default_value = "cluster/brokers.toml")]
     pub brokers_file: PathBuf,
     /// Print JSON instead of text.
@@ -47,15 +50,35 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    /// The key to log on with, if any.
+    /// The key to log on with, if any: --api-key (or $EXCHANGE_API_KEY), else with --admin the
+    /// admin key of --brokers-file. Never the admin key unasked.
     pub fn api_key(&self) -> Result<Option<String>, String> {
         if let Some(key) = &self.api_key {
             return Ok(Some(key.clone()));
         }
-        if !self.brokers_file.exists() {
+        if !self.admin {
             return Ok(None);
         }
-        Ok(BrokersFile::load(&self.brokers_file)?.admin_key)
+        BrokersFile::load(&self.brokers_file)?
+            .admin_key
+            .map(Some)
+            .ok_or_else(|| {
+                format!(
+                    "--admin: {} holds no admin key",
+                    self.brokers_file.display()
+                )
+            })
+    }
+
+    /// The key, for commands that need one (`what` says which, for the error).
+    pub fn required_key(&self, what: &str) -> Result<String, String> {
+        self.api_key()?.ok_or_else(|| {
+            format!(
+                "{what} need a logon: --api-key KEY (or $EXCHANGE_API_KEY), or --admin for the \
+                 operator's key from {}",
+                self.brokers_file.display()
+            )
+        })
     }
 
     /// A client that logs on with [`ClusterArgs::api_key`].

@@ -55,7 +55,7 @@ pub async fn watch(cluster: &ClusterArgs, what: &WatchWhat) -> Result<(), String
         WatchWhat::Book(args) => (args, Channel::Book),
         WatchWhat::Trades(args) => (args, Channel::Trades),
     };
-    let mut feed = cluster.client()?.into_market_feed(args.symbol, channel);
+    let mut feed = market_client(cluster)?.into_market_feed(args.symbol, channel);
     let until = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
@@ -101,11 +101,15 @@ pub async fn watch(cluster: &ClusterArgs, what: &WatchWhat) -> Result<(), String
     Ok(())
 }
 
+/// A client for market data, which a session reads once logged on.
+fn market_client(cluster: &ClusterArgs) -> Result<crate::gateway::client::Client, String> {
+    cluster.client_with_key(&cluster.required_key("market data")?)
+}
+
 pub async fn candles(cluster: &ClusterArgs, args: &CandlesArgs) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     if !args.follow {
-        let snapshot = cluster
-            .client()?
+        let snapshot = market_client(cluster)?
             .market_snapshot(args.symbol, Channel::Candles)
             .await
             .map_err(|e| e.to_string())?;
@@ -119,9 +123,7 @@ pub async fn candles(cluster: &ClusterArgs, args: &CandlesArgs) -> Result<(), St
         }
         return Ok(());
     }
-    let mut feed = cluster
-        .client()?
-        .into_market_feed(args.symbol, Channel::Candles);
+    let mut feed = market_client(cluster)?.into_market_feed(args.symbol, Channel::Candles);
     let until = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));

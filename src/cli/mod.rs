@@ -3,13 +3,15 @@
 //! - [`replay`]: `engine-replay`, a CSV of orders and cancels through one engine (backtest,
 //!   audit);
 //! - [`workload`]: the seeded synthetic order stream of `engine-bench` and the benchmarks;
-//! - [`bench`]: `engine-bench`, throughput and per-command latency percentiles.
+//! - [`bench`]: `engine-bench`, throughput and per-command latency percentiles;
+//! - [`outcome`]: how the CLI ends, and its exit codes.
 
 pub mod bench;
 pub mod cluster;
 pub mod cluster_bench;
 pub mod lobster;
 pub mod market;
+pub mod outcome;
 pub mod replay;
 pub mod report;
 pub mod workload;
