@@ -45,6 +45,10 @@ async fn a_replica_with_a_wrong_hash_is_reported_by_status() {
                 report.contains("node 3"),
                 "node 1 should name node 3: {report}"
             );
+            // `exchange-cli status` shows it and exits 5: the cluster answers, but is unhealthy.
+            let (code, out) = cluster.cli(&["status"]);
+            assert_eq!(code, Some(5), "status with a divergence: {out}");
+            assert!(out.contains("DIVERGED"), "{out}");
             break;
         }
         assert!(

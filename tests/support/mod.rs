@@ -227,6 +227,40 @@ impl Cluster {
         }
     }
 
+    /// Runs `exchange-cli ARGS` against this cluster (its nodes and certificates, bounded to
+    /// 30 s); returns the exit code and stdout.
+    pub fn cli(&self, args: &[&str]) -> (Option<i32>, String) {
+        let nodes = self
+            .brokers()
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_exchange-cli"))
+            .args(args)
+            .args(["--nodes", &nodes])
+            .arg("--certs-dir")
+            .arg(&self.certs)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start exchange-cli");
+        let started = Instant::now();
+        while child.try_wait().expect("poll exchange-cli").is_none() {
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("exchange-cli {args:?} ran past 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("exchange-cli output");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+
     /// A client logged on as the operator.
     pub fn client(&self) -> Client {
         self.client_with_key(ADMIN_KEY)
