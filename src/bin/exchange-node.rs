@@ -52,12 +52,17 @@ struct RunArgs {
     /// This node's id; must appear in --peers.
     #[arg(long)]
     id: Option<u64>,
-    /// Every node of the cluster, comma separated: id=RAFT_ADDR[/BROKER_ADDR].
+    /// Every node of the cluster, comma separated: id=RAFT_ADDR[/BROKER_ADDR]. An address is
+    /// ip:port or host:port (a host name is resolved once, at start).
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// A TOML file with any of these settings (see cluster/three-nodes.toml); flags win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// How log lines are written to stderr: text for people, json (one object a line) for
+    /// log collectors [default: text]. RUST_LOG filters them (default: info, openraft errors).
+    #[arg(long, value_enum)]
+    log_format: Option<config::LogFormat>,
     /// Where this node keeps its log, vote and snapshot [default: data/node-ID].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -315,14 +320,27 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The format is known before the rest of the configuration is checked, so that those
+    // errors are logged in it too; a file that cannot be read is reported by `resolve`.
+    let log_format = cli
+        .run
+        .log_format
+        .or_else(|| {
+            let path = cli.run.config.as_ref()?;
+            FileConfig::load(path).ok()?.log_format
+        })
+        .unwrap_or_default();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log_format {
+        config::LogFormat::Text => logger
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        config::LogFormat::Json => logger.json().init(),
+    }
     let config = match resolve(cli.run) {
         Ok(config) => config,
         Err(e) => {

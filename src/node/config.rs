@@ -22,7 +22,21 @@ pub struct PeerAddr {
 /// The broker port of a peer given only its Raft address: the Raft port plus this.
 pub const BROKER_PORT_OFFSET: u16 = 100;
 
-/// Parses `id=RAFT_ADDR` or `id=RAFT_ADDR/BROKER_ADDR`.
+/// An address given as `ip:port` or `host:port`; a host name is resolved once, here (the
+/// first address it resolves to).
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("'{text}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{text}' resolves to no address"))
+}
+
+/// Parses `id=RAFT_ADDR` or `id=RAFT_ADDR/BROKER_ADDR`; an address is `ip:port` or
+/// `host:port`.
 pub fn parse_peer(text: &str) -> Result<(u64, PeerAddr), String> {
     let (id, addrs) = text
         .split_once('=')
@@ -35,15 +49,9 @@ pub fn parse_peer(text: &str) -> Result<(u64, PeerAddr), String> {
         Some((raft, broker)) => (raft, Some(broker)),
         None => (addrs, None),
     };
-    let raft: SocketAddr = raft
-        .trim()
-        .parse()
-        .map_err(|e| format!("peer '{text}': '{raft}': {e}"))?;
+    let raft = socket_addr(raft).map_err(|e| format!("peer '{text}': {e}"))?;
     let broker = match broker {
-        Some(broker) => broker
-            .trim()
-            .parse()
-            .map_err(|e| format!("peer '{text}': '{broker}': {e}"))?,
+        Some(broker) => socket_addr(broker).map_err(|e| format!("peer '{text}': {e}"))?,
         None => {
             let port = raft.port().checked_add(BROKER_PORT_OFFSET).ok_or_else(|| {
                 format!(
@@ -113,6 +121,18 @@ pub struct FileConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub md_subscriber_buffer: Option<usize>,
     pub report_db: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// How a node writes its log lines (to stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// For people: time, level, target, message and fields on a line.
+    #[default]
+    Text,
+    /// For log collectors: one JSON object a line.
+    Json,
 }
 
 impl FileConfig {
@@ -185,6 +205,16 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_may_be_named_by_host() {
+        let (id, peer) = parse_peer("3=localhost:7003/localhost:7103").expect("parse");
+        assert_eq!(id, 3);
+        assert!(peer.raft.ip().is_loopback(), "{peer:?}");
+        assert_eq!((peer.raft.port(), peer.broker.port()), (7003, 7103));
+        let error = parse_peer("3=no-such-host.invalid:7003").expect_err("unresolvable");
+        assert!(error.contains("no-such-host.invalid"), "{error}");
+    }
 
     #[test]
     fn peers_parse_with_and_without_broker_addresses() {
