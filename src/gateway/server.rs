@@ -75,6 +75,22 @@ pub struct FaultState {
     balances: std::sync::Mutex<std::collections::HashMap<u64, Vec<Balance>>>,
 }
 
+/// The audit line of a broker key set or revoked by a command (never the key itself).
+fn audit_key_change(session: &Session, command: &Command, outputs: &[Output]) {
+    let Command::Admin(AdminCommand::SetBrokerKey { broker, key_digest }) = command else {
+        return;
+    };
+    if outputs.iter().any(|o| o.event.reject_reason().is_some()) {
+        return;
+    }
+    let change = if key_digest.0 == [0; 32] {
+        "revoked"
+    } else {
+        "set"
+    };
+    tracing::info!(target: "audit", event = "broker key", broker = broker.0, change, remote = %session.remote, "broker key changed");
+}
+
 /// Counts one more with `counter` and says whether it is an Nth one (the planted faults'
 /// "every Nth").
 fn nth(counter: &AtomicU64, every: u64) -> bool {
@@ -208,6 +224,8 @@ impl Principal {
 
 /// One connection's session state, shared by its streams.
 struct Session {
+    /// The broker's address, for the audit trail.
+    remote: std::net::SocketAddr,
     principal: OnceLock<Principal>,
     bucket: Mutex<TokenBucket>,
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -394,9 +412,15 @@ impl Gateway {
                     );
                 }
                 let logon = self.log_on(protocol_version, &api_key).await;
-                let counter = match logon {
-                    Ok(_) => &self.metrics.logons,
-                    Err(_) => &self.metrics.logons_refused,
+                let counter = match &logon {
+                    Ok(principal) => {
+                        tracing::info!(target: "audit", event = "logon", broker = principal.broker.0, remote = %session.remote, "logged on");
+                        &self.metrics.logons
+                    }
+                    Err(why) => {
+                        tracing::warn!(target: "audit", event = "logon refused", remote = %session.remote, %why, "logon refused");
+                        &self.metrics.logons_refused
+                    }
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 // A node that is not the leader may not have applied the broker's registration
@@ -592,7 +616,10 @@ impl Gateway {
                 }
                 let node = crate::replication::types::NodeAddr { raft, broker };
                 match tokio::time::timeout(LEARNER_CATCH_UP_TIMEOUT, self.raft.add_learner(id, node, true)).await {
-                    Ok(Ok(_)) => self.membership(),
+                    Ok(Ok(_)) => {
+                        tracing::info!(target: "audit", event = "membership", learner = id, remote = %session.remote, "node added as a learner");
+                        self.membership()
+                    }
                     Ok(Err(e)) if e.forward_to_leader().is_some() => self.not_leader(),
                     Ok(Err(e)) => Reply::Error(format!("adding node {id}: {e}")),
                     Err(_) => Reply::Error(format!(
@@ -605,8 +632,11 @@ impl Gateway {
                 if voters.is_empty() {
                     return Reply::Error("a cluster needs at least one voter".into());
                 }
-                match self.raft.change_membership(voters, false).await {
-                    Ok(_) => self.membership(),
+                match self.raft.change_membership(voters.clone(), false).await {
+                    Ok(_) => {
+                        tracing::info!(target: "audit", event = "membership", voters = ?voters, remote = %session.remote, "voters changed");
+                        self.membership()
+                    }
                     Err(e) if e.forward_to_leader().is_some() => self.not_leader(),
                     Err(e) => Reply::Error(format!("changing the voters: {e}")),
                 }
@@ -623,7 +653,10 @@ impl Gateway {
                         Some(Ok(_)) if self.planted_unknown(principal, &command) => {
                             Reply::OutcomeUnknown("no answer (a planted test fault)".into())
                         }
-                        Some(Ok(outputs)) => Reply::Outputs(outputs),
+                        Some(Ok(outputs)) => {
+                            audit_key_change(session, &command, &outputs);
+                            Reply::Outputs(outputs)
+                        }
                         Some(Err(SubmitError::Unknown(why))) => Reply::OutcomeUnknown(why),
                         Some(Err(e)) => Reply::Error(e.to_string()),
                         None => Reply::Error("the engine returned no outputs".into()),
@@ -1110,6 +1143,7 @@ pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
                 return;
             };
             let session = Arc::new(Session {
+                remote: connection.remote_address(),
                 principal: OnceLock::new(),
                 bucket: Mutex::new(TokenBucket::new(gateway.session_limits.commands_per_sec)),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(
@@ -1145,6 +1179,13 @@ pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
                         break;
                     }
                 }
+            }
+            if let Some(principal) = session.principal.get() {
+                let why = connection
+                    .close_reason()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default();
+                tracing::info!(target: "audit", event = "logoff", broker = principal.broker.0, remote = %session.remote, %why, "session ended");
             }
         });
     }

@@ -39,6 +39,7 @@ async fn missing(
     let mut owners = owners.into_iter();
     for (broker, key_digest, accounts) in registrations {
         if !known.contains(&(broker, key_digest)) {
+            tracing::info!(target: "audit", event = "broker key", broker = broker.0, change = "set", source = "brokers file", "broker key registered");
             commands.push(Command::Admin(AdminCommand::SetBrokerKey {
                 broker,
                 key_digest,

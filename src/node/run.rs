@@ -300,10 +300,20 @@ impl Node {
         // second under load.
         let fatal = async move {
             let mut every = tokio::time::interval(FATAL_CHECK_EVERY);
+            let mut leader_seen = None;
             loop {
                 every.tick().await;
-                if let Err(fatal) = &metrics.borrow().running_state {
-                    return fatal.to_string();
+                let (leader, term) = {
+                    let now = metrics.borrow();
+                    if let Err(fatal) = &now.running_state {
+                        return fatal.to_string();
+                    }
+                    (now.current_leader, now.current_term)
+                };
+                // The audit trail: each leader this node learns of, once.
+                if leader.is_some() && leader != leader_seen {
+                    leader_seen = leader;
+                    tracing::info!(target: "audit", event = "leader", leader = leader, term, "leader changed");
                 }
                 if metrics.has_changed().is_err() {
                     return "Raft stopped".to_string();
