@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use exchange::gateway::server::SessionLimits;
 use exchange::node::config::{self, parse_peer, FileConfig, NodeConfig};
 use exchange::node::run::Node;
 use exchange::replication::engine_thread::IdleStrategy;
@@ -49,85 +50,91 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// This node's id; must appear in --peers.
+    /// Print the configuration this node would run with (flags over environment over the
+    /// --config file over defaults), then exit without starting.
     #[arg(long)]
+    check_config: bool,
+    /// This node's id; must appear in --peers.
+    #[arg(long, env = "EXCHANGE_ID")]
     id: Option<u64>,
     /// Every node of the cluster, comma separated: id=RAFT_ADDR[/BROKER_ADDR]. An address is
     /// ip:port or host:port (a host name is resolved once, at start).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', env = "EXCHANGE_PEERS")]
     peers: Vec<String>,
     /// A TOML file with any of these settings (see cluster/three-nodes.toml); flags win.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "EXCHANGE_CONFIG")]
     config: Option<PathBuf>,
     /// How log lines are written to stderr: text for people, json (one object a line) for
     /// log collectors [default: text]. RUST_LOG filters them (default: info, openraft errors).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "EXCHANGE_LOG_FORMAT")]
     log_format: Option<config::LogFormat>,
     /// Where this node keeps its log, vote and snapshot [default: data/node-ID].
-    #[arg(long)]
+    #[arg(long, env = "EXCHANGE_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// The TLS certificate directory [default: cluster/certs].
-    #[arg(long)]
+    #[arg(long, env = "EXCHANGE_CERTS_DIR")]
     certs_dir: Option<PathBuf>,
     /// Bind Raft here instead of this node's address in --peers (e.g. 0.0.0.0:7001).
-    #[arg(long)]
+    #[arg(long, env = "EXCHANGE_RAFT_LISTEN")]
     raft_listen: Option<SocketAddr>,
     /// Bind the broker endpoint here instead of this node's broker address.
-    #[arg(long)]
+    #[arg(long, env = "EXCHANGE_BROKER_LISTEN")]
     broker_listen: Option<SocketAddr>,
     /// When log appends are made durable [default: batch].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "EXCHANGE_FSYNC")]
     fsync: Option<Fsync>,
     /// How the engine thread waits for work [default: backoff].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "EXCHANGE_IDLE")]
     idle: Option<IdleStrategy>,
     /// Pin the engine thread to this CPU core.
-    #[arg(long)]
+    #[arg(long, env = "EXCHANGE_PIN_CORE")]
     pin_core: Option<usize>,
     /// Leader heartbeat interval; also the deadline of each AppendEntries [default: 20].
-    #[arg(long)]
+    #[arg(long, env = "EXCHANGE_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
     /// Election timeout range, lower end [default: 30].
-    #[arg(long)]
+    #[arg(long, env = "EXCHANGE_ELECTION_MIN_MS")]
     election_min_ms: Option<u64>,
     /// Election timeout range, upper end [default: 60].
-    #[arg(long)]
+    #[arg(long, env = "EXCHANGE_ELECTION_MAX_MS")]
     election_max_ms: Option<u64>,
     /// Snapshot (and purge the log behind it) every this many entries [default: 20000].
-    #[arg(long)]
+    #[arg(long, env = "EXCHANGE_SNAPSHOT_EVERY")]
     snapshot_every: Option<u64>,
     /// Log segment size in MiB [default: 64].
-    #[arg(long)]
+    #[arg(long, env = "EXCHANGE_SEGMENT_MIB")]
     segment_mib: Option<u64>,
     /// Found a new cluster with --peers as its members: give it to one node, on the cluster's
     /// very first start (ignored if the node already has a log). Other nodes, and restarts,
     /// go without it. A node that lost its data should rejoin under a new id (cluster replace).
-    #[arg(long)]
+    #[arg(long, env = "EXCHANGE_BOOTSTRAP")]
     bootstrap: bool,
     /// The brokers file: the admin key, and brokers with their API keys and accounts, which
     /// the leader registers when it takes office [default: cluster/brokers.toml, if present].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "EXCHANGE_BROKERS")]
     brokers: Option<PathBuf>,
     /// Commands per second one broker session may send (a burst of one second's worth).
-    #[arg(long, default_value_t = 500_000)]
-    session_rate: u32,
+    /// [default: 500000]
+    #[arg(long, env = "EXCHANGE_SESSION_RATE")]
+    session_rate: Option<u32>,
     /// Commands one session may have waiting for their answers; at most 4096 (the engine's
     /// exactly-once window).
-    #[arg(long, default_value_t = 4_096)]
-    session_in_flight: u32,
+    /// [default: 4096]
+    #[arg(long, env = "EXCHANGE_SESSION_IN_FLIGHT")]
+    session_in_flight: Option<u32>,
     /// Serve Prometheus metrics (GET /metrics: role, term, commit and applied index, apply
     /// lag, commands applied, rejects by reason; latency of broker answers, of Raft rounds
     /// and of log appends) on this address.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "EXCHANGE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Market data messages a live subscriber may fall behind before the node sends it a
     /// fresh snapshot instead (a slow subscriber never slows the engine).
-    #[arg(long, value_name = "MESSAGES")]
+    #[arg(long, value_name = "MESSAGES", env = "EXCHANGE_MD_SUBSCRIBER_BUFFER")]
     md_subscriber_buffer: Option<usize>,
     /// Write every order, execution, trade and balance change into this SQLite database
     /// (the reporter; a follower is a good place). Its cursor is committed with the rows, so
     /// a crash neither loses nor doubles a row. Read it with `exchange-cli report`.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "EXCHANGE_REPORT_DB")]
     report_db: Option<PathBuf>,
     /// Test-only fault: report a wrong output hash from this log index on, to prove that
     /// divergence detection catches it. Exists only in builds with the `test-faults` feature;
@@ -206,7 +213,10 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let id = args.id.ok_or("--id is required")?;
+    let id = args
+        .id
+        .or(file.id)
+        .ok_or("--id is required (or EXCHANGE_ID, or id in the --config file)")?;
     let peer_texts = if args.peers.is_empty() {
         file.peers.clone().unwrap_or_default()
     } else {
@@ -239,12 +249,15 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             .certs_dir
             .or(file.certs_dir)
             .unwrap_or_else(|| PathBuf::from("cluster/certs")),
-        raft_listen: args.raft_listen.unwrap_or(me.raft),
-        broker_listen: args.broker_listen.unwrap_or(me.broker),
+        raft_listen: args.raft_listen.or(file.raft_listen).unwrap_or(me.raft),
+        broker_listen: args
+            .broker_listen
+            .or(file.broker_listen)
+            .unwrap_or(me.broker),
         peers,
         fsync: args.fsync.or(file.fsync).unwrap_or_default(),
         idle: args.idle.or(file.idle).unwrap_or_default(),
-        pin_core: args.pin_core,
+        pin_core: args.pin_core.or(file.pin_core),
         heartbeat_ms: args
             .heartbeat_ms
             .or(file.heartbeat_ms)
@@ -262,7 +275,7 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             .or(file.snapshot_every)
             .unwrap_or(config::SNAPSHOT_EVERY_DEFAULT),
         segment_bytes: segment_mib.saturating_mul(1 << 20),
-        bootstrap: args.bootstrap,
+        bootstrap: args.bootstrap || file.bootstrap.unwrap_or(false),
         brokers_file: match args.brokers.or(file.brokers) {
             Some(path) => Some(path),
             None => Some(PathBuf::from("cluster/brokers.toml")).filter(|p| p.exists()),
@@ -275,8 +288,14 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             .clamp(1, 1 << 20),
         report_db: args.report_db.or(file.report_db),
         session_limits: exchange::gateway::server::SessionLimits {
-            commands_per_sec: args.session_rate,
-            in_flight_max: args.session_in_flight,
+            commands_per_sec: args
+                .session_rate
+                .or(file.session_rate)
+                .unwrap_or(SessionLimits::default().commands_per_sec),
+            in_flight_max: args
+                .session_in_flight
+                .or(file.session_in_flight)
+                .unwrap_or(SessionLimits::default().in_flight_max),
         },
         #[cfg(feature = "test-faults")]
         fault_diverge_at: args.fault_diverge_at,
@@ -341,6 +360,7 @@ fn main() -> ExitCode {
             .init(),
         config::LogFormat::Json => logger.json().init(),
     }
+    let check_only = cli.run.check_config;
     let config = match resolve(cli.run) {
         Ok(config) => config,
         Err(e) => {
@@ -348,6 +368,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check_only {
+        if let Err(e) = config.check() {
+            eprintln!("exchange-node: {e}");
+            return ExitCode::from(2);
+        }
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -107,7 +107,14 @@ pub struct NodeConfig {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    pub id: Option<u64>,
     pub peers: Option<Vec<String>>,
+    pub raft_listen: Option<SocketAddr>,
+    pub broker_listen: Option<SocketAddr>,
+    pub pin_core: Option<usize>,
+    pub bootstrap: Option<bool>,
+    pub session_rate: Option<u32>,
+    pub session_in_flight: Option<u32>,
     pub data_dir: Option<PathBuf>,
     pub certs_dir: Option<PathBuf>,
     pub fsync: Option<Fsync>,
