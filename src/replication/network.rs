@@ -202,18 +202,7 @@ impl PeerConnection {
     ) -> Result<Response, CallError> {
         let attempt = async {
             let connection = self.connection().await?;
-            let (mut send, mut recv) = connection
-                .open_bi()
-                .await
-                .map_err(|e| CallError::Unreachable(e.to_string()))?;
-            let frame_error = |e: FrameError| CallError::Network(e.to_string());
-            write_frame(&mut send, &bytes).await.map_err(frame_error)?;
-            let _ = send.finish();
-            let reply = read_frame(&mut recv, RAFT_FRAME_BYTES_MAX)
-                .await
-                .map_err(frame_error)?
-                .ok_or_else(|| CallError::Network("the peer closed the stream".into()))?;
-            postcard::from_bytes::<Response>(&reply).map_err(|e| CallError::Network(e.to_string()))
+            exchange(&connection, &bytes).await
         };
         match tokio::time::timeout(deadline, attempt).await {
             Ok(Ok(response)) => Ok(response),
@@ -226,30 +215,14 @@ impl PeerConnection {
         }
     }
 
-    /// One request and its answer on a stream of `connection`, as a task of its own bounded by
-    /// `bound`.
+    /// `exchange` as a task of its own, bounded by `bound`.
     fn spawn_exchange(
         connection: quinn::Connection,
         bytes: Vec<u8>,
         bound: Duration,
     ) -> tokio::task::JoinHandle<Result<Response, CallError>> {
         tokio::spawn(async move {
-            let attempt = async {
-                let (mut send, mut recv) = connection
-                    .open_bi()
-                    .await
-                    .map_err(|e| CallError::Unreachable(e.to_string()))?;
-                let frame_error = |e: FrameError| CallError::Network(e.to_string());
-                write_frame(&mut send, &bytes).await.map_err(frame_error)?;
-                let _ = send.finish();
-                let reply = read_frame(&mut recv, RAFT_FRAME_BYTES_MAX)
-                    .await
-                    .map_err(frame_error)?
-                    .ok_or_else(|| CallError::Network("the peer closed the stream".into()))?;
-                postcard::from_bytes::<Response>(&reply)
-                    .map_err(|e| CallError::Network(e.to_string()))
-            };
-            tokio::time::timeout(bound, attempt)
+            tokio::time::timeout(bound, exchange(&connection, &bytes))
                 .await
                 .unwrap_or(Err(CallError::Timeout))
         })
@@ -336,6 +309,22 @@ impl PeerConnection {
             }),
         }
     }
+}
+
+/// One request and its answer, on a stream of its own on `connection`.
+async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Result<Response, CallError> {
+    let (mut send, mut recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+    let frame_error = |e: FrameError| CallError::Network(e.to_string());
+    write_frame(&mut send, bytes).await.map_err(frame_error)?;
+    let _ = send.finish();
+    let reply = read_frame(&mut recv, RAFT_FRAME_BYTES_MAX)
+        .await
+        .map_err(frame_error)?
+        .ok_or_else(|| CallError::Network("the peer closed the stream".into()))?;
+    postcard::from_bytes::<Response>(&reply).map_err(|e| CallError::Network(e.to_string()))
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
