@@ -12,7 +12,8 @@
 //! outlives the call's deadline, and a resend from the same place in the log waits for that
 //! exchange's answer instead of sending the entries again (`PeerConnection::in_flight`); when
 //! the resend carries more entries than the exchange did, the answer says how far the
-//! follower matched (a partial success), and the rest goes in the next request.
+//! follower matched (a partial success), and the rest goes in the next request. After a few
+//! deadlines an unanswered exchange is taken for lost and the entries are sent again.
 
 use std::future::Future;
 use std::io::Cursor;
@@ -43,6 +44,10 @@ const LARGE_FRAME_BYTES: usize = 1 << 20;
 /// How long an AppendEntries exchange may go on after the call that started it gave up (a
 /// resend of the same entries picks up its answer).
 const APPEND_OUTLIVES_CALL: Duration = Duration::from_secs(2);
+/// Resends join a running exchange for at most this many calls' deadlines; after that it is
+/// taken for lost and the entries go again, well within an election timeout (a request the
+/// follower never got must not hold replication to it up for `APPEND_OUTLIVES_CALL`).
+const APPEND_JOIN_DEADLINES: u32 = 4;
 /// How long dialling a peer may take before the RPC counts the peer unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A snapshot transfer's deadline: a base plus time per megabyte.
@@ -109,6 +114,7 @@ pub struct PeerConnection {
 /// An AppendEntries exchange: the leader's vote, the log id before its entries and the last
 /// entry's (the entries run contiguously between them), and its answer to come.
 struct InFlight {
+    started: tokio::time::Instant,
     vote: Vote,
     prev: Option<LogId>,
     last: Option<LogId>,
@@ -121,8 +127,17 @@ impl InFlight {
     /// entries after one log id are the same whenever it sends them). Its answer then answers
     /// the request, as far as this exchange's entries go. (The leader's commit index may have
     /// moved on; the follower learns it with the next request.)
-    fn answers(&self, vote: &Vote, prev: &Option<LogId>, last: &Option<LogId>) -> bool {
-        self.vote == *vote && self.prev == *prev && self.last <= *last
+    fn answers(
+        &self,
+        vote: &Vote,
+        prev: &Option<LogId>,
+        last: &Option<LogId>,
+        join_for: Duration,
+    ) -> bool {
+        self.started.elapsed() < join_for
+            && self.vote == *vote
+            && self.prev == *prev
+            && self.last <= *last
     }
 }
 
@@ -238,10 +253,9 @@ impl PeerConnection {
         let started = tokio::time::Instant::now();
         let (vote, prev) = (rpc.vote, rpc.prev_log_id);
         let last = rpc.entries.last().map(|entry| entry.log_id).or(prev);
-        let joins = self
-            .in_flight
-            .as_ref()
-            .is_some_and(|running| running.answers(&vote, &prev, &last));
+        let joins = self.in_flight.as_ref().is_some_and(|running| {
+            running.answers(&vote, &prev, &last, deadline * APPEND_JOIN_DEADLINES)
+        });
         if !joins {
             // Another request: an exchange still running for an older one goes on alone.
             self.in_flight = None;
@@ -253,6 +267,7 @@ impl PeerConnection {
                 .map_err(|e| CallError::Network(e.to_string()))?;
             let exchange = Self::spawn_exchange(connection, bytes, deadline + APPEND_OUTLIVES_CALL);
             self.in_flight = Some(InFlight {
+                started,
                 vote,
                 prev,
                 last,
