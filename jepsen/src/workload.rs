@@ -152,8 +152,8 @@ pub async fn setup(admin: &mut Client) -> Result<(), String> {
         quote: QUOTE,
         tick_size: Price(1),
         lot_size: Qty(1),
-        price_band_bps: 0,
-        reference_price: Price(0),
+        name: exchange_domain::Name::numbered("SYM", SYMBOL.0 as u64),
+        price_decimals: 0,
     }))];
     for broker in brokers() {
         for account in broker.accounts {

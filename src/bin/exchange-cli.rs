@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use exchange::cli::catalog::Catalog;
 use exchange::cli::outcome::CliError;
 use exchange::cli::{bench, cluster, lobster, market, replay, workload};
+use exchange::gateway::client::Client;
 
 #[derive(Parser)]
 #[command(
@@ -159,7 +161,43 @@ enum Commands {
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
     },
-    /// Send an order command to the cluster's leader and print its outputs.
+    /// The symbols and named assets: names, ids, tick and lot sizes, decimals, status.
+    Instruments {
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
+    /// An account's balances of every asset it holds: available and held (for open orders).
+    Balances {
+        /// The account (a broker's own, or any for the operator).
+        #[arg(long)]
+        account: u64,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
+    /// An account's open orders, oldest first.
+    Orders {
+        /// The account (a broker's own, or any for the operator).
+        #[arg(long)]
+        account: u64,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
+    /// The logged-on broker's execution reports, one line each with its RFC 3339 time: those
+    /// after --since, then with --follow each new one as it happens (across failovers).
+    Reports {
+        /// Start after this report sequence number (0: from the first kept).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Keep following new reports until interrupted (or for --seconds).
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
+    /// Send an order command to the cluster's leader and print its execution reports.
     Order {
         #[command(subcommand)]
         order: cluster::OrderCommand,
@@ -312,9 +350,22 @@ fn main() -> ExitCode {
             order: cluster::OrderCommand::Status { order_id },
             cluster,
         } => on_runtime(|rt| rt.block_on(order_status(cluster, order_id))),
-        Commands::Order { order, cluster } => cluster::order_command(&order)
-            .map_err(CliError::from)
-            .and_then(|command| on_runtime(|rt| rt.block_on(submit(cluster, command, "orders")))),
+        Commands::Order { order, cluster } => {
+            on_runtime(|rt| rt.block_on(order_command(cluster, order)))
+        }
+        Commands::Instruments { cluster } => on_runtime(|rt| rt.block_on(instruments(cluster))),
+        Commands::Balances { account, cluster } => {
+            on_runtime(|rt| rt.block_on(balances(cluster, account)))
+        }
+        Commands::Orders { account, cluster } => {
+            on_runtime(|rt| rt.block_on(open_orders(cluster, account)))
+        }
+        Commands::Reports {
+            since,
+            follow,
+            seconds,
+            cluster,
+        } => on_runtime(|rt| rt.block_on(reports(cluster, since, follow, seconds))),
         Commands::Watch { what, cluster } => on_runtime(|rt| {
             rt.block_on(market::watch(&cluster, &what))
                 .map_err(CliError::from)
@@ -326,11 +377,9 @@ fn main() -> ExitCode {
         Commands::Report(args) => {
             exchange::cli::report::run(&args, &mut std::io::stdout().lock()).map_err(CliError::from)
         }
-        Commands::Admin { admin, cluster } => cluster::admin_command(&admin)
-            .map_err(CliError::from)
-            .and_then(|command| {
-                on_runtime(|rt| rt.block_on(submit(cluster, command, "admin commands")))
-            }),
+        Commands::Admin { admin, cluster } => {
+            on_runtime(|rt| rt.block_on(admin_command(cluster, admin)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -595,24 +644,75 @@ fn health(rows: &[serde_json::Value]) -> Result<(), CliError> {
 
 /// Sends one command (`what` names its kind, for the error without a logon); exits 1 when the
 /// exchange refused it.
-async fn submit(
-    args: cluster::ClusterArgs,
-    command: exchange::domain::Command,
-    what: &str,
-) -> Result<(), CliError> {
+/// A logged-on client and the cluster's names, for commands that need both.
+async fn logged_on(args: &cluster::ClusterArgs, what: &str) -> Result<(Client, Catalog), CliError> {
     let key = args.required_key(what)?;
     let mut client = args.client_with_key(&key)?;
+    let catalog = Catalog::fetch(&mut client).await?;
+    Ok((client, catalog))
+}
+
+async fn order_command(
+    args: cluster::ClusterArgs,
+    order: cluster::OrderCommand,
+) -> Result<(), CliError> {
+    if let cluster::OrderCommand::Status { order_id } = order {
+        return order_status(args, order_id).await;
+    }
+    let (mut client, catalog) = logged_on(&args, "orders").await?;
+    let replaced_symbol = match order.replaced_order() {
+        Some(order_id) => client.order_status(order_id).await?.map(|o| o.symbol),
+        None => None,
+    };
+    let command = cluster::order_command(&order, &catalog, replaced_symbol)?;
     let outputs = client.submit(command).await?;
-    cluster::print_outputs(&outputs, args.json)?;
+    cluster::print_outputs(&outputs, args.json, &catalog)?;
+    refusal(&outputs)
+}
+
+async fn admin_command(
+    args: cluster::ClusterArgs,
+    admin: cluster::AdminArg,
+) -> Result<(), CliError> {
+    let (mut client, catalog) = logged_on(&args, "admin commands").await?;
+    let commands = cluster::admin_commands(&admin, &catalog)?;
+    let mut outputs = Vec::new();
+    if commands.len() == 1 {
+        outputs = client.submit(commands[0]).await?;
+    } else {
+        for answer in client.submit_batch(commands).await? {
+            outputs.extend(answer?);
+        }
+    }
+    // Describe what was just added with the names it brought.
+    let catalog = if outputs.iter().any(|o| {
+        matches!(
+            o.event,
+            exchange::domain::Event::SymbolAdded { .. }
+                | exchange::domain::Event::AssetAdded { .. }
+        )
+    }) {
+        Catalog::fetch(&mut client).await.unwrap_or(catalog)
+    } else {
+        catalog
+    };
+    cluster::print_outputs(&outputs, args.json, &catalog)?;
+    refusal(&outputs)
+}
+
+/// Exit 1 when the exchange refused the command.
+fn refusal(outputs: &[exchange::domain::Output]) -> Result<(), CliError> {
     match outputs.iter().find_map(|o| o.event.reject_reason()) {
-        Some(reason) => Err(CliError::Refused(format!("refused: {reason:?}"))),
+        Some(reason) => Err(CliError::Refused(format!(
+            "refused: {}",
+            exchange::cli::catalog::reason_text(reason)
+        ))),
         None => Ok(()),
     }
 }
 
 async fn order_status(args: cluster::ClusterArgs, order_id: u64) -> Result<(), CliError> {
-    let key = args.required_key("order status")?;
-    let mut client = args.client_with_key(&key)?;
+    let (mut client, catalog) = logged_on(&args, "order status").await?;
     let open = client.order_status(order_id).await?;
     if args.json {
         let json = serde_json::json!({ "order_id": order_id, "open": open });
@@ -620,13 +720,167 @@ async fn order_status(args: cluster::ClusterArgs, order_id: u64) -> Result<(), C
     } else {
         match open {
             Some(o) => println!(
-                "order {order_id}: open, account {} symbol {} {:?} {} @ {} left",
-                o.account, o.symbol, o.side, o.leaves_qty, o.price
+                "OPEN ord {order_id} account {} {} {} {} @ {} leaves {}",
+                o.account,
+                side_name(o.side),
+                catalog.qty(o.symbol, o.leaves_qty),
+                catalog.symbol_name(o.symbol),
+                catalog.price(o.symbol, o.price),
+                catalog.qty(o.symbol, o.leaves_qty)
             ),
-            None => println!("order {order_id}: not open (filled, cancelled, or not yours)"),
+            None => println!("NOT OPEN ord {order_id} (filled, cancelled, or not yours)"),
         }
     }
     Ok(())
+}
+
+fn side_name(side: exchange::domain::Side) -> &'static str {
+    match side {
+        exchange::domain::Side::Buy => "buy",
+        exchange::domain::Side::Sell => "sell",
+    }
+}
+
+async fn instruments(args: cluster::ClusterArgs) -> Result<(), CliError> {
+    let (_, catalog) = logged_on(&args, "instruments").await?;
+    if args.json {
+        let json = serde_json::json!({ "symbols": catalog.symbols, "assets": catalog.assets });
+        println!("{json}");
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:>6} {:<12} {:<12} {:>10} {:>8} {:>8}  status",
+        "symbol", "id", "base", "quote", "tick", "lot", "band bps"
+    );
+    for s in &catalog.symbols {
+        println!(
+            "{:<16} {:>6} {:<12} {:<12} {:>10} {:>8} {:>8}  {}",
+            s.name,
+            s.symbol,
+            catalog.asset_name(s.base),
+            catalog.asset_name(s.quote),
+            catalog.price(s.symbol, s.tick_size),
+            catalog.qty(s.symbol, s.lot_size),
+            s.price_band_bps,
+            if s.halted { "halted" } else { "trading" }
+        );
+    }
+    if !catalog.assets.is_empty() {
+        println!();
+        println!("{:<16} {:>6} {:>8}", "asset", "id", "decimals");
+        for a in &catalog.assets {
+            println!("{:<16} {:>6} {:>8}", a.name, a.asset, a.decimals);
+        }
+    }
+    Ok(())
+}
+
+async fn balances(args: cluster::ClusterArgs, account: u64) -> Result<(), CliError> {
+    let (mut client, catalog) = logged_on(&args, "balances").await?;
+    let balances = client.balances(account, Vec::new()).await?;
+    if args.json {
+        let rows: Vec<_> = balances
+            .iter()
+            .map(|&(asset, available, held)| {
+                serde_json::json!({ "asset": asset, "name": catalog.asset(asset).map(|a| &a.name),
+                    "available": available, "held": held })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "account": account, "balances": rows })
+        );
+        return Ok(());
+    }
+    if balances.is_empty() {
+        println!("account {account}: no balances (unknown, empty, or not yours)");
+        return Ok(());
+    }
+    println!("{:<16} {:>20} {:>20}", "asset", "available", "held");
+    for (asset, available, held) in balances {
+        println!(
+            "{:<16} {:>20} {:>20}",
+            catalog.asset_name(asset),
+            catalog.amount(asset, available),
+            catalog.amount(asset, held)
+        );
+    }
+    Ok(())
+}
+
+async fn open_orders(args: cluster::ClusterArgs, account: u64) -> Result<(), CliError> {
+    let (mut client, catalog) = logged_on(&args, "orders").await?;
+    let orders = client.open_orders(account).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "account": account, "orders": orders })
+        );
+        return Ok(());
+    }
+    if orders.is_empty() {
+        println!("account {account}: no open orders (or not yours)");
+        return Ok(());
+    }
+    for o in orders {
+        println!(
+            "OPEN ord {} clord {} {} {} {} @ {}",
+            o.order_id,
+            o.client_order_id,
+            side_name(o.side),
+            catalog.qty(o.symbol, o.leaves_qty),
+            catalog.symbol_name(o.symbol),
+            catalog.price(o.symbol, o.price)
+        );
+    }
+    Ok(())
+}
+
+async fn reports(
+    args: cluster::ClusterArgs,
+    since: u64,
+    follow: bool,
+    seconds: Option<f64>,
+) -> Result<(), CliError> {
+    let (client, mut catalog) = logged_on(&args, "reports").await?;
+    let mut feed = client.into_report_feed(since);
+    let deadline =
+        seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s.max(0.0)));
+    let mut quiet_rounds = 0;
+    loop {
+        let batch = feed.next(std::time::Duration::from_millis(500)).await?;
+        if batch.is_empty() {
+            quiet_rounds += 1;
+        }
+        for output in &batch {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(output).map_err(|e| e.to_string())?
+                );
+            } else {
+                if matches!(output.event, exchange::domain::Event::SymbolAdded { .. }) {
+                    catalog = logged_on(&args, "reports")
+                        .await
+                        .map(|(_, c)| c)
+                        .unwrap_or(catalog);
+                }
+                println!(
+                    "{} seq {} {}",
+                    exchange::cli::catalog::rfc3339(output.timestamp_ns),
+                    output.seq,
+                    catalog.describe(output)
+                );
+            }
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(());
+        }
+        // Without --follow: what is there now, then stop once the feed goes quiet.
+        if !follow && deadline.is_none() && batch.is_empty() && quiet_rounds >= 1 {
+            return Ok(());
+        }
+    }
 }
 
 fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, String> {

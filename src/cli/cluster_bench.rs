@@ -240,8 +240,8 @@ async fn setup(args: &ClusterArgs, config: &BenchConfig) -> Result<Vec<Member>, 
         quote: AssetId(2),
         tick_size: Price(1),
         lot_size: Qty(1),
-        price_band_bps: 0,
-        reference_price: Price(0),
+        name: exchange_domain::Name::numbered("SYM", symbol.0 as u64),
+        price_decimals: 0,
     }))];
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -253,8 +253,8 @@ impl Replay {
             quote: AssetId(2),
             tick_size: Price(TICK),
             lot_size: Qty(1),
-            price_band_bps: 0,
-            reference_price: Price(0),
+            name: exchange_domain::Name::numbered("SYM", SYMBOL.0 as u64),
+            price_decimals: 0,
         })));
         for account in [MAKERS, TAKERS] {
             replay.run(Command::Admin(AdminCommand::CreateAccount {

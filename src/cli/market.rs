@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 
+use super::catalog::{rfc3339, Catalog};
 use super::cluster::ClusterArgs;
 use crate::marketdata::feed::{Candle, Channel, Interval, Level, MdBody, StreamState, TradeTick};
 
@@ -23,8 +24,8 @@ pub enum WatchWhat {
 
 #[derive(Args, Clone, Debug)]
 pub struct WatchArgs {
-    /// The symbol's id.
-    pub symbol: u32,
+    /// The symbol, by name (AAPL) or number.
+    pub symbol: String,
     /// Stop after this many seconds [default: run until interrupted].
     #[arg(long, value_name = "SECONDS")]
     pub seconds: Option<f64>,
@@ -32,8 +33,8 @@ pub struct WatchArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct CandlesArgs {
-    /// The symbol's id.
-    pub symbol: u32,
+    /// The symbol, by name (AAPL) or number.
+    pub symbol: String,
     /// The candle length.
     #[arg(long, value_enum, default_value = "1m")]
     pub interval: Interval,
@@ -55,7 +56,8 @@ pub async fn watch(cluster: &ClusterArgs, what: &WatchWhat) -> Result<(), String
         WatchWhat::Book(args) => (args, Channel::Book),
         WatchWhat::Trades(args) => (args, Channel::Trades),
     };
-    let mut feed = market_client(cluster)?.into_market_feed(args.symbol, channel);
+    let (client, catalog, symbol) = market_client(cluster, &args.symbol).await?;
+    let mut feed = client.into_market_feed(symbol, channel);
     let until = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
@@ -74,7 +76,7 @@ pub async fn watch(cluster: &ClusterArgs, what: &WatchWhat) -> Result<(), String
             Channel::Book => {
                 dirty |= !messages.is_empty();
                 if dirty && last_draw.is_none_or(|t| t.elapsed() >= REDRAW_EVERY) {
-                    draw_book(&mut out, args.symbol, feed.state())?;
+                    draw_book(&mut out, &catalog, symbol, feed.state())?;
                     last_draw = Some(Instant::now());
                     dirty = false;
                 }
@@ -82,11 +84,13 @@ pub async fn watch(cluster: &ClusterArgs, what: &WatchWhat) -> Result<(), String
             _ => {
                 for message in &messages {
                     match &message.body {
-                        MdBody::Trades { trades } => print_trades(&mut out, trades)?,
+                        MdBody::Trades { trades } => {
+                            print_trades(&mut out, &catalog, symbol, trades)?
+                        }
                         MdBody::TradesSnapshot { recent } => {
-                            writeln!(out, "-- recent trades of symbol {}", args.symbol)
+                            writeln!(out, "-- recent trades of {}", catalog.symbol_name(symbol))
                                 .map_err(io)?;
-                            print_trades(&mut out, recent)?;
+                            print_trades(&mut out, &catalog, symbol, recent)?;
                             writeln!(out, "-- live").map_err(io)?;
                         }
                         _ => {}
@@ -96,21 +100,31 @@ pub async fn watch(cluster: &ClusterArgs, what: &WatchWhat) -> Result<(), String
         }
     }
     if channel == Channel::Book && !cluster.json {
-        draw_book(&mut out, args.symbol, feed.state())?;
+        draw_book(&mut out, &catalog, symbol, feed.state())?;
     }
     Ok(())
 }
 
-/// A client for market data, which a session reads once logged on.
-fn market_client(cluster: &ClusterArgs) -> Result<crate::gateway::client::Client, String> {
-    cluster.client_with_key(&cluster.required_key("market data")?)
+/// A client for market data (which a session reads once logged on), the cluster's names, and
+/// the symbol asked for.
+async fn market_client(
+    cluster: &ClusterArgs,
+    symbol: &str,
+) -> Result<(crate::gateway::client::Client, Catalog, u32), String> {
+    let mut client = cluster.client_with_key(&cluster.required_key("market data")?)?;
+    let catalog = Catalog::fetch(&mut client)
+        .await
+        .map_err(|e| e.to_string())?;
+    let symbol = catalog.symbol_id(symbol).map_err(|e| e.to_string())?;
+    Ok((client, catalog, symbol))
 }
 
 pub async fn candles(cluster: &ClusterArgs, args: &CandlesArgs) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
+    let (mut client, catalog, symbol) = market_client(cluster, &args.symbol).await?;
     if !args.follow {
-        let snapshot = market_client(cluster)?
-            .market_snapshot(args.symbol, Channel::Candles)
+        let snapshot = client
+            .market_snapshot(symbol, Channel::Candles)
             .await
             .map_err(|e| e.to_string())?;
         let mut state = StreamState::default();
@@ -119,11 +133,11 @@ pub async fn candles(cluster: &ClusterArgs, args: &CandlesArgs) -> Result<(), St
             writeln!(out, "{}", candle_header()).map_err(io)?;
         }
         for candle in state.candles(args.interval) {
-            print_candle(&mut out, candle, cluster.json)?;
+            print_candle(&mut out, &catalog, symbol, candle, cluster.json)?;
         }
         return Ok(());
     }
-    let mut feed = market_client(cluster)?.into_market_feed(args.symbol, Channel::Candles);
+    let mut feed = client.into_market_feed(symbol, Channel::Candles);
     let until = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
@@ -137,7 +151,7 @@ pub async fn candles(cluster: &ClusterArgs, args: &CandlesArgs) -> Result<(), St
                 _ => continue,
             };
             for candle in candles.iter().filter(|c| c.interval == args.interval) {
-                print_candle(&mut out, candle, cluster.json)?;
+                print_candle(&mut out, &catalog, symbol, candle, cluster.json)?;
             }
         }
     }
@@ -154,30 +168,29 @@ fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<(),
     out.flush().map_err(io)
 }
 
-/// `HH:MM:SS.mmm` (UTC) of a timestamp in nanoseconds since the epoch.
-pub fn clock(timestamp_ns: u64) -> String {
-    let millis = timestamp_ns / 1_000_000;
-    let seconds = millis / 1_000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        seconds / 3_600 % 24,
-        seconds / 60 % 60,
-        seconds % 60,
-        millis % 1_000
-    )
-}
-
-fn draw_book(out: &mut impl Write, symbol: u32, state: &StreamState) -> Result<(), String> {
+fn draw_book(
+    out: &mut impl Write,
+    catalog: &Catalog,
+    symbol: u32,
+    state: &StreamState,
+) -> Result<(), String> {
     // Home the cursor and clear the screen: the book stays in place as it changes.
     let mut screen = String::from("\x1b[H\x1b[2J");
     screen.push_str(&format!(
-        "symbol {symbol}   message {}   log index {}   {} UTC\n\n",
+        "{}   message {}   log index {}   {}\n\n",
+        catalog.symbol_name(symbol),
         state.seq.map_or("-".into(), |s| s.to_string()),
         state.index,
-        clock(state.timestamp_ns)
+        rfc3339(state.timestamp_ns)
     ));
-    screen.push_str(&format!("{:>12} {:>12}\n", "price", "quantity"));
-    let row = |side: &str, level: &Level| format!("{side} {:>8} {:>12}\n", level.price, level.qty);
+    screen.push_str(&format!("    {:>12} {:>12}\n", "price", "quantity"));
+    let row = |side: &str, level: &Level| {
+        format!(
+            "{side} {:>12} {:>12}\n",
+            catalog.price(symbol, level.price),
+            catalog.qty(symbol, level.qty)
+        )
+    };
     for level in state.asks.iter().rev() {
         screen.push_str(&row("ask", level));
     }
@@ -192,15 +205,24 @@ fn draw_book(out: &mut impl Write, symbol: u32, state: &StreamState) -> Result<(
     out.flush().map_err(io)
 }
 
-fn print_trades(out: &mut impl Write, trades: &[TradeTick]) -> Result<(), String> {
+fn print_trades(
+    out: &mut impl Write,
+    catalog: &Catalog,
+    symbol: u32,
+    trades: &[TradeTick],
+) -> Result<(), String> {
     for trade in trades {
         writeln!(
             out,
-            "{}  {:>10} @ {:<10} {:?} aggressor  (trade {})",
-            clock(trade.timestamp_ns),
-            trade.qty,
-            trade.price,
-            trade.aggressor,
+            "{}  TRADE {} {} @ {}  {} aggressor  (trade {})",
+            rfc3339(trade.timestamp_ns),
+            catalog.qty(symbol, trade.qty),
+            catalog.symbol_name(symbol),
+            catalog.price(symbol, trade.price),
+            match trade.aggressor {
+                exchange_domain::Side::Buy => "buy",
+                exchange_domain::Side::Sell => "sell",
+            },
             trade.trade_id
         )
         .map_err(io)?;
@@ -210,38 +232,34 @@ fn print_trades(out: &mut impl Write, trades: &[TradeTick]) -> Result<(), String
 
 fn candle_header() -> String {
     format!(
-        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7}  state",
-        "start (UTC)", "open", "high", "low", "close", "volume", "trades"
+        "{:<27} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7}  state",
+        "start", "open", "high", "low", "close", "volume", "trades"
     )
 }
 
-fn print_candle(out: &mut impl Write, candle: &Candle, json: bool) -> Result<(), String> {
+fn print_candle(
+    out: &mut impl Write,
+    catalog: &Catalog,
+    symbol: u32,
+    candle: &Candle,
+    json: bool,
+) -> Result<(), String> {
     if json {
         return print_json(out, candle);
     }
+    let price = |p| catalog.price(symbol, p);
     writeln!(
         out,
-        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7}  {}",
-        clock(candle.start_ns),
-        candle.open,
-        candle.high,
-        candle.low,
-        candle.close,
-        candle.volume,
+        "{:<27} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7}  {}",
+        rfc3339(candle.start_ns),
+        price(candle.open),
+        price(candle.high),
+        price(candle.low),
+        price(candle.close),
+        catalog.qty(symbol, candle.volume),
         candle.trades,
         if candle.closed { "closed" } else { "open" }
     )
     .map_err(io)?;
     out.flush().map_err(io)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clock_shows_utc_time_of_day() {
-        // 2023-11-14 22:13:20.123 UTC
-        assert_eq!(clock(1_700_000_000_123_000_000), "22:13:20.123");
-    }
 }

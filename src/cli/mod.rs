@@ -4,9 +4,11 @@
 //!   audit);
 //! - [`workload`]: the seeded synthetic order stream of `engine-bench` and the benchmarks;
 //! - [`bench`]: `engine-bench`, throughput and per-command latency percentiles;
-//! - [`outcome`]: how the CLI ends, and its exit codes.
+//! - [`outcome`]: how the CLI ends, and its exit codes;
+//! - [`catalog`]: names and decimal prices at the edge, and execution-report lines.
 
 pub mod bench;
+pub mod catalog;
 pub mod cluster;
 pub mod cluster_bench;
 pub mod lobster;

@@ -187,8 +187,8 @@ pub fn prepare(rows: &[Row], config: ReplayConfig) -> Prepared {
         quote: REPLAY_QUOTE,
         tick_size: Price(config.tick_size),
         lot_size: Qty(config.lot_size),
-        price_band_bps: 0,
-        reference_price: Price(0),
+        name: exchange_domain::Name::numbered("SYM", REPLAY_SYMBOL.0 as u64),
+        price_decimals: 0,
     }))];
     for &account in &accounts {
         let account = AccountId(account);
@@ -263,7 +263,7 @@ pub fn prepare(rows: &[Row], config: ReplayConfig) -> Prepared {
 }
 
 /// Counts what a replay produced, while it runs.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ReplayStats {
     pub accepted: u64,
     pub rejected: u64,
@@ -274,6 +274,20 @@ pub struct ReplayStats {
     /// Counts per reason, indexed as `RejectReason::ALL`: nothing allocated per reject while
     /// the replay is timed.
     pub rejects: [u64; REJECT_REASONS],
+}
+
+impl Default for ReplayStats {
+    fn default() -> Self {
+        ReplayStats {
+            accepted: 0,
+            rejected: 0,
+            cancelled: 0,
+            trades: 0,
+            volume: 0,
+            notional: 0,
+            rejects: [0; REJECT_REASONS],
+        }
+    }
 }
 
 impl EventSink for ReplayStats {

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccountId, Amount, AssetId, BrokerId, ClientOrderId, Event, OrderId, OrderType, Price, Qty,
-    RejectReason, SelfTradePrevention, Side, SymbolId, TimeInForce,
+    AccountId, Amount, AssetId, BrokerId, ClientOrderId, Event, Name, OrderId, OrderType, Price,
+    Qty, RejectReason, SelfTradePrevention, Side, SymbolId, TimeInForce,
 };
 
 /// One sequenced command: the engine's entire input. Nothing else reaches the engine.
@@ -36,6 +36,11 @@ pub struct Input {
 /// it changes the on-disk format.
 pub const INPUT_ARCHIVED_BYTES: usize = 88;
 const _: () = assert!(std::mem::size_of::<ArchivedInput>() == INPUT_ARCHIVED_BYTES);
+// A symbol's description (the largest admin command) must not outgrow a new order: every
+// command in a batch takes the largest variant's room.
+const _: () = assert!(
+    std::mem::size_of::<ArchivedAdminCommand>() <= std::mem::size_of::<ArchivedNewOrder>() + 8
+);
 
 impl NewOrder {
     /// The event that refuses this order.
@@ -264,11 +269,11 @@ pub struct SymbolSpec {
     pub tick_size: Price,
     /// Quantities must be positive multiples of this.
     pub lot_size: Qty,
-    /// Orders priced further than this from the reference price are rejected, in basis points
-    /// of the reference price. 0 disables the band.
-    pub price_band_bps: u32,
-    /// The reference price until the first trade (0: none yet, so no band applies).
-    pub reference_price: Price,
+    /// What people call it; unique among symbols and assets.
+    pub name: Name,
+    /// Decimals of its prices as people write them: a price of 10050 with 2 decimals reads
+    /// "100.50". Display only: the engine works on the integers.
+    pub price_decimals: u8,
 }
 
 /// Per-account pre-trade limits.
@@ -329,11 +334,19 @@ pub enum AdminCommand {
         amount: Amount,
     },
     AddSymbol(SymbolSpec),
+    /// Names an asset and the decimals its amounts are written with (display only: balances
+    /// stay integers). Unique ids and names; an asset need not be named to be deposited.
+    AddAsset {
+        asset: AssetId,
+        name: Name,
+        decimals: u8,
+    },
     SetRiskLimits {
         account: AccountId,
         limits: RiskLimits,
     },
-    /// Sets the price band and, when `reference_price` is positive, the reference price.
+    /// Sets the price band and, when `reference_price` is positive, the reference price. A new
+    /// symbol has no band (and no reference price until its first trade).
     SetPriceBand {
         symbol: SymbolId,
         price_band_bps: u32,

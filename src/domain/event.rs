@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccountId, Amount, AssetId, BrokerId, ClientOrderId, ExecId, KeyDigest, OrderId, OrderType,
-    Price, Qty, RiskLimits, Side, SymbolId, SymbolSpec, TimeInForce, TradeId,
+    AccountId, Amount, AssetId, BrokerId, ClientOrderId, ExecId, KeyDigest, Name, OrderId,
+    OrderType, Price, Qty, RiskLimits, Side, SymbolId, SymbolSpec, TimeInForce, TradeId,
 };
 
 /// One output event, stamped with the sequence number and timestamp of the input that caused it.
@@ -83,15 +83,22 @@ pub enum RejectReason {
     BalanceOverflow,
     InvalidSymbolSpec,
     InvalidRiskLimits,
-    /// The account already holds as many different assets as an account may.
+    /// The account already holds as many different assets as an account may, or the exchange
+    /// has named as many assets as it may.
     TooManyAssets,
     TooManyAccounts,
     TooManySymbols,
     TooManyBrokers,
+    /// The asset id is already named.
+    AssetExists,
+    /// Another symbol, or another asset, already has this name.
+    NameTaken,
+    /// An asset's name or decimals are not valid.
+    InvalidAssetSpec,
 }
 
 /// How many reject reasons there are; `reason as usize` is below it.
-pub const REJECT_REASONS: usize = 30;
+pub const REJECT_REASONS: usize = 33;
 
 impl RejectReason {
     /// Every reason, in declaration order: `ALL[reason as usize] == reason`.
@@ -126,6 +133,9 @@ impl RejectReason {
         RejectReason::TooManyAccounts,
         RejectReason::TooManySymbols,
         RejectReason::TooManyBrokers,
+        RejectReason::AssetExists,
+        RejectReason::NameTaken,
+        RejectReason::InvalidAssetSpec,
     ];
 
     /// The stable numeric code (1xx request, 2xx risk, 3xx funds, 4xx matching, 5xx admin).
@@ -161,6 +171,9 @@ impl RejectReason {
             RejectReason::TooManyAccounts => 507,
             RejectReason::TooManySymbols => 508,
             RejectReason::TooManyBrokers => 509,
+            RejectReason::AssetExists => 510,
+            RejectReason::NameTaken => 511,
+            RejectReason::InvalidAssetSpec => 512,
         }
     }
 }
@@ -319,6 +332,11 @@ pub enum Event {
     SymbolAdded {
         spec: SymbolSpec,
     },
+    AssetAdded {
+        asset: AssetId,
+        name: Name,
+        decimals: u8,
+    },
     RiskLimitsSet {
         account: AccountId,
         limits: RiskLimits,
@@ -380,6 +398,7 @@ impl Event {
             | Event::RiskLimitsSet { account, .. }
             | Event::DuplicateOrder { account, .. } => Some(account),
             Event::SymbolAdded { .. }
+            | Event::AssetAdded { .. }
             | Event::PriceBandSet { .. }
             | Event::TradingStatus { .. }
             | Event::AdminRejected { .. }
@@ -407,6 +426,13 @@ impl WordWriter<'_> {
     #[inline(always)]
     fn signed(&mut self, value: i64) -> &mut Self {
         self.word(value as u64)
+    }
+    /// A name as two words, zero-padded.
+    fn name(&mut self, name: Name) -> &mut Self {
+        let mut words = [0u8; 16];
+        words[..name.0.len()].copy_from_slice(&name.0);
+        self.word(u64::from_le_bytes(words[..8].try_into().expect("8 bytes")))
+            .word(u64::from_le_bytes(words[8..].try_into().expect("8 bytes")))
     }
 }
 
@@ -572,8 +598,18 @@ impl Output {
                     .word(spec.quote.0 as u64)
                     .signed(spec.tick_size.0)
                     .signed(spec.lot_size.0)
-                    .word(spec.price_band_bps as u64)
-                    .signed(spec.reference_price.0);
+                    .name(spec.name)
+                    .word(spec.price_decimals as u64);
+            }
+            Event::AssetAdded {
+                asset,
+                name,
+                decimals,
+            } => {
+                w.word(19)
+                    .word(asset.0 as u64)
+                    .name(name)
+                    .word(decimals as u64);
             }
             Event::RiskLimitsSet { account, limits } => {
                 w.word(12)

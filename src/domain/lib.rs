@@ -16,6 +16,7 @@
 mod command;
 mod event;
 mod ids;
+mod names;
 mod order;
 mod units;
 
@@ -28,5 +29,8 @@ pub use event::{
     REJECT_REASONS,
 };
 pub use ids::{AccountId, AssetId, BrokerId, ClientOrderId, ExecId, OrderId, SymbolId, TradeId};
+pub use names::{
+    format_decimal, parse_decimal, DecimalError, Name, NameError, DECIMALS_MAX, NAME_BYTES_MAX,
+};
 pub use order::{OrderType, SelfTradePrevention, Side, TimeInForce};
 pub use units::{Amount, Price, Qty};

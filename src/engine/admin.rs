@@ -1,10 +1,12 @@
 //! Administrative commands: accounts, funds, symbols, limits, trading status.
 
-use exchange_domain::{AdminCommand, Amount, Event, Price, RejectReason, SymbolSpec};
+use exchange_domain::{
+    AdminCommand, Amount, Event, Name, Price, RejectReason, SymbolSpec, DECIMALS_MAX,
+};
 
 use crate::book::Book;
-use crate::engine::{Emitter, Market, State};
-use crate::limits::PRICE_BAND_BPS_MAX;
+use crate::engine::{AssetSpec, Emitter, Market, State};
+use crate::limits::{NAMED_ASSETS_MAX, PRICE_BAND_BPS_MAX};
 use crate::sink::EventSink;
 use crate::wallet::Account;
 
@@ -103,15 +105,57 @@ impl State {
                 if !spec_is_valid(&spec) {
                     return Err(RejectReason::InvalidSymbolSpec);
                 }
+                if self.name_taken(spec.name) {
+                    return Err(RejectReason::NameTaken);
+                }
+                // With both assets named, a price must read in whole quote units per whole
+                // base unit, or people would misread every price.
+                let decimals = |asset| self.assets.iter().find(|a| a.asset == asset);
+                if let (Some(base), Some(quote)) = (decimals(spec.base), decimals(spec.quote)) {
+                    if i16::from(quote.decimals) - i16::from(base.decimals)
+                        != i16::from(spec.price_decimals)
+                    {
+                        return Err(RejectReason::InvalidSymbolSpec);
+                    }
+                }
                 self.market_index
                     .insert(spec.symbol, self.markets.len() as u32);
                 self.markets.push(Market {
                     spec,
                     halted: false,
-                    reference_price: spec.reference_price,
+                    price_band_bps: 0,
+                    reference_price: Price(0),
                     book: Book::new(),
                 });
                 Ok(Event::SymbolAdded { spec })
+            }
+            AdminCommand::AddAsset {
+                asset,
+                name,
+                decimals,
+            } => {
+                if self.assets.iter().any(|a| a.asset == asset) {
+                    return Err(RejectReason::AssetExists);
+                }
+                if !name.is_valid() || decimals > DECIMALS_MAX {
+                    return Err(RejectReason::InvalidAssetSpec);
+                }
+                if self.name_taken(name) {
+                    return Err(RejectReason::NameTaken);
+                }
+                if self.assets.len() >= NAMED_ASSETS_MAX {
+                    return Err(RejectReason::TooManyAssets);
+                }
+                self.assets.push(AssetSpec {
+                    asset,
+                    name,
+                    decimals,
+                });
+                Ok(Event::AssetAdded {
+                    asset,
+                    name,
+                    decimals,
+                })
             }
             AdminCommand::SetRiskLimits { account, limits } => {
                 let index = self.account(account)?;
@@ -137,7 +181,7 @@ impl State {
                     return Err(RejectReason::InvalidPrice);
                 }
                 let market = &mut self.markets[index];
-                market.spec.price_band_bps = price_band_bps;
+                market.price_band_bps = price_band_bps;
                 if reference_price.0 > 0 {
                     market.reference_price = reference_price;
                 }
@@ -166,6 +210,12 @@ impl State {
         }
     }
 
+    /// Whether a symbol or an asset already has the name: one name, one thing.
+    fn name_taken(&self, name: Name) -> bool {
+        self.markets.iter().any(|m| m.spec.name == name)
+            || self.assets.iter().any(|a| a.name == name)
+    }
+
     fn account(&self, account: exchange_domain::AccountId) -> Result<usize, RejectReason> {
         self.account_index
             .get(&account)
@@ -185,6 +235,6 @@ fn spec_is_valid(spec: &SymbolSpec) -> bool {
     spec.tick_size.0 > 0
         && spec.lot_size.0 > 0
         && spec.base != spec.quote
-        && spec.price_band_bps <= PRICE_BAND_BPS_MAX
-        && spec.reference_price >= Price(0)
+        && spec.name.is_valid()
+        && spec.price_decimals <= DECIMALS_MAX
 }

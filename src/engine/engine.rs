@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use exchange_domain::{
-    AccountId, AssetId, BrokerId, Command, Event, Input, KeyDigest, NewOrder, OrderId, Output,
-    Price, Qty, RejectReason, Side, SymbolId, SymbolSpec,
+    AccountId, AssetId, BrokerId, Command, Event, Input, KeyDigest, Name, NewOrder, OrderId,
+    Output, Price, Qty, RejectReason, Side, SymbolId, SymbolSpec,
 };
 use rustc_hash::FxHashMap;
 
@@ -22,6 +22,9 @@ use crate::wallet::Account;
 pub(crate) struct Market {
     pub spec: SymbolSpec,
     pub halted: bool,
+    /// Orders priced further than this from the reference price are refused, in basis points
+    /// of it (0: no band).
+    pub price_band_bps: u32,
     /// The last trade's price, or the price an administrator set; 0 when there is none.
     pub reference_price: Price,
     pub book: Book,
@@ -39,6 +42,8 @@ pub(crate) struct State {
     pub market_index: FxHashMap<SymbolId, u32>,
     pub brokers: Vec<Broker>,
     pub broker_index: FxHashMap<BrokerId, u32>,
+    /// Named assets, in the order they were named.
+    pub assets: Vec<AssetSpec>,
     /// Deposits minus withdrawals per asset: what the balances of every account must sum to.
     pub asset_totals: BTreeMap<AssetId, i64>,
     pub trades: u64,
@@ -78,6 +83,34 @@ pub struct OpenOrder {
     pub leaves: Qty,
 }
 
+/// A named asset: what people call it and the decimals its amounts are written with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AssetSpec {
+    pub asset: AssetId,
+    pub name: Name,
+    pub decimals: u8,
+}
+
+/// A symbol as people see it: its description and trading state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Instrument {
+    pub spec: SymbolSpec,
+    pub halted: bool,
+    pub price_band_bps: u32,
+    pub reference_price: Price,
+}
+
+/// One of an account's open orders, as queries see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountOrder {
+    pub order_id: OrderId,
+    pub client_order_id: exchange_domain::ClientOrderId,
+    pub symbol: SymbolId,
+    pub side: Side,
+    pub price: Price,
+    pub leaves: Qty,
+}
+
 /// The deterministic matching engine: `(state, input) -> (state', outputs)`.
 ///
 /// It never reads a clock, a random source or the environment, and performs no IO: the same
@@ -100,6 +133,7 @@ impl Engine {
                 market_index: FxHashMap::default(),
                 brokers: Vec::new(),
                 broker_index: FxHashMap::default(),
+                assets: Vec::new(),
                 asset_totals: BTreeMap::new(),
                 trades: 0,
                 executions: 0,
@@ -255,6 +289,57 @@ impl Engine {
     /// Every registered broker with its key digest (all zeros: revoked), in registration order.
     pub fn brokers(&self) -> impl Iterator<Item = (BrokerId, KeyDigest)> + '_ {
         self.state.brokers.iter().map(|b| (b.id, b.key_digest))
+    }
+
+    /// Every symbol, in the order they were added.
+    pub fn instruments(&self) -> impl Iterator<Item = Instrument> + '_ {
+        self.state.markets.iter().map(|market| Instrument {
+            spec: market.spec,
+            halted: market.halted,
+            price_band_bps: market.price_band_bps,
+            reference_price: market.reference_price,
+        })
+    }
+
+    /// Every named asset, in the order they were named.
+    pub fn assets(&self) -> &[AssetSpec] {
+        &self.state.assets
+    }
+
+    /// An account's open orders, oldest first, at most `max` (its open-order limit bounds
+    /// them anyway).
+    pub fn account_orders(&self, account: AccountId, max: usize) -> Vec<AccountOrder> {
+        let Some(&index) = self.state.account_index.get(&account) else {
+            return Vec::new();
+        };
+        let mut orders = Vec::new();
+        let mut handle = self.state.accounts[index as usize].orders_head;
+        while handle != crate::arena::NIL && orders.len() < max {
+            let order = self.state.orders.get(handle);
+            orders.push(AccountOrder {
+                order_id: order.id,
+                client_order_id: order.client_order_id,
+                symbol: self.state.markets[order.symbol as usize].spec.symbol,
+                side: order.side,
+                price: order.price,
+                leaves: order.leaves,
+            });
+            handle = order.account_next;
+        }
+        orders
+    }
+
+    /// Every asset the account holds or held, with (available, held), in the order it first
+    /// held them.
+    pub fn account_balances(&self, account: AccountId) -> Vec<(AssetId, i64, i64)> {
+        let Some(&index) = self.state.account_index.get(&account) else {
+            return Vec::new();
+        };
+        self.state.accounts[index as usize]
+            .balances
+            .iter()
+            .map(|b| (b.asset, b.available, b.held))
+            .collect()
     }
 
     /// Whether the account exists.

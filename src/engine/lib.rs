@@ -38,7 +38,7 @@ mod wallet;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{Engine, OpenOrder};
+pub use engine::{AccountOrder, AssetSpec, Engine, Instrument, OpenOrder};
 pub use hash::OutputHasher;
 pub use invariants::InvariantViolation;
 pub use limits::{
@@ -47,6 +47,6 @@ pub use limits::{
 };
 pub use sink::{DiscardSink, EventSink, FnSink};
 pub use snapshot::{
-    AccountSnapshot, AssetTotal, BalanceSnapshot, BrokerSnapshot, MarketSnapshot, OrderSnapshot,
-    RememberedOrder, RestoreError, Snapshot, SNAPSHOT_FORMAT_VERSION,
+    AccountSnapshot, AssetTotal, BalanceSnapshot, BrokerSnapshot, MarketSnapshot, NamedAsset,
+    OrderSnapshot, RememberedOrder, RestoreError, Snapshot, SNAPSHOT_FORMAT_VERSION,
 };

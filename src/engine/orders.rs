@@ -50,7 +50,7 @@ fn check_risk(
         .notional(qty)
         .filter(|notional| *notional <= limits.max_order_notional)
         .ok_or(RejectReason::MaxNotionalExceeded)?;
-    let band_bps = market.spec.price_band_bps;
+    let band_bps = market.price_band_bps;
     let reference = market.reference_price.0;
     if band_bps > 0 && reference > 0 {
         // In i128: both factors are below 2^63 and 2^21, so nothing overflows.

@@ -7,8 +7,8 @@
 //! is an error, never a panic, and a restored state must pass the invariant check.
 
 use exchange_domain::{
-    AccountId, AssetId, BrokerId, ClientOrderId, KeyDigest, OrderId, Price, Qty, RejectReason,
-    RiskLimits, SelfTradePrevention, Side, SymbolSpec, TimeInForce,
+    AccountId, AssetId, BrokerId, ClientOrderId, KeyDigest, Name, OrderId, Price, Qty,
+    RejectReason, RiskLimits, SelfTradePrevention, Side, SymbolSpec, TimeInForce,
 };
 
 use crate::arena::{Order, NIL};
@@ -21,7 +21,7 @@ use crate::limits::EngineConfig;
 use crate::wallet::{Account, Balance};
 
 /// Bumped whenever the snapshot's layout or meaning changes.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Snapshot {
@@ -37,6 +37,8 @@ pub struct Snapshot {
     /// In the engine's table order.
     pub markets: Vec<MarketSnapshot>,
     pub asset_totals: Vec<AssetTotal>,
+    /// Named assets, in the engine's table order.
+    pub assets: Vec<NamedAsset>,
     /// In the engine's table order.
     pub brokers: Vec<BrokerSnapshot>,
 }
@@ -77,6 +79,7 @@ pub struct BalanceSnapshot {
 pub struct MarketSnapshot {
     pub spec: SymbolSpec,
     pub halted: bool,
+    pub price_band_bps: u32,
     pub reference_price: Price,
     /// Worst level first, each level's queue front first.
     pub bids: Vec<OrderSnapshot>,
@@ -93,6 +96,13 @@ pub struct OrderSnapshot {
     pub priority: u64,
     pub time_in_force: TimeInForce,
     pub self_trade_prevention: SelfTradePrevention,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NamedAsset {
+    pub asset: AssetId,
+    pub name: Name,
+    pub decimals: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -210,6 +220,7 @@ impl Engine {
                 .map(|market| MarketSnapshot {
                     spec: market.spec,
                     halted: market.halted,
+                    price_band_bps: market.price_band_bps,
                     reference_price: market.reference_price,
                     bids: side_snapshot(market, Side::Buy),
                     asks: side_snapshot(market, Side::Sell),
@@ -219,6 +230,15 @@ impl Engine {
                 .asset_totals
                 .iter()
                 .map(|(&asset, &total)| AssetTotal { asset, total })
+                .collect(),
+            assets: state
+                .assets
+                .iter()
+                .map(|a| NamedAsset {
+                    asset: a.asset,
+                    name: a.name,
+                    decimals: a.decimals,
+                })
                 .collect(),
             brokers: state
                 .brokers
@@ -256,6 +276,19 @@ impl Engine {
         state.executions = snapshot.executions;
         for total in &snapshot.asset_totals {
             state.asset_totals.insert(total.asset, total.total);
+        }
+        for saved in &snapshot.assets {
+            if !saved.name.is_valid() || state.assets.iter().any(|a| a.asset == saved.asset) {
+                return Err(inconsistent(format!(
+                    "asset {} is named twice or invalidly",
+                    saved.asset
+                )));
+            }
+            state.assets.push(crate::engine::AssetSpec {
+                asset: saved.asset,
+                name: saved.name,
+                decimals: saved.decimals,
+            });
         }
         for saved in &snapshot.accounts {
             if saved.balances.len() > crate::limits::ASSETS_PER_ACCOUNT_MAX {
@@ -326,9 +359,16 @@ impl Engine {
                     saved.spec.symbol
                 )));
             }
+            if !saved.spec.name.is_valid() {
+                return Err(inconsistent(format!(
+                    "symbol {} has an invalid name",
+                    saved.spec.symbol
+                )));
+            }
             state.markets.push(Market {
                 spec: saved.spec,
                 halted: saved.halted,
+                price_band_bps: saved.price_band_bps,
                 reference_price: saved.reference_price,
                 book: Book::new(),
             });

@@ -744,6 +744,36 @@ impl Client {
         }
     }
 
+    /// Every symbol and named asset (from the first node that answers).
+    pub async fn instruments(
+        &mut self,
+    ) -> Result<
+        (
+            Vec<super::protocol::InstrumentInfo>,
+            Vec<super::protocol::AssetInfo>,
+        ),
+        ClientError,
+    > {
+        match self.request_leader(&Request::Instruments).await? {
+            Reply::Instruments { symbols, assets } => Ok((symbols, assets)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// An account's open orders, oldest first, from the leader.
+    pub async fn open_orders(
+        &mut self,
+        account: u64,
+    ) -> Result<Vec<super::protocol::AccountOrderInfo>, ClientError> {
+        match self
+            .request_leader(&Request::OpenOrders { account })
+            .await?
+        {
+            Reply::OpenOrders { orders, .. } => Ok(orders),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The engine's own book: (applied index, bids, asks), best first.
     pub async fn depth(
         &mut self,

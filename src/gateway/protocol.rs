@@ -83,9 +83,14 @@ pub enum Request {
     /// The engine's own book now, `levels` per side at most (any node): what market data is
     /// checked against.
     Depth { symbol: u32, levels: u32 },
-    /// Leader only: an account's balances of these assets (at most 64): a broker, of its own
-    /// accounts only.
+    /// Leader only: an account's balances of these assets (at most 64; none: every asset the
+    /// account holds): a broker, of its own accounts only.
     Balances { account: u64, assets: Vec<u32> },
+    /// Every symbol and every named asset, with names and decimals (any node): what a client
+    /// needs to show names and decimal prices and to accept them.
+    Instruments,
+    /// Leader only: an account's open orders, oldest first: a broker, of its own accounts only.
+    OpenOrders { account: u64 },
 }
 
 /// Reports in one `Reports` frame, at most.
@@ -146,7 +151,56 @@ pub enum Reply {
         account: u64,
         balances: Vec<(u32, i64, i64)>,
     },
+    /// The symbols, in the order they were added, and the named assets.
+    Instruments {
+        symbols: Vec<InstrumentInfo>,
+        assets: Vec<AssetInfo>,
+    },
+    /// An account's open orders, oldest first; none for an unknown account or another
+    /// broker's.
+    OpenOrders {
+        account: u64,
+        orders: Vec<AccountOrderInfo>,
+    },
 }
+
+/// A symbol as `Instruments` describes it. Prices (tick, reference) are integers in quote
+/// units per base unit; `price_decimals` says how people write them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstrumentInfo {
+    pub symbol: u32,
+    pub name: String,
+    pub base: u32,
+    pub quote: u32,
+    pub tick_size: i64,
+    pub lot_size: i64,
+    pub price_decimals: u8,
+    pub halted: bool,
+    pub price_band_bps: u32,
+    pub reference_price: i64,
+}
+
+/// A named asset: its amounts are integers, written with `decimals` decimals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetInfo {
+    pub asset: u32,
+    pub name: String,
+    pub decimals: u8,
+}
+
+/// One open order of an account, as `OpenOrders` lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountOrderInfo {
+    pub order_id: u64,
+    pub client_order_id: u64,
+    pub symbol: u32,
+    pub side: exchange_domain::Side,
+    pub price: i64,
+    pub leaves_qty: i64,
+}
+
+/// Open orders one `OpenOrders` answer lists, at most.
+pub const OPEN_ORDERS_PER_REPLY_MAX: usize = 10_000;
 
 /// Assets one `Balances` request may ask for.
 pub const BALANCE_ASSETS_MAX: usize = 64;

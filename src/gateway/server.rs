@@ -21,10 +21,10 @@ use tokio::sync::broadcast;
 use super::credentials;
 use super::metrics::GatewayMetrics;
 use super::protocol::{
-    CommandAnswer, NodeStatus, OpenOrderStatus, Reply, Request, BALANCE_ASSETS_MAX,
-    BROKER_FRAME_BYTES_MAX, DEPTH_LEVELS_MAX, LEARNER_CATCH_UP_TIMEOUT,
-    MARKET_MESSAGES_PER_FRAME_MAX, PROTOCOL_VERSION, REPORTS_PER_FRAME_MAX,
-    SUBMIT_BATCH_COMMANDS_MAX,
+    AccountOrderInfo, AssetInfo, CommandAnswer, InstrumentInfo, NodeStatus, OpenOrderStatus, Reply,
+    Request, BALANCE_ASSETS_MAX, BROKER_FRAME_BYTES_MAX, DEPTH_LEVELS_MAX,
+    LEARNER_CATCH_UP_TIMEOUT, MARKET_MESSAGES_PER_FRAME_MAX, OPEN_ORDERS_PER_REPLY_MAX,
+    PROTOCOL_VERSION, REPORTS_PER_FRAME_MAX, SUBMIT_BATCH_COMMANDS_MAX,
 };
 use crate::marketdata::feed::{Channel, Level};
 use crate::marketdata::hub::{MarketHub, Published, Start};
@@ -586,6 +586,8 @@ impl Gateway {
             Request::Balances { account, assets } => {
                 self.balances(principal, account, assets).await
             }
+            Request::Instruments => self.instruments().await,
+            Request::OpenOrders { account } => self.open_orders(principal, account).await,
             Request::AddLearner { .. } | Request::SetVoters { .. } if !principal.is_operator() => {
                 Reply::Error("not permitted: membership changes need the admin credential".into())
             }
@@ -700,6 +702,81 @@ impl Gateway {
             Ok(_) => None,
         };
         Reply::OrderStatus { order_id, open }
+    }
+
+    /// Every symbol and named asset, from this node's engine (any node: they are replicated).
+    async fn instruments(&self) -> Reply {
+        let read = self
+            .engine
+            .query(|engine| {
+                let symbols = engine
+                    .instruments()
+                    .map(|i| InstrumentInfo {
+                        symbol: i.spec.symbol.0,
+                        name: i.spec.name.to_string(),
+                        base: i.spec.base.0,
+                        quote: i.spec.quote.0,
+                        tick_size: i.spec.tick_size.0,
+                        lot_size: i.spec.lot_size.0,
+                        price_decimals: i.spec.price_decimals,
+                        halted: i.halted,
+                        price_band_bps: i.price_band_bps,
+                        reference_price: i.reference_price.0,
+                    })
+                    .collect();
+                let assets = engine
+                    .assets()
+                    .iter()
+                    .map(|a| AssetInfo {
+                        asset: a.asset.0,
+                        name: a.name.to_string(),
+                        decimals: a.decimals,
+                    })
+                    .collect();
+                (symbols, assets)
+            })
+            .await;
+        match read {
+            Ok((symbols, assets)) => Reply::Instruments { symbols, assets },
+            Err(e) => Reply::Error(e.to_string()),
+        }
+    }
+
+    /// An account's open orders, from the leader's engine. A broker sees only its own accounts.
+    async fn open_orders(&self, principal: Principal, account: u64) -> Reply {
+        if let Err(reply) = self.confirm_leadership().await {
+            return reply;
+        }
+        let read = self
+            .engine
+            .query(move |engine| {
+                let id = AccountId(account);
+                let orders = engine
+                    .account_orders(id, OPEN_ORDERS_PER_REPLY_MAX)
+                    .into_iter()
+                    .map(|o| AccountOrderInfo {
+                        order_id: o.order_id.0,
+                        client_order_id: o.client_order_id.0,
+                        symbol: o.symbol.0,
+                        side: o.side,
+                        price: o.price.0,
+                        leaves_qty: o.leaves.0,
+                    })
+                    .collect::<Vec<_>>();
+                (engine.account_owner(id), orders)
+            })
+            .await;
+        match read {
+            Err(e) => Reply::Error(e.to_string()),
+            Ok((owner, orders)) if principal.is_operator() || owner == Some(principal.broker) => {
+                Reply::OpenOrders { account, orders }
+            }
+            // Another broker's account is as good as unknown to this one.
+            Ok(_) => Reply::OpenOrders {
+                account,
+                orders: Vec::new(),
+            },
+        }
     }
 
     /// The test-only refusal of a command that was sequenced (`GatewayFaults`), and the
@@ -965,14 +1042,22 @@ impl Gateway {
             .query(move |engine| {
                 let id = AccountId(account);
                 let owner = engine.account_owner(id);
-                let balances = assets
-                    .iter()
-                    .filter_map(|&asset| {
-                        engine
-                            .balance(id, exchange_domain::AssetId(asset))
-                            .map(|(available, held)| (asset, available, held))
-                    })
-                    .collect::<Vec<_>>();
+                let balances = if assets.is_empty() {
+                    engine
+                        .account_balances(id)
+                        .into_iter()
+                        .map(|(asset, available, held)| (asset.0, available, held))
+                        .collect::<Vec<_>>()
+                } else {
+                    assets
+                        .iter()
+                        .filter_map(|&asset| {
+                            engine
+                                .balance(id, exchange_domain::AssetId(asset))
+                                .map(|(available, held)| (asset, available, held))
+                        })
+                        .collect::<Vec<_>>()
+                };
                 (owner, balances)
             })
             .await;

@@ -78,6 +78,8 @@ impl Node {
             format!("{e} (make development certificates with `exchange-node gen-certs`)")
         })?;
 
+        crate::replication::data_format::check_or_mark(&config.data_dir)
+            .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
         let append_latency = Arc::new(LatencyHistogram::default());
         let round_latency = Arc::new(LatencyHistogram::default());
         let log = LogStore::open(

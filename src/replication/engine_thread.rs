@@ -154,7 +154,7 @@ pub struct AppliedPosition {
 pub const HASH_HISTORY_ENTRIES: usize = 16_384;
 
 /// What other threads may read about the engine without asking it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineStatus {
     /// The last `HASH_HISTORY_ENTRIES` (index, hash) pairs, oldest first. A std mutex taken
     /// once per applied entry, never while an order is matched.
@@ -168,6 +168,20 @@ pub struct EngineStatus {
     commands_applied: AtomicU64,
     /// Refusals since this process started, by `RejectReason as usize`.
     rejects: [AtomicU64; REJECT_REASONS],
+}
+
+impl Default for EngineStatus {
+    fn default() -> Self {
+        EngineStatus {
+            history: Default::default(),
+            version: AtomicU64::new(0),
+            applied_index: AtomicU64::new(0),
+            output_hash: AtomicU64::new(0),
+            last_timestamp_ns: AtomicU64::new(0),
+            commands_applied: AtomicU64::new(0),
+            rejects: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl EngineStatus {
@@ -649,8 +663,8 @@ mod tests {
             quote: AssetId(2),
             tick_size: Price(1),
             lot_size: Qty(1),
-            price_band_bps: 0,
-            reference_price: Price(0),
+            name: exchange_domain::Name::numbered("SYM", 1),
+            price_decimals: 0,
         }))];
         for account in [AccountId(1), AccountId(2)] {
             commands.push(Command::Admin(AdminCommand::CreateAccount {

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod codec;
+pub mod data_format;
 pub mod divergence;
 pub mod engine_thread;
 pub mod log_store;

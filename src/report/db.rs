@@ -209,6 +209,8 @@ struct Rows<'tx> {
     execution: CachedStatement<'tx>,
     trade: CachedStatement<'tx>,
     balance_change: CachedStatement<'tx>,
+    instrument: CachedStatement<'tx>,
+    asset: CachedStatement<'tx>,
     cursor: CachedStatement<'tx>,
 }
 
@@ -270,6 +272,12 @@ impl<'tx> Rows<'tx> {
                  available, held, log_index, timestamp_ns) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?,
+            instrument: p(
+                "INSERT INTO instruments (symbol, name, price_decimals, base, quote, tick_size, \
+                 lot_size, log_index) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?,
+            asset: p("INSERT INTO assets (asset, name, decimals, log_index) \
+                 VALUES (?1, ?2, ?3, ?4)")?,
             cursor: p("UPDATE cursor SET last_index = ?1, last_timestamp_ns = ?2 WHERE id = 0")?,
         })
     }
@@ -550,9 +558,38 @@ impl<'tx> Rows<'tx> {
                     .context("inserting a balance change")?;
                 Ok(1)
             }
-            // Administration the reports do not cover (accounts, symbols, limits, halts, keys).
+            Event::SymbolAdded { spec } => {
+                self.instrument
+                    .execute(params![
+                        spec.symbol.0,
+                        spec.name.as_str(),
+                        spec.price_decimals,
+                        spec.base.0,
+                        spec.quote.0,
+                        spec.tick_size.0,
+                        spec.lot_size.0,
+                        sql_int(key.log_index),
+                    ])
+                    .context("inserting an instrument")?;
+                Ok(1)
+            }
+            Event::AssetAdded {
+                asset,
+                name,
+                decimals,
+            } => {
+                self.asset
+                    .execute(params![
+                        asset.0,
+                        name.as_str(),
+                        decimals,
+                        sql_int(key.log_index)
+                    ])
+                    .context("inserting an asset")?;
+                Ok(1)
+            }
+            // Administration the reports do not cover (accounts, limits, halts, keys).
             Event::AccountCreated { .. }
-            | Event::SymbolAdded { .. }
             | Event::RiskLimitsSet { .. }
             | Event::PriceBandSet { .. }
             | Event::TradingStatus { .. }

@@ -13,7 +13,7 @@ use super::{Context, ReportError};
 /// `PRAGMA application_id` of a report database: "EXRP".
 pub const APPLICATION_ID: i64 = 0x4558_5250;
 /// `PRAGMA user_version`: the schema below.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for a lock held by another one (a checkpoint, a reader that
 /// is starting) before it gives up.
@@ -142,6 +142,25 @@ CREATE TABLE balance_changes (
 ) WITHOUT ROWID;
 CREATE INDEX balance_changes_time ON balance_changes (timestamp_ns);
 CREATE INDEX balance_changes_account ON balance_changes (account, timestamp_ns);
+
+-- What people call symbols and assets, and the decimals their prices and amounts are written
+-- with: join on symbol or asset to show names and decimal prices.
+CREATE TABLE instruments (
+    symbol         INTEGER PRIMARY KEY,
+    name           TEXT NOT NULL UNIQUE,
+    price_decimals INTEGER NOT NULL,
+    base           INTEGER NOT NULL,
+    quote          INTEGER NOT NULL,
+    tick_size      INTEGER NOT NULL,
+    lot_size       INTEGER NOT NULL,
+    log_index      INTEGER NOT NULL
+);
+CREATE TABLE assets (
+    asset     INTEGER PRIMARY KEY,
+    name      TEXT NOT NULL UNIQUE,
+    decimals  INTEGER NOT NULL,
+    log_index INTEGER NOT NULL
+);
 ";
 
 /// What a file holds, as far as the report database cares.

@@ -41,8 +41,8 @@ impl Scenario {
             quote: USD,
             tick_size: Price(1),
             lot_size: Qty(1),
-            price_band_bps: 0,
-            reference_price: Price(0),
+            name: exchange_domain::Name::numbered("SYM", SYM.0 as u64),
+            price_decimals: 0,
         })));
         for account in [ALICE, BOB] {
             s.run(Command::Admin(AdminCommand::CreateAccount {

@@ -478,8 +478,8 @@ pub async fn setup_market(client: &mut Client, accounts: u64) {
             quote: QUOTE,
             tick_size: Price(1),
             lot_size: Qty(1),
-            price_band_bps: 0,
-            reference_price: Price(0),
+            name: exchange_domain::Name::numbered("SYM", SYMBOL.0 as u64),
+            price_decimals: 0,
         },
     ))];
     for account in 1..=accounts {

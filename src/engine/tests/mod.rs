@@ -64,8 +64,8 @@ pub fn spec(symbol: SymbolId, tick: i64, lot: i64) -> SymbolSpec {
         quote: USD,
         tick_size: Price(tick),
         lot_size: Qty(lot),
-        price_band_bps: 0,
-        reference_price: Price(0),
+        name: exchange_domain::Name::numbered("SYM", symbol.0 as u64),
+        price_decimals: 0,
     }
 }
 

@@ -2,8 +2,8 @@
 //! each leaving the state as it was.
 
 use exchange_domain::{
-    AdminCommand, Amount, AssetId, Event, OrderId, OrderType, Price, Qty, RejectReason, RiskLimits,
-    Side, SymbolId, TimeInForce,
+    AdminCommand, Amount, AssetId, Event, Name, OrderId, OrderType, Price, Qty, RejectReason,
+    RiskLimits, Side, SymbolId, TimeInForce,
 };
 
 use super::*;
@@ -195,6 +195,28 @@ fn scenario(reason: RejectReason) -> Scenario {
                 rejection(&h.admin(AdminCommand::AddSymbol(same_assets))),
                 Some(RejectReason::InvalidSymbolSpec)
             );
+            let mut unnamed = spec(SymbolId(10), 1, 1);
+            unnamed.name = Name([0; 15]);
+            assert_eq!(
+                rejection(&h.admin(AdminCommand::AddSymbol(unnamed))),
+                Some(RejectReason::InvalidSymbolSpec)
+            );
+            // Named assets fix the price decimals: USD 2, the base 0, so prices have 2.
+            for (asset, name, decimals) in [(USD, "USD", 2), (BASE, "BASEX", 0)] {
+                h.admin(AdminCommand::AddAsset {
+                    asset,
+                    name: Name::new(name).unwrap(),
+                    decimals,
+                });
+            }
+            let mut misread = spec(SymbolId(11), 1, 1);
+            misread.price_decimals = 4;
+            assert_eq!(
+                rejection(&h.admin(AdminCommand::AddSymbol(misread))),
+                Some(RejectReason::InvalidSymbolSpec)
+            );
+            misread.price_decimals = 2;
+            assert_eq!(rejection(&h.admin(AdminCommand::AddSymbol(misread))), None);
             h.admin(AdminCommand::AddSymbol(spec(SymbolId(9), 0, 1)))
         },
         RejectReason::InvalidRiskLimits => |h| h.admin(limits(0, 1, 1)),
@@ -258,6 +280,45 @@ fn scenario(reason: RejectReason) -> Scenario {
             });
             h.admin(AdminCommand::AddSymbol(spec(SYM, 1, 1)));
             h.admin(AdminCommand::AddSymbol(spec(GRID, 1, 1)))
+        },
+        RejectReason::AssetExists => |h| {
+            let usd = |name| AdminCommand::AddAsset {
+                asset: USD,
+                name: Name::new(name).unwrap(),
+                decimals: 2,
+            };
+            assert_eq!(rejection(&h.admin(usd("USD"))), None);
+            h.admin(usd("DOLLAR"))
+        },
+        RejectReason::NameTaken => |h| {
+            // A symbol's name may not be reused by an asset, nor by another symbol.
+            let taken = spec(SYM, 1, 1).name;
+            assert_eq!(
+                rejection(&h.admin(AdminCommand::AddAsset {
+                    asset: USD,
+                    name: taken,
+                    decimals: 2,
+                })),
+                Some(RejectReason::NameTaken)
+            );
+            let mut again = spec(SymbolId(77), 1, 1);
+            again.name = taken;
+            h.admin(AdminCommand::AddSymbol(again))
+        },
+        RejectReason::InvalidAssetSpec => |h| {
+            assert_eq!(
+                rejection(&h.admin(AdminCommand::AddAsset {
+                    asset: USD,
+                    name: Name::new("USD").unwrap(),
+                    decimals: 19,
+                })),
+                Some(RejectReason::InvalidAssetSpec)
+            );
+            h.admin(AdminCommand::AddAsset {
+                asset: USD,
+                name: Name([b'9'; 15]),
+                decimals: 2,
+            })
         },
     }
 }

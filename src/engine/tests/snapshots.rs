@@ -8,6 +8,16 @@ use crate::{Engine, RestoreError, Snapshot};
 #[test]
 fn a_restored_engine_continues_with_the_same_outputs_and_hash() {
     let mut h = Harness::new();
+    h.admin(exchange_domain::AdminCommand::AddAsset {
+        asset: USD,
+        name: exchange_domain::Name::new("USD").unwrap(),
+        decimals: 2,
+    });
+    h.admin(exchange_domain::AdminCommand::SetPriceBand {
+        symbol: SYM,
+        price_band_bps: 5_000,
+        reference_price: exchange_domain::Price(100),
+    });
     h.gtc(ALICE, Side::Sell, 101, 5);
     h.gtc(ALICE, Side::Sell, 100, 5);
     let bid = h.gtc(BOB, Side::Buy, 99, 5);
@@ -19,6 +29,12 @@ fn a_restored_engine_continues_with_the_same_outputs_and_hash() {
         Engine::restore(&Snapshot::from_bytes(&bytes).expect("decode")).expect("restore");
     assert_eq!(restored.output_hash(), h.engine.output_hash());
     assert_eq!(restored.snapshot(), h.engine.snapshot());
+    assert_eq!(restored.assets(), h.engine.assets(), "named assets survive");
+    assert_eq!(
+        restored.instruments().collect::<Vec<_>>(),
+        h.engine.instruments().collect::<Vec<_>>(),
+        "names, bands and reference prices survive"
+    );
 
     let mut twin = Harness {
         engine: restored,
