@@ -36,42 +36,44 @@ run() {
 say "starting a 3-node cluster (data in $EXCHANGE_DATA)"
 scripts/cluster.sh up 3
 
-say "a market: symbol 1 trades asset 1 (shares) against asset 2 (cents)"
+say "a market: AAPL (whole shares) trades against USD (2 decimals), prices to the cent"
 echo "(--admin: log on as the operator, with the admin key of cluster/brokers.toml)"
-run admin add-symbol --admin --symbol 1 --base 1 --quote 2 --tick-size 1 --lot-size 1
+run admin add-asset --admin --asset 1 --name AAPL --decimals 0
+run admin add-asset --admin --asset 2 --name USD --decimals 2
+run admin add-symbol --admin --symbol 1 --name AAPL --base AAPL --quote USD --price-decimals 2 --tick-size 0.01
 
 # Brokers 1 and 2 of cluster/brokers.toml own accounts 1001 and 2001; the leader opens them
 # when it takes office, so the first deposit may have to wait a moment for it.
 deposit() {
   for _ in $(seq 50); do
     out=$("$cli" admin deposit --admin --account "$1" --asset "$2" --amount "$3" 2>&1) || true
-    case "$out" in *unknown_account*|*UnknownAccount*|*"cluster unavailable"*) sleep 0.1 ;; *) echo "\$ exchange-cli admin deposit --admin --account $1 --asset $2 --amount $3"; echo "$out"; return ;; esac
+    case "$out" in *"unknown account"*|*"cluster unavailable"*) sleep 0.1 ;; *) echo "\$ exchange-cli admin deposit --admin --account $1 --asset $2 --amount $3"; echo "$out"; return ;; esac
   done
   echo "account $1 was never opened" >&2; exit 1
 }
 say "the operator funds the brokers' accounts"
 for account in 1001 2001; do
-  deposit $account 1 10000
-  deposit $account 2 10000000
+  deposit $account AAPL 10000
+  deposit $account USD 100000.00
 done
 
 broker1=(--api-key dev-broker-1-key-not-secret)
 broker2=(--api-key dev-broker-2-key-not-secret)
 say "a broker flow: resting orders, a crossing order that trades, a resend, a cancel"
-run order new "${broker1[@]}" --account 1001 --symbol 1 --side sell --price 10050 --qty 300 --client-order-id 1
-run order new "${broker1[@]}" --account 1001 --symbol 1 --side sell --price 10040 --qty 200 --client-order-id 2
-run order new "${broker2[@]}" --account 2001 --symbol 1 --side buy --price 10000 --qty 500 --client-order-id 7
-run order new "${broker2[@]}" --account 2001 --symbol 1 --side buy --price 10045 --qty 250 --tif ioc --client-order-id 8
+run order new "${broker1[@]}" --account 1001 --symbol AAPL --side sell --price 100.50 --qty 300 --client-order-id 1
+run order new "${broker1[@]}" --account 1001 --symbol AAPL --side sell --price 100.40 --qty 200 --client-order-id 2
+run order new "${broker2[@]}" --account 2001 --symbol AAPL --side buy --price 100.00 --qty 500 --client-order-id 7
+run order new "${broker2[@]}" --account 2001 --symbol AAPL --side buy --price 100.45 --qty 250 --tif ioc --client-order-id 8
 echo "(the same client order id again: answered with the original order, not traded twice)"
-run order new "${broker2[@]}" --account 2001 --symbol 1 --side buy --price 10045 --qty 250 --tif ioc --client-order-id 8
+run order new "${broker2[@]}" --account 2001 --symbol AAPL --side buy --price 100.45 --qty 250 --tif ioc --client-order-id 8
 echo "(broker 2 may not act for broker 1's account)"
-run order new "${broker2[@]}" --account 1001 --symbol 1 --side buy --price 10045 --qty 1 --client-order-id 9
+run order new "${broker2[@]}" --account 1001 --symbol AAPL --side buy --price 100.45 --qty 1 --client-order-id 9
 run order mass-cancel "${broker2[@]}" --account 2001
 
 leader=$("$cli" status --json | python3 -c 'import json,sys; print([n["status"]["id"] for n in json.load(sys.stdin) if "status" in n and n["status"]["role"] == "leader"][0])')
 say "killing the leader, node $leader, with SIGKILL"
 scripts/cluster.sh kill "$leader"
-run order new "${broker2[@]}" --account 2001 --symbol 1 --side buy --price 10050 --qty 100 --client-order-id 10
+run order new "${broker2[@]}" --account 2001 --symbol AAPL --side buy --price 100.50 --qty 100 --client-order-id 10
 scripts/cluster.sh status
 
 say "restarting node $leader: it catches up from the others"
@@ -80,9 +82,9 @@ sleep 2
 scripts/cluster.sh status
 
 say "market data: the book's snapshot, recent trades, and the 1 s candles (any node builds them)"
-run watch book 1 --seconds 0.5 --json --admin
-run watch trades 1 --seconds 0.5 --admin
-run candles 1 --interval 1s --admin
+run watch book AAPL --seconds 0.5 --admin
+run watch trades AAPL --seconds 0.5 --admin
+run candles AAPL --interval 1s --admin
 
 say "the reporting database node 3 writes (exactly once, also across its crash)"
 run report summary --db "$EXCHANGE_DATA/report.db"

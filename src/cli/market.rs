@@ -61,6 +61,9 @@ pub async fn watch(cluster: &ClusterArgs, what: &WatchWhat) -> Result<(), String
     let until = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    // On a terminal the book is redrawn in place; into a pipe or a file it is printed once,
+    // when the watch ends, without the terminal's control codes.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut out = std::io::stdout().lock();
     let mut last_draw: Option<Instant> = None;
     let mut dirty = false;
@@ -75,8 +78,8 @@ pub async fn watch(cluster: &ClusterArgs, what: &WatchWhat) -> Result<(), String
         match channel {
             Channel::Book => {
                 dirty |= !messages.is_empty();
-                if dirty && last_draw.is_none_or(|t| t.elapsed() >= REDRAW_EVERY) {
-                    draw_book(&mut out, &catalog, symbol, feed.state())?;
+                if terminal && dirty && last_draw.is_none_or(|t| t.elapsed() >= REDRAW_EVERY) {
+                    draw_book(&mut out, &catalog, symbol, feed.state(), true)?;
                     last_draw = Some(Instant::now());
                     dirty = false;
                 }
@@ -100,7 +103,7 @@ pub async fn watch(cluster: &ClusterArgs, what: &WatchWhat) -> Result<(), String
         }
     }
     if channel == Channel::Book && !cluster.json {
-        draw_book(&mut out, &catalog, symbol, feed.state())?;
+        draw_book(&mut out, &catalog, symbol, feed.state(), terminal)?;
     }
     Ok(())
 }
@@ -173,9 +176,10 @@ fn draw_book(
     catalog: &Catalog,
     symbol: u32,
     state: &StreamState,
+    in_place: bool,
 ) -> Result<(), String> {
     // Home the cursor and clear the screen: the book stays in place as it changes.
-    let mut screen = String::from("\x1b[H\x1b[2J");
+    let mut screen = String::from(if in_place { "\x1b[H\x1b[2J" } else { "" });
     screen.push_str(&format!(
         "{}   message {}   log index {}   {}\n\n",
         catalog.symbol_name(symbol),

@@ -45,12 +45,12 @@ pub struct ListArgs {
     /// Only rows about this account (trades: the taker's or the maker's).
     #[arg(long, value_name = "N")]
     pub account: Option<u64>,
-    /// Only rows on this symbol (not for balances).
-    #[arg(long, value_name = "N")]
-    pub symbol: Option<u32>,
-    /// Only balance changes of this asset (balances only).
-    #[arg(long, value_name = "N")]
-    pub asset: Option<u32>,
+    /// Only rows on this symbol, by name or number (not for balances).
+    #[arg(long, value_name = "SYMBOL")]
+    pub symbol: Option<String>,
+    /// Only balance changes of this asset, by name or number (balances only).
+    #[arg(long, value_name = "ASSET")]
+    pub asset: Option<String>,
     /// Only rows at or after this time, in nanoseconds since the Unix epoch (orders: their
     /// creation time).
     #[arg(long, value_name = "NS")]
@@ -111,17 +111,110 @@ fn print_list<T: Tabular>(
     if !balances && args.asset.is_some() {
         return Err("--asset applies to balances only".into());
     }
+    let conn = query::open_read_only(&args.db).map_err(|e| e.to_string())?;
+    let names = query::names(&conn).map_err(|e| e.to_string())?;
+    // A name, or a number (named or not).
+    let id = |text: &str, named: Vec<(&i64, &String)>, what: &str| {
+        text.parse::<u32>().or_else(|_| {
+            named
+                .into_iter()
+                .find(|(_, name)| name.as_str() == text)
+                .map(|(id, _)| *id as u32)
+                .ok_or_else(|| format!("no {what} is called {text:?} in this database"))
+        })
+    };
     let filter = Filter {
         account: args.account,
-        symbol: args.symbol,
-        asset: args.asset,
+        symbol: args
+            .symbol
+            .as_deref()
+            .map(|s| {
+                id(
+                    s,
+                    names.symbols.iter().map(|(i, v)| (i, &v.0)).collect(),
+                    "symbol",
+                )
+            })
+            .transpose()?,
+        asset: args
+            .asset
+            .as_deref()
+            .map(|a| {
+                id(
+                    a,
+                    names.assets.iter().map(|(i, v)| (i, &v.0)).collect(),
+                    "asset",
+                )
+            })
+            .transpose()?,
         from_ns: args.from,
         to_ns: args.to,
         limit: (args.limit > 0).then_some(args.limit),
     };
-    let conn = query::open_read_only(&args.db).map_err(|e| e.to_string())?;
     let rows = query(&conn, &filter).map_err(|e| e.to_string())?;
-    print_rows(&rows, args.format, out)
+    if args.format.json || args.format.csv {
+        return print_rows(&rows, args.format, out);
+    }
+    let header: Vec<String> = T::COLUMNS.iter().map(|c| for_people(c)).collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            readable(T::COLUMNS, row.cells(), &names)
+                .into_iter()
+                .map(|c| c.unwrap_or_else(|| "-".into()))
+                .collect()
+        })
+        .collect();
+    write_table(&header, &cells, out)
+}
+
+/// A column's heading in a table people read: times lose their `_ns`.
+fn for_people(column: &str) -> String {
+    column.strip_suffix("_ns").unwrap_or(column).to_string()
+}
+
+/// One row as people read it: symbols and assets by name, prices, quantities and amounts as
+/// decimals on their scales, times in RFC 3339. Ids nobody named stay numbers.
+fn readable(
+    columns: &[&str],
+    cells: Vec<Option<String>>,
+    names: &query::Names,
+) -> Vec<Option<String>> {
+    let id = |column: &str| {
+        columns
+            .iter()
+            .position(|c| *c == column)
+            .and_then(|i| cells[i].as_deref())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let symbol = id("symbol").and_then(|s| names.symbols.get(&s));
+    let asset = id("asset").and_then(|a| names.assets.get(&a));
+    let qty_decimals = symbol
+        .and_then(|(_, _, base)| names.assets.get(base))
+        .map_or(0, |(_, d)| *d);
+    columns
+        .iter()
+        .zip(cells.iter())
+        .map(|(column, cell)| {
+            let cell = cell.as_ref()?;
+            let Ok(value) = cell.parse::<i64>() else {
+                return Some(cell.clone());
+            };
+            let decimal = |decimals| exchange_domain::format_decimal(value, decimals);
+            Some(match *column {
+                "symbol" => symbol.map_or(cell.clone(), |(name, _, _)| name.clone()),
+                "asset" => asset.map_or(cell.clone(), |(name, _)| name.clone()),
+                "price" => decimal(symbol.map_or(0, |(_, d, _)| *d)),
+                "qty" | "filled_qty" | "leaves_qty" => decimal(qty_decimals),
+                "delta" | "available" | "held" => decimal(asset.map_or(0, |(_, d)| *d)),
+                c if c.ends_with("_ns") => {
+                    u64::try_from(value).map_or(cell.clone(), crate::cli::catalog::rfc3339)
+                }
+                _ => cell.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The summary as JSON: the counts and the gaps in one object.
@@ -335,13 +428,48 @@ mod tests {
             let records: Vec<csv::StringRecord> =
                 reader.records().collect::<Result<_, _>>().expect("records");
             assert_eq!(records.len(), rows, "{what}");
-            // The CSV header is the table's, and the JSON keys.
+            // The CSV header is the table's (whose times, in RFC 3339, lose their `_ns`), and
+            // the JSON keys.
             let first_line: Vec<&str> = lines[0].split_whitespace().collect();
-            assert_eq!(header.iter().collect::<Vec<_>>(), first_line, "{what}");
+            assert_eq!(
+                header.iter().map(for_people).collect::<Vec<_>>(),
+                first_line,
+                "{what}"
+            );
             for key in header.iter() {
                 assert!(objects[0].get(key).is_some(), "{what}: {key}");
             }
         }
+    }
+
+    #[test]
+    fn tables_show_names_decimals_and_times() {
+        let mut names = query::Names::default();
+        names.symbols.insert(1, ("AAPL".into(), 2, 1));
+        names.assets.insert(1, ("AAPL".into(), 0));
+        names.assets.insert(2, ("USD".into(), 2));
+        let cells = |values: &[&str]| values.iter().map(|v| Some(v.to_string())).collect();
+        assert_eq!(
+            readable(
+                &["symbol", "price", "qty", "timestamp_ns"],
+                cells(&["1", "10050", "200", "1500000000123456789"]),
+                &names
+            ),
+            cells(&["AAPL", "100.50", "200", "2017-07-14T02:40:00.123456Z"])
+        );
+        assert_eq!(
+            readable(
+                &["asset", "delta", "held"],
+                cells(&["2", "-150", "5"]),
+                &names
+            ),
+            cells(&["USD", "-1.50", "0.05"])
+        );
+        assert_eq!(
+            readable(&["symbol", "price"], cells(&["9", "10050"]), &names),
+            cells(&["9", "10050"]),
+            "a symbol nobody named stays a number, its prices integers"
+        );
     }
 
     #[test]

@@ -269,7 +269,7 @@ pub struct SymbolSpec {
     pub tick_size: Price,
     /// Quantities must be positive multiples of this.
     pub lot_size: Qty,
-    /// What people call it; unique among symbols and assets.
+    /// What people call it; unique among symbols.
     pub name: Name,
     /// Decimals of its prices as people write them: a price of 10050 with 2 decimals reads
     /// "100.50". Display only: the engine works on the integers.

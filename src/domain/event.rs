@@ -91,7 +91,8 @@ pub enum RejectReason {
     TooManyBrokers,
     /// The asset id is already named.
     AssetExists,
-    /// Another symbol, or another asset, already has this name.
+    /// Another symbol already has this name, or another asset (a symbol and its base asset
+    /// may share one: AAPL trades AAPL).
     NameTaken,
     /// An asset's name or decimals are not valid.
     InvalidAssetSpec,

@@ -1,8 +1,6 @@
 //! Administrative commands: accounts, funds, symbols, limits, trading status.
 
-use exchange_domain::{
-    AdminCommand, Amount, Event, Name, Price, RejectReason, SymbolSpec, DECIMALS_MAX,
-};
+use exchange_domain::{AdminCommand, Amount, Event, Price, RejectReason, SymbolSpec, DECIMALS_MAX};
 
 use crate::book::Book;
 use crate::engine::{AssetSpec, Emitter, Market, State};
@@ -105,7 +103,7 @@ impl State {
                 if !spec_is_valid(&spec) {
                     return Err(RejectReason::InvalidSymbolSpec);
                 }
-                if self.name_taken(spec.name) {
+                if self.markets.iter().any(|m| m.spec.name == spec.name) {
                     return Err(RejectReason::NameTaken);
                 }
                 // With both assets named, a price must read in whole quote units per whole
@@ -140,7 +138,7 @@ impl State {
                 if !name.is_valid() || decimals > DECIMALS_MAX {
                     return Err(RejectReason::InvalidAssetSpec);
                 }
-                if self.name_taken(name) {
+                if self.assets.iter().any(|a| a.name == name) {
                     return Err(RejectReason::NameTaken);
                 }
                 if self.assets.len() >= NAMED_ASSETS_MAX {
@@ -208,12 +206,6 @@ impl State {
                 })
             }
         }
-    }
-
-    /// Whether a symbol or an asset already has the name: one name, one thing.
-    fn name_taken(&self, name: Name) -> bool {
-        self.markets.iter().any(|m| m.spec.name == name)
-            || self.assets.iter().any(|a| a.name == name)
     }
 
     fn account(&self, account: exchange_domain::AccountId) -> Result<usize, RejectReason> {

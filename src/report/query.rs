@@ -57,6 +57,40 @@ pub struct Filter {
 
 /// A row type that prints as a table or CSV: its column names (equal to its serde field names)
 /// and its cells in that order, `None` for NULL.
+/// What the database calls its symbols and assets: (name, price decimals, base asset) per
+/// symbol and (name, decimals) per asset, for tables people read.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    pub symbols: std::collections::HashMap<i64, (String, u8, i64)>,
+    pub assets: std::collections::HashMap<i64, (String, u8)>,
+}
+
+/// The names the reporter recorded (`instruments` and `assets`).
+pub fn names(conn: &Connection) -> Result<Names, ReportError> {
+    let mut names = Names::default();
+    let mut symbols = conn
+        .prepare("SELECT symbol, name, price_decimals, base FROM instruments")
+        .context("reading instruments")?;
+    let rows = symbols
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+        .context("reading instruments")?;
+    for row in rows {
+        let (id, value) = row.context("reading an instrument")?;
+        names.symbols.insert(id, value);
+    }
+    let mut assets = conn
+        .prepare("SELECT asset, name, decimals FROM assets")
+        .context("reading assets")?;
+    let rows = assets
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+        .context("reading assets")?;
+    for row in rows {
+        let (id, value) = row.context("reading an asset")?;
+        names.assets.insert(id, value);
+    }
+    Ok(names)
+}
+
 pub trait Tabular: Serialize {
     const COLUMNS: &'static [&'static str];
     fn cells(&self) -> Vec<Option<String>>;
