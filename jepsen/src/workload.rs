@@ -152,7 +152,7 @@ pub async fn setup(admin: &mut Client) -> Result<(), String> {
         quote: QUOTE,
         tick_size: Price(1),
         lot_size: Qty(1),
-        name: exchange_domain::Name::numbered("SYM", SYMBOL.0 as u64),
+        name: exchange::domain::Name::numbered("SYM", SYMBOL.0 as u64),
         price_decimals: 0,
     }))];
     for broker in brokers() {

@@ -1,4 +1,4 @@
-//! The broker protocol (version 1), documented in docs/protocol.md: postcard-encoded frames,
+//! The broker protocol (version 2), documented in docs/protocol.md: postcard-encoded frames,
 //! each behind a 4-byte little-endian length, on QUIC bidirectional streams; one reply per
 //! request, in order. A connection is a session: it logs on once (on any stream) and may then
 //! open more streams to pipeline.
@@ -8,7 +8,7 @@ use exchange_domain::{Command, Output};
 use crate::marketdata::feed::{Channel, Level, MdMessage};
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The largest request or reply frame. A request is one command; a reply is one command's
 /// outputs (a mass cancel of a full account is the largest).
 pub const BROKER_FRAME_BYTES_MAX: usize = 1 << 20;
@@ -319,5 +319,58 @@ mod tests {
             let request = postcard::from_bytes::<Request>(&frame).expect("decode");
             assert_eq!(postcard::to_allocvec(&request).expect("encode"), frame);
         }
+    }
+}
+
+#[cfg(test)]
+mod test_vectors {
+    use super::*;
+    use exchange_domain::{AccountId, ClientOrderId, NewOrder, OrderType, Price, Qty};
+    use exchange_domain::{SelfTradePrevention, Side, SymbolId, TimeInForce};
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The frame (length prefix and postcard body) of a request.
+    fn frame(request: &Request) -> String {
+        let body = postcard::to_allocvec(request).expect("encode");
+        let mut framed = (body.len() as u32).to_le_bytes().to_vec();
+        framed.extend_from_slice(&body);
+        hex(&framed)
+    }
+
+    /// The test vectors docs/protocol.md gives, byte for byte: a change here is a change of
+    /// the protocol.
+    #[test]
+    fn the_documented_test_vectors_hold() {
+        let logon = Request::Logon {
+            protocol_version: PROTOCOL_VERSION,
+            api_key: "dev-broker-1-key-not-secret".into(),
+        };
+        assert_eq!(
+            frame(&logon),
+            "1e 00 00 00 00 02 1b 64 65 76 2d 62 72 6f 6b 65 72 2d 31 2d 6b 65 79 2d 6e 6f 74 \
+             2d 73 65 63 72 65 74"
+        );
+        let order = Request::Submit(Command::NewOrder(NewOrder {
+            account: AccountId(1001),
+            symbol: SymbolId(1),
+            client_order_id: ClientOrderId(7),
+            side: Side::Sell,
+            order_type: OrderType::Limit,
+            time_in_force: TimeInForce::Gtc,
+            price: Price(10050),
+            qty: Qty(300),
+            self_trade_prevention: SelfTradePrevention::None,
+        }));
+        assert_eq!(
+            frame(&order),
+            "0f 00 00 00 02 00 e9 07 01 07 01 00 00 84 9d 01 d8 04 00"
+        );
     }
 }
