@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use exchange::gateway::server::SessionLimits;
+use exchange::log::FlushPolicy;
 use exchange::node::config::{self, parse_peer, FileConfig, NodeConfig};
 use exchange::node::run::Node;
 use exchange::replication::engine_thread::IdleStrategy;
-use exchange::replication::log_store::Fsync;
 
 #[derive(Parser)]
 #[command(
@@ -81,8 +81,8 @@ struct RunArgs {
     #[arg(long, env = "EXCHANGE_BROKER_LISTEN")]
     broker_listen: Option<SocketAddr>,
     /// When log appends are made durable [default: batch].
-    #[arg(long, value_enum, env = "EXCHANGE_FSYNC")]
-    fsync: Option<Fsync>,
+    #[arg(long, env = "EXCHANGE_FSYNC", value_name = "always|batch|never")]
+    fsync: Option<FlushPolicy>,
     /// How the engine thread waits for work [default: backoff].
     #[arg(long, value_enum, env = "EXCHANGE_IDLE")]
     idle: Option<IdleStrategy>,

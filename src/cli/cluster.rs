@@ -20,15 +20,24 @@ use crate::gateway::credentials::{self, BrokersFile};
 /// Where the cluster is: `scripts/cluster.sh` starts one that these defaults reach.
 #[derive(Args, Clone, Debug)]
 pub struct ClusterArgs {
-    /// The nodes' broker addresses, comma separated.
+    /// The nodes' broker addresses, comma separated: ip:port or host:port.
     #[arg(
         long,
         global = true,
         value_delimiter = ',',
+        value_parser = node_address,
         env = "EXCHANGE_NODES",
         default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
     )]
     pub nodes: Vec<SocketAddr>,
+    /// The name the nodes' certificates carry for brokers (the development ones: localhost).
+    #[arg(
+        long,
+        global = true,
+        env = "EXCHANGE_SERVER_NAME",
+        default_value = crate::gateway::client::SERVER_NAME_DEFAULT
+    )]
+    pub server_name: String,
     /// The directory holding the cluster authority's ca.pem.
     #[arg(
         long,
@@ -103,7 +112,8 @@ impl ClusterArgs {
     pub fn client_with_stream_window(&self, bytes: u32) -> Result<Client, String> {
         let ca = trust(&self.certs_dir).map_err(|e| e.to_string())?;
         let client = Client::with_stream_window(self.nodes.clone(), &ca, bytes)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .with_server_name(self.server_name.clone());
         Ok(match self.api_key()? {
             Some(key) => client.with_api_key(key),
             None => client,
@@ -112,8 +122,22 @@ impl ClusterArgs {
 
     fn anonymous_client(&self) -> Result<Client, String> {
         let ca = trust(&self.certs_dir).map_err(|e| e.to_string())?;
-        Client::new(self.nodes.clone(), &ca).map_err(|e| e.to_string())
+        Ok(Client::new(self.nodes.clone(), &ca)
+            .map_err(|e| e.to_string())?
+            .with_server_name(self.server_name.clone()))
     }
+}
+
+/// A node's broker address: `ip:port`, or `host:port` resolved now (its first address).
+fn node_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text}: the name has no address"))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -106,10 +106,14 @@ pub struct Client {
     /// Who the node said the session acts as (0: the operator), once logged on.
     broker: Option<u32>,
     link: Option<Link>,
-    /// Nodes whose connection failed recently, and until when they are avoided.
     /// Nodes whose connection failed within `SUSPECT_FOR`, and when.
     suspects: Vec<(SocketAddr, std::time::Instant)>,
+    /// The name the nodes' certificates must carry (`SERVER_NAME_DEFAULT` unless told).
+    server_name: std::sync::Arc<str>,
 }
+
+/// The name development certificates carry for every node (`exchange-node gen-certs`).
+pub const SERVER_NAME_DEFAULT: &str = "localhost";
 
 impl Client {
     /// A client that trusts the cluster authority `ca` and knows the nodes' broker addresses.
@@ -161,7 +165,15 @@ impl Client {
             broker: None,
             link: None,
             suspects: Vec::new(),
+            server_name: SERVER_NAME_DEFAULT.into(),
         })
+    }
+
+    /// Check the nodes' certificates for `name` instead of `localhost`: the name brokers
+    /// connect to, in certificates from the operator's own authority.
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = name.into().into();
+        self
     }
 
     /// Log every connection on with `api_key` (a broker's key, or the admin key).
@@ -184,7 +196,9 @@ impl Client {
         for &addr in candidates {
             let endpoint = self.endpoint.clone();
             let api_key = self.api_key.clone();
-            attempts.spawn(async move { connect(&endpoint, addr, api_key.as_deref()).await });
+            let name = self.server_name.clone();
+            attempts
+                .spawn(async move { connect(&endpoint, addr, &name, api_key.as_deref()).await });
         }
         let mut last_error = String::from("no node to connect to");
         let mut refused = None;
@@ -229,11 +243,16 @@ impl Client {
 
     /// Sends one request to `addr` over a fresh connection (for per-node queries).
     pub async fn ask(&self, addr: SocketAddr, request: &Request) -> Result<Reply, String> {
-        let (mut link, _) = connect(&self.endpoint, addr, self.api_key.as_deref())
-            .await
-            .map_err(|e| match e {
-                ConnectError::Network(e) | ConnectError::Refused(e) => e,
-            })?;
+        let (mut link, _) = connect(
+            &self.endpoint,
+            addr,
+            &self.server_name,
+            self.api_key.as_deref(),
+        )
+        .await
+        .map_err(|e| match e {
+            ConnectError::Network(e) | ConnectError::Refused(e) => e,
+        })?;
         Self::exchange(&mut link, request).await
     }
 
@@ -889,12 +908,14 @@ fn unexpected(reply: Reply) -> ClientError {
 async fn connect(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
+    server_name: &str,
     api_key: Option<&str>,
 ) -> Result<(Link, Option<u32>), ConnectError> {
     let network = ConnectError::Network;
-    // Any node's certificate carries "localhost"; the authority is what is checked.
+    // Every node's certificate carries the server name (development ones: "localhost"), and
+    // the cluster's authority signed it.
     let connecting = endpoint
-        .connect(addr, "localhost")
+        .connect(addr, server_name)
         .map_err(|e| network(e.to_string()))?;
     let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await

@@ -3,16 +3,54 @@
 use crate::error::{Error, Result};
 use crate::segment::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 
-/// When appended records are made durable (`--fsync always|batch|never`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// When appended records are made durable: the one vocabulary of the log and of the node
+/// (`exchange-node --fsync always|batch|never`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FlushPolicy {
     /// Sync after every record, so each record is durable on its own, even inside a batch.
     Always,
-    /// Sync once per `append`/`append_batch` call, before it returns: group commit.
+    /// Group commit: one sync for everything one `append`/`append_batch` call wrote. The log
+    /// syncs before the call returns; the node's WAL thread instead appends without a sync,
+    /// lets readers see the records, and then calls [`crate::Log::sync`] once for all it
+    /// wrote: the same single sync, issued by the caller (`Log::append_unsynced`).
     #[default]
     Batch,
     /// Never sync on append; the kernel writes back when it likes. `Log::sync` still works.
+    /// An acknowledged record can be lost if the machine loses power: for tests.
     Never,
+}
+
+impl FlushPolicy {
+    pub const NAMES: [&'static str; 3] = ["always", "batch", "never"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FlushPolicy::Always => "always",
+            FlushPolicy::Batch => "batch",
+            FlushPolicy::Never => "never",
+        }
+    }
+}
+
+impl std::fmt::Display for FlushPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for FlushPolicy {
+    type Err = String;
+    fn from_str(text: &str) -> Result<FlushPolicy, String> {
+        match text {
+            "always" => Ok(FlushPolicy::Always),
+            "batch" => Ok(FlushPolicy::Batch),
+            "never" => Ok(FlushPolicy::Never),
+            other => Err(format!(
+                "{other:?} is not a flush policy (always, batch or never)"
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

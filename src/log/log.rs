@@ -185,12 +185,27 @@ impl Log {
         &mut self,
         records: impl IntoIterator<Item = Record<'a>>,
     ) -> Result<Appended> {
-        let written = self.write_all(records);
-        self.shared.end.0.store(self.next_index, Ordering::Release);
-        written?;
+        self.append_unsynced(records)?;
         if self.config.flush == FlushPolicy::Batch {
             self.sync()?;
         }
+        Ok(Appended {
+            last_index: self.last_index(),
+            durable: self.durable_next_index() == self.next_index,
+        })
+    }
+
+    /// As [`Log::append_batch`], but under `FlushPolicy::Batch` without the sync: readers see
+    /// the records at once, and the caller makes them durable with one [`Log::sync`] when it
+    /// likes (the node's WAL thread: publish first, then sync). `Always` still syncs each
+    /// record.
+    pub fn append_unsynced<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = Record<'a>>,
+    ) -> Result<Appended> {
+        let written = self.write_all(records);
+        self.shared.end.0.store(self.next_index, Ordering::Release);
+        written?;
         Ok(Appended {
             last_index: self.last_index(),
             durable: self.durable_next_index() == self.next_index,

@@ -202,6 +202,13 @@ const BROKER_STREAM_WINDOW_BYTES: u32 = (1 << 20) + (1 << 16);
 /// Concurrent request streams one broker connection may have.
 pub const BROKER_STREAMS_MAX: u32 = 64;
 
+/// The application protocols (ALPN) of the two endpoints: a client of one cannot complete a
+/// handshake with the other (a broker dialling the Raft port, or a stray QUIC client, is
+/// refused before a byte of the protocol is read). Versions are negotiated inside: a broker's
+/// logon names its protocol version and is refused with the one spoken.
+pub const BROKER_ALPN: &[u8] = b"exchange-broker";
+pub const RAFT_ALPN: &[u8] = b"exchange-raft";
+
 /// QUIC requires TLS 1.3.
 const TLS_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
@@ -241,12 +248,13 @@ pub fn mutual_server(
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(&identity.ca)?, provider())
         .build()
         .map_err(|e| err("client verifier", e))?;
-    let tls = rustls::ServerConfig::builder_with_provider(provider())
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(TLS_VERSIONS)
         .map_err(|e| err("TLS", e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| err("node certificate", e))?;
+    tls.alpn_protocols = vec![RAFT_ALPN.to_vec()];
     quic_server(tls, transport)
 }
 
@@ -255,12 +263,13 @@ pub fn mutual_client(
     identity: &Identity,
     transport: Arc<TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    let tls = rustls::ClientConfig::builder_with_provider(provider())
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(TLS_VERSIONS)
         .map_err(|e| err("TLS", e))?
         .with_root_certificates(roots(&identity.ca)?)
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| err("node certificate", e))?;
+    tls.alpn_protocols = vec![RAFT_ALPN.to_vec()];
     quic_client(tls, transport)
 }
 
@@ -270,12 +279,13 @@ pub fn broker_server(
     identity: &Identity,
     transport: Arc<TransportConfig>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let tls = rustls::ServerConfig::builder_with_provider(provider())
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(TLS_VERSIONS)
         .map_err(|e| err("TLS", e))?
         .with_no_client_auth()
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| err("node certificate", e))?;
+    tls.alpn_protocols = vec![BROKER_ALPN.to_vec()];
     quic_server(tls, transport)
 }
 
@@ -284,11 +294,12 @@ pub fn broker_client(
     ca: &CertificateDer<'static>,
     transport: Arc<TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    let tls = rustls::ClientConfig::builder_with_provider(provider())
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(TLS_VERSIONS)
         .map_err(|e| err("TLS", e))?
         .with_root_certificates(roots(ca)?)
         .with_no_client_auth();
+    tls.alpn_protocols = vec![BROKER_ALPN.to_vec()];
     quic_client(tls, transport)
 }
 
@@ -312,5 +323,65 @@ mod tests {
             "a missing node is an error"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Each endpoint speaks its own application protocol: a Raft client cannot complete a
+    /// handshake with the broker endpoint, nor a broker client with the Raft endpoint, nor
+    /// either under a server name the certificate does not carry.
+    #[tokio::test]
+    async fn each_endpoint_accepts_only_its_own_protocol_and_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        generate(dir.path(), &[1], &[]).expect("generate");
+        let identity = load_identity(dir.path(), 1).expect("identity");
+        let idle = Duration::from_secs(2);
+        let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let brokers = quinn::Endpoint::server(
+            broker_server(&identity, broker_transport()).expect("broker server"),
+            loopback,
+        )
+        .expect("broker endpoint");
+        let raft = quinn::Endpoint::server(
+            mutual_server(&identity, transport(idle)).expect("raft server"),
+            loopback,
+        )
+        .expect("raft endpoint");
+        for server in [brokers.clone(), raft.clone()] {
+            tokio::spawn(async move {
+                while let Some(incoming) = server.accept().await {
+                    let _ = incoming.await;
+                }
+            });
+        }
+        let mut client = quinn::Endpoint::client(loopback).expect("client endpoint");
+        let broker_client = broker_client(&identity.ca, transport(idle)).expect("broker client");
+        let raft_client = mutual_client(&identity, transport(idle)).expect("raft client");
+        let dial = |client: &quinn::Endpoint, to: &quinn::Endpoint, name: &str| {
+            let connecting = client
+                .connect(to.local_addr().expect("bound"), name)
+                .expect("connect");
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), connecting)
+                    .await
+                    .expect("the handshake ends")
+            }
+        };
+        client.set_default_client_config(broker_client.clone());
+        assert!(dial(&client, &brokers, "localhost").await.is_ok());
+        assert!(
+            dial(&client, &raft, "node-1").await.is_err(),
+            "a broker on the Raft port"
+        );
+        assert!(
+            dial(&client, &brokers, "exchange.example.net")
+                .await
+                .is_err(),
+            "a name the certificate does not carry"
+        );
+        client.set_default_client_config(raft_client);
+        assert!(dial(&client, &raft, "node-1").await.is_ok());
+        assert!(
+            dial(&client, &brokers, "localhost").await.is_err(),
+            "Raft on the broker port"
+        );
     }
 }

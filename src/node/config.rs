@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::gateway::server::SessionLimits;
 use crate::replication::engine_thread::IdleStrategy;
-use crate::replication::log_store::Fsync;
+use exchange_log::FlushPolicy;
 
 /// Where a peer listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub struct NodeConfig {
     /// Where to bind the Raft and broker listeners (default: the addresses in `peers`).
     pub raft_listen: SocketAddr,
     pub broker_listen: SocketAddr,
-    pub fsync: Fsync,
+    pub fsync: FlushPolicy,
     pub idle: IdleStrategy,
     pub pin_core: Option<usize>,
     pub heartbeat_ms: u64,
@@ -117,7 +117,7 @@ pub struct FileConfig {
     pub session_in_flight: Option<u32>,
     pub data_dir: Option<PathBuf>,
     pub certs_dir: Option<PathBuf>,
-    pub fsync: Option<Fsync>,
+    pub fsync: Option<FlushPolicy>,
     pub idle: Option<IdleStrategy>,
     pub heartbeat_ms: Option<u64>,
     pub election_min_ms: Option<u64>,

@@ -26,29 +26,6 @@ use super::codec;
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::latency::LatencyHistogram;
 
-/// When appended entries are made durable (`--fsync`).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Fsync {
-    /// Sync every entry on its own.
-    Always,
-    /// Sync once per append (group commit): the default.
-    #[default]
-    Batch,
-    /// Never sync: an acknowledged order can be lost if a majority loses power. For tests.
-    Never,
-}
-
 const VOTE_FILE: &str = "vote.meta";
 /// Requests waiting for the WAL thread. openraft issues one log write at a time and waits for
 /// it, so a handful is plenty; the bound makes a stuck disk stop Raft rather than grow memory.
@@ -113,19 +90,14 @@ impl LogStore {
     /// Each append's write and sync time goes into `append_latency`.
     pub fn open(
         dir: &Path,
-        fsync: Fsync,
+        flush: FlushPolicy,
         segment_bytes: u64,
         append_latency: Arc<LatencyHistogram>,
     ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let config = LogConfig {
             segment_bytes,
-            // The WAL thread syncs itself after reporting the entries readable, except under
-            // `always`, where every record is synced as it is written.
-            flush: match fsync {
-                Fsync::Always => FlushPolicy::Always,
-                Fsync::Batch | Fsync::Never => FlushPolicy::Never,
-            },
+            flush,
             first_index: 0,
         };
         let log = Log::open(dir, config).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -133,11 +105,10 @@ impl LogStore {
         let last_purged = read_meta::<LogId>(&dir.join(LAST_PURGED_FILE))?;
         let max_timestamp_ns = Arc::new(AtomicU64::new(last_timestamp(&mut reader)?));
         let (wal, requests) = mpsc::sync_channel(WAL_QUEUE_REQUESTS_MAX);
-        let fsync_after_write = fsync == Fsync::Batch;
         let wal_dir = dir.to_path_buf();
         std::thread::Builder::new()
             .name("wal".into())
-            .spawn(move || wal_thread(log, wal_dir, fsync_after_write, requests, &append_latency))
+            .spawn(move || wal_thread(log, wal_dir, flush, requests, &append_latency))
             .map_err(|e| format!("cannot start the WAL thread: {e}"))?;
         Ok(LogStore {
             wal,
@@ -221,7 +192,7 @@ fn last_timestamp(reader: &mut LogReader) -> Result<u64, String> {
 fn wal_thread(
     mut log: Log,
     dir: PathBuf,
-    fsync_after_write: bool,
+    flush: FlushPolicy,
     requests: mpsc::Receiver<WalRequest>,
     append_latency: &LatencyHistogram,
 ) {
@@ -235,7 +206,9 @@ fn wal_thread(
             } => {
                 let began = Instant::now();
                 let mut start = 0;
-                let result = log.append_batch(records.iter().map(|&(term, index, end)| {
+                // Readers (the state machine, catch-up) see the entries before they are synced:
+                // they are applied only once committed, which needs this sync on a majority.
+                let result = log.append_unsynced(records.iter().map(|&(term, index, end)| {
                     let payload = &payloads[start..end];
                     start = end;
                     Record {
@@ -248,7 +221,10 @@ fn wal_thread(
                 let _ = written.send(result.map(|_| ()).map_err(|e| e.to_string()));
                 let flush = match failed {
                     Some(e) => Err(io_error(e)),
-                    None if fsync_after_write => log.sync().map_err(|e| io_error(e.to_string())),
+                    // Group commit: one sync for everything this append wrote.
+                    None if flush == FlushPolicy::Batch => {
+                        log.sync().map_err(|e| io_error(e.to_string()))
+                    }
                     None => Ok(()),
                 };
                 append_latency.record(began.elapsed());

@@ -431,3 +431,37 @@ proptest! {
         }
     }
 }
+
+/// The WAL thread's way to group-commit: the records are readable at once and durable only
+/// after the one `sync` that follows.
+#[test]
+fn unsynced_appends_are_readable_then_durable_after_one_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = Log::open(dir.path(), small(FlushPolicy::Batch)).expect("open");
+    let batch = records(1, 12, 1);
+    let appended = log
+        .append_unsynced(batch.iter().map(Expected::record))
+        .expect("append");
+    assert!(!appended.durable, "nothing synced yet");
+    assert_eq!(
+        log.reader().last_index(),
+        Some(12),
+        "readers see them at once"
+    );
+    assert!(log.durable_next_index() < 13);
+    log.sync().expect("sync");
+    assert_eq!(log.durable_next_index(), 13);
+    let appended = log
+        .append_batch(records(13, 3, 1).iter().map(Expected::record))
+        .expect("append");
+    assert!(appended.durable, "append_batch syncs under Batch itself");
+}
+
+#[test]
+fn flush_policies_read_as_their_names() {
+    for policy in [FlushPolicy::Always, FlushPolicy::Batch, FlushPolicy::Never] {
+        assert_eq!(policy.name().parse::<FlushPolicy>(), Ok(policy));
+        assert_eq!(policy.to_string(), policy.name());
+    }
+    assert!("sometimes".parse::<FlushPolicy>().is_err());
+}
