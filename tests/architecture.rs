@@ -285,3 +285,28 @@ fn the_reader_finds_imports_in_every_form() {
         BTreeSet::from([BTreeSet::from(["a".to_string(), "b".to_string()])])
     );
 }
+
+/// openraft stays inside replication (and the node that wires it): the gateway and everything
+/// else ask `src/replication/leadership.rs`, so a change of Raft library stays in one room.
+#[test]
+fn only_replication_and_the_node_name_openraft() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut outside = Vec::new();
+    for file in source_files(root) {
+        if file.starts_with("src/replication/") || file.starts_with("src/node/") {
+            continue;
+        }
+        let source = std::fs::read_to_string(root.join(&file)).expect("read a source file");
+        if code_of(&source).contains("openraft::") {
+            outside.push(file);
+        }
+    }
+    assert!(
+        outside.is_empty(),
+        "openraft named outside replication/ and node/: {outside:?}"
+    );
+    // The check reads what it claims to: the handle itself names openraft.
+    let handle = std::fs::read_to_string(root.join("src/replication/leadership.rs"))
+        .expect("the leadership handle");
+    assert!(code_of(&handle).contains("openraft::"));
+}

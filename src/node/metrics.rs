@@ -13,9 +13,9 @@ use exchange_domain::RejectReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::gateway::metrics::GatewayMetrics;
-use crate::gateway::server::role_name;
 use crate::latency::{LatencyHistogram, LATENCY_BUCKETS_US};
 use crate::replication::engine_thread::EngineHandle;
+use crate::replication::leadership::Role;
 use crate::replication::types::Raft;
 
 /// What the metrics page is made of.
@@ -52,7 +52,7 @@ pub fn render(sources: &MetricsSources) -> String {
     let applied = status.applied_index();
     let committed = sources.committed.load(Ordering::Acquire);
     let mut out = String::with_capacity(8 * 1024);
-    let role = role_name(raft.state);
+    let role = Role::of(raft.state).name();
     let roles: Vec<(String, u64)> = ["leader", "follower", "candidate", "learner", "shutdown"]
         .iter()
         .map(|r| (format!("{{role=\"{r}\"}}"), u64::from(*r == role)))

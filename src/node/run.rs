@@ -29,6 +29,7 @@ use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::{
     AppliedPosition, EngineHandle, EngineThreadConfig, OutputTap,
 };
+use crate::replication::leadership::Leadership;
 use crate::replication::log_store::LogStore;
 use crate::replication::network::{serve as serve_raft, Network};
 use crate::replication::reports::ReportJournal;
@@ -199,11 +200,12 @@ impl Node {
             hold_candidacy_until_a_leader_is_heard(&raft);
         }
 
+        let leadership = Leadership::new(raft.clone(), config.id, config.quorum_lost_after());
         let sequencer = Sequencer::start(
             raft.clone(),
             max_timestamp,
             Arc::clone(&engine),
-            config.quorum_lost_after(),
+            leadership.clone(),
             Arc::clone(&round_latency),
         );
         let brokers = match &config.brokers_file {
@@ -259,13 +261,11 @@ impl Node {
         tokio::spawn(serve_brokers(
             broker_endpoint.clone(),
             Gateway {
-                id: config.id,
-                raft: raft.clone(),
+                leadership,
                 sequencer,
                 engine,
                 committed,
                 divergence,
-                quorum_lost_after: config.quorum_lost_after(),
                 admin_digest,
                 session_limits: config.session_limits,
                 reports,

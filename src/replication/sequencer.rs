@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{Batch, BATCH_COMMANDS_MAX};
 use super::engine_thread::EngineHandle;
+use super::leadership::Leadership;
 use super::types::{NodeId, Raft};
 use crate::latency::LatencyHistogram;
 
@@ -70,14 +71,14 @@ pub struct Sequencer {
 impl Sequencer {
     /// Starts the proposing task. `log_max_timestamp` and `engine` give the timestamps already
     /// used, which new stamps must not go below.
-    /// A proposal waiting while this leader has heard from no majority for
-    /// `quorum_lost_after` is answered "outcome unknown". Each committed proposal's time, from
+    /// A proposal waiting while this leader has lost its majority (`Leadership::quorum_lost`)
+    /// is answered "outcome unknown". Each committed proposal's time, from
     /// proposing to the engine's outputs, goes into `round_latency`.
     pub fn start(
         raft: Raft,
         log_max_timestamp: Arc<AtomicU64>,
         engine: Arc<EngineHandle>,
-        quorum_lost_after: Duration,
+        leadership: Leadership,
         round_latency: Arc<LatencyHistogram>,
     ) -> Self {
         let (queue, pending) = mpsc::channel(SEQUENCER_QUEUE_COMMANDS_MAX);
@@ -86,7 +87,7 @@ impl Sequencer {
             pending,
             log_max_timestamp,
             engine,
-            quorum_lost_after,
+            leadership,
             round_latency,
         ));
         Sequencer { queue }
@@ -118,20 +119,10 @@ impl Sequencer {
     }
 }
 
-/// Resolves once this node, still leading, has heard from no majority for `after`.
-async fn majority_lost(raft: &Raft, after: Duration) {
-    loop {
-        let lost = {
-            let metrics = raft.metrics();
-            let metrics = metrics.borrow();
-            metrics.state == openraft::ServerState::Leader
-                && metrics
-                    .millis_since_quorum_ack
-                    .is_some_and(|ms| ms > after.as_millis() as u64)
-        };
-        if lost {
-            return;
-        }
+/// Resolves once this node, still leading, has heard from no majority for the leadership's
+/// `quorum_lost_after`.
+async fn majority_lost(leadership: &Leadership) {
+    while !leadership.quorum_lost() {
         tokio::time::sleep(MAJORITY_CHECK_EVERY).await;
     }
 }
@@ -169,7 +160,7 @@ async fn run(
     mut pending: mpsc::Receiver<Pending>,
     log_max_timestamp: Arc<AtomicU64>,
     engine: Arc<EngineHandle>,
-    quorum_lost_after: Duration,
+    leadership: Leadership,
     round_latency: Arc<LatencyHistogram>,
 ) {
     let mut last_stamp = 0u64;
@@ -211,7 +202,7 @@ async fn run(
             )),
             // Brokers waiting on a leader cut off from its majority would wait for the cut to
             // heal: tell them at once, so they resend to the new leader.
-            () = majority_lost(&raft, quorum_lost_after) => Err(
+            () = majority_lost(&leadership) => Err(
                 "the leader lost its majority before this was committed".to_string()
             ),
         };

@@ -1,0 +1,165 @@
+//! Admission: a session's rate and in-flight limits, the stateless checks, and sequencing a
+//! request's commands; who leads, as brokers are told it.
+
+use super::*;
+
+/// What one session may demand of the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Commands per second, with a burst of one second's worth.
+    pub commands_per_sec: u32,
+    /// Commands sent but not yet answered. At most the engine's exactly-once window, so that
+    /// everything a session may have to resend is still remembered.
+    pub in_flight_max: u32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            commands_per_sec: 500_000,
+            in_flight_max: 4_096,
+        }
+    }
+}
+
+const _: () = assert!(4_096 <= exchange_engine::CLIENT_ORDER_ID_WINDOW);
+
+/// A token bucket: `rate` tokens a second, holding at most one second's worth.
+pub(super) struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    pub(super) fn new(rate: u32) -> Self {
+        TokenBucket {
+            rate: rate as f64,
+            tokens: rate as f64,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes `n` tokens, or says how long until they are there.
+    pub(super) fn take(&mut self, n: u32) -> Result<(), Duration> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate.max(n as f64));
+        self.refilled = now;
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (n as f64 - self.tokens) / self.rate.max(1.0),
+            ))
+        }
+    }
+}
+
+impl Gateway {
+    /// Admits commands and sequences them: the stateless checks (size, leadership,
+    /// permission), then the session's in-flight bound, then its rate, so that a refused
+    /// request spends nothing. Answers each command's outputs as the session may see them,
+    /// or the reply that refuses the whole request.
+    pub(super) async fn sequence(
+        &self,
+        session: &Session,
+        principal: Principal,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Result<Vec<Output>, SubmitError>>, Reply> {
+        let count = commands.len();
+        if count > SUBMIT_BATCH_COMMANDS_MAX {
+            return Err(Reply::Error(format!(
+                "a batch holds at most {SUBMIT_BATCH_COMMANDS_MAX} commands, got {count}"
+            )));
+        }
+        if count > self.session_limits.in_flight_max as usize {
+            return Err(Reply::Error(format!(
+                "a request may carry at most {} commands on this node (its in-flight limit)",
+                self.session_limits.in_flight_max
+            )));
+        }
+        if self.leadership.quorum_lost() {
+            return Err(Reply::NotLeader {
+                leader_id: None,
+                broker: None,
+            });
+        }
+        if !principal.is_operator() && commands.iter().any(|c| matches!(c, Command::Admin(_))) {
+            return Err(Reply::Error(
+                "not permitted: admin commands need the admin credential".into(),
+            ));
+        }
+        let throttled = |reason: String, retry_after: Duration| Reply::Throttled {
+            reason,
+            retry_after_ms: retry_after.as_millis().max(1) as u64,
+        };
+        let _permit = Arc::clone(&session.in_flight)
+            .try_acquire_many_owned(count as u32)
+            .map_err(|_| {
+                throttled(
+                    format!(
+                        "over the session's limit of {} commands in flight",
+                        self.session_limits.in_flight_max
+                    ),
+                    Duration::from_millis(1),
+                )
+            })?;
+        session
+            .bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(count as u32)
+            .map_err(|wait| throttled("over the session's command rate".into(), wait))?;
+        self.metrics
+            .commands
+            .fetch_add(count as u64, Ordering::Relaxed);
+        let accounts: Vec<_> = commands.iter().map(Command::account).collect();
+        let stamped = commands
+            .into_iter()
+            .map(|command| BrokerCommand {
+                broker: principal.broker,
+                command,
+            })
+            .collect();
+        let results = self.sequencer.submit_many(stamped).await;
+        // Not the leader, or stopping: nothing was sequenced (every command got the same
+        // answer), and the broker is sent elsewhere.
+        match results.first() {
+            Some(Err(SubmitError::NotLeader { .. })) => return Err(self.not_leader()),
+            Some(Err(SubmitError::Stopped)) => {
+                return Err(Reply::NotLeader {
+                    leader_id: None,
+                    broker: None,
+                })
+            }
+            _ => {}
+        }
+        Ok(results
+            .into_iter()
+            .zip(accounts)
+            .map(|(result, account)| result.map(|outputs| principal.visible(account, outputs)))
+            .collect())
+    }
+
+    pub(super) fn not_leader(&self) -> Reply {
+        let (leader_id, broker) = self.leadership.leader_elsewhere();
+        Reply::NotLeader { leader_id, broker }
+    }
+
+    /// Makes a read linearizable (`Leadership::confirm`): a deposed leader answers
+    /// `NotLeader` instead of reading a stale state.
+    pub(super) async fn confirm_leadership(&self) -> Result<(), Reply> {
+        self.leadership
+            .confirm()
+            .await
+            .map_err(|_| self.not_leader())
+    }
+
+    /// Whether this node leads and has heard from a majority lately: only then it serves
+    /// commands and publishes.
+    pub(super) fn publishing(&self) -> bool {
+        self.leadership.publishing()
+    }
+}

@@ -1,0 +1,186 @@
+//! Streams: a broker's execution reports and market data, from the leader only, each
+//! following its source with no gap until the subscriber goes or the node stops leading.
+
+use super::*;
+
+impl Gateway {
+    /// Streams one market data stream until the subscriber goes, or this node stops leading.
+    /// Returns the reply that ends the stream, if any.
+    pub(super) async fn stream_market(
+        &self,
+        symbol: u32,
+        channel: Channel,
+        mut since: Option<u64>,
+        send: &mut quinn::SendStream,
+    ) -> Option<Reply> {
+        'subscribe: loop {
+            if !self.publishing() {
+                return Some(self.not_leader());
+            }
+            let Some(subscription) = self.market.subscribe(symbol, channel, since) else {
+                return Some(self.no_market_data(symbol));
+            };
+            let mut live = subscription.live;
+            let mut last = match subscription.start {
+                Start::Resume(later) => {
+                    let last = later.last().map_or(since.unwrap_or(0), |p| p.message.seq);
+                    if later.is_empty() {
+                        write(send, &Reply::Market(Vec::new())).await.ok()?;
+                    }
+                    for chunk in later.chunks(MARKET_MESSAGES_PER_FRAME_MAX) {
+                        write_market(send, chunk).await.ok()?;
+                    }
+                    last
+                }
+                Start::Snapshot(snapshot) => {
+                    let last = snapshot.seq;
+                    write(send, &Reply::Market(vec![snapshot])).await.ok()?;
+                    last
+                }
+            };
+            let mine = |p: &Published| p.message.symbol == symbol && p.message.channel == channel;
+            let mut batch: Vec<Arc<Published>> = Vec::new();
+            loop {
+                let first = tokio::select! {
+                    received = live.recv() => received,
+                    _ = send.stopped() => return None,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if !self.publishing() {
+                            return Some(self.not_leader());
+                        }
+                        continue;
+                    }
+                };
+                let mut lagged = false;
+                let mut next = Some(first);
+                batch.clear();
+                while let Some(received) = next.take() {
+                    match received {
+                        Ok(published) if mine(&published) && published.message.is_snapshot() => {
+                            // The hub started again from snapshots (messages were dropped on
+                            // their way to it): so does the subscriber.
+                            last = published.message.seq;
+                            batch.push(published);
+                        }
+                        Ok(published) if mine(&published) && published.message.seq > last => {
+                            if published.message.seq != last + 1 {
+                                // Messages were dropped on their way to the hub: resynchronise.
+                                lagged = true;
+                                break;
+                            }
+                            last = published.message.seq;
+                            batch.push(published);
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            lagged = true;
+                            break;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Some(Reply::Error("the node is stopping".into()));
+                        }
+                    }
+                    if batch.len() < MARKET_MESSAGES_PER_FRAME_MAX {
+                        next = match live.try_recv() {
+                            Ok(published) => Some(Ok(published)),
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                Some(Err(broadcast::error::RecvError::Lagged(n)))
+                            }
+                            Err(broadcast::error::TryRecvError::Closed) => {
+                                Some(Err(broadcast::error::RecvError::Closed))
+                            }
+                            Err(broadcast::error::TryRecvError::Empty) => None,
+                        };
+                    }
+                }
+                self.planted_market_gap(&mut batch);
+                if !batch.is_empty() {
+                    write_market(send, &batch).await.ok()?;
+                    self.metrics
+                        .market_messages
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+                if !self.publishing() {
+                    return Some(self.not_leader());
+                }
+                if lagged {
+                    // Too far behind to catch up message by message: start again from a
+                    // fresh snapshot.
+                    self.metrics.market_resyncs.fetch_add(1, Ordering::Relaxed);
+                    since = None;
+                    continue 'subscribe;
+                }
+            }
+        }
+    }
+
+    /// Streams a broker's reports after `since` until the stream fails or this node stops
+    /// leading. Returns the reply that ends the stream, if any.
+    pub(super) async fn stream_reports(
+        &self,
+        broker: BrokerId,
+        mut since: u64,
+        send: &mut quinn::SendStream,
+    ) -> Option<Reply> {
+        let mut recorded = self.reports.subscribe();
+        let mut first = true;
+        loop {
+            if !self.publishing() {
+                return Some(self.not_leader());
+            }
+            recorded.borrow_and_update();
+            let batch = match self.reports.since(broker, since, REPORTS_PER_FRAME_MAX) {
+                Ok(batch) => batch,
+                Err(gap) => {
+                    return Some(Reply::Error(format!(
+                        "reports up to seq {} are no longer kept on this node; asked since {since}",
+                        gap.complete_after
+                    )))
+                }
+            };
+            if batch.is_empty() && !first {
+                // Wake on news, now and then to notice a lost leadership, and at once when
+                // the subscriber goes away (else this task would outlive its connection).
+                tokio::select! {
+                    _ = recorded.changed() => {}
+                    _ = send.stopped() => return None,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+            first = false;
+            if let Some(last) = batch.last() {
+                since = last.seq;
+            }
+            let mut batch = batch;
+            self.planted_report_faults(&mut batch);
+            write(send, &Reply::Reports(batch)).await.ok()?;
+        }
+    }
+}
+
+/// Writes `Reply::Market` of already encoded messages: postcard encodes an enum as its variant
+/// index then its content, and a vector as its length then its elements, so the frame is the
+/// variant's prefix, the count, and the messages' bytes as the hub encoded them once for all.
+pub(super) async fn write_market(
+    send: &mut quinn::SendStream,
+    messages: &[Arc<Published>],
+) -> Result<(), ()> {
+    let frame = market_frame(messages);
+    write_frame(send, &frame).await.map_err(|_| ())
+}
+
+pub(super) fn market_frame(messages: &[Arc<Published>]) -> Vec<u8> {
+    let mut frame = postcard::to_allocvec(&Reply::Market(Vec::new())).unwrap_or_default();
+    // The empty vector's length is the last byte (a varint 0): replace it by the count.
+    frame.pop();
+    let mut count = [0u8; 10];
+    // A usize's varint takes at most 10 bytes: this cannot fail.
+    if let Ok(count) = postcard::to_slice(&messages.len(), &mut count) {
+        frame.extend_from_slice(count);
+    }
+    for published in messages {
+        frame.extend_from_slice(&published.encoded);
+    }
+    frame
+}

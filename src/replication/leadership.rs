@@ -1,0 +1,198 @@
+//! What the rest of the node may know and ask of Raft, so that openraft stays inside
+//! replication: this node's role, the leader and its broker address, whether a leader has lost
+//! its majority, the confirmation a linearizable read needs, and membership changes.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::ServerState;
+
+use crate::replication::types::{NodeAddr, Raft};
+
+/// A Raft role, as `status` and the metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn of(state: ServerState) -> Role {
+        match state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        }
+    }
+}
+
+/// This node's view of the cluster now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+/// Why leadership could not be confirmed, or a membership change made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeadershipError {
+    /// This node does not lead (or no longer does): ask the leader.
+    NotLeader,
+    /// No majority confirmed this node's leadership in time.
+    NoMajority,
+    /// The change was refused or failed (the reason).
+    Failed(String),
+}
+
+impl std::fmt::Display for LeadershipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeadershipError::NotLeader => write!(f, "this node is not the leader"),
+            LeadershipError::NoMajority => write!(f, "no majority confirmed the leadership"),
+            LeadershipError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for LeadershipError {}
+
+/// A read whose leadership check fell short of a majority tries again after this pause.
+const CONFIRM_RETRY_PAUSE: Duration = Duration::from_millis(2);
+
+/// The handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Leadership {
+    raft: Raft,
+    id: u64,
+    quorum_lost_after: Duration,
+}
+
+impl Leadership {
+    /// `quorum_lost_after`: a leader that has heard from no majority for this long is treated
+    /// as not leading (it stops answering brokers and publishing, and its proposals are
+    /// answered "outcome unknown").
+    pub fn new(raft: Raft, id: u64, quorum_lost_after: Duration) -> Leadership {
+        Leadership {
+            raft,
+            id,
+            quorum_lost_after,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn quorum_lost_after(&self) -> Duration {
+        self.quorum_lost_after
+    }
+
+    pub fn view(&self) -> View {
+        // Clone at once: holding the borrow would block Raft's updates.
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        View {
+            role: Role::of(metrics.state),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }
+    }
+
+    /// Whether this node leads but has not heard from a majority for `quorum_lost_after`: the
+    /// one check of it in the node. On every order's path: two fields read under a brief
+    /// borrow, not a copy of all the metrics.
+    pub fn quorum_lost(&self) -> bool {
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
+        metrics.state == ServerState::Leader
+            && metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms > self.quorum_lost_after.as_millis() as u64)
+    }
+
+    /// Whether this node leads and has heard from a majority lately: only then it serves
+    /// brokers and publishes.
+    pub fn publishing(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader && !self.quorum_lost()
+    }
+
+    /// The leader, if it is another node, with its broker address when known. A leader
+    /// without its majority still names itself: it must not send brokers back to itself.
+    pub fn leader_elsewhere(&self) -> (Option<u64>, Option<String>) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader.filter(|&leader| leader != self.id);
+        let broker = leader.and_then(|leader| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|node| node.broker.clone())
+        });
+        (leader, broker)
+    }
+
+    /// Makes a read linearizable (Raft's read index): a leader deposed without knowing it yet
+    /// would answer from a stale state, so it first confirms with a majority that it still
+    /// leads. Rounds that fall short of a majority (a busy host answers late) are tried again
+    /// until four times `quorum_lost_after` have passed.
+    pub async fn confirm(&self) -> Result<(), LeadershipError> {
+        let deadline = tokio::time::Instant::now() + self.quorum_lost_after * 4;
+        loop {
+            if !self.publishing() {
+                return Err(LeadershipError::NotLeader);
+            }
+            match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if e.forward_to_leader().is_some() => {
+                    return Err(LeadershipError::NotLeader)
+                }
+                Ok(Err(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(CONFIRM_RETRY_PAUSE).await;
+                }
+                Ok(Err(_)) | Err(_) => return Err(LeadershipError::NoMajority),
+            }
+        }
+    }
+
+    /// Adds a node as a learner and waits until it has caught up (from the log, or from a
+    /// snapshot when the log behind it was purged).
+    pub async fn add_learner(&self, id: u64, node: NodeAddr) -> Result<(), LeadershipError> {
+        match self.raft.add_learner(id, node, true).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.forward_to_leader().is_some() => Err(LeadershipError::NotLeader),
+            Err(e) => Err(LeadershipError::Failed(e.to_string())),
+        }
+    }
+
+    /// Makes exactly these nodes the voters (learners named are promoted, voters not named
+    /// removed).
+    pub async fn set_voters(&self, voters: BTreeSet<u64>) -> Result<(), LeadershipError> {
+        match self.raft.change_membership(voters, false).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.forward_to_leader().is_some() => Err(LeadershipError::NotLeader),
+            Err(e) => Err(LeadershipError::Failed(e.to_string())),
+        }
+    }
+}
