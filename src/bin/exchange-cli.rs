@@ -574,7 +574,9 @@ async fn status(args: cluster::ClusterArgs) -> Result<(), CliError> {
             Ok(status) => {
                 rows.push(serde_json::json!({ "node": addr.to_string(), "status": status }))
             }
-            Err(e) => rows.push(serde_json::json!({ "node": addr.to_string(), "error": e })),
+            Err(e) => {
+                rows.push(serde_json::json!({ "node": addr.to_string(), "error": e.to_string() }))
+            }
         }
     }
     let health = health(&rows);

@@ -388,7 +388,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let node = Node::start(&config).await?;
+        let node = Node::start(&config).await.map_err(|e| e.to_string())?;
         node.run_until_signalled().await
     });
     match result {

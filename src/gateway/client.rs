@@ -241,8 +241,10 @@ impl Client {
         postcard::from_bytes(&reply).map_err(|e| e.to_string())
     }
 
-    /// Sends one request to `addr` over a fresh connection (for per-node queries).
-    pub async fn ask(&self, addr: SocketAddr, request: &Request) -> Result<Reply, String> {
+    /// Sends one request to `addr` over a fresh connection (for per-node queries). A node
+    /// that cannot be reached or does not answer is `Unavailable`; a refused logon is
+    /// `Rejected`.
+    pub async fn ask(&self, addr: SocketAddr, request: &Request) -> Result<Reply, ClientError> {
         let (mut link, _) = connect(
             &self.endpoint,
             addr,
@@ -251,16 +253,19 @@ impl Client {
         )
         .await
         .map_err(|e| match e {
-            ConnectError::Network(e) | ConnectError::Refused(e) => e,
+            ConnectError::Network(e) => ClientError::Unavailable(e),
+            ConnectError::Refused(e) => ClientError::Rejected(e),
         })?;
-        Self::exchange(&mut link, request).await
+        Self::exchange(&mut link, request)
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))
     }
 
     /// One node's status.
-    pub async fn status_of(&self, addr: SocketAddr) -> Result<NodeStatus, String> {
+    pub async fn status_of(&self, addr: SocketAddr) -> Result<NodeStatus, ClientError> {
         match self.ask(addr, &Request::Status).await? {
             Reply::Status(status) => Ok(status),
-            other => Err(format!("unexpected reply {other:?}")),
+            other => Err(unexpected(other)),
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod brokers;
 pub mod config;
 pub mod divergence_watch;
+pub mod error;
 pub mod metrics;
 pub mod outputs;
 pub mod run;

@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::brokers::apply_when_leader as apply_brokers_file;
 use super::config::NodeConfig;
 use super::divergence_watch::watch as watch_divergence;
+use super::error::StartError;
 use super::metrics::{serve as serve_metrics, MetricsSources};
 use super::outputs::NodeTap;
 use crate::gateway::credentials::BrokersFile;
@@ -51,7 +52,7 @@ pub struct Node {
     reporter: Option<Arc<Reporter>>,
 }
 
-fn raft_config(config: &NodeConfig) -> Result<Config, String> {
+fn raft_config(config: &NodeConfig) -> Result<Config, StartError> {
     Config {
         cluster_name: "exchange".into(),
         heartbeat_interval: config.heartbeat_ms,
@@ -69,18 +70,21 @@ fn raft_config(config: &NodeConfig) -> Result<Config, String> {
         ..Default::default()
     }
     .validate()
-    .map_err(|e| format!("Raft settings: {e}"))
+    .map_err(|e| StartError::Config(format!("Raft settings: {e}")))
 }
 
 impl Node {
-    pub async fn start(config: &NodeConfig) -> Result<Node, String> {
-        config.check()?;
-        let identity = tls::load_identity(&config.certs_dir, config.id).map_err(|e| {
-            format!("{e} (make development certificates with `exchange-node gen-certs`)")
-        })?;
+    pub async fn start(config: &NodeConfig) -> Result<Node, StartError> {
+        config.check().map_err(StartError::Config)?;
+        let identity =
+            tls::load_identity(&config.certs_dir, config.id).map_err(StartError::Certificates)?;
 
-        crate::replication::data_format::check_or_mark(&config.data_dir)
-            .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+        crate::replication::data_format::check_or_mark(&config.data_dir).map_err(|source| {
+            StartError::DataFormat {
+                dir: config.data_dir.clone(),
+                source,
+            }
+        })?;
         let append_latency = Arc::new(LatencyHistogram::default());
         let round_latency = Arc::new(LatencyHistogram::default());
         let log = LogStore::open(
@@ -88,8 +92,13 @@ impl Node {
             config.fsync,
             config.segment_bytes,
             Arc::clone(&append_latency),
-        )?;
-        let snapshot = StoredSnapshot::load(&config.data_dir)?;
+        )
+        .map_err(StartError::Log)?;
+        let snapshot =
+            StoredSnapshot::load(&config.data_dir).map_err(|reason| StartError::Snapshot {
+                dir: config.data_dir.clone(),
+                reason,
+            })?;
         let engine_config = EngineThreadConfig {
             engine: exchange_engine::EngineConfig::default(),
             idle: config.idle,
@@ -102,7 +111,7 @@ impl Node {
         tokio::spawn(feed_market);
         let reporter = match &config.report_db {
             Some(path) => Some(Arc::new(
-                Reporter::spawn(path).map_err(|e| format!("--report-db: {e}"))?,
+                Reporter::spawn(path).map_err(|e| StartError::ReportDb(e.to_string()))?,
             )),
             None => None,
         };
@@ -118,11 +127,15 @@ impl Node {
                     Some((position.clone(), &stored.state)),
                     Some(tap),
                 )
-                .map_err(|e| format!("{}: snapshot: {e}", config.data_dir.display()))?;
+                .map_err(|e| StartError::Snapshot {
+                    dir: config.data_dir.clone(),
+                    reason: e.to_string(),
+                })?;
                 (engine, position)
             }
             None => (
-                EngineHandle::spawn(engine_config, None, Some(tap)).map_err(|e| e.to_string())?,
+                EngineHandle::spawn(engine_config, None, Some(tap))
+                    .map_err(|e| StartError::Engine(e.to_string()))?,
                 AppliedPosition::default(),
             ),
         };
@@ -132,7 +145,7 @@ impl Node {
         let start_seq = engine
             .query(|engine| engine.last_seq())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StartError::Engine(e.to_string()))?;
         let reports = Arc::new(ReportJournal::new(start_seq));
         let state_machine = StateMachine::new(
             Arc::clone(&engine),
@@ -148,12 +161,18 @@ impl Node {
         let me = config.peers[&config.id];
         let transport = tls::transport(Duration::from_millis(config.election_max_ms * 4));
         let mut raft_endpoint = quinn::Endpoint::server(
-            tls::mutual_server(&identity, Arc::clone(&transport)).map_err(|e| e.to_string())?,
+            tls::mutual_server(&identity, Arc::clone(&transport))
+                .map_err(StartError::Certificates)?,
             config.raft_listen,
         )
-        .map_err(|e| format!("raft listener {}: {e}", config.raft_listen))?;
+        .map_err(|e| StartError::Listen {
+            what: "raft",
+            addr: config.raft_listen,
+            reason: e.to_string(),
+        })?;
         raft_endpoint.set_default_client_config(
-            tls::mutual_client(&identity, Arc::clone(&transport)).map_err(|e| e.to_string())?,
+            tls::mutual_client(&identity, Arc::clone(&transport))
+                .map_err(StartError::Certificates)?,
         );
 
         let raft = Raft::new(
@@ -164,7 +183,7 @@ impl Node {
             state_machine,
         )
         .await
-        .map_err(|e| format!("starting Raft: {e}"))?;
+        .map_err(|e| StartError::Raft(e.to_string()))?;
         tokio::spawn(serve_raft(raft_endpoint.clone(), raft.clone()));
 
         // Only an explicit bootstrap founds a cluster; on a restart Raft already knows its
@@ -192,7 +211,7 @@ impl Node {
                 Err(openraft::error::RaftError::APIError(
                     openraft::error::InitializeError::NotAllowed(_),
                 )) => {}
-                Err(e) => return Err(format!("initializing the cluster: {e}")),
+                Err(e) => return Err(StartError::Raft(format!("initializing the cluster: {e}"))),
             }
         }
 
@@ -209,7 +228,7 @@ impl Node {
             Arc::clone(&round_latency),
         );
         let brokers = match &config.brokers_file {
-            Some(path) => BrokersFile::load(path)?,
+            Some(path) => BrokersFile::load(path).map_err(StartError::Brokers)?,
             None => {
                 tracing::warn!(
                     "no brokers file: no admin key, so nobody can administer through this node"
@@ -232,7 +251,12 @@ impl Node {
                     round_latency,
                 },
             )
-            .await?;
+            .await
+            .map_err(|reason| StartError::Listen {
+                what: "metrics",
+                addr,
+                reason,
+            })?;
         }
         tokio::spawn(apply_brokers_file(
             raft.clone(),
@@ -241,10 +265,15 @@ impl Node {
             brokers,
         ));
         let broker_endpoint = quinn::Endpoint::server(
-            tls::broker_server(&identity, tls::broker_transport()).map_err(|e| e.to_string())?,
+            tls::broker_server(&identity, tls::broker_transport())
+                .map_err(StartError::Certificates)?,
             config.broker_listen,
         )
-        .map_err(|e| format!("broker listener {}: {e}", config.broker_listen))?;
+        .map_err(|e| StartError::Listen {
+            what: "broker",
+            addr: config.broker_listen,
+            reason: e.to_string(),
+        })?;
         let divergence = DivergenceLog::default();
         let peers = config
             .peers

@@ -37,20 +37,20 @@ enum WalRequest {
         payloads: Vec<u8>,
         /// (term, index, end of the payload in `payloads`).
         records: Vec<(u64, u64, usize)>,
-        written: oneshot::Sender<Result<(), String>>,
+        written: oneshot::Sender<Result<(), LogStoreError>>,
         flushed: LogFlushed<TypeConfig>,
     },
     Truncate {
         index: u64,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), LogStoreError>>,
     },
     Purge {
         log_id: LogId,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), LogStoreError>>,
     },
     SaveVote {
         vote: Vote,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), LogStoreError>>,
     },
 }
 
@@ -73,6 +73,44 @@ pub struct LogStoreReader {
     reader: LogReader,
 }
 
+/// Why the log store failed: what a node's start reports, and what openraft is told as a
+/// storage error.
+#[derive(Debug)]
+pub enum LogStoreError {
+    /// The log directory could not be made.
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The mmap log (opening and recovering it, or an append, truncation or purge).
+    Log {
+        dir: PathBuf,
+        source: exchange_log::Error,
+    },
+    /// An entry in the log does not decode.
+    Entry { index: u64, reason: String },
+    /// A small meta file (the vote, the purge point) cannot be read, decoded or written.
+    Meta { path: PathBuf, reason: String },
+    /// The WAL thread could not start, or has stopped.
+    Wal(String),
+}
+
+impl std::fmt::Display for LogStoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogStoreError::Dir { dir, source } => write!(f, "{}: {source}", dir.display()),
+            LogStoreError::Log { dir, source } => write!(f, "{}: {source}", dir.display()),
+            LogStoreError::Entry { index, reason } => {
+                write!(f, "log entry {index} does not decode: {reason}")
+            }
+            LogStoreError::Meta { path, reason } => write!(f, "{}: {reason}", path.display()),
+            LogStoreError::Wal(why) => write!(f, "the WAL thread: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for LogStoreError {}
+
 fn io_error(message: impl Into<String>) -> std::io::Error {
     std::io::Error::other(message.into())
 }
@@ -93,23 +131,29 @@ impl LogStore {
         flush: FlushPolicy,
         segment_bytes: u64,
         append_latency: Arc<LatencyHistogram>,
-    ) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    ) -> Result<Self, LogStoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| LogStoreError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         let config = LogConfig {
             segment_bytes,
             flush,
             first_index: 0,
         };
-        let log = Log::open(dir, config).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let log = Log::open(dir, config).map_err(|source| LogStoreError::Log {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         let mut reader = log.reader();
         let last_purged = read_meta::<LogId>(&dir.join(LAST_PURGED_FILE))?;
-        let max_timestamp_ns = Arc::new(AtomicU64::new(last_timestamp(&mut reader)?));
+        let max_timestamp_ns = Arc::new(AtomicU64::new(last_timestamp(&mut reader, dir)?));
         let (wal, requests) = mpsc::sync_channel(WAL_QUEUE_REQUESTS_MAX);
         let wal_dir = dir.to_path_buf();
         std::thread::Builder::new()
             .name("wal".into())
             .spawn(move || wal_thread(log, wal_dir, flush, requests, &append_latency))
-            .map_err(|e| format!("cannot start the WAL thread: {e}"))?;
+            .map_err(|e| LogStoreError::Wal(format!("cannot start it: {e}")))?;
         Ok(LogStore {
             wal,
             reader,
@@ -137,48 +181,62 @@ impl LogStore {
 
     async fn request<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> WalRequest,
-        map: impl Fn(String) -> StorageError,
+        make: impl FnOnce(oneshot::Sender<Result<(), LogStoreError>>) -> WalRequest,
+        map: impl Fn(LogStoreError) -> StorageError,
         value: T,
     ) -> Result<T, StorageError> {
         let (done, answer) = oneshot::channel();
         self.wal
             .send(make(done))
-            .map_err(|_| map("the WAL thread has stopped".into()))?;
+            .map_err(|_| map(LogStoreError::Wal("it has stopped".into())))?;
         match answer.await {
             Ok(Ok(())) => Ok(value),
             Ok(Err(e)) => Err(map(e)),
-            Err(_) => Err(map("the WAL thread has stopped".into())),
+            Err(_) => Err(map(LogStoreError::Wal("it has stopped".into()))),
         }
     }
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+fn meta_error(path: &Path, reason: impl std::fmt::Display) -> LogStoreError {
+    LogStoreError::Meta {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, LogStoreError> {
     match MetaFile::new(path).read() {
         Ok(None) => Ok(None),
         Ok(Some(bytes)) => postcard::from_bytes(&bytes)
             .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+            .map_err(|e| meta_error(path, e)),
+        Err(e) => Err(meta_error(path, e)),
     }
 }
 
-fn write_meta<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
-    let bytes = postcard::to_allocvec(value).map_err(|e| e.to_string())?;
+fn write_meta<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), LogStoreError> {
+    let bytes = postcard::to_allocvec(value).map_err(|e| meta_error(path, e))?;
     MetaFile::new(path)
         .write(&bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| meta_error(path, e))
 }
 
 /// The timestamp of the last batch in the log: batches are stamped in rising order along it.
-fn last_timestamp(reader: &mut LogReader) -> Result<u64, String> {
+fn last_timestamp(reader: &mut LogReader, dir: &Path) -> Result<u64, LogStoreError> {
     let Some(mut index) = reader.last_index() else {
         return Ok(0);
     };
     loop {
-        let record = reader.get(index).map_err(|e| e.to_string())?;
-        let entry =
-            codec::decode(record.term, record.index, record.payload).map_err(|e| e.to_string())?;
+        let record = reader.get(index).map_err(|source| LogStoreError::Log {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let entry = codec::decode(record.term, record.index, record.payload).map_err(|e| {
+            LogStoreError::Entry {
+                index,
+                reason: e.to_string(),
+            }
+        })?;
         if let EntryPayload::Normal(batch) = entry.payload {
             return Ok(batch.timestamp_ns);
         }
@@ -218,7 +276,10 @@ fn wal_thread(
                     }
                 }));
                 let failed = result.as_ref().err().map(|e| e.to_string());
-                let _ = written.send(result.map(|_| ()).map_err(|e| e.to_string()));
+                let _ = written.send(result.map(|_| ()).map_err(|source| LogStoreError::Log {
+                    dir: dir.clone(),
+                    source,
+                }));
                 let flush = match failed {
                     Some(e) => Err(io_error(e)),
                     // Group commit: one sync for everything this append wrote.
@@ -231,13 +292,21 @@ fn wal_thread(
                 flushed.log_io_completed(flush);
             }
             WalRequest::Truncate { index, done } => {
-                let _ = done.send(log.truncate(index).map_err(|e| e.to_string()));
+                let _ = done.send(log.truncate(index).map_err(|source| LogStoreError::Log {
+                    dir: dir.clone(),
+                    source,
+                }));
             }
             WalRequest::Purge { log_id, done } => {
                 // The purge point is recorded first: a crash between the two leaves entries
                 // the log still holds but Raft no longer asks for, never a gap.
-                let result = write_meta(&dir.join(LAST_PURGED_FILE), &log_id)
-                    .and_then(|()| log.purge(log_id.index).map_err(|e| e.to_string()));
+                let result = write_meta(&dir.join(LAST_PURGED_FILE), &log_id).and_then(|()| {
+                    log.purge(log_id.index)
+                        .map_err(|source| LogStoreError::Log {
+                            dir: dir.clone(),
+                            source,
+                        })
+                });
                 let _ = done.send(result);
             }
             WalRequest::SaveVote { vote, done } => {
@@ -323,7 +392,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let vote = *vote;
         self.request(
             |done| WalRequest::SaveVote { vote, done },
-            |e| StorageIOError::write_vote(&io_error(e)).into(),
+            |e| StorageIOError::write_vote(&io_error(e.to_string())).into(),
             (),
         )
         .await
@@ -338,7 +407,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         read_meta::<Vote>(&self.dir.join(VOTE_FILE))
-            .map_err(|e| StorageIOError::read_vote(&io_error(e)).into())
+            .map_err(|e| StorageIOError::read_vote(&io_error(e.to_string())).into())
     }
 
     async fn append<I>(
