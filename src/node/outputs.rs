@@ -1,17 +1,22 @@
-//! What follows the engine's outputs on this node's engine thread: the market data builder,
-//! whose messages go to the hub, and the reporter, when the node has one.
+//! Where the engine's outputs leave this node's engine thread, all in one place: the market
+//! data builder (its messages go to the hub), the brokers' report journal (what the leader
+//! streams as execution reports), and the reporter, when the node has one.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use exchange_domain::Output;
+use exchange_domain::{BrokerId, Output};
 use exchange_engine::Engine;
 
 use crate::marketdata::hub::MdPublisher;
 use crate::marketdata::{MarketData, MdMessage};
 use crate::replication::engine_thread::OutputTap;
+use crate::replication::reports::ReportJournal;
 use crate::report::{EntryOutputs, ReportSender, TrySendError};
 
 pub struct NodeTap {
+    /// Each broker's reports, for the leader to stream.
+    journal: Arc<ReportJournal>,
     md: MarketData,
     publisher: MdPublisher,
     messages: Vec<MdMessage>,
@@ -28,8 +33,13 @@ pub struct NodeTap {
 }
 
 impl NodeTap {
-    pub fn new(publisher: MdPublisher, report: Option<ReportSender>) -> NodeTap {
+    pub fn new(
+        publisher: MdPublisher,
+        report: Option<ReportSender>,
+        journal: Arc<ReportJournal>,
+    ) -> NodeTap {
         NodeTap {
+            journal,
             md: MarketData::new(),
             publisher,
             messages: Vec::new(),
@@ -86,6 +96,10 @@ impl OutputTap for NodeTap {
         }
     }
 
+    fn reports(&mut self, reports: &[(BrokerId, Output)]) {
+        self.journal.record(reports);
+    }
+
     fn entry(&mut self, engine: &Engine, index: u64, timestamp_ns: u64) {
         self.md
             .finish_entry(engine, index, timestamp_ns, &mut self.messages);
@@ -128,6 +142,8 @@ impl OutputTap for NodeTap {
 
     fn restore(&mut self, engine: &Engine, index: u64, saved: &[u8]) -> Result<(), String> {
         self.md = MarketData::restore(engine, saved)?;
+        // Reports before the snapshot are not kept here: the journal starts after it.
+        self.journal.restart_at(engine.last_seq());
         self.messages.clear();
         let md = &self.md;
         self.publisher.reset(|| md.snapshots());

@@ -115,9 +115,13 @@ impl Node {
             )),
             None => None,
         };
+        // Every output leaves the engine thread through the tap; the journal's start is the
+        // engine's last command, set once the engine stands where it starts (below).
+        let reports = Arc::new(ReportJournal::new(0));
         let tap: Box<dyn OutputTap> = Box::new(NodeTap::new(
             publisher,
             reporter.as_ref().map(|r| r.sender()),
+            Arc::clone(&reports),
         ));
         let (engine, position) = match &snapshot {
             Some(stored) => {
@@ -146,10 +150,9 @@ impl Node {
             .query(|engine| engine.last_seq())
             .await
             .map_err(|e| StartError::Engine(e.to_string()))?;
-        let reports = Arc::new(ReportJournal::new(start_seq));
+        reports.restart_at(start_seq);
         let state_machine = StateMachine::new(
             Arc::clone(&engine),
-            Arc::clone(&reports),
             &config.data_dir,
             position,
             snapshot,

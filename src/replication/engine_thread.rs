@@ -88,15 +88,18 @@ impl CommittedEntry {
 #[derive(Clone, Debug, Default)]
 pub struct EntryOutcome {
     pub outputs: Vec<Vec<Output>>,
-    /// The outputs about brokers' accounts, each with the owning broker, in order.
-    pub reports: Vec<(BrokerId, Output)>,
 }
 
-/// What else follows the engine's outputs on the engine thread, between commands: market data
-/// and the reporter. Deterministic state it keeps travels in snapshots beside the engine's.
+/// Where the engine's outputs leave the engine thread, all of them in one place, between
+/// commands: market data, the reporter and the brokers' report journal. Deterministic state it
+/// keeps travels in snapshots beside the engine's.
 pub trait OutputTap: Send + 'static {
     /// One command's outputs, in order.
     fn command(&mut self, outputs: &[Output]);
+    /// One entry's outputs about brokers' accounts, each with the owning broker, in order
+    /// (a refusal for permission is the sender's answer, not the owner's news): before
+    /// `entry`.
+    fn reports(&mut self, reports: &[(BrokerId, Output)]);
     /// The end of one entry; `engine` is the state after it.
     fn entry(&mut self, engine: &Engine, index: u64, timestamp_ns: u64);
     /// The state to save beside the engine's in a snapshot.
@@ -316,6 +319,7 @@ impl EngineHandle {
             queue: Arc::clone(&queue),
             status: Arc::clone(&status),
             scratch: Vec::new(),
+            entry_reports: Vec::new(),
             tap,
         };
         let join = std::thread::Builder::new()
@@ -436,6 +440,8 @@ struct Worker {
     status: Arc<EngineStatus>,
     /// Where a command's outputs go when no broker waits for them (reused, not reallocated).
     scratch: Vec<Output>,
+    /// The current entry's reports (reused: nothing allocated per entry once grown).
+    entry_reports: Vec<(BrokerId, Output)>,
     tap: Option<Box<dyn OutputTap>>,
 }
 
@@ -542,6 +548,8 @@ impl Worker {
                 self.position.last_log_id
             );
             let mut outcome = EntryOutcome::default();
+            let mut entry_reports = std::mem::take(&mut self.entry_reports);
+            entry_reports.clear();
             if let Some(batch) = &entry.batch {
                 // Only the node that proposed the entry has brokers waiting for each
                 // command's outputs; every other node reuses one scratch vector.
@@ -554,7 +562,7 @@ impl Worker {
                     };
                     outputs.clear();
                     self.engine.process(&input, &mut PerCommand(&mut outputs));
-                    self.note(&outputs, &mut outcome.reports);
+                    self.note(&outputs, &mut entry_reports);
                     if let Some(tap) = self.tap.as_mut() {
                         tap.command(&outputs);
                     }
@@ -572,12 +580,16 @@ impl Worker {
                     .fetch_add(batch.commands.len() as u64, Ordering::Relaxed);
             }
             if let Some(tap) = self.tap.as_mut() {
+                if !entry_reports.is_empty() {
+                    tap.reports(&entry_reports);
+                }
                 let timestamp_ns = entry
                     .batch
                     .as_ref()
                     .map_or(self.engine.last_timestamp_ns(), |b| b.timestamp_ns);
                 tap.entry(&self.engine, entry.index(), timestamp_ns);
             }
+            self.entry_reports = entry_reports;
             self.position.last_log_id = Some(entry.log_id);
             if let Some(membership) = entry.membership {
                 self.position.membership = membership;

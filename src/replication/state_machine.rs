@@ -22,7 +22,6 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 
 use super::engine_thread::{AppliedPosition, CommittedEntry, EngineHandle, EngineStopped};
-use super::reports::ReportJournal;
 use super::types::{
     Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -111,7 +110,6 @@ impl StoredSnapshot {
 #[derive(Clone)]
 pub struct StateMachine {
     engine: Arc<EngineHandle>,
-    reports: Arc<ReportJournal>,
     dir: PathBuf,
     applied: AppliedPosition,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
@@ -127,7 +125,6 @@ impl StateMachine {
     /// `snapshot` that snapshot. Snapshots wait for `gate`, if any.
     pub fn new(
         engine: Arc<EngineHandle>,
-        reports: Arc<ReportJournal>,
         dir: &Path,
         applied: AppliedPosition,
         snapshot: Option<StoredSnapshot>,
@@ -135,7 +132,6 @@ impl StateMachine {
     ) -> Self {
         StateMachine {
             engine,
-            reports,
             dir: dir.to_path_buf(),
             applied,
             current: Arc::new(Mutex::new(snapshot)),
@@ -274,8 +270,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .apply(committed)
             .await
             .map_err(|e: EngineStopped| sm_error(e))?;
-        self.reports
-            .record(outcomes.iter().flat_map(|outcome| &outcome.reports));
         let applied: Vec<Applied> = outcomes
             .into_iter()
             .map(|outcome| Applied {
@@ -316,12 +310,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_error)?
             .map_err(sm_error)?;
         self.applied = position;
-        let last_seq = self
-            .engine
-            .query(|engine| engine.last_seq())
-            .await
-            .map_err(sm_error)?;
-        self.reports.restart_at(last_seq);
         self.keep(StoredSnapshot {
             meta: meta.clone(),
             state: bytes,
