@@ -18,6 +18,7 @@
 //! `exchange-cli` (src/bin). See README.md for how to run them and docs/architecture.md for the
 //! map.
 
+pub use exchange_client as client;
 pub use exchange_domain as domain;
 pub use exchange_engine as engine;
 pub use exchange_log as log;

@@ -9,7 +9,13 @@ use std::path::{Path, PathBuf};
 
 /// Layers, bottom first: a file may import only its own layer or lower ones.
 const LAYERS: [&[&str]; 6] = [
-    &["src/domain/", "src/log/", "src/net/", "src/latency.rs"],
+    &[
+        "src/domain/",
+        "src/log/",
+        "src/client/",
+        "src/net/",
+        "src/latency.rs",
+    ],
     &["src/engine/"],
     &["src/replication/", "src/marketdata/", "src/report/"],
     &["src/gateway/", "src/fix/", "src/http/"],
@@ -18,10 +24,11 @@ const LAYERS: [&[&str]; 6] = [
 ];
 
 /// The workspace's own crates that live under src/, by the name code imports them with.
-const CRATES: [(&str, &str); 3] = [
+const CRATES: [(&str, &str); 4] = [
     ("exchange_domain", "src/domain"),
     ("exchange_engine", "src/engine"),
     ("exchange_log", "src/log"),
+    ("exchange_client", "src/client"),
 ];
 
 fn layer(file: &str) -> Option<usize> {
@@ -309,4 +316,39 @@ fn only_replication_and_the_node_name_openraft() {
     let handle = std::fs::read_to_string(root.join("src/replication/leadership.rs"))
         .expect("the leadership handle");
     assert!(code_of(&handle).contains("openraft::"));
+}
+
+/// A broker's build: the client crate depends on the domain's plain data and the transport,
+/// never on the engine, the log, openraft or SQLite (`src/client/Cargo.toml`).
+#[test]
+fn the_client_crate_needs_nothing_of_the_exchange_itself() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest =
+        std::fs::read_to_string(root.join("src/client/Cargo.toml")).expect("the client manifest");
+    let mut section = "";
+    let mut dependencies = BTreeSet::new();
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[dependencies]" && !line.is_empty() && !line.starts_with('#') {
+            let name = line.split(['.', '=', ' ']).next().expect("a name");
+            dependencies.insert(name.to_string());
+        }
+    }
+    let allowed: BTreeSet<String> = [
+        "exchange-domain",
+        "serde",
+        "postcard",
+        "quinn",
+        "rustls",
+        "tokio",
+        "clap",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    assert!(dependencies.contains("quinn"), "read: {dependencies:?}");
+    let extra: Vec<_> = dependencies.difference(&allowed).collect();
+    assert!(extra.is_empty(), "the client crate depends on {extra:?}");
 }

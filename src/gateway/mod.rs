@@ -5,8 +5,8 @@
 //! back once its entry is committed and applied. Sessions, authentication, exactly-once
 //! resends and execution-report fan-out build on it.
 
-pub mod client;
+pub use exchange_client::client;
 pub mod credentials;
 pub mod metrics;
-pub mod protocol;
+pub use exchange_client::protocol;
 pub mod server;

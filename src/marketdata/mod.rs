@@ -6,7 +6,7 @@
 //! - [`hub`]: recent messages kept for resumes, and the fan-out to subscribers.
 
 pub mod builder;
-pub mod feed;
+pub use exchange_client::feed;
 pub mod hub;
 
 pub use builder::MarketData;

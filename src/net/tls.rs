@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -19,22 +19,11 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
 
-#[derive(Debug)]
-pub struct TlsError(pub String);
-
-impl std::fmt::Display for TlsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl std::error::Error for TlsError {}
-
-fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> TlsError {
-    TlsError(format!("{context}: {e}"))
-}
+pub use exchange_client::tls::{
+    broker_client, load_ca, transport, transport_config, TlsError, BROKER_ALPN, RAFT_ALPN,
+};
+use exchange_client::tls::{err, provider, quic_client, read_cert, roots, TLS_VERSIONS};
 
 /// The name a node's certificate carries and peers dial it by.
 pub fn node_name(id: u64) -> String {
@@ -57,15 +46,6 @@ impl Clone for Identity {
             key: self.key.clone_key(),
         }
     }
-}
-
-fn read_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
-    CertificateDer::from_pem_file(path).map_err(|e| err(path.display(), e))
-}
-
-/// The authority's certificate alone: what a broker needs to trust the cluster.
-pub fn load_ca(dir: &Path) -> Result<CertificateDer<'static>, TlsError> {
-    read_cert(&dir.join("ca.pem"))
 }
 
 /// Node `id`'s identity from the certificate directory.
@@ -158,28 +138,6 @@ fn write_private(path: &Path, pem: &str) -> Result<(), TlsError> {
         .map_err(|e| err(path.display(), e))
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Transport settings: dead peers are noticed within `idle_timeout`; keep-alives keep idle
-/// links open; the first round trip assumes a LAN.
-pub fn transport(idle_timeout: Duration) -> Arc<TransportConfig> {
-    Arc::new(transport_config(idle_timeout))
-}
-
-/// As `transport`, to adjust before use.
-pub fn transport_config(idle_timeout: Duration) -> TransportConfig {
-    let mut transport = TransportConfig::default();
-    let idle =
-        IdleTimeout::try_from(idle_timeout).unwrap_or(IdleTimeout::from(VarInt::from_u32(10_000)));
-    transport.max_idle_timeout(Some(idle));
-    transport.keep_alive_interval(Some(idle_timeout / 4));
-    transport.max_concurrent_bidi_streams(VarInt::from_u32(1_024));
-    transport.initial_rtt(Duration::from_millis(1));
-    transport
-}
-
 /// Transport for the broker endpoint: idle brokers are dropped after 30 s, and each may have
 /// only a few streams open, which bounds what one connection can make the node hold.
 pub fn broker_transport() -> Arc<TransportConfig> {
@@ -202,16 +160,6 @@ const BROKER_STREAM_WINDOW_BYTES: u32 = (1 << 20) + (1 << 16);
 /// Concurrent request streams one broker connection may have.
 pub const BROKER_STREAMS_MAX: u32 = 64;
 
-/// The application protocols (ALPN) of the two endpoints: a client of one cannot complete a
-/// handshake with the other (a broker dialling the Raft port, or a stray QUIC client, is
-/// refused before a byte of the protocol is read). Versions are negotiated inside: a broker's
-/// logon names its protocol version and is refused with the one spoken.
-pub const BROKER_ALPN: &[u8] = b"exchange-broker";
-pub const RAFT_ALPN: &[u8] = b"exchange-raft";
-
-/// QUIC requires TLS 1.3.
-const TLS_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
-
 fn quic_server(
     tls: rustls::ServerConfig,
     transport: Arc<TransportConfig>,
@@ -220,24 +168,6 @@ fn quic_server(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport);
     Ok(config)
-}
-
-fn quic_client(
-    tls: rustls::ClientConfig,
-    transport: Arc<TransportConfig>,
-) -> Result<quinn::ClientConfig, TlsError> {
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| err("QUIC TLS", e))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport);
-    Ok(config)
-}
-
-fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(ca.clone())
-        .map_err(|e| err("CA certificate", e))?;
-    Ok(Arc::new(roots))
 }
 
 /// A server that requires a client certificate from the cluster's authority (node to node).
@@ -287,20 +217,6 @@ pub fn broker_server(
         .map_err(|e| err("node certificate", e))?;
     tls.alpn_protocols = vec![BROKER_ALPN.to_vec()];
     quic_server(tls, transport)
-}
-
-/// A broker's client: trusts the cluster's authority.
-pub fn broker_client(
-    ca: &CertificateDer<'static>,
-    transport: Arc<TransportConfig>,
-) -> Result<quinn::ClientConfig, TlsError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(TLS_VERSIONS)
-        .map_err(|e| err("TLS", e))?
-        .with_root_certificates(roots(ca)?)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![BROKER_ALPN.to_vec()];
-    quic_client(tls, transport)
 }
 
 #[cfg(test)]

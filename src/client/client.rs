@@ -9,10 +9,10 @@ use std::time::Duration;
 use exchange_domain::{Command, Output};
 use rustls::pki_types::CertificateDer;
 
-use super::protocol::{CommandAnswer, NodeStatus, Reply, Request, PROTOCOL_VERSION};
-use crate::marketdata::feed::{Channel, Level, MdMessage, StreamState};
-use crate::net::frame::{read_frame, write_frame};
-use crate::net::tls;
+use crate::feed::{Channel, Level, MdMessage, StreamState};
+use crate::frame::{read_frame, write_frame};
+use crate::protocol::{CommandAnswer, NodeStatus, Reply, Request, PROTOCOL_VERSION};
+use crate::tls;
 
 /// Redirects followed, and waits for an election, before a submit gives up.
 const REDIRECTS_MAX: u32 = 20;
@@ -368,7 +368,7 @@ impl Client {
     pub async fn order_status(
         &mut self,
         order_id: u64,
-    ) -> Result<Option<super::protocol::OpenOrderStatus>, ClientError> {
+    ) -> Result<Option<crate::protocol::OpenOrderStatus>, ClientError> {
         match self
             .request_leader(&Request::OrderStatus { order_id })
             .await?
@@ -773,8 +773,8 @@ impl Client {
         &mut self,
     ) -> Result<
         (
-            Vec<super::protocol::InstrumentInfo>,
-            Vec<super::protocol::AssetInfo>,
+            Vec<crate::protocol::InstrumentInfo>,
+            Vec<crate::protocol::AssetInfo>,
         ),
         ClientError,
     > {
@@ -788,7 +788,7 @@ impl Client {
     pub async fn open_orders(
         &mut self,
         account: u64,
-    ) -> Result<Vec<super::protocol::AccountOrderInfo>, ClientError> {
+    ) -> Result<Vec<crate::protocol::AccountOrderInfo>, ClientError> {
         match self
             .request_leader(&Request::OpenOrders { account })
             .await?
@@ -897,7 +897,7 @@ impl MarketFeed {
 /// How long a request's reply may take: adding a learner waits for it to catch up.
 fn reply_timeout(request: &Request) -> Duration {
     match request {
-        Request::AddLearner { .. } => super::protocol::LEARNER_CATCH_UP_TIMEOUT + REQUEST_TIMEOUT,
+        Request::AddLearner { .. } => crate::protocol::LEARNER_CATCH_UP_TIMEOUT + REQUEST_TIMEOUT,
         _ => REQUEST_TIMEOUT,
     }
 }

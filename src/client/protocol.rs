@@ -5,7 +5,7 @@
 
 use exchange_domain::{Command, Output};
 
-use crate::marketdata::feed::{Channel, Level, MdMessage};
+use crate::feed::{Channel, Level, MdMessage};
 use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_VERSION: u16 = 2;

@@ -15,19 +15,8 @@ pub const BOOK_LEVELS: usize = 10;
 pub const RECENT_TRADES: usize = 64;
 
 /// What a subscription follows for one symbol.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     /// L2 depth: the top `BOOK_LEVELS` price levels per side, a snapshot then changes.
@@ -43,25 +32,14 @@ impl Channel {
 }
 
 /// A candle's length.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum Interval {
-    #[value(name = "1s")]
+    #[cfg_attr(feature = "clap", value(name = "1s"))]
     #[serde(rename = "1s")]
     OneSecond,
-    #[value(name = "1m")]
+    #[cfg_attr(feature = "clap", value(name = "1m"))]
     #[serde(rename = "1m")]
     OneMinute,
 }
