@@ -1,6 +1,8 @@
 //! `exchange-cli` for people, on a real cluster: instruments and assets by name, decimal prices
 //! typed and read back, execution-report lines by default and the engine's full form with
-//! `--json`, for every command that talks to a cluster.
+//! `--json`, for every command that talks to a cluster (besides `bench`, which
+//! tests/bench_cli.rs runs, and the membership changes that add nodes, which
+//! tests/cluster_membership.rs makes).
 
 mod support;
 
@@ -420,6 +422,121 @@ async fn every_command_speaks_names_and_decimal_prices() {
     assert_eq!(out.trim(), "HALTED AAPL");
     let out = run_admin(0, &["admin", "resume", "--symbol", "AAPL", "--json"]);
     assert_eq!(json(&out)[0]["event"]["trading_status"]["halted"], false);
+
+    // The rest of the operator's commands, as lines and as JSON.
+    let out = run_admin(
+        0,
+        &[
+            "admin",
+            "create-account",
+            "--account",
+            "3001",
+            "--owner",
+            "2",
+        ],
+    );
+    assert_eq!(out.trim(), "ACCOUNT CREATED 3001");
+    let out = run_admin(
+        0,
+        &[
+            "admin",
+            "create-account",
+            "--account",
+            "3002",
+            "--owner",
+            "2",
+            "--json",
+        ],
+    );
+    assert_eq!(json(&out)[0]["event"]["account_created"]["account"], 3002);
+    let out = run_admin(
+        0,
+        &[
+            "admin",
+            "withdraw",
+            "--account",
+            "2001",
+            "--asset",
+            "USD",
+            "--amount",
+            "100.00",
+        ],
+    );
+    assert_eq!(
+        out.trim(),
+        "BALANCE account 2001 USD -100.00 available 79800.00 held 0.00"
+    );
+    let out = run_admin(
+        0,
+        &[
+            "admin",
+            "set-risk-limits",
+            "--account",
+            "3001",
+            "--max-order-qty",
+            "1000",
+            "--max-order-notional",
+            "100000000",
+            "--max-open-orders",
+            "10",
+        ],
+    );
+    assert_eq!(
+        out.trim(),
+        "RISK LIMITS account 3001 max order qty 1000 max order notional 100000000 max open orders 10"
+    );
+    let out = run_admin(
+        0,
+        &[
+            "admin",
+            "set-price-band",
+            "--symbol",
+            "AAPL",
+            "--band-bps",
+            "500",
+            "--reference-price",
+            "100.00",
+        ],
+    );
+    assert_eq!(out.trim(), "PRICE BAND AAPL 500 bps around 100.00");
+    let out = run_admin(
+        0,
+        &[
+            "admin",
+            "set-broker-key",
+            "--broker",
+            "9",
+            "--key",
+            "test-broker-9-key-0123456789",
+        ],
+    );
+    assert_eq!(out.trim(), "BROKER KEY SET broker 9");
+    let out = run_admin(
+        0,
+        &[
+            "admin",
+            "set-broker-key",
+            "--broker",
+            "9",
+            "--key",
+            "",
+            "--json",
+        ],
+    );
+    assert_eq!(json(&out)[0]["event"]["broker_key_set"]["broker"], 9);
+    let out = run_admin(0, &["cluster", "set-voters", "--voters", "1,2,3"]);
+    assert_eq!(out.trim(), "voters [1, 2, 3], learners []");
+    let out = run_admin(0, &["cluster", "set-voters", "--voters", "1,2,3", "--json"]);
+    assert_eq!(json(&out)["voters"], serde_json::json!([1, 2, 3]));
+    let out = run_admin(0, &["status"]);
+    assert!(
+        out.lines()
+            .skip(1)
+            .all(|l| l.contains(" leader ") || l.contains(" follower ")),
+        "{out}"
+    );
+    let out = run_admin(0, &["status", "--json"]);
+    assert_eq!(json(&out).as_array().map(Vec::len), Some(3), "{out}");
 
     // What a person gets wrong is a usage error (2) that says what is wrong, with nothing sent.
     let (code, _) = cluster.cli(

@@ -58,6 +58,7 @@ enum Commands {
         /// Print one JSON line instead of a table.
         #[arg(long)]
         json: bool,
+        /// The random seed: the same seed makes the same stream (and output hash).
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Commands in the stream.
@@ -254,15 +255,19 @@ enum MembershipCommand {
     },
     /// Add a node as a learner and wait until it has caught up.
     AddLearner {
+        /// The new node's id.
         #[arg(long)]
         id: u64,
+        /// The new node's Raft address (ip:port).
         #[arg(long)]
         raft: String,
+        /// The new node's broker address (ip:port).
         #[arg(long)]
         broker: String,
     },
     /// Make exactly these nodes the voters (comma separated).
     SetVoters {
+        /// Every voter's id: learners named are promoted, voters not named are removed.
         #[arg(long, value_delimiter = ',')]
         voters: Vec<u64>,
     },

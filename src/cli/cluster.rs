@@ -173,6 +173,7 @@ pub enum OrderCommand {
         /// The symbol, by name (AAPL) or number.
         #[arg(long)]
         symbol: String,
+        /// Buy or sell.
         #[arg(long, value_enum)]
         side: SideArg,
         /// The limit price as a decimal on the symbol's scale ("100.50"), or a market order's
