@@ -580,7 +580,12 @@ async fn status(args: cluster::ClusterArgs) -> Result<(), CliError> {
                 rows.push(serde_json::json!({ "node": addr.to_string(), "status": status }))
             }
             Err(e) => {
-                rows.push(serde_json::json!({ "node": addr.to_string(), "error": e.to_string() }))
+                // The node's own trouble, without the cluster-wide "unavailable" prefix.
+                let why = match e {
+                    exchange::gateway::client::ClientError::Unavailable(why) => why,
+                    other => other.to_string(),
+                };
+                rows.push(serde_json::json!({ "node": addr.to_string(), "error": why }))
             }
         }
     }
