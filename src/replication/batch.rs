@@ -62,6 +62,29 @@ impl<'de> Deserialize<'de> for Batch {
     }
 }
 
+/// Why bytes are not a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchError {
+    /// Not a valid archive of a batch.
+    Malformed(String),
+    /// More commands than one entry may carry.
+    TooManyCommands(usize),
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Malformed(why) => write!(f, "not a batch: {why}"),
+            BatchError::TooManyCommands(n) => write!(
+                f,
+                "a batch of {n} commands (at most {BATCH_COMMANDS_MAX} fit one entry's sequence numbers)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BatchError {}
+
 /// The engine's sequence number of the command at `position` in the batch at log `index`.
 pub fn seq_of(index: u64, position: usize) -> u64 {
     debug_assert!(index <= LOG_INDEX_MAX && position < BATCH_COMMANDS_MAX);
@@ -86,15 +109,23 @@ impl Batch {
         }
     }
 
-    /// Decodes and validates an archive; `bytes` may be unaligned (it is then copied).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Batch, rkyv::rancor::Error> {
-        if (bytes.as_ptr() as usize) % BATCH_ARCHIVE_ALIGN == 0 {
+    /// Decodes and validates an archive; `bytes` may be unaligned (it is then copied). A
+    /// batch of more than `BATCH_COMMANDS_MAX` commands is refused: `seq_of` does not number
+    /// past it (and past 65,536 the numbers would run into the next entry's), and a peer, not
+    /// only this node's own sequencer, can send one.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Batch, BatchError> {
+        let batch = if (bytes.as_ptr() as usize) % BATCH_ARCHIVE_ALIGN == 0 {
             rkyv::from_bytes::<Batch, rkyv::rancor::Error>(bytes)
         } else {
             let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
             aligned.extend_from_slice(bytes);
             rkyv::from_bytes::<Batch, rkyv::rancor::Error>(&aligned)
         }
+        .map_err(|e| BatchError::Malformed(e.to_string()))?;
+        if batch.commands.len() > BATCH_COMMANDS_MAX {
+            return Err(BatchError::TooManyCommands(batch.commands.len()));
+        }
+        Ok(batch)
     }
 
     /// The engine inputs of this batch, committed at log `index`.
@@ -140,6 +171,35 @@ mod tests {
         bytes.truncate(bytes.len() / 2);
         assert!(Batch::from_bytes(&bytes).is_err());
         assert!(Batch::from_bytes(&[]).is_err());
+    }
+
+    /// A peer's entry with one command too many is refused when decoded, before it can reach
+    /// the log or the engine (it used to decode, and numbering it stopped the engine thread).
+    #[test]
+    fn a_batch_of_too_many_commands_is_refused() {
+        let command = BrokerCommand {
+            broker: exchange_domain::BrokerId(9),
+            command: exchange_domain::Command::MassCancel(exchange_domain::MassCancel {
+                account: exchange_domain::AccountId(3),
+                symbol: None,
+            }),
+        };
+        let full = Batch {
+            timestamp_ns: 5,
+            commands: vec![command; BATCH_COMMANDS_MAX],
+        };
+        assert_eq!(Batch::from_bytes(&full.to_bytes()), Ok(full.clone()));
+        let mut over = full;
+        over.commands.push(command);
+        assert_eq!(
+            Batch::from_bytes(&over.to_bytes()),
+            Err(BatchError::TooManyCommands(BATCH_COMMANDS_MAX + 1))
+        );
+        let wire = postcard::to_allocvec(&over).expect("encode");
+        assert!(
+            postcard::from_bytes::<Batch>(&wire).is_err(),
+            "nor over the wire"
+        );
     }
 
     #[test]
