@@ -6,13 +6,14 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use exchange_domain::{
-    format_decimal, parse_decimal, CancelReason, Event, Liquidity, Output, RejectReason, Side,
-};
+use exchange_domain::{format_decimal, parse_decimal, Event, Liquidity, Output, RejectReason};
 
 use crate::cli::outcome::CliError;
 use crate::gateway::client::Client;
 use crate::gateway::protocol::{AssetInfo, InstrumentInfo};
+use crate::report::{
+    cancel_reason_name, order_type_name, reject_reason_name, side_name, time_in_force_name,
+};
 
 /// What the cluster calls its symbols and assets.
 #[derive(Clone, Debug, Default)]
@@ -30,46 +31,14 @@ impl Catalog {
     /// A symbol by name or number. An unknown number passes (the exchange answers for it); an
     /// unknown name is a usage error that lists the known ones.
     pub fn symbol_id(&self, text: &str) -> Result<u32, CliError> {
-        if let Ok(id) = text.parse::<u32>() {
-            return Ok(id);
-        }
-        self.symbols
-            .iter()
-            .find(|s| s.name == text)
-            .map(|s| s.symbol)
-            .ok_or_else(|| {
-                let known: Vec<&str> = self.symbols.iter().map(|s| s.name.as_str()).collect();
-                CliError::Usage(format!(
-                    "no symbol is called {text:?} (known: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ))
-            })
+        let named = self.symbols.iter().map(|s| (s.symbol, s.name.as_str()));
+        by_name_or_number(text, named, "symbol")
     }
 
     /// An asset by name or number (an asset need not be named to be held).
     pub fn asset_id(&self, text: &str) -> Result<u32, CliError> {
-        if let Ok(id) = text.parse::<u32>() {
-            return Ok(id);
-        }
-        self.assets
-            .iter()
-            .find(|a| a.name == text)
-            .map(|a| a.asset)
-            .ok_or_else(|| {
-                let known: Vec<&str> = self.assets.iter().map(|a| a.name.as_str()).collect();
-                CliError::Usage(format!(
-                    "no asset is called {text:?} (known: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ))
-            })
+        let named = self.assets.iter().map(|a| (a.asset, a.name.as_str()));
+        by_name_or_number(text, named, "asset")
     }
 
     pub fn symbol(&self, id: u32) -> Option<&InstrumentInfo> {
@@ -135,10 +104,7 @@ impl Catalog {
 
     /// One output as a line a person reads: what happened first, in capitals.
     pub fn describe(&self, output: &Output) -> String {
-        let side = |side: Side| match side {
-            Side::Buy => "buy",
-            Side::Sell => "sell",
-        };
+        let side = side_name;
         match output.event {
             Event::Accepted {
                 order_id,
@@ -156,8 +122,8 @@ impl Catalog {
                 self.qty(symbol.0, qty.0),
                 self.symbol_name(symbol.0),
                 self.price(symbol.0, price.0),
-                words(&order_type),
-                words(&time_in_force),
+                order_type_name(order_type),
+                words(time_in_force_name(time_in_force)),
                 order_id,
                 client_order_id,
                 account
@@ -221,7 +187,7 @@ impl Catalog {
                 client_order_id,
                 self.symbol_name(symbol.0),
                 self.qty(symbol.0, leaves_qty.0),
-                cancel_reason_text(reason)
+                words(cancel_reason_name(reason))
             ),
             Event::Replaced {
                 order_id,
@@ -326,7 +292,7 @@ impl Catalog {
                 }
             ),
             Event::BrokerKeySet { broker, key_digest } => {
-                if key_digest.0 == [0; 32] {
+                if key_digest.is_revoked() {
                     format!("BROKER KEY REVOKED broker {broker}")
                 } else {
                     format!("BROKER KEY SET broker {broker}")
@@ -336,21 +302,38 @@ impl Catalog {
     }
 }
 
-/// An enum's wire name in words: `post_only` reads "post only".
-fn words<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
-        .unwrap_or_else(|| "?".into())
+/// A number, or the id of the one named `text` among `named`; else a usage error listing the
+/// names there are.
+fn by_name_or_number<'a>(
+    text: &str,
+    named: impl Iterator<Item = (u32, &'a str)> + Clone,
+    what: &str,
+) -> Result<u32, CliError> {
+    if let Ok(id) = text.parse::<u32>() {
+        return Ok(id);
+    }
+    if let Some((id, _)) = named.clone().find(|(_, name)| *name == text) {
+        return Ok(id);
+    }
+    let known: Vec<&str> = named.map(|(_, name)| name).collect();
+    Err(CliError::Usage(format!(
+        "no {what} is called {text:?} (known: {})",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )))
+}
+
+/// A report name in words: `post_only` reads "post only".
+fn words(name: &str) -> String {
+    name.replace('_', " ")
 }
 
 /// "not permitted (207)".
 pub fn reason_text(reason: RejectReason) -> String {
-    format!("{} ({})", words(&reason), reason.code())
-}
-
-fn cancel_reason_text(reason: CancelReason) -> String {
-    words(&reason)
+    format!("{} ({})", words(reject_reason_name(reason)), reason.code())
 }
 
 /// Nanoseconds since the epoch as RFC 3339 UTC with microseconds.
@@ -362,7 +345,7 @@ pub fn rfc3339(timestamp_ns: u64) -> String {
 mod tests {
     use super::*;
     use exchange_domain::{
-        AccountId, ClientOrderId, ExecId, OrderId, Price, Qty, SymbolId, TradeId,
+        AccountId, ClientOrderId, ExecId, OrderId, Price, Qty, Side, SymbolId, TradeId,
     };
 
     fn catalog() -> Catalog {

@@ -483,7 +483,7 @@ pub fn admin_commands(admin: &AdminArg, catalog: &Catalog) -> Result<Vec<Command
         AdminArg::SetBrokerKey { broker, key } => one(AdminCommand::SetBrokerKey {
             broker: exchange_domain::BrokerId(*broker),
             key_digest: if key.is_empty() {
-                exchange_domain::KeyDigest([0; 32])
+                exchange_domain::KeyDigest::REVOKED
             } else {
                 credentials::check_key(key)?;
                 credentials::digest(key)

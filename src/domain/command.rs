@@ -138,6 +138,15 @@ impl BrokerCommand {
 #[rkyv(derive(Debug, PartialEq))]
 pub struct KeyDigest(pub [u8; 32]);
 
+impl KeyDigest {
+    /// The digest of no key: a broker holding it is revoked (no key hashes to all zeros).
+    pub const REVOKED: KeyDigest = KeyDigest([0; 32]);
+
+    pub fn is_revoked(&self) -> bool {
+        *self == KeyDigest::REVOKED
+    }
+}
+
 #[derive(
     Clone,
     Copy,

@@ -37,9 +37,6 @@ pub(crate) struct Broker {
     pub window: Box<[Remembered]>,
 }
 
-/// The key digest of a broker whose key was revoked: no key hashes to it.
-const REVOKED: KeyDigest = KeyDigest([0; 32]);
-
 pub(crate) enum Recall {
     Fresh,
     Duplicate(Remembered),
@@ -49,7 +46,7 @@ pub(crate) enum Recall {
 impl Broker {
     /// Whether the broker's key was revoked: it may do nothing.
     pub fn is_revoked(&self) -> bool {
-        self.key_digest == REVOKED
+        self.key_digest.is_revoked()
     }
 
     pub fn new(id: BrokerId, key_digest: KeyDigest) -> Self {

@@ -20,6 +20,10 @@
 //! send is storable; the query layer converts back. Prices, quantities and amounts are integers.
 
 mod db;
+/// The snake_case names the reports use for enums, for other edges that show them.
+pub(crate) use db::{
+    cancel_reason_name, order_type_name, reject_reason_name, side_name, time_in_force_name,
+};
 pub mod query;
 pub mod schema;
 mod thread;

@@ -10,7 +10,7 @@ pub(super) fn audit_key_change(session: &Session, command: &Command, outputs: &[
     if outputs.iter().any(|o| o.event.reject_reason().is_some()) {
         return;
     }
-    let change = if key_digest.0 == [0; 32] {
+    let change = if key_digest.is_revoked() {
         "revoked"
     } else {
         "set"
