@@ -232,7 +232,8 @@ impl Hosts {
     /// Node `joined` replaced node `left` in the cluster: `left` is stopped and its data
     /// wiped (the machine is gone; its slot is the next spare).
     pub fn replaced(&mut self, left: u64, joined: u64) -> Result<(), String> {
-        self.kill(left);
+        // The fault killed `left` already; this only makes sure.
+        let _ = self.kill(left);
         self.wipe(left)?;
         self.members.remove(&left);
         self.members.insert(joined);
@@ -328,25 +329,33 @@ impl Hosts {
     /// Nodes that exited by themselves (not killed here), with the end of their log: a crash
     /// is a finding. They are forgotten, so `start` brings them back.
     pub fn reap_exited(&mut self) -> Vec<(u64, String)> {
-        let mut exited = Vec::new();
-        for (id, child) in self.children.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                exited.push((*id, status.to_string()));
-            }
-        }
-        for (id, status) in &mut exited {
-            self.children.remove(id);
-            let log = std::fs::read_to_string(self.dir.join(format!("node-{id}.log")))
-                .unwrap_or_default();
-            let last = log
-                .lines()
-                .rev()
-                .find(|l| l.contains("exchange-node") || l.contains("fatal"))
-                .unwrap_or("")
-                .to_string();
-            *status = format!("{status}: {last}");
-        }
+        let exited: Vec<(u64, String)> = self
+            .children
+            .iter_mut()
+            .filter_map(|(id, child)| match child.try_wait() {
+                Ok(Some(status)) => Some((*id, status.to_string())),
+                _ => None,
+            })
+            .collect();
         exited
+            .into_iter()
+            .map(|(id, status)| {
+                self.children.remove(&id);
+                (id, self.exit_reason(id, &status))
+            })
+            .collect()
+    }
+
+    /// The exit status with the node's last words from its log.
+    fn exit_reason(&self, id: u64, status: &str) -> String {
+        let log =
+            std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default();
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("exchange-node") || l.contains("fatal"))
+            .unwrap_or("");
+        format!("{status}: {last}")
     }
 
     pub fn start(&mut self, id: u64) -> Result<(), String> {
@@ -426,11 +435,17 @@ impl Hosts {
     }
 
     /// SIGKILL: a crash.
-    pub fn kill(&mut self, id: u64) {
-        if let Some(mut child) = self.children.remove(&id) {
-            let _ = child.kill();
-            let _ = child.wait();
+    /// Kills the node. A node that had already exited by itself crashed, and a fault must not
+    /// hide that: its exit is returned, for the run to count.
+    #[must_use = "a node found already dead crashed, and the run must count it"]
+    pub fn kill(&mut self, id: u64) -> Option<String> {
+        let mut child = self.children.remove(&id)?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(self.exit_reason(id, &status.to_string()));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     fn signal(&self, id: u64, signal: i32) {
@@ -543,7 +558,9 @@ impl Hosts {
         self.torn_down = true;
         for id in self.slots().collect::<Vec<_>>() {
             self.resume(id);
-            self.kill(id);
+            // The run's verdict is written: a node that died by now was counted by the last
+            // reaping or is past judging.
+            let _ = self.kill(id);
         }
         if self.placement == Placement::Namespaces {
             let _ = self.heal();

@@ -563,7 +563,7 @@ async fn chaos(
         let targets = match kind {
             FaultKind::Kill => {
                 let victim = all[rng.gen_range(0..all.len())];
-                hosts.kill(victim);
+                crashed_before_the_fault(hosts.kill(victim), victim, &history, &mut crashes);
                 vec![victim]
             }
             FaultKind::KillLeader | FaultKind::PauseLeader | FaultKind::IsolateLeader => {
@@ -576,7 +576,9 @@ async fn chaos(
                     continue;
                 };
                 match kind {
-                    FaultKind::KillLeader => hosts.kill(victim),
+                    FaultKind::KillLeader => {
+                        crashed_before_the_fault(hosts.kill(victim), victim, &history, &mut crashes)
+                    }
                     FaultKind::PauseLeader => hosts.pause(victim),
                     _ => {
                         let others: Vec<u64> =
@@ -616,7 +618,7 @@ async fn chaos(
                     continue;
                 };
                 let victim = all[rng.gen_range(0..all.len())];
-                hosts.kill(victim);
+                crashed_before_the_fault(hosts.kill(victim), victim, &history, &mut crashes);
                 detail = format!("node {victim} lost, node {spare} replaces it");
                 vec![victim, spare]
             }
@@ -635,7 +637,7 @@ async fn chaos(
             }
             FaultKind::TornLog => {
                 let victim = all[rng.gen_range(0..all.len())];
-                hosts.kill(victim);
+                crashed_before_the_fault(hosts.kill(victim), victim, &history, &mut crashes);
                 detail = hosts.tear_log(victim, rng.gen_range(1..=300), rng.gen())?;
                 vec![victim]
             }
@@ -788,6 +790,22 @@ async fn chaos(
     ))
 }
 
+/// A node that a fault was to kill but that had exited by itself first crashed: the fault's
+/// kill must not hide it from the verdict.
+fn crashed_before_the_fault(
+    exited: Option<String>,
+    id: u64,
+    history: &History,
+    crashes: &mut Vec<String>,
+) {
+    if let Some(why) = exited {
+        crashes.push(format!(
+            "node {id} exited by itself before {:.1} s ({why})",
+            history.now_ns() as f64 / 1e9
+        ));
+    }
+}
+
 /// The links a majorities ring cuts: with 5 nodes every node keeps its two neighbours on the
 /// ring (itself and two: a majority, different for each); with 3, the first and last lose
 /// each other and the middle one bridges them.
@@ -851,7 +869,8 @@ async fn replace_node(hosts: &mut Hosts, victim: u64, spare: u64) -> Result<(), 
     match outcome {
         Ok(()) => hosts.replaced(victim, spare),
         Err(why) => {
-            hosts.kill(spare);
+            // The replacement failed and is counted as a crash by the caller.
+            let _ = hosts.kill(spare);
             hosts.wipe(spare)?;
             hosts.start(victim)?;
             Err(why)
