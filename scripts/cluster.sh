@@ -62,7 +62,7 @@ start_node() {
   if [ "$id" = "${EXCHANGE_REPORT_NODE-3}" ]; then report=(--report-db "$data/report.db"); fi
   # shellcheck disable=SC2086
   setsid "$node_bin" --id "$id" --peers "$(peers "$n")" --data-dir "$data/node-$id" \
-    --certs-dir "$certs" --brokers "$brokers_file" $bootstrap "${pin[@]}" "${report[@]}" ${EXCHANGE_NODE_FLAGS:-} >>"$data/node-$id.log" 2>&1 < /dev/null &
+    --certs-dir "$certs" --brokers "$brokers_file" --dev $bootstrap "${pin[@]}" "${report[@]}" ${EXCHANGE_NODE_FLAGS:-} >>"$data/node-$id.log" 2>&1 < /dev/null &
   echo $! > "$data/node-$id.pid"
   echo "node $id started (pid $!, log $data/node-$id.log)"
 }

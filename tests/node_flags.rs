@@ -110,6 +110,7 @@ snapshot_every = 5000
 segment_mib = 16
 bootstrap = true
 brokers = "/etc/exchange/brokers.toml"
+dev = true
 session_rate = 1000
 session_in_flight = 64
 metrics_listen = "127.0.0.1:27999"
@@ -144,6 +145,7 @@ log_format = "json"
             ("EXCHANGE_SEGMENT_MIB", "16"),
             ("EXCHANGE_BOOTSTRAP", "true"),
             ("EXCHANGE_BROKERS", "/etc/exchange/brokers.toml"),
+            ("EXCHANGE_DEV", "true"),
             ("EXCHANGE_SESSION_RATE", "1000"),
             ("EXCHANGE_SESSION_IN_FLIGHT", "64"),
             ("EXCHANGE_METRICS_LISTEN", "127.0.0.1:27999"),
@@ -158,6 +160,7 @@ log_format = "json"
         "pin_core: Some(\n        3,",
         "heartbeat_ms: 25",
         "bootstrap: true",
+        "dev: true",
         "Always",
         "Spin",
     ] {

@@ -598,6 +598,9 @@ async fn status(args: cluster::ClusterArgs) -> Result<(), CliError> {
         "{:<18} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9}  output hash",
         "node", "id", "role", "term", "leader", "last log", "commit", "applied"
     );
+    let development = rows
+        .iter()
+        .any(|row| row["status"]["development"].as_bool() == Some(true));
     for row in rows {
         let node = row["node"].as_str().unwrap_or("?");
         match serde_json::from_value::<exchange::gateway::protocol::NodeStatus>(
@@ -624,6 +627,11 @@ async fn status(args: cluster::ClusterArgs) -> Result<(), CliError> {
                 row["error"].as_str().unwrap_or("?")
             ),
         }
+    }
+    if development {
+        println!(
+            "a development cluster (--dev): it accepts the public keys of cluster/brokers.toml"
+        );
     }
     health
 }

@@ -109,10 +109,16 @@ struct RunArgs {
     /// go without it. A node that lost its data should rejoin under a new id (cluster replace).
     #[arg(long, env = "EXCHANGE_BOOTSTRAP")]
     bootstrap: bool,
-    /// The brokers file: the admin key, and brokers with their API keys and accounts, which
-    /// the leader registers when it takes office [default: cluster/brokers.toml, if present].
+    /// The brokers file: the admin key, and brokers with their API keys and accounts. The
+    /// leader registers a broker of it the first time it sees it; later changes are made with
+    /// `exchange-cli admin set-broker-key` and win [default with --dev: cluster/brokers.toml].
     #[arg(long, value_name = "FILE", env = "EXCHANGE_BROKERS")]
     brokers: Option<PathBuf>,
+    /// A development node: it accepts the public development keys of cluster/brokers.toml
+    /// (and reads that file when no --brokers is given). Without it a node refuses to start
+    /// with any of those keys. Never for a cluster that anyone else can reach.
+    #[arg(long, env = "EXCHANGE_DEV")]
+    dev: bool,
     /// Commands per second one broker session may send (a burst of one second's worth).
     /// [default: 500000]
     #[arg(long, env = "EXCHANGE_SESSION_RATE")]
@@ -213,6 +219,7 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
+    let dev = args.dev || file.dev.unwrap_or(false);
     let id = args
         .id
         .or(file.id)
@@ -276,10 +283,11 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             .unwrap_or(config::SNAPSHOT_EVERY_DEFAULT),
         segment_bytes: segment_mib.saturating_mul(1 << 20),
         bootstrap: args.bootstrap || file.bootstrap.unwrap_or(false),
-        brokers_file: match args.brokers.or(file.brokers) {
-            Some(path) => Some(path),
-            None => Some(PathBuf::from("cluster/brokers.toml")).filter(|p| p.exists()),
-        },
+        brokers_file: args.brokers.or(file.brokers).or_else(|| {
+            // Only a development node falls back on the development file.
+            Some(PathBuf::from("cluster/brokers.toml")).filter(|p| dev && p.exists())
+        }),
+        dev,
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         md_subscriber_buffer: args
             .md_subscriber_buffer

@@ -241,6 +241,8 @@ pub struct NodeStatus {
     /// Per peer, the last log index at which this node compared output hashes and found them
     /// equal: (peer id, index).
     pub hashes_checked: Vec<(u64, u64)>,
+    /// A development node (`--dev`): it accepts the public development keys.
+    pub development: bool,
 }
 
 #[cfg(test)]

@@ -96,10 +96,12 @@ pub enum RejectReason {
     NameTaken,
     /// An asset's name or decimals are not valid.
     InvalidAssetSpec,
+    /// Another broker already has this key: a key must name one broker.
+    KeyInUse,
 }
 
 /// How many reject reasons there are; `reason as usize` is below it.
-pub const REJECT_REASONS: usize = 33;
+pub const REJECT_REASONS: usize = 34;
 
 impl RejectReason {
     /// Every reason, in declaration order: `ALL[reason as usize] == reason`.
@@ -137,6 +139,7 @@ impl RejectReason {
         RejectReason::AssetExists,
         RejectReason::NameTaken,
         RejectReason::InvalidAssetSpec,
+        RejectReason::KeyInUse,
     ];
 
     /// The stable numeric code (1xx request, 2xx risk, 3xx funds, 4xx matching, 5xx admin).
@@ -175,6 +178,7 @@ impl RejectReason {
             RejectReason::AssetExists => 510,
             RejectReason::NameTaken => 511,
             RejectReason::InvalidAssetSpec => 512,
+            RejectReason::KeyInUse => 513,
         }
     }
 }

@@ -464,6 +464,16 @@ impl State {
             // The operator's credential is the nodes' admin key, not replicated state.
             return Err(RejectReason::NotPermitted);
         }
+        // A key names one broker: a second broker with it could act for the first. Any number
+        // of brokers may be revoked.
+        if !key_digest.is_revoked()
+            && self
+                .brokers
+                .iter()
+                .any(|b| b.id != broker && b.key_digest == key_digest)
+        {
+            return Err(RejectReason::KeyInUse);
+        }
         match self.broker_index.get(&broker) {
             Some(&index) => self.brokers[index as usize].key_digest = key_digest,
             None => {

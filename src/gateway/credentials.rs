@@ -16,6 +16,22 @@ pub const API_KEY_CHARS_MIN: usize = 16;
 /// The longest key accepted (bounds the work a logon costs).
 pub const API_KEY_CHARS_MAX: usize = 256;
 
+/// The development cluster's brokers file, whose keys are public (they are in this repository).
+const DEVELOPMENT_BROKERS_FILE: &str = include_str!("../../cluster/brokers.toml");
+
+/// The public keys of the development cluster (`cluster/brokers.toml`): a node refuses to start
+/// with any of them unless told it is a development node (`--dev`).
+pub fn development_keys() -> Vec<String> {
+    toml::from_str::<BrokersFile>(DEVELOPMENT_BROKERS_FILE)
+        .map(|file| {
+            file.admin_key
+                .into_iter()
+                .chain(file.brokers.into_iter().map(|b| b.key))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The SHA-256 digest of a key.
 pub fn digest(key: &str) -> KeyDigest {
     let hash = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
@@ -73,6 +89,7 @@ impl BrokersFile {
             check_key(key).map_err(|e| format!("admin_key: {e}"))?;
         }
         let mut ids = std::collections::BTreeSet::new();
+        let mut keys = std::collections::BTreeMap::new();
         let mut accounts = std::collections::BTreeSet::new();
         for broker in &self.brokers {
             if broker.id == BrokerId::OPERATOR.0 {
@@ -85,6 +102,13 @@ impl BrokersFile {
             if Some(&broker.key) == self.admin_key.as_ref() {
                 return Err(format!("broker {} uses the admin key", broker.id));
             }
+            // A key names its broker: two brokers with one key could act for each other.
+            if let Some(other) = keys.insert(broker.key.as_str(), broker.id) {
+                return Err(format!(
+                    "brokers {other} and {} have the same key; every broker needs its own",
+                    broker.id
+                ));
+            }
             for &account in &broker.accounts {
                 if !accounts.insert(account) {
                     return Err(format!("account {account} is given to two brokers"));
@@ -92,6 +116,22 @@ impl BrokersFile {
             }
         }
         Ok(())
+    }
+
+    /// The development keys this file holds, by where they are (`admin_key`, `broker 1`).
+    pub fn development_keys_used(&self) -> Vec<String> {
+        let public = development_keys();
+        let admin = self
+            .admin_key
+            .iter()
+            .filter(|key| public.contains(key))
+            .map(|_| "admin_key".to_string());
+        let brokers = self
+            .brokers
+            .iter()
+            .filter(|b| public.contains(&b.key))
+            .map(|b| format!("broker {}", b.id));
+        admin.chain(brokers).collect()
     }
 
     /// The admin key's digest, if the file names one.
@@ -124,6 +164,12 @@ mod tests {
         let file = BrokersFile::load(&path).expect("cluster/brokers.toml loads");
         assert!(file.admin_key.is_some());
         assert!(!file.brokers.is_empty());
+        // Every key of it is known to be public.
+        assert_eq!(
+            file.development_keys_used(),
+            ["admin_key", "broker 1", "broker 2"]
+        );
+        assert_eq!(development_keys().len(), 3);
     }
 
     #[test]
@@ -143,6 +189,10 @@ mod tests {
                 "two brokers",
             ),
             ("[[broker]]\nid = 1\nkey = \"0123456789abcdef\"\ncolour = 1", "unknown field"),
+            (
+                "[[broker]]\nid = 1\nkey = \"0123456789abcdef\"\n[[broker]]\nid = 2\nkey = \"0123456789abcdef\"",
+                "same key",
+            ),
         ];
         for (text, why) in cases {
             let error = toml::from_str::<BrokersFile>(text)

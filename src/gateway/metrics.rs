@@ -16,6 +16,10 @@ pub struct GatewayMetrics {
     pub logons: AtomicU64,
     /// Logons refused.
     pub logons_refused: AtomicU64,
+    /// Logons held back because their address failed to log on too often lately.
+    pub logons_delayed: AtomicU64,
+    /// Sessions ended because their broker's key was changed or revoked.
+    pub sessions_ended_by_key_change: AtomicU64,
     /// Market data messages sent to subscribers (each subscriber's copy counts).
     pub market_messages: AtomicU64,
     /// Subscribers that fell behind and were sent a fresh snapshot.

@@ -1,8 +1,10 @@
 //! Applies the brokers file: each time this node becomes leader, it registers every broker of
-//! the file whose key the replicated state does not hold yet, and opens the accounts the file
-//! gives a broker that do not exist yet. Idempotent, so every leader may do it; a change made
-//! at run time by an admin command for a broker the file also names is overridden by the
-//! file at the next change of leader (the file is the source of truth for what it names).
+//! the file that the replicated state has never seen, and opens the accounts the file gives a
+//! broker that do not exist yet. Idempotent, so every leader may do it.
+//!
+//! The file seeds a broker's key once, the first time the broker appears. From then on the
+//! replicated state is the truth: a key rotated or revoked at run time (`exchange-cli admin
+//! set-broker-key`) stays so across elections and restarts, whatever the file still says.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,12 +40,20 @@ async fn missing(
     let mut commands = Vec::new();
     let mut owners = owners.into_iter();
     for (broker, key_digest, accounts) in registrations {
-        if !known.contains(&(broker, key_digest)) {
-            tracing::info!(target: "audit", event = "broker key", broker = broker.0, change = "set", source = "brokers file", "broker key registered");
-            commands.push(Command::Admin(AdminCommand::SetBrokerKey {
-                broker,
-                key_digest,
-            }));
+        match known.iter().find(|(id, _)| *id == broker) {
+            None => {
+                tracing::info!(target: "audit", event = "broker key", broker = broker.0, change = "set", source = "brokers file", "broker key registered");
+                commands.push(Command::Admin(AdminCommand::SetBrokerKey {
+                    broker,
+                    key_digest,
+                }));
+            }
+            Some((_, current)) if *current != key_digest => tracing::info!(
+                broker = broker.0,
+                "the cluster's key for this broker is not the brokers file's: it was changed at \
+                 run time, and stays (the file only seeds brokers the cluster has never seen)"
+            ),
+            Some(_) => {}
         }
         for account in accounts {
             match owners.next().flatten() {

@@ -94,6 +94,8 @@ pub struct NodeConfig {
     pub gateway_faults: crate::gateway::server::GatewayFaults,
     /// The admin key and the brokers to register (`cluster/brokers.toml`).
     pub brokers_file: Option<PathBuf>,
+    /// A development node: the public development keys are accepted (`--dev`).
+    pub dev: bool,
     pub session_limits: SessionLimits,
     /// Serve Prometheus metrics (`GET /metrics`) here.
     pub metrics_listen: Option<SocketAddr>,
@@ -125,6 +127,7 @@ pub struct FileConfig {
     pub snapshot_every: Option<u64>,
     pub segment_mib: Option<u64>,
     pub brokers: Option<PathBuf>,
+    pub dev: Option<bool>,
     pub metrics_listen: Option<SocketAddr>,
     pub md_subscriber_buffer: Option<usize>,
     pub report_db: Option<PathBuf>,

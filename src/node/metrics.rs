@@ -154,6 +154,16 @@ pub fn render(sources: &MetricsSources) -> String {
             &gateway.logons_refused,
         ),
         (
+            "exchange_gateway_logons_delayed_total",
+            "Logons held back because their address failed to log on too often lately.",
+            &gateway.logons_delayed,
+        ),
+        (
+            "exchange_gateway_sessions_ended_by_key_change_total",
+            "Sessions ended because their broker's key was changed or revoked.",
+            &gateway.sessions_ended_by_key_change,
+        ),
+        (
             "exchange_market_messages_sent_total",
             "Market data messages sent to subscribers, each subscriber's copy counted.",
             &gateway.market_messages,

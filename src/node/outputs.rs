@@ -1,22 +1,26 @@
 //! Where the engine's outputs leave this node's engine thread, all in one place: the market
 //! data builder (its messages go to the hub), the brokers' report journal (what the leader
-//! streams as execution reports), and the reporter, when the node has one.
+//! streams as execution reports), the brokers' keys (what logons and sessions check), and the
+//! reporter, when the node has one.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use exchange_domain::{BrokerId, Output};
+use exchange_domain::{BrokerId, Event, Output};
 use exchange_engine::Engine;
 
 use crate::marketdata::hub::MdPublisher;
 use crate::marketdata::{MarketData, MdMessage};
 use crate::replication::engine_thread::OutputTap;
+use crate::replication::keys::BrokerKeys;
 use crate::replication::reports::ReportJournal;
 use crate::report::{EntryOutputs, ReportSender, TrySendError};
 
 pub struct NodeTap {
     /// Each broker's reports, for the leader to stream.
     journal: Arc<ReportJournal>,
+    /// Each broker's key digest, for the gateway.
+    keys: Arc<BrokerKeys>,
     md: MarketData,
     publisher: MdPublisher,
     messages: Vec<MdMessage>,
@@ -37,9 +41,11 @@ impl NodeTap {
         publisher: MdPublisher,
         report: Option<ReportSender>,
         journal: Arc<ReportJournal>,
+        keys: Arc<BrokerKeys>,
     ) -> NodeTap {
         NodeTap {
             journal,
+            keys,
             md: MarketData::new(),
             publisher,
             messages: Vec::new(),
@@ -91,6 +97,11 @@ pub const REPORT_OVERFLOW_ENTRIES_MAX: usize = 1 << 20;
 impl OutputTap for NodeTap {
     fn command(&mut self, outputs: &[Output]) {
         self.md.observe(outputs);
+        for output in outputs {
+            if let Event::BrokerKeySet { broker, key_digest } = output.event {
+                self.keys.set(broker, key_digest);
+            }
+        }
         if self.report.is_some() {
             self.entry_outputs.extend_from_slice(outputs);
         }
@@ -142,6 +153,7 @@ impl OutputTap for NodeTap {
 
     fn restore(&mut self, engine: &Engine, index: u64, saved: &[u8]) -> Result<(), String> {
         self.md = MarketData::restore(engine, saved)?;
+        self.keys.replace_all(engine.brokers());
         // Reports before the snapshot are not kept here: the journal starts after it.
         self.journal.restart_at(engine.last_seq());
         self.messages.clear();

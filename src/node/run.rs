@@ -30,6 +30,7 @@ use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::{
     AppliedPosition, EngineHandle, EngineThreadConfig, OutputTap,
 };
+use crate::replication::keys::BrokerKeys;
 use crate::replication::leadership::Leadership;
 use crate::replication::log_store::LogStore;
 use crate::replication::network::{serve as serve_raft, Network};
@@ -76,6 +77,29 @@ fn raft_config(config: &NodeConfig) -> Result<Config, StartError> {
 impl Node {
     pub async fn start(config: &NodeConfig) -> Result<Node, StartError> {
         config.check().map_err(StartError::Config)?;
+        // The credentials first: a node refused them touches nothing.
+        let brokers = match &config.brokers_file {
+            Some(path) => {
+                let file = BrokersFile::load(path).map_err(StartError::Brokers)?;
+                let public = file.development_keys_used();
+                if !config.dev && !public.is_empty() {
+                    return Err(StartError::Brokers(format!(
+                        "the brokers file {} holds the public development keys of {} (they are \
+                         in the exchange's repository): give every broker and the admin a key \
+                         of your own, or start a development node with --dev",
+                        path.display(),
+                        public.join(", ")
+                    )));
+                }
+                file
+            }
+            None => {
+                tracing::warn!(
+                    "no brokers file: no admin key, so nobody can administer through this node"
+                );
+                BrokersFile::default()
+            }
+        };
         let identity =
             tls::load_identity(&config.certs_dir, config.id).map_err(StartError::Certificates)?;
 
@@ -118,10 +142,12 @@ impl Node {
         // Every output leaves the engine thread through the tap; the journal's start is the
         // engine's last command, set once the engine stands where it starts (below).
         let reports = Arc::new(ReportJournal::new(0));
+        let keys = Arc::new(BrokerKeys::default());
         let tap: Box<dyn OutputTap> = Box::new(NodeTap::new(
             publisher,
             reporter.as_ref().map(|r| r.sender()),
             Arc::clone(&reports),
+            Arc::clone(&keys),
         ));
         let (engine, position) = match &snapshot {
             Some(stored) => {
@@ -230,15 +256,6 @@ impl Node {
             leadership.clone(),
             Arc::clone(&round_latency),
         );
-        let brokers = match &config.brokers_file {
-            Some(path) => BrokersFile::load(path).map_err(StartError::Brokers)?,
-            None => {
-                tracing::warn!(
-                    "no brokers file: no admin key, so nobody can administer through this node"
-                );
-                BrokersFile::default()
-            }
-        };
         let admin_digest = brokers.admin_digest();
         let gateway_metrics = Arc::new(GatewayMetrics::default());
         if let Some(addr) = config.metrics_listen {
@@ -299,6 +316,9 @@ impl Node {
                 committed,
                 divergence,
                 admin_digest,
+                keys,
+                failed_logons: Arc::default(),
+                development: config.dev,
                 session_limits: config.session_limits,
                 reports,
                 market,

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod data_format;
 pub mod divergence;
 pub mod engine_thread;
+pub mod keys;
 pub mod leadership;
 pub mod log_store;
 pub mod network;

@@ -169,9 +169,12 @@ impl Harness {
 
     /// Registers a broker with a key digest derived from its id.
     pub fn register_broker(&mut self, broker: BrokerId) {
+        // A key of its own (keys are unique), never the revoked one.
+        let mut key_digest = [0xA5; 32];
+        key_digest[..4].copy_from_slice(&broker.0.to_le_bytes());
         let events = self.admin(AdminCommand::SetBrokerKey {
             broker,
-            key_digest: exchange_domain::KeyDigest([broker.0 as u8 | 1; 32]),
+            key_digest: exchange_domain::KeyDigest(key_digest),
         });
         assert!(
             matches!(events[..], [Event::BrokerKeySet { .. }]),

@@ -323,6 +323,18 @@ fn scenario(reason: RejectReason) -> Scenario {
                 decimals: 2,
             })
         },
+        RejectReason::KeyInUse => |h| {
+            let key = |broker, byte| AdminCommand::SetBrokerKey {
+                broker: BrokerId(broker),
+                key_digest: exchange_domain::KeyDigest([byte; 32]),
+            };
+            assert_eq!(rejection(&h.admin(key(1, 7))), None);
+            // The same broker may be given its own key again; any number may be revoked.
+            assert_eq!(rejection(&h.admin(key(1, 7))), None);
+            assert_eq!(rejection(&h.admin(key(2, 0))), None);
+            assert_eq!(rejection(&h.admin(key(3, 0))), None);
+            h.admin(key(2, 7))
+        },
     }
 }
 

@@ -1,5 +1,7 @@
 //! Sessions: logon with a broker's key or the admin key, and the audit of key changes.
 
+use subtle::ConstantTimeEq;
+
 use super::*;
 
 /// The audit line of a broker key set or revoked by a command (never the key itself).
@@ -21,9 +23,12 @@ pub(super) fn audit_key_change(session: &Session, command: &Command, outputs: &[
 /// Why a logon is refused.
 #[derive(Debug)]
 pub(super) enum LogonRefusal {
-    /// A well-formed key that no broker has, as far as this node has applied: only final on
-    /// the leader, since keys are registered through the log.
+    /// A well-formed key that no broker has: said only by a leader that confirmed it leads
+    /// and applied everything committed before it looked, since keys come through the log.
     UnknownKey,
+    /// This node cannot tell: it does not lead (or cannot confirm it does). The broker goes to
+    /// the leader.
+    NotLeader,
     /// Anything else (protocol version, a malformed key, the engine stopped): final.
     Other(String),
 }
@@ -32,44 +37,179 @@ impl std::fmt::Display for LogonRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LogonRefusal::UnknownKey => write!(f, "logon refused: unknown API key"),
+            LogonRefusal::NotLeader => write!(f, "logon refused: this node is not the leader"),
             LogonRefusal::Other(why) => write!(f, "{why}"),
         }
     }
 }
 
+/// The reply a session whose key was rotated or revoked gets before it is closed.
+pub(super) const KEY_CHANGED: &str =
+    "session ended: this broker's key was changed or revoked; log on with the current key";
+
+/// Failed logons one source address may make within `FAILED_LOGON_WINDOW` before every logon
+/// from it waits `FAILED_LOGON_DELAY` for its answer until the window has passed. A guesser
+/// gets one answer a second a connection; a broker sharing its address is slowed, never
+/// locked out (a lock-out would let a guesser lock out every broker behind its address).
+pub const FAILED_LOGONS_PER_SOURCE_MAX: u32 = 5;
+pub const FAILED_LOGON_WINDOW: Duration = Duration::from_secs(60);
+pub const FAILED_LOGON_DELAY: Duration = Duration::from_secs(1);
+/// Addresses remembered at most (bounded memory under a spread-out attack); past it, the
+/// oldest half of the record is forgotten.
+const FAILED_LOGON_SOURCES_MAX: usize = 65_536;
+
+/// Failed logons per source address.
+#[derive(Default)]
+pub struct FailedLogons {
+    by_source: Mutex<std::collections::HashMap<std::net::IpAddr, (u32, Instant)>>,
+}
+
+impl FailedLogons {
+    /// Whether `source` failed too often lately.
+    fn throttled(&self, source: std::net::IpAddr, now: Instant) -> bool {
+        let by_source = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
+        by_source.get(&source).is_some_and(|&(failures, since)| {
+            failures >= FAILED_LOGONS_PER_SOURCE_MAX
+                && now.saturating_duration_since(since) < FAILED_LOGON_WINDOW
+        })
+    }
+
+    fn failed(&self, source: std::net::IpAddr, now: Instant) {
+        let mut by_source = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
+        if by_source.len() >= FAILED_LOGON_SOURCES_MAX {
+            by_source.retain(|_, (_, since)| {
+                now.saturating_duration_since(*since) < FAILED_LOGON_WINDOW
+            });
+            if by_source.len() >= FAILED_LOGON_SOURCES_MAX {
+                let mut times: Vec<Instant> = by_source.values().map(|(_, since)| *since).collect();
+                times.sort_unstable();
+                let cut = times[times.len() / 2];
+                by_source.retain(|_, (_, since)| *since > cut);
+            }
+        }
+        let entry = by_source.entry(source).or_insert((0, now));
+        if now.saturating_duration_since(entry.1) >= FAILED_LOGON_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+}
+
 impl Gateway {
-    /// Checks a logon; the session's principal when the key is known. Keys are registered
-    /// through the log, so only the leader's "unknown" is final.
+    /// Checks a logon from `source`; the session's principal and the digest of the key it
+    /// used, when the key is known.
     pub(super) async fn log_on(
         &self,
+        source: std::net::IpAddr,
         protocol_version: u16,
         api_key: &str,
-    ) -> Result<Principal, LogonRefusal> {
+    ) -> Result<(Principal, KeyDigest), LogonRefusal> {
         if protocol_version != PROTOCOL_VERSION {
             return Err(LogonRefusal::Other(format!(
                 "protocol version {protocol_version} is not spoken here (this node speaks {PROTOCOL_VERSION})"
             )));
         }
+        if self.failed_logons.throttled(source, Instant::now()) {
+            self.metrics.logons_delayed.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(FAILED_LOGON_DELAY).await;
+        }
+        let result = self.check_key(api_key).await;
+        if matches!(
+            result,
+            Err(LogonRefusal::UnknownKey | LogonRefusal::Other(_))
+        ) {
+            self.failed_logons.failed(source, Instant::now());
+        }
+        result
+    }
+
+    async fn check_key(&self, api_key: &str) -> Result<(Principal, KeyDigest), LogonRefusal> {
         credentials::check_key(api_key)
             .map_err(|e| LogonRefusal::Other(format!("logon refused: {e}")))?;
         let digest = credentials::digest(api_key);
-        if self.admin_digest == Some(digest) {
-            return Ok(Principal {
-                broker: BrokerId::OPERATOR,
-            });
+        if self
+            .admin_digest
+            .is_some_and(|admin| bool::from(admin.0.ct_eq(&digest.0)))
+        {
+            return Ok((
+                Principal {
+                    broker: BrokerId::OPERATOR,
+                },
+                digest,
+            ));
         }
+        if let Some(broker) = self.keys.broker_of(&digest) {
+            return Ok((Principal { broker }, digest));
+        }
+        // Not known here, yet perhaps registered in an entry this node has not applied (it
+        // just started, or is behind). Only a leader that confirms it leads, and then looks
+        // behind everything committed before, may say no.
+        self.leadership
+            .confirm()
+            .await
+            .map_err(|_| LogonRefusal::NotLeader)?;
         let broker = self
             .engine
             .query(move |engine| {
-                engine
-                    .brokers()
-                    .find(|(_, known)| *known == digest)
-                    .map(|(id, _)| id)
+                let mut found = None;
+                for (id, known) in engine.brokers() {
+                    if !known.is_revoked() && bool::from(known.0.ct_eq(&digest.0)) {
+                        found = Some(id);
+                    }
+                }
+                found
             })
             .await
             .map_err(|e| LogonRefusal::Other(e.to_string()))?;
         broker
-            .map(|broker| Principal { broker })
+            .map(|broker| (Principal { broker }, digest))
             .ok_or(LogonRefusal::UnknownKey)
+    }
+
+    /// Whether the key the session logged on with is still its broker's (the operator's key
+    /// is the node's own configuration). One atomic load while no key changes.
+    pub(super) fn key_still_valid(&self, session: &Session) -> bool {
+        let (Some(principal), Some(digest)) = (session.principal.get(), session.key.get()) else {
+            return true;
+        };
+        if principal.is_operator() {
+            return true;
+        }
+        let generation = self.keys.generation();
+        if session.keys_checked.load(Ordering::Acquire) == generation {
+            return true;
+        }
+        let valid = self.keys.holds(principal.broker, digest);
+        if valid {
+            session.keys_checked.store(generation, Ordering::Release);
+        } else if !session.ended_by_key_change.swap(true, Ordering::Relaxed) {
+            self.metrics
+                .sessions_ended_by_key_change
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(target: "audit", event = "session ended by key change", broker = principal.broker.0, remote = %session.remote, "session ended: its key was changed or revoked");
+        }
+        valid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_that_keeps_failing_is_slowed_for_the_window() {
+        let failed = FailedLogons::default();
+        let (source, other) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let start = Instant::now();
+        for _ in 0..FAILED_LOGONS_PER_SOURCE_MAX {
+            assert!(!failed.throttled(source, start));
+            failed.failed(source, start);
+        }
+        assert!(failed.throttled(source, start + Duration::from_secs(1)));
+        // Another address is not held up, and the first is not after the window.
+        assert!(!failed.throttled(other, start));
+        assert!(!failed.throttled(source, start + FAILED_LOGON_WINDOW));
+        failed.failed(source, start + FAILED_LOGON_WINDOW);
+        assert!(!failed.throttled(source, start + FAILED_LOGON_WINDOW));
     }
 }

@@ -34,6 +34,7 @@ use crate::marketdata::hub::{MarketHub, Published, Start};
 use crate::net::frame::{read_frame, write_frame};
 use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::EngineHandle;
+use crate::replication::keys::BrokerKeys;
 use crate::replication::leadership::{Leadership, LeadershipError};
 use crate::replication::reports::ReportJournal;
 use crate::replication::sequencer::{Sequencer, SubmitError};
@@ -48,7 +49,10 @@ mod streams;
 pub use admission::SessionLimits;
 use admission::TokenBucket;
 pub use faults::{FaultState, GatewayFaults};
-use logon::{audit_key_change, LogonRefusal};
+use logon::{audit_key_change, LogonRefusal, KEY_CHANGED};
+pub use logon::{
+    FailedLogons, FAILED_LOGONS_PER_SOURCE_MAX, FAILED_LOGON_DELAY, FAILED_LOGON_WINDOW,
+};
 use queries::Balance;
 
 /// What the gateway needs of its node.
@@ -62,6 +66,12 @@ pub struct Gateway {
     pub divergence: DivergenceLog,
     /// The operator's credential; `None`: nobody may administer through this node.
     pub admin_digest: Option<KeyDigest>,
+    /// Each broker's key digest as this node has applied them.
+    pub keys: Arc<BrokerKeys>,
+    /// Failed logons per source address, to slow down key guessing.
+    pub failed_logons: Arc<FailedLogons>,
+    /// A development node (`--dev`), which says so in its status.
+    pub development: bool,
     pub session_limits: SessionLimits,
     /// What the engine said about each broker's accounts, to publish.
     pub reports: Arc<ReportJournal>,
@@ -118,6 +128,13 @@ struct Session {
     /// The broker's address, for the audit trail.
     remote: std::net::SocketAddr,
     principal: OnceLock<Principal>,
+    /// The digest of the key the session logged on with: once the broker's key is another,
+    /// the session ends.
+    key: OnceLock<KeyDigest>,
+    /// The key table's generation at which `key` was last found current.
+    keys_checked: AtomicU64,
+    /// Whether the session was found with a key no longer its broker's (counted once).
+    ended_by_key_change: std::sync::atomic::AtomicBool,
     bucket: Mutex<TokenBucket>,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -153,6 +170,7 @@ impl Gateway {
             voters: view.voters,
             divergence: self.divergence.first().map(|d| d.to_string()),
             hashes_checked: self.divergence.checked().into_iter().collect(),
+            development: self.development,
         }
     }
 
@@ -176,9 +194,12 @@ impl Gateway {
                         After::Close(close_code::PROTOCOL_ERROR),
                     );
                 }
-                let logon = self.log_on(protocol_version, &api_key).await;
+                let keys_generation = self.keys.generation();
+                let logon = self
+                    .log_on(session.remote.ip(), protocol_version, &api_key)
+                    .await;
                 let counter = match &logon {
-                    Ok(principal) => {
+                    Ok((principal, _)) => {
                         tracing::info!(target: "audit", event = "logon", broker = principal.broker.0, remote = %session.remote, "logged on");
                         &self.metrics.logons
                     }
@@ -190,18 +211,27 @@ impl Gateway {
                 counter.fetch_add(1, Ordering::Relaxed);
                 // A node that is not the leader may not have applied the broker's registration
                 // yet (just replaced, or behind): send the broker to the leader instead.
-                if matches!(logon, Err(LogonRefusal::UnknownKey)) && !self.publishing() {
+                if matches!(
+                    logon,
+                    Err(LogonRefusal::UnknownKey | LogonRefusal::NotLeader)
+                ) && !self.publishing()
+                {
                     return (self.not_leader(), After::Close(close_code::LOGON_REFUSED));
                 }
                 return match logon {
-                    Ok(principal) => {
+                    Ok((principal, digest)) => {
                         // Two streams racing to log on: the first wins, the other is refused.
-                        if session.principal.set(principal).is_err() {
+                        if session.key.set(digest).is_err()
+                            || session.principal.set(principal).is_err()
+                        {
                             return (
                                 Reply::Error("this session has already logged on".into()),
                                 After::Close(close_code::PROTOCOL_ERROR),
                             );
                         }
+                        session
+                            .keys_checked
+                            .store(keys_generation, Ordering::Release);
                         (
                             Reply::LoggedOn {
                                 broker: principal.broker.0,
@@ -216,6 +246,12 @@ impl Gateway {
                 };
             }
             other => match session.principal.get() {
+                Some(_) if !self.key_still_valid(session) => {
+                    return (
+                        Reply::Error(KEY_CHANGED.into()),
+                        After::Close(close_code::LOGON_REFUSED),
+                    )
+                }
                 Some(principal) => (other, *principal),
                 None => {
                     return (
@@ -336,6 +372,9 @@ pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
             let session = Arc::new(Session {
                 remote: connection.remote_address(),
                 principal: OnceLock::new(),
+                key: OnceLock::new(),
+                keys_checked: AtomicU64::new(0),
+                ended_by_key_change: Default::default(),
                 bucket: Mutex::new(TokenBucket::new(gateway.session_limits.commands_per_sec)),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(
                     gateway.session_limits.in_flight_max as usize,
@@ -402,10 +441,14 @@ async fn serve_stream(
                 Ok(Request::Reports { since_seq }) => match session.principal.get() {
                     Some(principal) if !principal.is_operator() => {
                         let end = gateway
-                            .stream_reports(principal.broker, since_seq, &mut send)
+                            .stream_reports(&session, principal.broker, since_seq, &mut send)
                             .await;
-                        // The stream stays usable after a refusal (not the leader, a gap).
+                        // The stream stays usable after a refusal (not the leader, a gap),
+                        // unless the session's key is no longer its broker's.
                         match end {
+                            Some(reply) if !gateway.key_still_valid(&session) => {
+                                (reply, After::Close(close_code::LOGON_REFUSED))
+                            }
                             Some(reply) if write(&mut send, &reply).await.is_ok() => continue,
                             _ => break,
                         }
@@ -426,9 +469,12 @@ async fn serve_stream(
                 }) => match session.principal.get() {
                     Some(_) => {
                         let end = gateway
-                            .stream_market(symbol, channel, since, &mut send)
+                            .stream_market(&session, symbol, channel, since, &mut send)
                             .await;
                         match end {
+                            Some(reply) if !gateway.key_still_valid(&session) => {
+                                (reply, After::Close(close_code::LOGON_REFUSED))
+                            }
                             Some(reply) if write(&mut send, &reply).await.is_ok() => continue,
                             _ => break,
                         }

@@ -8,11 +8,13 @@ impl Gateway {
     /// Returns the reply that ends the stream, if any.
     pub(super) async fn stream_market(
         &self,
+        session: &Session,
         symbol: u32,
         channel: Channel,
         mut since: Option<u64>,
         send: &mut quinn::SendStream,
     ) -> Option<Reply> {
+        let mut keys_changed = self.keys.subscribe();
         'subscribe: loop {
             if !self.publishing() {
                 return Some(self.not_leader());
@@ -41,9 +43,13 @@ impl Gateway {
             let mine = |p: &Published| p.message.symbol == symbol && p.message.channel == channel;
             let mut batch: Vec<Arc<Published>> = Vec::new();
             loop {
+                if !self.key_still_valid(session) {
+                    return Some(Reply::Error(KEY_CHANGED.into()));
+                }
                 let first = tokio::select! {
                     received = live.recv() => received,
                     _ = send.stopped() => return None,
+                    _ = keys_changed.changed() => continue,
                     () = tokio::time::sleep(Duration::from_millis(100)) => {
                         if !self.publishing() {
                             return Some(self.not_leader());
@@ -118,15 +124,20 @@ impl Gateway {
     /// leading. Returns the reply that ends the stream, if any.
     pub(super) async fn stream_reports(
         &self,
+        session: &Session,
         broker: BrokerId,
         mut since: u64,
         send: &mut quinn::SendStream,
     ) -> Option<Reply> {
         let mut recorded = self.reports.subscribe();
+        let mut keys_changed = self.keys.subscribe();
         let mut first = true;
         loop {
             if !self.publishing() {
                 return Some(self.not_leader());
+            }
+            if !self.key_still_valid(session) {
+                return Some(Reply::Error(KEY_CHANGED.into()));
             }
             recorded.borrow_and_update();
             let batch = match self.reports.since(broker, since, REPORTS_PER_FRAME_MAX) {
@@ -143,6 +154,7 @@ impl Gateway {
                 // the subscriber goes away (else this task would outlive its connection).
                 tokio::select! {
                     _ = recorded.changed() => {}
+                    _ = keys_changed.changed() => {}
                     _ = send.stopped() => return None,
                     () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }

@@ -1,0 +1,336 @@
+//! Credentials on a real cluster: development keys only on a development node, keys that stay
+//! revoked across elections, sessions that end when their key changes, and one key per broker.
+
+mod support;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use exchange::domain::{AccountId, AdminCommand, Amount, BrokerId, Event, KeyDigest, RejectReason};
+use exchange::domain::{Command as ExchangeCommand, Side};
+use exchange::gateway::client::{Client, ClientError};
+use exchange::gateway::credentials;
+use support::*;
+
+/// One single-node cluster process, killed when the test ends, also when it fails.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const DEV_ADMIN_KEY: &str = "dev-admin-key-not-secret";
+
+/// Starts a one-node cluster (Raft on `port`, brokers on `port + 100`) from the repository's
+/// root, as an operator would from a checkout.
+fn one_node(dir: &Path, port: u16, extra: &[&str]) -> Node {
+    let certs = dir.join("certs");
+    if !certs.exists() {
+        exchange::net::tls::generate(&certs, &[1], &[]).expect("certificates");
+    }
+    Node(
+        Command::new(env!("CARGO_BIN_EXE_exchange-node"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["--id", "1", "--bootstrap", "--peers"])
+            .arg(format!("1=127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.join("node-1"))
+            .arg("--certs-dir")
+            .arg(&certs)
+            .args(extra)
+            .env_remove("EXCHANGE_BROKERS")
+            .env_remove("EXCHANGE_DEV")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start exchange-node"),
+    )
+}
+
+fn client(dir: &Path, port: u16, key: &str) -> Client {
+    let ca = exchange::net::tls::load_ca(&dir.join("certs")).expect("CA");
+    Client::new(vec![SocketAddr::from(([127, 0, 0, 1], port + 100))], &ca)
+        .expect("client")
+        .with_api_key(key)
+}
+
+/// Submits `command` until the node answers at all (it may still be electing itself).
+async fn first_answer(
+    client: &mut Client,
+    command: ExchangeCommand,
+) -> Result<Vec<exchange::domain::Output>, ClientError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.submit(command).await {
+            Err(ClientError::Unavailable(why)) if Instant::now() < deadline => {
+                let _ = why;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn create_account(account: u64) -> ExchangeCommand {
+    ExchangeCommand::Admin(AdminCommand::CreateAccount {
+        account: AccountId(account),
+        owner: BrokerId::OPERATOR,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_keys_work_only_on_a_development_node() {
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let dev_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/brokers.toml");
+
+    // Given the development brokers file without --dev: it refuses to start, and says why.
+    let refused = scratch.path().join("refused");
+    let mut node = one_node(
+        &refused,
+        28_201,
+        &["--brokers", dev_file.to_str().expect("path")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = node.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node started with public keys"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    node.0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    assert!(!status.success());
+    assert!(
+        stderr.contains("public development keys") && stderr.contains("--dev"),
+        "{stderr}"
+    );
+    assert!(
+        !refused.join("node-1").exists(),
+        "a refused node touched its data directory"
+    );
+
+    // From the checkout, with no brokers file named and no --dev: the development file beside
+    // it is not read, so the development admin key is nobody's.
+    let plain = scratch.path().join("plain");
+    let _node = one_node(&plain, 28_202, &[]);
+    match first_answer(
+        &mut client(&plain, 28_202, DEV_ADMIN_KEY),
+        create_account(1),
+    )
+    .await
+    {
+        Err(ClientError::Rejected(why)) => assert!(why.contains("logon refused"), "{why}"),
+        other => panic!("the development admin key was accepted: {other:?}"),
+    }
+    drop(_node);
+
+    // With --dev it is the operator's, and the node says it is a development node.
+    let dev = scratch.path().join("dev");
+    let _node = one_node(&dev, 28_203, &["--dev"]);
+    let mut admin = client(&dev, 28_203, DEV_ADMIN_KEY);
+    let outputs = first_answer(&mut admin, create_account(1))
+        .await
+        .expect("the development admin key on a development node");
+    assert!(
+        matches!(
+            outputs[..],
+            [exchange::domain::Output {
+                event: Event::AccountCreated { .. },
+                ..
+            }]
+        ),
+        "{outputs:?}"
+    );
+    let status = admin
+        .status_of(SocketAddr::from(([127, 0, 0, 1], 28_303)))
+        .await
+        .expect("status");
+    assert!(status.development);
+}
+
+/// A broker's one-lot buy order: brokers number their orders.
+fn broker_order(account: u64) -> ExchangeCommand {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let mut command = limit(account, Side::Buy, 10, 1);
+    if let ExchangeCommand::NewOrder(order) = &mut command {
+        order.client_order_id = exchange::domain::ClientOrderId(
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
+    }
+    command
+}
+
+/// Logs on with `key` and sends a one-lot order for `account`; what the exchange said.
+async fn order_with(cluster: &Cluster, key: &str, account: u64) -> Result<(), String> {
+    let mut client = cluster.client_with_key(key);
+    match client.submit(broker_order(account)).await {
+        Ok(outputs) => {
+            accepted(&outputs);
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn set_key(broker: u32, key_digest: KeyDigest) -> ExchangeCommand {
+    ExchangeCommand::Admin(AdminCommand::SetBrokerKey {
+        broker: BrokerId(broker),
+        key_digest,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_keys_end_sessions_and_stay_changed_across_elections() {
+    let mut cluster = Cluster::start("security-keys", 3, 28_210, &[]);
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let mut admin = cluster.client();
+    setup_market(&mut admin, 1).await;
+    let (broker_1, key_1, accounts_1) = BROKERS[0];
+    let (broker_2, key_2, _) = BROKERS[1];
+    let account = accounts_1[0];
+    // The leader opens the brokers' accounts when it takes office: fund one once it exists.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let deposit = ExchangeCommand::Admin(AdminCommand::Deposit {
+            account: AccountId(account),
+            asset: QUOTE,
+            amount: Amount(1_000_000),
+        });
+        let outputs = submit(&mut admin, deposit, Duration::from_secs(10)).await;
+        if matches!(
+            outputs[..],
+            [exchange::domain::Output {
+                event: Event::BalanceChanged { .. },
+                ..
+            }]
+        ) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "account {account} never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A second broker may not be given a key another broker has.
+    let outputs = submit(
+        &mut admin,
+        set_key(7, credentials::digest(key_2)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        matches!(
+            outputs[..],
+            [exchange::domain::Output {
+                event: Event::AdminRejected {
+                    reason: RejectReason::KeyInUse
+                },
+                ..
+            }]
+        ),
+        "{outputs:?}"
+    );
+    let mut second = cluster.client_with_key(key_2);
+    second.submit(broker_order(BROKERS[1].2[0])).await.ok();
+    assert_eq!(
+        second.broker(),
+        Some(broker_2),
+        "the key still names broker {broker_2}"
+    );
+
+    // A session trading, and the same broker's report stream.
+    let mut trading = cluster.client_with_key(key_1);
+    accepted(
+        &trading
+            .submit(broker_order(account))
+            .await
+            .expect("an order"),
+    );
+    let mut reports = cluster.client_with_key(key_1).into_report_feed(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reports
+        .next(Duration::from_millis(200))
+        .await
+        .expect("reports")
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "no report within 10 s");
+    }
+
+    // The key is rotated: the trading session's next order is refused and its session ends;
+    // the report stream ends too; the new key trades.
+    let key_1b = "rotated-broker-1-key-0123456789";
+    submit(
+        &mut admin,
+        set_key(broker_1, credentials::digest(key_1b)),
+        Duration::from_secs(5),
+    )
+    .await;
+    match trading.submit(broker_order(account)).await {
+        Err(ClientError::Rejected(why)) => {
+            assert!(
+                why.contains("changed or revoked") || why.contains("logon refused"),
+                "{why}"
+            )
+        }
+        other => panic!("an order on a session of the old key was served: {other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match reports.next(Duration::from_millis(200)).await {
+            Err(_) => break,
+            Ok(_) => assert!(
+                Instant::now() < deadline,
+                "the report stream outlived its key"
+            ),
+        }
+    }
+    order_with(&cluster, key_1b, account)
+        .await
+        .expect("the new key trades");
+
+    // Revoked, then the leader is killed: the next leader applies the brokers file (which
+    // still names the first key) but a broker it has seen keeps the key the cluster gave it.
+    submit(
+        &mut admin,
+        set_key(broker_1, KeyDigest::REVOKED),
+        Duration::from_secs(5),
+    )
+    .await;
+    let old_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    cluster.kill(old_leader);
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, old_leader);
+    // Long enough for the new leader to have applied the file (it does so at once).
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        for key in [key_1, key_1b] {
+            let why = order_with(&cluster, key, account)
+                .await
+                .expect_err("a revoked key traded");
+            assert!(why.contains("logon refused"), "{key}: {why}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // And after the old leader comes back.
+    cluster.start_node(old_leader);
+    cluster.assert_converged(Duration::from_secs(20)).await;
+    let why = order_with(&cluster, key_1, account)
+        .await
+        .expect_err("a revoked key traded");
+    assert!(why.contains("logon refused"), "{why}");
+}
