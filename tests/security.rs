@@ -13,6 +13,7 @@ use exchange::domain::{AccountId, AdminCommand, Amount, BrokerId, Event, KeyDige
 use exchange::domain::{Command as ExchangeCommand, Side};
 use exchange::gateway::client::{Client, ClientError};
 use exchange::gateway::credentials;
+use exchange::replication::network::{Request as RaftRequest, Response as RaftResponse};
 use support::*;
 
 /// One single-node cluster process, killed when the test ends, also when it fails.
@@ -333,4 +334,173 @@ async fn changed_keys_end_sessions_and_stay_changed_across_elections() {
         .await
         .expect_err("a revoked key traded");
     assert!(why.contains("logon refused"), "{why}");
+}
+
+/// A connection to node `to`'s Raft port, presenting node `as_node`'s certificate.
+async fn raft_peer(cluster: &Cluster, as_node: u64, to: u64) -> quinn::Connection {
+    let identity =
+        exchange::net::tls::load_identity(&cluster.dir.join("certs"), as_node).expect("identity");
+    let config = exchange::net::tls::mutual_client(
+        &identity,
+        exchange::net::tls::transport(Duration::from_secs(10)),
+    )
+    .expect("client config");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
+    endpoint.set_default_client_config(config);
+    let name = exchange::net::tls::node_name(to);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        endpoint
+            .connect(cluster.raft_addr(to), &name)
+            .expect("connect"),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake")
+}
+
+/// Sends one Raft frame and reads the answer (None: the stream ended without one).
+async fn raft_call(connection: &quinn::Connection, frame: &[u8]) -> Option<RaftResponse> {
+    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+    exchange::net::frame::write_frame(&mut send, frame)
+        .await
+        .expect("write");
+    let _ = send.finish();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        exchange::net::frame::read_frame(&mut recv, 1 << 20),
+    )
+    .await
+    .expect("an answer in time")
+    .ok()??;
+    Some(
+        postcard::from_bytes(&reply)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&reply))),
+    )
+}
+
+fn vote_request(term: u64, candidate: u64) -> Vec<u8> {
+    let request = RaftRequest::Vote(openraft::raft::VoteRequest::new(
+        openraft::Vote::new(term, candidate),
+        None,
+    ));
+    postcard::to_allocvec(&request).expect("encode")
+}
+
+/// The node's virtual memory size, in bytes.
+fn virtual_size(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_speaks_only_for_its_own_certificate_and_within_bounds() {
+    let cluster = Cluster::start("security-peers", 3, 28_230, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let target = if leader == 1 { 2 } else { 1 };
+    let impostor = (1..=3)
+        .find(|id| *id != leader && *id != target)
+        .expect("a third node");
+    let victim = exchange::net::tls::node_name(target);
+    let term_before = cluster.statuses().await[&target]
+        .as_ref()
+        .expect("status")
+        .term;
+
+    // With the impostor's certificate, a vote for the leader at a far higher term: refused
+    // before Raft sees it (it would have deposed the leader).
+    let peer = raft_peer(&cluster, impostor, target).await;
+    match raft_call(&peer, &vote_request(term_before + 1_000, leader)).await {
+        Some(RaftResponse::Malformed(why)) => assert!(why.contains("certificate"), "{why}"),
+        Some(_) => panic!("{victim} took a vote speaking for node {leader} from node {impostor}"),
+        None => panic!("no answer"),
+    }
+    // Its own vote, at a stale term, is answered (and lost): the check is the certificate's.
+    assert!(matches!(
+        raft_call(&peer, &vote_request(1, impostor)).await,
+        Some(RaftResponse::Vote(_))
+    ));
+
+    // A frame claiming 1 GiB: an AppendEntries is refused as too large; a snapshot is taken
+    // only as its bytes come, so claims cost nothing.
+    let mut claim = (1u32 << 30).to_le_bytes().to_vec();
+    claim.push(0);
+    let (mut send, mut recv) = peer.open_bi().await.expect("stream");
+    send.write_all(&claim).await.expect("write");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        exchange::net::frame::read_frame(&mut recv, 1 << 20),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("a frame")
+    .expect("a reply");
+    match postcard::from_bytes(&reply).expect("a response") {
+        RaftResponse::Malformed(why) => assert!(why.contains("exceeds"), "{why}"),
+        _ => panic!("a 1 GiB AppendEntries was taken"),
+    }
+    let pid = cluster.pid(target).expect("running");
+    let before = virtual_size(pid);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut claim = (1u32 << 30).to_le_bytes().to_vec();
+        claim.push(2);
+        let (mut send, recv) = peer.open_bi().await.expect("stream");
+        send.write_all(&claim).await.expect("write");
+        held.push((send, recv));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = virtual_size(pid).saturating_sub(before);
+    assert!(
+        grown < 512 << 20,
+        "four 1 GiB claims grew {victim}'s memory by {} MiB",
+        grown >> 20
+    );
+    drop(held);
+
+    // A batch of 2,049 commands, from a peer that speaks for itself: refused when decoded, and
+    // the node goes on.
+    let commands = (0..=exchange::replication::batch::BATCH_COMMANDS_MAX as u64)
+        .map(|account| {
+            exchange::domain::BrokerCommand::operator(ExchangeCommand::Admin(
+                AdminCommand::CreateAccount {
+                    account: AccountId(1_000_000 + account),
+                    owner: BrokerId::OPERATOR,
+                },
+            ))
+        })
+        .collect();
+    let batch = exchange::replication::batch::Batch {
+        timestamp_ns: 1,
+        commands,
+    };
+    let append = RaftRequest::AppendEntries(openraft::raft::AppendEntriesRequest {
+        vote: openraft::Vote::new_committed(1, impostor),
+        prev_log_id: None,
+        entries: vec![openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, impostor), 1),
+            payload: openraft::EntryPayload::Normal(batch),
+        }],
+        leader_commit: None,
+    });
+    let frame = postcard::to_allocvec(&append).expect("encode");
+    match raft_call(&peer, &frame).await {
+        // (postcard's decode error does not carry the batch's reason.)
+        Some(RaftResponse::Malformed(_)) => {}
+        _ => panic!("a batch of 2,049 commands was taken"),
+    }
+    assert_eq!(
+        cluster.wait_for_leader(Duration::from_secs(10)).await,
+        leader
+    );
+    let mut admin = cluster.client();
+    setup_market(&mut admin, 1).await;
+    let status = cluster.statuses().await[&target].clone().expect("status");
+    assert!(status.term < term_before + 1_000, "{status:?}");
 }

@@ -35,10 +35,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Make development TLS certificates: a cluster authority and one certificate per node.
+    /// The authority's private key goes to a directory of its own, which nodes never read.
     GenCerts {
-        /// Where to write them (an existing authority there is reused).
+        /// Where to write the certificates (an existing authority is reused).
         #[arg(long, default_value = "cluster/certs")]
         dir: PathBuf,
+        /// Where the authority's private key is kept [default: DIR-ca, beside DIR].
+        #[arg(long, value_name = "DIR")]
+        ca_key_dir: Option<PathBuf>,
         /// Node ids, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
         nodes: Vec<u64>,
@@ -333,8 +337,15 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::GenCerts { dir, nodes, sans }) = cli.command {
-        return match exchange::net::tls::generate(&dir, &nodes, &sans) {
+    if let Some(Command::GenCerts {
+        dir,
+        ca_key_dir,
+        nodes,
+        sans,
+    }) = cli.command
+    {
+        let ca_key_dir = ca_key_dir.unwrap_or_else(|| exchange::net::tls::default_ca_key_dir(&dir));
+        return match exchange::net::tls::generate_with_ca_key(&dir, &ca_key_dir, &nodes, &sans) {
             Ok(written) => {
                 for path in written {
                     println!("wrote {}", path.display());

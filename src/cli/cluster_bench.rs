@@ -673,11 +673,12 @@ async fn measure_floor(dir: &Path, samples: usize) -> Result<Percentiles, String
 }
 
 async fn quic_echo_round_trips(samples: usize) -> Result<Vec<u64>, String> {
-    let dir = std::env::temp_dir().join(format!("exchange-bench-echo-{}", std::process::id()));
+    let scratch = std::env::temp_dir().join(format!("exchange-bench-echo-{}", std::process::id()));
+    let dir = scratch.join("certs");
     crate::net::tls::generate(&dir, &[1], &[]).map_err(|e| e.to_string())?;
     let identity = crate::net::tls::load_identity(&dir, 1).map_err(|e| e.to_string())?;
     let ca = crate::net::tls::load_ca(&dir).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&scratch);
     let transport = crate::net::tls::transport(Duration::from_secs(10));
     let server_config = crate::net::tls::broker_server(&identity, Arc::clone(&transport))
         .map_err(|e| e.to_string())?;

@@ -44,6 +44,21 @@ pub async fn read_frame(
     stream: &mut RecvStream,
     max: usize,
 ) -> Result<Option<Vec<u8>>, FrameError> {
+    read_frame_by_kind(stream, max, |_| max).await
+}
+
+/// Memory for a frame is taken as its bytes arrive, this much at a time: a peer that announces
+/// a large frame and sends nothing costs nothing.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// As `read_frame`, with the limit chosen by the frame's first byte (a postcard enum's variant,
+/// for instance): a kind of message that is always small is refused once its first byte is
+/// read, when it claims to be large. A frame over `ceiling` is refused before any of it is read.
+pub async fn read_frame_by_kind(
+    stream: &mut RecvStream,
+    ceiling: usize,
+    max_for: impl Fn(u8) -> usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
         Ok(()) => {}
@@ -51,13 +66,39 @@ pub async fn read_frame(
         Err(e) => return Err(FrameError::Transport(e.to_string())),
     }
     let bytes = u32::from_le_bytes(len) as usize;
+    if bytes > ceiling {
+        return Err(FrameError::TooLarge {
+            bytes,
+            max: ceiling,
+        });
+    }
+    if bytes == 0 {
+        return Ok(Some(Vec::new()));
+    }
+    // The first byte says what the frame is, and so how large it may be.
+    let mut first = [0u8; 1];
+    stream
+        .read_exact(&mut first)
+        .await
+        .map_err(|e| FrameError::Transport(e.to_string()))?;
+    let max = max_for(first[0]).min(ceiling);
     if bytes > max {
         return Err(FrameError::TooLarge { bytes, max });
     }
-    let mut buf = vec![0u8; bytes];
-    stream
-        .read_exact(&mut buf)
-        .await
-        .map_err(|e| FrameError::Transport(e.to_string()))?;
+    let mut buf = Vec::with_capacity(bytes.min(READ_CHUNK_BYTES));
+    buf.push(first[0]);
+    while buf.len() < bytes {
+        let want = (bytes - buf.len()).min(READ_CHUNK_BYTES);
+        match stream.read_chunk(want, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(FrameError::Transport(format!(
+                    "the stream ended {} bytes into a frame of {bytes}",
+                    buf.len()
+                )))
+            }
+            Err(e) => return Err(FrameError::Transport(e.to_string())),
+        }
+    }
     Ok(Some(buf))
 }

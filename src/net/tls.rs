@@ -1,10 +1,13 @@
 //! TLS for the cluster: a certificate authority, one certificate per node (valid as server
 //! and client, so nodes authenticate each other), and the QUIC configurations built on them.
 //!
-//! Files in the certificate directory (`exchange-node gen-certs` writes them):
-//! `ca.pem`, `ca.key` (to sign more), and `node-<id>.pem`, `node-<id>.key` per node. A node's
+//! Files in the certificate directory (`exchange-node gen-certs` writes them): `ca.pem`, and
+//! `node-<id>.pem`, `node-<id>.key` per node. The authority's private key (`ca.key`, to sign
+//! more) goes to a directory of its own (`<certs>-ca` by default) that nodes never read: a node
+//! that is broken into must not be able to mint certificates for the others. A node's
 //! certificate names `node-<id>` and `localhost` and the loopback and listed addresses; peers
-//! dial it by the name `node-<id>`, so addresses can change without new certificates.
+//! dial it by the name `node-<id>`, so addresses can change without new certificates, and the
+//! Raft server holds every RPC to the node its certificate names.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,16 +62,59 @@ pub fn load_identity(dir: &Path, id: u64) -> Result<Identity, TlsError> {
     })
 }
 
-/// Writes a new authority and one certificate per node into `dir`; an existing authority is
-/// reused so that certificates for new nodes join the same cluster. Returns the files written.
+/// Where `generate` keeps the authority's private key by default: a directory beside the
+/// certificate directory (`cluster/certs` -> `cluster/certs-ca`), never in it.
+pub fn default_ca_key_dir(certs_dir: &Path) -> PathBuf {
+    let name = certs_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "certs".into());
+    certs_dir.with_file_name(format!("{name}-ca"))
+}
+
+/// The authority's private key left in the certificate directory by an earlier version: every
+/// node reads that directory, so it should not be there.
+pub fn stray_ca_key(certs_dir: &Path) -> Option<PathBuf> {
+    Some(certs_dir.join("ca.key")).filter(|path| path.exists())
+}
+
+/// `generate_with_ca_key` with the authority's key in `default_ca_key_dir(dir)`.
 pub fn generate(
     dir: &Path,
     nodes: &[u64],
     extra_sans: &[String],
 ) -> Result<Vec<PathBuf>, TlsError> {
+    generate_with_ca_key(dir, &default_ca_key_dir(dir), nodes, extra_sans)
+}
+
+/// Writes a new authority and one certificate per node into `dir`, the authority's private key
+/// into `ca_key_dir`; an existing authority is reused so that certificates for new nodes join
+/// the same cluster (a key an earlier version left in `dir` is moved out). Returns the files
+/// written.
+pub fn generate_with_ca_key(
+    dir: &Path,
+    ca_key_dir: &Path,
+    nodes: &[u64],
+    extra_sans: &[String],
+) -> Result<Vec<PathBuf>, TlsError> {
     std::fs::create_dir_all(dir).map_err(|e| err(dir.display(), e))?;
-    let (ca_pem, ca_key_pem) = (dir.join("ca.pem"), dir.join("ca.key"));
+    create_private_dir(ca_key_dir)?;
+    let (ca_pem, ca_key_pem) = (dir.join("ca.pem"), ca_key_dir.join("ca.key"));
     let mut written = Vec::new();
+    if let Some(stray) = stray_ca_key(dir) {
+        if ca_key_pem.exists() {
+            return Err(err(
+                stray.display(),
+                format!(
+                    "the authority's key is both here and in {}: remove this one (nodes read \
+                     this directory)",
+                    ca_key_pem.display()
+                ),
+            ));
+        }
+        std::fs::rename(&stray, &ca_key_pem).map_err(|e| err(stray.display(), e))?;
+        written.push(ca_key_pem.clone());
+    }
     let ca_key = if ca_key_pem.exists() {
         let pem = std::fs::read_to_string(&ca_key_pem).map_err(|e| err(ca_key_pem.display(), e))?;
         KeyPair::from_pem(&pem).map_err(|e| err(ca_key_pem.display(), e))?
@@ -122,6 +168,15 @@ pub fn generate(
         written.extend([cert_path, key_path]);
     }
     Ok(written)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| err(dir.display(), e))
 }
 
 fn write_private(path: &Path, pem: &str) -> Result<(), TlsError> {
@@ -225,9 +280,27 @@ mod tests {
 
     #[test]
     fn generated_certificates_load_and_a_second_run_keeps_the_authority() {
-        let dir = std::env::temp_dir().join(format!("exchange-tls-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let dir = scratch.path().join("certs");
+        // A key an earlier version left among the certificates is moved out of them.
+        std::fs::create_dir_all(&dir).expect("certs");
+        std::fs::write(
+            dir.join("ca.key"),
+            KeyPair::generate().expect("key").serialize_pem(),
+        )
+        .expect("stray key");
+        let stray = std::fs::read(dir.join("ca.key")).expect("stray key");
         generate(&dir, &[1, 2], &[]).expect("generate");
+        assert_eq!(
+            stray_ca_key(&dir),
+            None,
+            "the authority's key left among the certificates"
+        );
+        let ca_key = scratch.path().join("certs-ca/ca.key");
+        assert_eq!(std::fs::read(&ca_key).expect("moved key"), stray);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("mode").permissions().mode() & 0o777;
+        assert_eq!(mode(&scratch.path().join("certs-ca")), 0o700);
         let ca_before = std::fs::read(dir.join("ca.pem")).expect("ca");
         let one = load_identity(&dir, 1).expect("node 1");
         generate(&dir, &[3], &["10.77.0.3".into()]).expect("add node 3");
@@ -238,7 +311,14 @@ mod tests {
             load_identity(&dir, 9).is_err(),
             "a missing node is an error"
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        // Nothing a node reads is private to the authority.
+        for file in std::fs::read_dir(&dir).expect("certs") {
+            let name = file.expect("entry").file_name();
+            assert!(
+                name.to_string_lossy().starts_with("node-") || name == "ca.pem",
+                "{name:?}"
+            );
+        }
     }
 
     /// Each endpoint speaks its own application protocol: a Raft client cannot complete a
@@ -246,9 +326,10 @@ mod tests {
     /// either under a server name the certificate does not carry.
     #[tokio::test]
     async fn each_endpoint_accepts_only_its_own_protocol_and_name() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        generate(dir.path(), &[1], &[]).expect("generate");
-        let identity = load_identity(dir.path(), 1).expect("identity");
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let dir = scratch.path().join("certs");
+        generate(&dir, &[1], &[]).expect("generate");
+        let identity = load_identity(&dir, 1).expect("identity");
         let idle = Duration::from_secs(2);
         let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
         let brokers = quinn::Endpoint::server(

@@ -102,6 +102,15 @@ impl Node {
         };
         let identity =
             tls::load_identity(&config.certs_dir, config.id).map_err(StartError::Certificates)?;
+        if let Some(key) = tls::stray_ca_key(&config.certs_dir) {
+            tracing::warn!(
+                "{} is the certificate authority's private key, in the directory every node \
+                 reads: whoever breaks into a node can mint certificates for the others. Keep it \
+                 elsewhere (exchange-node gen-certs moves it to {})",
+                key.display(),
+                tls::default_ca_key_dir(&config.certs_dir).display()
+            );
+        }
 
         crate::replication::data_format::check_or_mark(&config.data_dir).map_err(|source| {
             StartError::DataFormat {

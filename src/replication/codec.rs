@@ -33,8 +33,29 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Appends the payload of `entry` to `out`.
-pub fn encode_payload(entry: &Entry, out: &mut Vec<u8>) {
+/// An entry that could not be encoded: it is never written (an empty or partial record would
+/// be replicated as if it were the entry).
+#[derive(Debug)]
+pub struct EncodeError(pub String);
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "log entry not encodable: {}", self.0)
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Appends the payload of `entry` to `out`; on an error `out` is as it was.
+pub fn encode_payload(entry: &Entry, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    // Encoded first, so that a failure leaves nothing behind.
+    let membership = match &entry.payload {
+        EntryPayload::Membership(membership) => Some(
+            postcard::to_allocvec(membership)
+                .map_err(|e| EncodeError(format!("entry {}: {e}", entry.log_id.index)))?,
+        ),
+        _ => None,
+    };
     let kind = match &entry.payload {
         EntryPayload::Blank => KIND_BLANK,
         EntryPayload::Normal(_) => KIND_BATCH,
@@ -46,11 +67,10 @@ pub fn encode_payload(entry: &Entry, out: &mut Vec<u8>) {
         EntryPayload::Blank => {}
         // The archive goes straight into the record, with no intermediate copy.
         EntryPayload::Normal(batch) => out.extend_from_slice(&batch.to_bytes()),
-        // Plain owned data into a vector: no failure mode. Rare, so a copy is fine.
-        EntryPayload::Membership(membership) => {
-            out.extend_from_slice(&postcard::to_allocvec(membership).unwrap_or_default())
-        }
+        // Rare, so a copy is fine.
+        EntryPayload::Membership(_) => out.extend_from_slice(membership.as_deref().unwrap_or(&[])),
     }
+    Ok(())
 }
 
 /// Rebuilds the entry stored at (`term`, `index`) from its payload.
@@ -113,7 +133,7 @@ mod tests {
 
     fn round_trip(entry: Entry) {
         let mut payload = Vec::new();
-        encode_payload(&entry, &mut payload);
+        encode_payload(&entry, &mut payload).expect("encode");
         let back =
             decode(entry.log_id.leader_id.term, entry.log_id.index, &payload).expect("decode");
         assert_eq!(back.log_id, entry.log_id);

@@ -426,7 +426,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 self.max_timestamp_ns
                     .fetch_max(batch.timestamp_ns, Ordering::AcqRel);
             }
-            codec::encode_payload(&entry, &mut payloads);
+            codec::encode_payload(&entry, &mut payloads).map_err(write_error)?;
             records.push((
                 entry.log_id.leader_id.term,
                 entry.log_id.index,

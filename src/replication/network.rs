@@ -34,11 +34,20 @@ use openraft::OptionalSend;
 use serde::{Deserialize, Serialize};
 
 use super::types::{LogId, NodeAddr, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
-use crate::net::frame::{read_frame, write_frame, FrameError};
+use crate::net::frame::{read_frame, read_frame_by_kind, write_frame, FrameError};
 use crate::net::tls::node_name;
 
-/// The largest Raft frame: a whole snapshot travels in one.
+/// The largest Raft frame: a whole snapshot travels in one. Memory for it is taken as its
+/// bytes arrive, not when a peer announces it.
 pub const RAFT_FRAME_BYTES_MAX: usize = 1 << 30;
+/// The largest AppendEntries frame: at most `max_payload_entries` (4) entries of at most
+/// `BATCH_COMMANDS_MAX` (2,048) commands of about 100 bytes each come to under 1 MiB; this
+/// leaves room for membership entries and a change of encoding.
+pub const APPEND_FRAME_BYTES_MAX: usize = 16 << 20;
+/// The largest Vote frame (a vote and a log id).
+pub const VOTE_FRAME_BYTES_MAX: usize = 4 << 10;
+/// The largest answer to any RPC (a vote, a log id, an error's text).
+pub const RESPONSE_FRAME_BYTES_MAX: usize = 1 << 20;
 /// Frames larger than this are decoded on a blocking thread.
 const LARGE_FRAME_BYTES: usize = 1 << 20;
 /// How long an AppendEntries exchange may go on after the call that started it gave up (a
@@ -54,8 +63,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const SNAPSHOT_TIMEOUT_BASE: Duration = Duration::from_secs(5);
 const SNAPSHOT_TIMEOUT_PER_MIB: Duration = Duration::from_millis(100);
 
+/// What a Raft RPC is. postcard writes an enum's variant index first (a varint, one byte for
+/// these), so the first byte of a request's frame says which it is, and how large it may be.
 #[derive(Serialize, Deserialize)]
-enum Request {
+pub enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     FullSnapshot {
@@ -66,7 +77,7 @@ enum Request {
 }
 
 #[derive(Serialize, Deserialize)]
-enum Response {
+pub enum Response {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     FullSnapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
@@ -335,7 +346,7 @@ async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Result<Respon
     let frame_error = |e: FrameError| CallError::Network(e.to_string());
     write_frame(&mut send, bytes).await.map_err(frame_error)?;
     let _ = send.finish();
-    let reply = read_frame(&mut recv, RAFT_FRAME_BYTES_MAX)
+    let reply = read_frame(&mut recv, RESPONSE_FRAME_BYTES_MAX)
         .await
         .map_err(frame_error)?
         .ok_or_else(|| CallError::Network("the peer closed the stream".into()))?;
@@ -444,6 +455,74 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
+/// The largest frame a request of this kind (its first byte: the variant) may be.
+fn request_frame_max(variant: u8) -> usize {
+    match variant {
+        0 => APPEND_FRAME_BYTES_MAX,
+        1 => VOTE_FRAME_BYTES_MAX,
+        2 => RAFT_FRAME_BYTES_MAX,
+        _ => 0,
+    }
+}
+
+/// The node a connection's certificate names: every RPC on it must speak for that node (a
+/// node's certificate, stolen or misused, cannot vote or lead as another).
+struct PeerCertificate {
+    der: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// The node id last found named by it (`u64::MAX`: none yet).
+    verified: std::sync::atomic::AtomicU64,
+}
+
+impl PeerCertificate {
+    fn of(connection: &quinn::Connection) -> Self {
+        let der = connection
+            .peer_identity()
+            .and_then(|any| {
+                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.into_iter().next());
+        PeerCertificate {
+            der,
+            verified: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Whether the certificate was issued to node `id` (it names `node-<id>`).
+    fn names(&self, id: NodeId) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.verified.load(Ordering::Relaxed) == id {
+            return true;
+        }
+        let Some(der) = &self.der else {
+            return false;
+        };
+        let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
+            return false;
+        };
+        let Ok(name) = rustls::pki_types::DnsName::try_from(node_name(id)) else {
+            return false;
+        };
+        let named = cert
+            .verify_is_valid_for_subject_name(&rustls::pki_types::ServerName::DnsName(name))
+            .is_ok();
+        if named {
+            self.verified.store(id, Ordering::Relaxed);
+        }
+        named
+    }
+}
+
+/// The node a request speaks for: the candidate of a vote, the leader of the rest.
+fn speaker(request: &Request) -> Option<NodeId> {
+    let vote = match request {
+        Request::AppendEntries(rpc) => &rpc.vote,
+        Request::Vote(rpc) => &rpc.vote,
+        Request::FullSnapshot { vote, .. } => vote,
+    };
+    vote.leader_id().voted_for()
+}
+
 /// Serves Raft RPCs from peers on `endpoint` until it closes.
 pub async fn serve(endpoint: quinn::Endpoint, raft: Raft) {
     while let Some(incoming) = endpoint.accept().await {
@@ -452,17 +531,33 @@ pub async fn serve(endpoint: quinn::Endpoint, raft: Raft) {
             let Ok(connection) = incoming.await else {
                 return;
             };
+            let peer = std::sync::Arc::new(PeerCertificate::of(&connection));
             while let Ok((send, recv)) = connection.accept_bi().await {
-                let raft = raft.clone();
-                tokio::spawn(handle_stream(raft, send, recv));
+                let (raft, peer) = (raft.clone(), std::sync::Arc::clone(&peer));
+                tokio::spawn(handle_stream(raft, peer, send, recv));
             }
         });
     }
 }
 
-async fn handle_stream(raft: Raft, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let Ok(Some(bytes)) = read_frame(&mut recv, RAFT_FRAME_BYTES_MAX).await else {
-        return;
+async fn handle_stream(
+    raft: Raft,
+    peer: std::sync::Arc<PeerCertificate>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let bytes = match read_frame_by_kind(&mut recv, RAFT_FRAME_BYTES_MAX, request_frame_max).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("a peer's Raft frame was refused: {e}");
+            let refusal = Response::Malformed(format!("refused: {e}"));
+            if let Ok(bytes) = postcard::to_allocvec(&refusal) {
+                let _ = write_frame(&mut send, &bytes).await;
+                let _ = send.finish();
+            }
+            return;
+        }
     };
     // A large frame is a snapshot: decode it off the async workers.
     let decoded = if bytes.len() > LARGE_FRAME_BYTES {
@@ -474,6 +569,18 @@ async fn handle_stream(raft: Raft, mut send: quinn::SendStream, mut recv: quinn:
     } else {
         postcard::from_bytes::<Request>(&bytes).map_err(|e| e.to_string())
     };
+    let decoded = decoded.and_then(|request| match speaker(&request) {
+        Some(id) if peer.names(id) => Ok(request),
+        claimed => {
+            let why = format!(
+                "refused: an RPC speaking for node {} on a connection whose certificate is not \
+                 that node's",
+                claimed.map_or("none".into(), |id| id.to_string())
+            );
+            tracing::warn!("{why}");
+            Err(why)
+        }
+    });
     let response = match decoded {
         Ok(Request::AppendEntries(rpc)) => Response::AppendEntries(raft.append_entries(rpc).await),
         Ok(Request::Vote(rpc)) => Response::Vote(raft.vote(rpc).await),

@@ -39,8 +39,9 @@ pub struct StoredSnapshot {
 }
 
 impl StoredSnapshot {
-    fn encode(&self) -> Vec<u8> {
-        let meta = postcard::to_allocvec(&self.meta).unwrap_or_default();
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        let meta = postcard::to_allocvec(&self.meta)
+            .map_err(|e| format!("the snapshot's metadata is not encodable: {e}"))?;
         let mut body = Vec::with_capacity(4 + meta.len() + self.state.len());
         body.extend_from_slice(&(meta.len() as u32).to_le_bytes());
         body.extend_from_slice(&meta);
@@ -49,7 +50,7 @@ impl StoredSnapshot {
         file.extend_from_slice(SNAPSHOT_MAGIC);
         file.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
         file.extend_from_slice(&body);
-        file
+        Ok(file)
     }
 
     fn decode(bytes: &[u8]) -> Result<StoredSnapshot, String> {
@@ -92,8 +93,9 @@ impl StoredSnapshot {
     fn save(&self, dir: &Path) -> std::io::Result<()> {
         let path = dir.join(SNAPSHOT_FILE);
         let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        let bytes = self.encode().map_err(std::io::Error::other)?;
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&self.encode())?;
+        file.write_all(&bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(dir)?.sync_all()
@@ -346,7 +348,7 @@ mod tests {
             },
             state: vec![7; 100],
         };
-        let bytes = stored.encode();
+        let bytes = stored.encode().expect("encode");
         let back = StoredSnapshot::decode(&bytes).expect("decode");
         assert_eq!(back.meta, stored.meta);
         assert_eq!(back.state, stored.state);

@@ -219,6 +219,11 @@ impl Cluster {
         self.nodes.insert(id, child);
     }
 
+    /// Node `id`'s process id, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes.get(&id).map(|child| child.id())
+    }
+
     /// SIGKILL: a crash, with no chance to clean up.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.nodes.remove(&id) {
