@@ -113,6 +113,7 @@ brokers = "/etc/exchange/brokers.toml"
 dev = true
 session_rate = 1000
 session_in_flight = 64
+broker_sessions_max = 8
 metrics_listen = "127.0.0.1:27999"
 md_subscriber_buffer = 512
 report_db = "/var/lib/exchange/report.db"
@@ -148,6 +149,7 @@ log_format = "json"
             ("EXCHANGE_DEV", "true"),
             ("EXCHANGE_SESSION_RATE", "1000"),
             ("EXCHANGE_SESSION_IN_FLIGHT", "64"),
+            ("EXCHANGE_BROKER_SESSIONS_MAX", "8"),
             ("EXCHANGE_METRICS_LISTEN", "127.0.0.1:27999"),
             ("EXCHANGE_MD_SUBSCRIBER_BUFFER", "512"),
             ("EXCHANGE_REPORT_DB", "/var/lib/exchange/report.db"),
@@ -161,6 +163,7 @@ log_format = "json"
         "heartbeat_ms: 25",
         "bootstrap: true",
         "dev: true",
+        "sessions_per_broker_max: 8",
         "Always",
         "Spin",
     ] {

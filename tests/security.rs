@@ -504,3 +504,60 @@ async fn a_peer_speaks_only_for_its_own_certificate_and_within_bounds() {
     let status = cluster.statuses().await[&target].clone().expect("status");
     assert!(status.term < term_before + 1_000, "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_holds_at_most_its_sessions() {
+    let cluster = Cluster::start(
+        "security-sessions",
+        1,
+        28_250,
+        &["--broker-sessions-max", "3"],
+    );
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let (broker, key, accounts) = BROKERS[1];
+    // Sessions that stay logged on (each answered a query).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut session = cluster.client_with_key(key);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The leader opens the broker's accounts when it takes office.
+        while session.balances(accounts[0], vec![]).await.is_err() {
+            assert!(Instant::now() < deadline, "broker {broker} never logged on");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        held.push(session);
+    }
+    match cluster
+        .client_with_key(key)
+        .balances(accounts[0], vec![])
+        .await
+    {
+        Err(ClientError::Rejected(why)) => {
+            assert!(
+                why.contains("3 sessions") && why.contains("--broker-sessions-max"),
+                "{why}"
+            )
+        }
+        other => panic!("a fourth session of broker {broker} was let in: {other:?}"),
+    }
+    // The operator is not counted, and a session that ends frees its place.
+    cluster
+        .client()
+        .balances(accounts[0], vec![])
+        .await
+        .expect("the operator");
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster
+        .client_with_key(key)
+        .balances(accounts[0], vec![])
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a closed session's place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

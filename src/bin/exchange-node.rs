@@ -132,6 +132,11 @@ struct RunArgs {
     /// [default: 4096]
     #[arg(long, env = "EXCHANGE_SESSION_IN_FLIGHT")]
     session_in_flight: Option<u32>,
+    /// Sessions one broker may hold logged on at once, on this node; a logon beyond it is
+    /// refused and says so.
+    /// [default: 64]
+    #[arg(long, env = "EXCHANGE_BROKER_SESSIONS_MAX")]
+    broker_sessions_max: Option<u32>,
     /// Serve Prometheus metrics (GET /metrics: role, term, commit and applied index, apply
     /// lag, commands applied, rejects by reason; latency of broker answers, of Raft rounds
     /// and of log appends) on this address.
@@ -308,6 +313,10 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
                 .session_in_flight
                 .or(file.session_in_flight)
                 .unwrap_or(SessionLimits::default().in_flight_max),
+            sessions_per_broker_max: args
+                .broker_sessions_max
+                .or(file.broker_sessions_max)
+                .unwrap_or(SessionLimits::default().sessions_per_broker_max),
         },
         #[cfg(feature = "test-faults")]
         fault_diverge_at: args.fault_diverge_at,

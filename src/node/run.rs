@@ -327,6 +327,7 @@ impl Node {
                 admin_digest,
                 keys,
                 failed_logons: Arc::default(),
+                broker_sessions: Arc::default(),
                 development: config.dev,
                 session_limits: config.session_limits,
                 reports,

@@ -11,6 +11,8 @@ pub struct SessionLimits {
     /// Commands sent but not yet answered. At most the engine's exactly-once window, so that
     /// everything a session may have to resend is still remembered.
     pub in_flight_max: u32,
+    /// Sessions one broker may have logged on at once, on this node.
+    pub sessions_per_broker_max: u32,
 }
 
 impl Default for SessionLimits {
@@ -18,11 +20,67 @@ impl Default for SessionLimits {
         SessionLimits {
             commands_per_sec: 500_000,
             in_flight_max: 4_096,
+            sessions_per_broker_max: SESSIONS_PER_BROKER_MAX_DEFAULT,
         }
     }
 }
 
 const _: () = assert!(4_096 <= exchange_engine::CLIENT_ORDER_ID_WINDOW);
+
+/// Sessions one broker may hold by default: an order gateway, a drop copy, a few desks and
+/// their reconnects, with room to spare; far below the node's 4,096 connections, so that one
+/// broker cannot take them all.
+pub const SESSIONS_PER_BROKER_MAX_DEFAULT: u32 = 64;
+
+/// How many sessions each broker has logged on at this node.
+#[derive(Default)]
+pub struct BrokerSessions {
+    counts: Mutex<std::collections::HashMap<BrokerId, u32>>,
+}
+
+/// One of a broker's sessions, counted while it lives.
+pub(super) struct SessionSlot {
+    sessions: Arc<BrokerSessions>,
+    broker: BrokerId,
+}
+
+impl BrokerSessions {
+    /// A slot for one more session of `broker`, unless it already has `max`.
+    pub(super) fn take(self: &Arc<Self>, broker: BrokerId, max: u32) -> Option<SessionSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(broker).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SessionSlot {
+            sessions: Arc::clone(self),
+            broker,
+        })
+    }
+
+    /// The sessions `broker` holds now.
+    pub fn of(&self, broker: BrokerId) -> u32 {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(&broker).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .sessions
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.broker) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.broker);
+            }
+        }
+    }
+}
 
 /// A token bucket: `rate` tokens a second, holding at most one second's worth.
 pub(super) struct TokenBucket {

@@ -46,8 +46,8 @@ mod logon;
 mod queries;
 mod streams;
 
-pub use admission::SessionLimits;
 use admission::TokenBucket;
+pub use admission::{BrokerSessions, SessionLimits, SESSIONS_PER_BROKER_MAX_DEFAULT};
 pub use faults::{FaultState, GatewayFaults};
 use logon::{audit_key_change, LogonRefusal, KEY_CHANGED};
 pub use logon::{
@@ -70,6 +70,8 @@ pub struct Gateway {
     pub keys: Arc<BrokerKeys>,
     /// Failed logons per source address, to slow down key guessing.
     pub failed_logons: Arc<FailedLogons>,
+    /// Each broker's sessions on this node, held to `SessionLimits::sessions_per_broker_max`.
+    pub broker_sessions: Arc<BrokerSessions>,
     /// A development node (`--dev`), which says so in its status.
     pub development: bool,
     pub session_limits: SessionLimits,
@@ -135,6 +137,8 @@ struct Session {
     keys_checked: AtomicU64,
     /// Whether the session was found with a key no longer its broker's (counted once).
     ended_by_key_change: std::sync::atomic::AtomicBool,
+    /// The broker's count of sessions holds this one while it lives.
+    slot: OnceLock<admission::SessionSlot>,
     bucket: Mutex<TokenBucket>,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -218,6 +222,29 @@ impl Gateway {
                 {
                     return (self.not_leader(), After::Close(close_code::LOGON_REFUSED));
                 }
+                // A broker holds at most so many sessions: one broker cannot take the node's
+                // every connection.
+                let logon = match logon {
+                    Ok((principal, _)) if principal.is_operator() => logon,
+                    Ok((principal, digest)) => {
+                        let max = self.session_limits.sessions_per_broker_max;
+                        match self.broker_sessions.take(principal.broker, max) {
+                            Some(slot) => {
+                                let _ = session.slot.set(slot);
+                                Ok((principal, digest))
+                            }
+                            None => {
+                                tracing::warn!(target: "audit", event = "logon refused", broker = principal.broker.0, remote = %session.remote, "logon refused: too many sessions");
+                                Err(LogonRefusal::Other(format!(
+                                    "logon refused: broker {} already has {max} sessions on this \
+                                     node, the most one broker may hold (--broker-sessions-max)",
+                                    principal.broker.0
+                                )))
+                            }
+                        }
+                    }
+                    Err(why) => Err(why),
+                };
                 return match logon {
                     Ok((principal, digest)) => {
                         // Two streams racing to log on: the first wins, the other is refused.
@@ -375,6 +402,7 @@ pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
                 key: OnceLock::new(),
                 keys_checked: AtomicU64::new(0),
                 ended_by_key_change: Default::default(),
+                slot: OnceLock::new(),
                 bucket: Mutex::new(TokenBucket::new(gateway.session_limits.commands_per_sec)),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(
                     gateway.session_limits.in_flight_max as usize,
