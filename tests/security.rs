@@ -561,3 +561,197 @@ async fn a_broker_holds_at_most_its_sessions() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Orders sent one at a time by a logged-on broker; each one's time to its answer, sorted.
+async fn order_latencies(client: &mut Client, account: u64, orders: usize) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(orders);
+    for _ in 0..orders {
+        let sent = Instant::now();
+        let outputs = client
+            .submit(broker_order(account))
+            .await
+            .expect("an order");
+        latencies.push(sent.elapsed());
+        accepted(&outputs);
+    }
+    latencies.sort();
+    latencies
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Connections from `from` to `server` that never log on, `concurrent` at a time, opened again
+/// as soon as one ends, until `stop`; (handshakes tried, connections established).
+async fn flood(
+    server: SocketAddr,
+    ca: rustls::pki_types::CertificateDer<'static>,
+    from: std::net::IpAddr,
+    concurrent: usize,
+    pause_after_refusal: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::new(from, 0)).expect("endpoint");
+    endpoint.set_default_client_config(
+        exchange::net::tls::broker_client(
+            &ca,
+            exchange::net::tls::transport(Duration::from_secs(30)),
+        )
+        .expect("client config"),
+    );
+    let (tried, established) = (
+        std::sync::Arc::new(AtomicU64::new(0)),
+        std::sync::Arc::new(AtomicU64::new(0)),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrent {
+        let (endpoint, stop) = (endpoint.clone(), std::sync::Arc::clone(&stop));
+        let (tried, established) = (
+            std::sync::Arc::clone(&tried),
+            std::sync::Arc::clone(&established),
+        );
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tried.fetch_add(1, Ordering::Relaxed);
+                let Ok(connecting) = endpoint.connect(server, "localhost") else {
+                    return;
+                };
+                match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+                    Ok(Ok(connection)) => {
+                        established.fetch_add(1, Ordering::Relaxed);
+                        // Held, never logged on, until the node closes it or the flood ends.
+                        while !stop.load(Ordering::Relaxed) {
+                            if tokio::time::timeout(Duration::from_millis(100), connection.closed())
+                                .await
+                                .is_ok()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                    _ => tokio::time::sleep(pause_after_refusal).await,
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    (
+        tried.load(std::sync::atomic::Ordering::Relaxed),
+        established.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_does_not_lock_a_broker_out() {
+    let cluster = Cluster::start(
+        "security-flood",
+        1,
+        28_270,
+        &["--metrics-listen", "127.0.0.1:{metrics}"],
+    );
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let (broker, key, accounts) = BROKERS[0];
+    let mut admin = cluster.client();
+    setup_market(&mut admin, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let deposit = ExchangeCommand::Admin(AdminCommand::Deposit {
+            account: AccountId(accounts[0]),
+            asset: QUOTE,
+            amount: Amount(1_000_000_000),
+        });
+        let outputs = submit(&mut admin, deposit, Duration::from_secs(10)).await;
+        if matches!(
+            outputs[..],
+            [exchange::domain::Output {
+                event: Event::BalanceChanged { .. },
+                ..
+            }]
+        ) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker {broker}'s account never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    const ORDERS: usize = 300;
+    let mut quiet = cluster.client_with_key(key);
+    let without = order_latencies(&mut quiet, accounts[0], ORDERS).await;
+    drop(quiet);
+
+    // 4,096 connections that never log on from one address, and handshakes as fast as this
+    // process can make them from another.
+    let ca = exchange::net::tls::load_ca(&cluster.dir.join("certs")).expect("CA");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = cluster.broker(1);
+    let holders = tokio::spawn(flood(
+        server,
+        ca.clone(),
+        [127, 0, 0, 2].into(),
+        4_096,
+        Duration::from_millis(50),
+        std::sync::Arc::clone(&stop),
+    ));
+    let shakers = tokio::spawn(flood(
+        server,
+        ca,
+        [127, 0, 0, 3].into(),
+        16,
+        Duration::ZERO,
+        std::sync::Arc::clone(&stop),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let flood_began = Instant::now();
+
+    let logon = Instant::now();
+    let mut broker_client = cluster.client_with_key(key);
+    broker_client
+        .balances(accounts[0], vec![])
+        .await
+        .expect("the broker logs on during the flood");
+    let logon = logon.elapsed();
+    let with = order_latencies(&mut broker_client, accounts[0], ORDERS).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flood_seconds = flood_began.elapsed().as_secs_f64() + 2.0;
+    let (held_tried, held) = holders.await.expect("holders");
+    let (shakes, shaken) = shakers.await.expect("shakers");
+    println!(
+        "flood: {held_tried} connections tried from 127.0.0.2 ({held} established), {shakes} \
+         handshakes from 127.0.0.3 ({shaken} established), over {flood_seconds:.1} s; the \
+         broker logged on in {logon:?}; order-to-ack p50/p99 without the flood {:?} / {:?}, \
+         with it {:?} / {:?}",
+        percentile(&without, 0.5),
+        percentile(&without, 0.99),
+        percentile(&with, 0.5),
+        percentile(&with, 0.99),
+    );
+    assert!(
+        logon < Duration::from_secs(1),
+        "the broker needed {logon:?} to log on"
+    );
+    assert!(
+        held_tried >= 4_096,
+        "the flood did not happen: {held_tried}"
+    );
+    // The node turned most of them away: refused past the pending pool's share of one
+    // address, or sent to validate their address first.
+    let page = cluster.scrape_metrics(1);
+    let count = |name: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let refused = count("exchange_gateway_connections_refused_total");
+    let validated = count("exchange_gateway_address_validations_total");
+    println!(
+        "the node refused {refused} connections and asked {validated} to validate their address"
+    );
+    assert!(
+        refused + validated > 0,
+        "the flood was not turned away: {page}"
+    );
+}

@@ -20,6 +20,10 @@ pub struct GatewayMetrics {
     pub logons_delayed: AtomicU64,
     /// Sessions ended because their broker's key was changed or revoked.
     pub sessions_ended_by_key_change: AtomicU64,
+    /// Connections refused because the pending pool, or the source's share of it, was full.
+    pub connections_refused: AtomicU64,
+    /// Connections asked to validate their address (QUIC Retry) first.
+    pub address_validations: AtomicU64,
     /// Market data messages sent to subscribers (each subscriber's copy counts).
     pub market_messages: AtomicU64,
     /// Subscribers that fell behind and were sent a fresh snapshot.

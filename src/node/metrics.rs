@@ -164,6 +164,16 @@ pub fn render(sources: &MetricsSources) -> String {
             &gateway.sessions_ended_by_key_change,
         ),
         (
+            "exchange_gateway_connections_refused_total",
+            "Connections refused because the pool for handshakes and logons, or the source's share of it, was full.",
+            &gateway.connections_refused,
+        ),
+        (
+            "exchange_gateway_address_validations_total",
+            "Connections asked to validate their address (QUIC Retry) first.",
+            &gateway.address_validations,
+        ),
+        (
             "exchange_market_messages_sent_total",
             "Market data messages sent to subscribers, each subscriber's copy counted.",
             &gateway.market_messages,

@@ -328,6 +328,7 @@ impl Node {
                 keys,
                 failed_logons: Arc::default(),
                 broker_sessions: Arc::default(),
+                connections: Arc::default(),
                 development: config.dev,
                 session_limits: config.session_limits,
                 reports,

@@ -41,6 +41,7 @@ use crate::replication::sequencer::{Sequencer, SubmitError};
 
 mod admin;
 mod admission;
+mod connections;
 mod faults;
 mod logon;
 mod queries;
@@ -48,6 +49,9 @@ mod streams;
 
 use admission::TokenBucket;
 pub use admission::{BrokerSessions, SessionLimits, SESSIONS_PER_BROKER_MAX_DEFAULT};
+pub use connections::{
+    ConnectionAdmission, HANDSHAKE_TIMEOUT, PENDING_MAX, PENDING_PER_SOURCE_MAX, RETRY_WHEN_PENDING,
+};
 pub use faults::{FaultState, GatewayFaults};
 use logon::{audit_key_change, LogonRefusal, KEY_CHANGED};
 pub use logon::{
@@ -72,6 +76,8 @@ pub struct Gateway {
     pub failed_logons: Arc<FailedLogons>,
     /// Each broker's sessions on this node, held to `SessionLimits::sessions_per_broker_max`.
     pub broker_sessions: Arc<BrokerSessions>,
+    /// The node's connection places: a small pending pool, then a place per session.
+    pub connections: Arc<ConnectionAdmission>,
     /// A development node (`--dev`), which says so in its status.
     pub development: bool,
     pub session_limits: SessionLimits,
@@ -90,8 +96,8 @@ pub struct Gateway {
 pub const ANONYMOUS_FRAME_BYTES_MAX: usize = 4 * 1024;
 
 /// A connection that has not logged on within this time is closed (status queries finish far
-/// sooner).
-pub const LOGON_TIMEOUT: Duration = Duration::from_secs(10);
+/// sooner): a connection that never logs on holds a pending place this long at most.
+pub const LOGON_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// QUIC application close codes the node uses.
 pub mod close_code {
@@ -139,6 +145,10 @@ struct Session {
     ended_by_key_change: std::sync::atomic::AtomicBool,
     /// The broker's count of sessions holds this one while it lives.
     slot: OnceLock<admission::SessionSlot>,
+    /// Its place in the pending pool, until it logs on.
+    pending: Mutex<Option<connections::PendingSlot>>,
+    /// Its place among the node's sessions, once it logged on.
+    place: OnceLock<tokio::sync::OwnedSemaphorePermit>,
     bucket: Mutex<TokenBucket>,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -150,7 +160,9 @@ enum After {
     Close(u32),
 }
 
-/// Connections served at once; more are refused (bounded memory for any number of brokers).
+/// Sessions logged on at once; more logons are refused (bounded memory for any number of
+/// brokers). Connections that have not logged on come from a pool of their own
+/// (`connections::PENDING_MAX`).
 pub const BROKER_CONNECTIONS_MAX: usize = 4_096;
 
 impl Gateway {
@@ -224,6 +236,25 @@ impl Gateway {
                 }
                 // A broker holds at most so many sessions: one broker cannot take the node's
                 // every connection.
+                // A session that logged on leaves the pending pool for a place of its own.
+                let logon = match logon {
+                    Ok(ok) => match self.connections.try_session() {
+                        Some(place) => {
+                            let _ = session.place.set(place);
+                            session
+                                .pending
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .take();
+                            Ok(ok)
+                        }
+                        None => Err(LogonRefusal::Other(format!(
+                            "logon refused: this node serves its most sessions \
+                             ({BROKER_CONNECTIONS_MAX}); try again later or another node"
+                        ))),
+                    },
+                    Err(why) => Err(why),
+                };
                 let logon = match logon {
                     Ok((principal, _)) if principal.is_operator() => logon,
                     Ok((principal, digest)) => {
@@ -384,16 +415,31 @@ impl Gateway {
 
 /// Accepts brokers until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
-    let connections = Arc::new(tokio::sync::Semaphore::new(BROKER_CONNECTIONS_MAX));
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+        let admission = &gateway.connections;
+        // Busy: the source proves its address before the node spends a handshake on it.
+        if admission.pending() >= RETRY_WHEN_PENDING
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            gateway
+                .metrics
+                .address_validations
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = incoming.retry();
+            continue;
+        }
+        let Some(pending) = admission.try_pending(incoming.remote_address().ip()) else {
+            gateway
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             incoming.refuse();
             continue;
         };
         let gateway = gateway.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let Ok(connection) = incoming.await else {
+            let Ok(Ok(connection)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await else {
                 return;
             };
             let session = Arc::new(Session {
@@ -403,6 +449,8 @@ pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
                 keys_checked: AtomicU64::new(0),
                 ended_by_key_change: Default::default(),
                 slot: OnceLock::new(),
+                pending: Mutex::new(Some(pending)),
+                place: OnceLock::new(),
                 bucket: Mutex::new(TokenBucket::new(gateway.session_limits.commands_per_sec)),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(
                     gateway.session_limits.in_flight_max as usize,
