@@ -114,6 +114,7 @@ dev = true
 session_rate = 1000
 session_in_flight = 64
 broker_sessions_max = 8
+session_read_rate = 300
 metrics_listen = "127.0.0.1:27999"
 md_subscriber_buffer = 512
 report_db = "/var/lib/exchange/report.db"
@@ -150,6 +151,7 @@ log_format = "json"
             ("EXCHANGE_SESSION_RATE", "1000"),
             ("EXCHANGE_SESSION_IN_FLIGHT", "64"),
             ("EXCHANGE_BROKER_SESSIONS_MAX", "8"),
+            ("EXCHANGE_SESSION_READ_RATE", "300"),
             ("EXCHANGE_METRICS_LISTEN", "127.0.0.1:27999"),
             ("EXCHANGE_MD_SUBSCRIBER_BUFFER", "512"),
             ("EXCHANGE_REPORT_DB", "/var/lib/exchange/report.db"),
@@ -164,6 +166,7 @@ log_format = "json"
         "bootstrap: true",
         "dev: true",
         "sessions_per_broker_max: 8",
+        "reads_per_sec: 300",
         "Always",
         "Spin",
     ] {

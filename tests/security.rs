@@ -511,7 +511,7 @@ async fn a_broker_holds_at_most_its_sessions() {
         "security-sessions",
         1,
         28_250,
-        &["--broker-sessions-max", "3"],
+        &["--broker-sessions-max", "3", "--session-read-rate", "5"],
     );
     cluster.wait_for_leader(Duration::from_secs(10)).await;
     let (broker, key, accounts) = BROKERS[1];
@@ -540,6 +540,19 @@ async fn a_broker_holds_at_most_its_sessions() {
         }
         other => panic!("a fourth session of broker {broker} was let in: {other:?}"),
     }
+    // Reads are held to the session's rate: 16 at 5 a second (a burst of 5) take 2 s or more.
+    let started = Instant::now();
+    for _ in 0..16 {
+        held[0]
+            .balances(accounts[0], vec![])
+            .await
+            .expect("a read, once throttled");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_900),
+        "16 reads at 5 a second took {:?}",
+        started.elapsed()
+    );
     // The operator is not counted, and a session that ends frees its place.
     cluster
         .client()
@@ -753,5 +766,161 @@ async fn a_connection_flood_does_not_lock_a_broker_out() {
     assert!(
         refused + validated > 0,
         "the flood was not turned away: {page}"
+    );
+}
+
+/// `sessions` sessions of `key` sending orders for `account` at `rate` a second in all, for
+/// `seconds`; every order's time to its answer, sorted.
+async fn paced_orders(
+    cluster: &Cluster,
+    key: &str,
+    account: u64,
+    sessions: usize,
+    rate: u32,
+    seconds: u64,
+) -> Vec<Duration> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let per_session = Duration::from_secs_f64(sessions as f64 / f64::from(rate));
+    let orders = (u64::from(rate) * seconds) as usize / sessions;
+    for _ in 0..sessions {
+        let mut client = cluster.client_with_key(key);
+        tasks.spawn(async move {
+            let start = Instant::now();
+            let mut latencies = Vec::with_capacity(orders);
+            for n in 0..orders {
+                tokio::time::sleep_until((start + per_session * n as u32).into()).await;
+                let sent = Instant::now();
+                let outputs = client
+                    .submit(broker_order(account))
+                    .await
+                    .expect("an order");
+                latencies.push(sent.elapsed());
+                // Resent after an unknown outcome, an order is answered with the original.
+                assert!(
+                    outputs.iter().any(|o| matches!(
+                        o.event,
+                        Event::Accepted { .. } | Event::DuplicateOrder { rejected: None, .. }
+                    )),
+                    "{outputs:?}"
+                );
+            }
+            latencies
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(latencies) = tasks.join_next().await {
+        all.extend(latencies.expect("an order session"));
+    }
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_never_starve_the_log() {
+    let cluster = Cluster::start("security-readers", 3, 28_290, &[]);
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let mut admin = cluster.client();
+    setup_market(&mut admin, 1).await;
+    let ((_, key_1, accounts_1), (_, key_2, accounts_2)) = (BROKERS[0], BROKERS[1]);
+    for account in [accounts_1[0], accounts_2[0]] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let deposit = ExchangeCommand::Admin(AdminCommand::Deposit {
+                account: AccountId(account),
+                asset: QUOTE,
+                amount: Amount(1_000_000_000),
+            });
+            let outputs = submit(&mut admin, deposit, Duration::from_secs(10)).await;
+            if matches!(
+                outputs[..],
+                [exchange::domain::Output {
+                    event: Event::BalanceChanged { .. },
+                    ..
+                }]
+            ) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "account {account} never opened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Every order rests: room for all of them.
+    let limits = ExchangeCommand::Admin(AdminCommand::SetRiskLimits {
+        account: AccountId(accounts_1[0]),
+        limits: exchange::domain::RiskLimits {
+            max_order_qty: exchange::domain::Qty(1_000_000),
+            max_order_notional: Amount(i64::MAX),
+            max_open_orders: 1_000_000,
+        },
+    });
+    submit(&mut admin, limits, Duration::from_secs(10)).await;
+    let term = |statuses: &std::collections::BTreeMap<
+        u64,
+        Option<exchange::gateway::protocol::NodeStatus>,
+    >| {
+        statuses
+            .values()
+            .flatten()
+            .map(|s| s.term)
+            .max()
+            .unwrap_or(0)
+    };
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let term_before = term(&cluster.statuses().await);
+
+    // 2,000 orders a second for 3 s, alone, then beside 64 sessions reading as fast as they
+    // may (each held to its read rate).
+    let alone = paced_orders(&cluster, key_1, accounts_1[0], 4, 2_000, 3).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut readers = tokio::task::JoinSet::new();
+    for n in 0..64 {
+        let (key, account) = if n % 2 == 0 {
+            (key_1, accounts_1[1])
+        } else {
+            (key_2, accounts_2[0])
+        };
+        let mut client = cluster.client_with_key(key);
+        let (stop, reads) = (std::sync::Arc::clone(&stop), std::sync::Arc::clone(&reads));
+        readers.spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let depth = client.depth(SYMBOL.0, 10).await;
+                let balances = client.balances(account, vec![]).await;
+                if depth.is_ok() && balances.is_ok() {
+                    reads.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let read_from = reads.load(std::sync::atomic::Ordering::Relaxed);
+    let began = Instant::now();
+    let beside = paced_orders(&cluster, key_1, accounts_1[0], 4, 2_000, 3).await;
+    let read_rate = (reads.load(std::sync::atomic::Ordering::Relaxed) - read_from) as f64
+        / began.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    while readers.join_next().await.is_some() {}
+    println!(
+        "2,000 orders/s: p50/p99 alone {:?} / {:?}; beside 64 readers ({read_rate:.0} reads/s \
+         answered) {:?} / {:?}",
+        percentile(&alone, 0.5),
+        percentile(&alone, 0.99),
+        percentile(&beside, 0.5),
+        percentile(&beside, 0.99),
+    );
+    assert!(
+        read_rate > 100.0,
+        "the readers barely read: {read_rate:.0}/s"
+    );
+    assert_eq!(
+        cluster.wait_for_leader(Duration::from_secs(10)).await,
+        leader
+    );
+    assert_eq!(
+        term(&cluster.statuses().await),
+        term_before,
+        "the leader changed while the readers read"
     );
 }

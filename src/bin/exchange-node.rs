@@ -132,6 +132,11 @@ struct RunArgs {
     /// [default: 4096]
     #[arg(long, env = "EXCHANGE_SESSION_IN_FLIGHT")]
     session_in_flight: Option<u32>,
+    /// Reads (depth, balances, order status, open orders, instruments, market snapshots) one
+    /// broker session may make a second; more are answered Throttled.
+    /// [default: 1000]
+    #[arg(long, env = "EXCHANGE_SESSION_READ_RATE")]
+    session_read_rate: Option<u32>,
     /// Sessions one broker may hold logged on at once, on this node; a logon beyond it is
     /// refused and says so.
     /// [default: 64]
@@ -313,6 +318,10 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
                 .session_in_flight
                 .or(file.session_in_flight)
                 .unwrap_or(SessionLimits::default().in_flight_max),
+            reads_per_sec: args
+                .session_read_rate
+                .or(file.session_read_rate)
+                .unwrap_or(SessionLimits::default().reads_per_sec),
             sessions_per_broker_max: args
                 .broker_sessions_max
                 .or(file.broker_sessions_max)

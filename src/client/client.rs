@@ -319,7 +319,8 @@ impl Client {
     }
 
     /// Sends a request to the leader; when its outcome is unknown and it may safely be sent
-    /// again, resends it (to the new leader, after a failover) until it is answered. Whether
+    /// again, resends it (to the new leader, after a failover) until it is answered. A
+    /// request the node throttled (nothing done) is sent again after the wait it names. Whether
     /// the session is a broker's is known only once it has logged on, so it is asked then.
     async fn request_with_resend(
         &mut self,
@@ -370,7 +371,7 @@ impl Client {
         order_id: u64,
     ) -> Result<Option<crate::protocol::OpenOrderStatus>, ClientError> {
         match self
-            .request_leader(&Request::OrderStatus { order_id })
+            .request_with_resend(&Request::OrderStatus { order_id }, false)
             .await?
         {
             Reply::OrderStatus { open, .. } => Ok(open),
@@ -745,7 +746,7 @@ impl Client {
         channel: Channel,
     ) -> Result<MdMessage, ClientError> {
         match self
-            .request_leader(&Request::MarketSnapshot { symbol, channel })
+            .request_with_resend(&Request::MarketSnapshot { symbol, channel }, false)
             .await?
         {
             Reply::Market(mut messages) if messages.len() == 1 => Ok(messages.remove(0)),
@@ -760,7 +761,7 @@ impl Client {
         assets: Vec<u32>,
     ) -> Result<Vec<(u32, i64, i64)>, ClientError> {
         match self
-            .request_leader(&Request::Balances { account, assets })
+            .request_with_resend(&Request::Balances { account, assets }, false)
             .await?
         {
             Reply::Balances { balances, .. } => Ok(balances),
@@ -778,7 +779,10 @@ impl Client {
         ),
         ClientError,
     > {
-        match self.request_leader(&Request::Instruments).await? {
+        match self
+            .request_with_resend(&Request::Instruments, false)
+            .await?
+        {
             Reply::Instruments { symbols, assets } => Ok((symbols, assets)),
             other => Err(unexpected(other)),
         }
@@ -790,7 +794,7 @@ impl Client {
         account: u64,
     ) -> Result<Vec<crate::protocol::AccountOrderInfo>, ClientError> {
         match self
-            .request_leader(&Request::OpenOrders { account })
+            .request_with_resend(&Request::OpenOrders { account }, false)
             .await?
         {
             Reply::OpenOrders { orders, .. } => Ok(orders),
@@ -805,7 +809,7 @@ impl Client {
         levels: u32,
     ) -> Result<(u64, Vec<Level>, Vec<Level>), ClientError> {
         match self
-            .request_leader(&Request::Depth { symbol, levels })
+            .request_with_resend(&Request::Depth { symbol, levels }, false)
             .await?
         {
             Reply::Depth { index, bids, asks } => Ok((index, bids, asks)),

@@ -118,6 +118,7 @@ pub struct FileConfig {
     pub session_rate: Option<u32>,
     pub session_in_flight: Option<u32>,
     pub broker_sessions_max: Option<u32>,
+    pub session_read_rate: Option<u32>,
     pub data_dir: Option<PathBuf>,
     pub certs_dir: Option<PathBuf>,
     pub fsync: Option<FlushPolicy>,
@@ -197,6 +198,7 @@ impl NodeConfig {
         let limits = self.session_limits;
         if limits.commands_per_sec == 0
             || limits.sessions_per_broker_max == 0
+            || limits.reads_per_sec == 0
             || limits.in_flight_max == 0
             || limits.in_flight_max as usize > exchange_engine::CLIENT_ORDER_ID_WINDOW
         {

@@ -25,6 +25,11 @@ const FAULT_HASH_FLIP: u64 = 0x5eed_0000_0000_0001;
 /// Requests waiting for the engine thread. Bounded so a stalled engine pushes back on Raft
 /// instead of growing memory; a request carries many entries, so this is plenty.
 pub const ENGINE_QUEUE_REQUESTS_MAX: usize = 1_024;
+/// Reads waiting for the engine thread; more wait in their tasks.
+pub const ENGINE_QUERIES_MAX: usize = 256;
+
+/// A read of the engine's state, run on the engine thread between entries.
+type Question = Box<dyn FnOnce(&Engine) + Send>;
 /// Backoff: busy polls before yielding, and yields before parking.
 const BACKOFF_SPINS: u32 = 256;
 const BACKOFF_YIELDS: u32 = 64;
@@ -272,15 +277,15 @@ enum Request {
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<(), RestoreError>>,
     },
-    /// Reads something off the engine between two commands (credentials, account owners):
-    /// control-path questions, never on an order's path.
-    Query(Box<dyn FnOnce(&Engine) + Send>),
     Shutdown,
 }
 
 /// The handle the async world holds. Dropping it stops the thread.
 pub struct EngineHandle {
     queue: Arc<ArrayQueue<Request>>,
+    /// Reads (`query`): a queue of their own, served only when `queue` is empty, so that no
+    /// number of readers delays applying the log.
+    queries: Arc<ArrayQueue<Question>>,
     thread: Thread,
     status: Arc<EngineStatus>,
     join: Option<JoinHandle<()>>,
@@ -312,11 +317,13 @@ impl EngineHandle {
             .last_timestamp_ns
             .store(engine.last_timestamp_ns(), Ordering::Release);
         let queue = Arc::new(ArrayQueue::new(ENGINE_QUEUE_REQUESTS_MAX));
+        let queries = Arc::new(ArrayQueue::new(ENGINE_QUERIES_MAX));
         let worker = Worker {
             engine,
             position,
             config,
             queue: Arc::clone(&queue),
+            queries: Arc::clone(&queries),
             status: Arc::clone(&status),
             scratch: Vec::new(),
             entry_reports: Vec::new(),
@@ -328,6 +335,7 @@ impl EngineHandle {
             .map_err(|e| RestoreError::Malformed(format!("cannot start the engine thread: {e}")))?;
         Ok(EngineHandle {
             queue,
+            queries,
             thread: join.thread().clone(),
             status,
             join: Some(join),
@@ -384,7 +392,9 @@ impl EngineHandle {
         answer.await.map_err(|_| EngineStopped)
     }
 
-    /// Answers `question` from the engine's state between two commands.
+    /// Answers `question` from the engine's state between two entries. Reads wait while any
+    /// entry, snapshot or restore is queued: the log has priority. A read made after an
+    /// `apply` returned sees that entry's effects.
     pub async fn query<T: Send + 'static>(
         &self,
         question: impl FnOnce(&Engine) -> T + Send + 'static,
@@ -393,7 +403,23 @@ impl EngineHandle {
         let ask = move |engine: &Engine| {
             let _ = reply.send(question(engine));
         };
-        self.submit(Request::Query(Box::new(ask))).await?;
+        let mut question: Question = Box::new(ask);
+        loop {
+            if self.join.as_ref().is_none_or(|j| j.is_finished()) {
+                return Err(EngineStopped);
+            }
+            match self.queries.push(question) {
+                Ok(()) => {
+                    self.thread.unpark();
+                    break;
+                }
+                // Readers wait for room; the log never waits for them.
+                Err(back) => {
+                    question = back;
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
         answer.await.map_err(|_| EngineStopped)
     }
 
@@ -437,6 +463,7 @@ struct Worker {
     position: AppliedPosition,
     config: EngineThreadConfig,
     queue: Arc<ArrayQueue<Request>>,
+    queries: Arc<ArrayQueue<Question>>,
     status: Arc<EngineStatus>,
     /// Where a command's outputs go when no broker waits for them (reused, not reallocated).
     scratch: Vec<Output>,
@@ -455,19 +482,20 @@ impl EventSink for PerCommand<'_> {
     }
 }
 
-/// Drops every queued request when the engine thread ends, even by a panic, so that whoever
-/// waits for an answer learns at once that none is coming.
-struct DrainOnExit(Arc<ArrayQueue<Request>>);
+/// Drops every queued request and question when the engine thread ends, even by a panic, so
+/// that whoever waits for an answer learns at once that none is coming.
+struct DrainOnExit(Arc<ArrayQueue<Request>>, Arc<ArrayQueue<Question>>);
 
 impl Drop for DrainOnExit {
     fn drop(&mut self) {
         while self.0.pop().is_some() {}
+        while self.1.pop().is_some() {}
     }
 }
 
 impl Worker {
     fn run(mut self) {
-        let _drain = DrainOnExit(Arc::clone(&self.queue));
+        let _drain = DrainOnExit(Arc::clone(&self.queue), Arc::clone(&self.queries));
         if let Some(core) = self.config.pin_core {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                 tracing::warn!(core, "could not pin the engine thread");
@@ -480,6 +508,13 @@ impl Worker {
                 Some(request) => {
                     idle_rounds = 0;
                     self.handle(request);
+                }
+                // Nothing of the log's waits: one read, then look at the log again.
+                None if !self.queries.is_empty() => {
+                    idle_rounds = 0;
+                    if let Some(ask) = self.queries.pop() {
+                        ask(&self.engine);
+                    }
                 }
                 None => {
                     if let Some(tap) = self.tap.as_mut() {
@@ -530,7 +565,6 @@ impl Worker {
                 });
                 let _ = reply.send(result);
             }
-            Request::Query(ask) => ask(&self.engine),
             Request::Shutdown => {}
         }
     }

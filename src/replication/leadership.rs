@@ -84,6 +84,24 @@ pub struct Leadership {
     raft: Raft,
     id: u64,
     quorum_lost_after: Duration,
+    /// Confirmations shared by the reads that arrive together.
+    rounds: std::sync::Arc<Rounds>,
+}
+
+/// Leadership confirmations, one at a time, each shared by every read waiting for it.
+struct Rounds {
+    state: std::sync::Mutex<RoundState>,
+    /// The last round finished: its number and result.
+    done: tokio::sync::watch::Sender<(u64, Result<(), LeadershipError>)>,
+}
+
+#[derive(Default)]
+struct RoundState {
+    /// Rounds started so far (the current one's number, while one runs).
+    started: u64,
+    running: bool,
+    /// A read arrived while a round ran: another round follows it.
+    wanted: bool,
 }
 
 impl Leadership {
@@ -95,6 +113,10 @@ impl Leadership {
             raft,
             id,
             quorum_lost_after,
+            rounds: std::sync::Arc::new(Rounds {
+                state: std::sync::Mutex::default(),
+                done: tokio::sync::watch::Sender::new((0, Err(LeadershipError::NotLeader))),
+            }),
         }
     }
 
@@ -155,9 +177,65 @@ impl Leadership {
 
     /// Makes a read linearizable (Raft's read index): a leader deposed without knowing it yet
     /// would answer from a stale state, so it first confirms with a majority that it still
-    /// leads. Rounds that fall short of a majority (a busy host answers late) are tried again
-    /// until four times `quorum_lost_after` have passed.
+    /// leads. Reads that arrive together share a confirmation: each waits for the first round
+    /// that began after it arrived (one running already may have begun before, so it waits
+    /// for the next), so a thousand readers cost a round at a time, not a thousand rounds.
     pub async fn confirm(&self) -> Result<(), LeadershipError> {
+        let (need, drive) = {
+            let mut state = self.rounds.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.running {
+                state.wanted = true;
+                (state.started + 1, false)
+            } else {
+                state.running = true;
+                state.started += 1;
+                (state.started, true)
+            }
+        };
+        let mut done = self.rounds.done.subscribe();
+        if drive {
+            let leadership = self.clone();
+            tokio::spawn(async move { leadership.drive_rounds().await });
+        }
+        loop {
+            {
+                let (round, result) = &*done.borrow_and_update();
+                if *round >= need {
+                    return result.clone();
+                }
+            }
+            if done.changed().await.is_err() {
+                return Err(LeadershipError::NotLeader);
+            }
+        }
+    }
+
+    /// Runs rounds while reads want them.
+    async fn drive_rounds(self) {
+        loop {
+            let round = self
+                .rounds
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .started;
+            let result = self.confirm_once().await;
+            // The value it replaces was every waiter's already, or none's.
+            let _previous = self.rounds.done.send_replace((round, result));
+            let mut state = self.rounds.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.wanted {
+                state.wanted = false;
+                state.started += 1;
+            } else {
+                state.running = false;
+                return;
+            }
+        }
+    }
+
+    /// One confirmation. Rounds that fall short of a majority (a busy host answers late) are
+    /// tried again until four times `quorum_lost_after` have passed.
+    async fn confirm_once(&self) -> Result<(), LeadershipError> {
         let deadline = tokio::time::Instant::now() + self.quorum_lost_after * 4;
         loop {
             if !self.publishing() {

@@ -13,6 +13,10 @@ pub struct SessionLimits {
     pub in_flight_max: u32,
     /// Sessions one broker may have logged on at once, on this node.
     pub sessions_per_broker_max: u32,
+    /// Reads (depth, balances, order status, open orders, instruments, market snapshots) per
+    /// second, with a burst of one second's worth: each costs the engine thread a question
+    /// and most a leadership round.
+    pub reads_per_sec: u32,
 }
 
 impl Default for SessionLimits {
@@ -21,11 +25,16 @@ impl Default for SessionLimits {
             commands_per_sec: 500_000,
             in_flight_max: 4_096,
             sessions_per_broker_max: SESSIONS_PER_BROKER_MAX_DEFAULT,
+            reads_per_sec: READS_PER_SEC_DEFAULT,
         }
     }
 }
 
 const _: () = assert!(4_096 <= exchange_engine::CLIENT_ORDER_ID_WINDOW);
+
+/// Reads one broker session may make a second by default: a screen refreshing its balances and
+/// books many times a second needs far fewer.
+pub const READS_PER_SEC_DEFAULT: u32 = 1_000;
 
 /// Sessions one broker may hold by default: an order gateway, a drop copy, a few desks and
 /// their reconnects, with room to spare; far below the node's 4,096 connections, so that one
@@ -116,6 +125,28 @@ impl TokenBucket {
 }
 
 impl Gateway {
+    /// Admits one read of a broker's session against its read rate; the reply that refuses
+    /// it, if any. The operator's reads are not counted.
+    pub(super) fn admit_read(&self, session: &Session, principal: Principal) -> Option<Reply> {
+        if principal.is_operator() {
+            return None;
+        }
+        let wait = session
+            .read_bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(1)
+            .err()?;
+        self.metrics.throttled.fetch_add(1, Ordering::Relaxed);
+        Some(Reply::Throttled {
+            reason: format!(
+                "over the session's read rate ({} a second)",
+                self.session_limits.reads_per_sec
+            ),
+            retry_after_ms: wait.as_millis().max(1) as u64,
+        })
+    }
+
     /// Admits commands and sequences them: the stateless checks (size, leadership,
     /// permission), then the session's in-flight bound, then its rate, so that a refused
     /// request spends nothing. Answers each command's outputs as the session may see them,

@@ -48,7 +48,9 @@ mod queries;
 mod streams;
 
 use admission::TokenBucket;
-pub use admission::{BrokerSessions, SessionLimits, SESSIONS_PER_BROKER_MAX_DEFAULT};
+pub use admission::{
+    BrokerSessions, SessionLimits, READS_PER_SEC_DEFAULT, SESSIONS_PER_BROKER_MAX_DEFAULT,
+};
 pub use connections::{
     ConnectionAdmission, HANDSHAKE_TIMEOUT, PENDING_MAX, PENDING_PER_SOURCE_MAX, RETRY_WHEN_PENDING,
 };
@@ -150,6 +152,8 @@ struct Session {
     /// Its place among the node's sessions, once it logged on.
     place: OnceLock<tokio::sync::OwnedSemaphorePermit>,
     bucket: Mutex<TokenBucket>,
+    /// The session's read rate.
+    read_bucket: Mutex<TokenBucket>,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
@@ -341,6 +345,20 @@ impl Gateway {
         principal: Principal,
         request: Request,
     ) -> Reply {
+        let read = matches!(
+            request,
+            Request::MarketSnapshot { .. }
+                | Request::Depth { .. }
+                | Request::OrderStatus { .. }
+                | Request::Balances { .. }
+                | Request::Instruments
+                | Request::OpenOrders { .. }
+        );
+        if read {
+            if let Some(refusal) = self.admit_read(session, principal) {
+                return refusal;
+            }
+        }
         match request {
             Request::Status
             | Request::Heartbeat
@@ -452,6 +470,7 @@ pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
                 pending: Mutex::new(Some(pending)),
                 place: OnceLock::new(),
                 bucket: Mutex::new(TokenBucket::new(gateway.session_limits.commands_per_sec)),
+                read_bucket: Mutex::new(TokenBucket::new(gateway.session_limits.reads_per_sec)),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(
                     gateway.session_limits.in_flight_max as usize,
                 )),
