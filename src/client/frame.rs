@@ -52,8 +52,9 @@ pub async fn read_frame(
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// As `read_frame`, with the limit chosen by the frame's first byte (a postcard enum's variant,
-/// for instance): a kind of message that is always small is refused once its first byte is
-/// read, when it claims to be large. A frame over `ceiling` is refused before any of it is read.
+/// for instance): a kind of message that is always small is refused with its first chunk (at
+/// most 64 KiB read), when it claims to be large. A frame over `ceiling` is refused before any
+/// of it is read.
 pub async fn read_frame_by_kind(
     stream: &mut RecvStream,
     ceiling: usize,
@@ -72,21 +73,8 @@ pub async fn read_frame_by_kind(
             max: ceiling,
         });
     }
-    if bytes == 0 {
-        return Ok(Some(Vec::new()));
-    }
-    // The first byte says what the frame is, and so how large it may be.
-    let mut first = [0u8; 1];
-    stream
-        .read_exact(&mut first)
-        .await
-        .map_err(|e| FrameError::Transport(e.to_string()))?;
-    let max = max_for(first[0]).min(ceiling);
-    if bytes > max {
-        return Err(FrameError::TooLarge { bytes, max });
-    }
     let mut buf = Vec::with_capacity(bytes.min(READ_CHUNK_BYTES));
-    buf.push(first[0]);
+    let mut kind_checked = false;
     while buf.len() < bytes {
         let want = (bytes - buf.len()).min(READ_CHUNK_BYTES);
         match stream.read_chunk(want, true).await {
@@ -98,6 +86,15 @@ pub async fn read_frame_by_kind(
                 )))
             }
             Err(e) => return Err(FrameError::Transport(e.to_string())),
+        }
+        // The first byte says what the frame is, and so how large it may be: checked with the
+        // first chunk, before more memory is taken.
+        if let (false, Some(&kind)) = (kind_checked, buf.first()) {
+            kind_checked = true;
+            let max = max_for(kind).min(ceiling);
+            if bytes > max {
+                return Err(FrameError::TooLarge { bytes, max });
+            }
         }
     }
     Ok(Some(buf))

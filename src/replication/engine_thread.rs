@@ -352,23 +352,28 @@ impl EngineHandle {
         Arc::clone(&self.status)
     }
 
-    async fn submit(&self, mut request: Request) -> Result<(), EngineStopped> {
+    async fn submit(&self, request: Request) -> Result<(), EngineStopped> {
+        self.push(&self.queue, request).await
+    }
+
+    /// Queues `item` for the engine thread, waiting for room (the log's queue, or the reads').
+    async fn push<T>(&self, queue: &ArrayQueue<T>, mut item: T) -> Result<(), EngineStopped> {
         loop {
             if self.join.as_ref().is_none_or(|j| j.is_finished()) {
                 return Err(EngineStopped);
             }
-            match self.queue.push(request) {
+            match queue.push(item) {
                 Ok(()) => {
                     self.thread.unpark();
                     if self.join.as_ref().is_none_or(|j| j.is_finished()) {
                         // The thread died as we pushed: nobody will answer what is queued.
-                        while self.queue.pop().is_some() {}
+                        while queue.pop().is_some() {}
                         return Err(EngineStopped);
                     }
                     return Ok(());
                 }
                 Err(back) => {
-                    request = back;
+                    item = back;
                     tokio::task::yield_now().await;
                 }
             }
@@ -403,23 +408,8 @@ impl EngineHandle {
         let ask = move |engine: &Engine| {
             let _ = reply.send(question(engine));
         };
-        let mut question: Question = Box::new(ask);
-        loop {
-            if self.join.as_ref().is_none_or(|j| j.is_finished()) {
-                return Err(EngineStopped);
-            }
-            match self.queries.push(question) {
-                Ok(()) => {
-                    self.thread.unpark();
-                    break;
-                }
-                // Readers wait for room; the log never waits for them.
-                Err(back) => {
-                    question = back;
-                    tokio::task::yield_now().await;
-                }
-            }
-        }
+        // Readers wait for room in their own queue; the log never waits for them.
+        self.push(&self.queries, Box::new(ask) as Question).await?;
         answer.await.map_err(|_| EngineStopped)
     }
 

@@ -551,12 +551,7 @@ async fn handle_stream(
         Ok(None) => return,
         Err(e) => {
             tracing::warn!("a peer's Raft frame was refused: {e}");
-            let refusal = Response::Malformed(format!("refused: {e}"));
-            if let Ok(bytes) = postcard::to_allocvec(&refusal) {
-                let _ = write_frame(&mut send, &bytes).await;
-                let _ = send.finish();
-            }
-            return;
+            return respond(&mut send, &Response::Malformed(format!("refused: {e}"))).await;
         }
     };
     // A large frame is a snapshot: decode it off the async workers.
@@ -593,8 +588,13 @@ async fn handle_stream(
         }
         Err(e) => Response::Malformed(e),
     };
-    if let Ok(bytes) = postcard::to_allocvec(&response) {
-        let _ = write_frame(&mut send, &bytes).await;
+    respond(&mut send, &response).await;
+}
+
+/// Answers a peer's RPC and ends the stream (a peer that went away needs no answer).
+async fn respond(send: &mut quinn::SendStream, response: &Response) {
+    if let Ok(bytes) = postcard::to_allocvec(response) {
+        let _ = write_frame(send, &bytes).await;
         let _ = send.finish();
     }
 }

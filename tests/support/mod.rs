@@ -36,6 +36,13 @@ pub const QUOTE: AssetId = AssetId(2);
 /// Cluster tests in one binary run one at a time: three nodes each already fill two cores.
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// Holds the binary's one cluster place: for a test that starts nodes of its own.
+pub fn one_cluster_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
 pub struct Cluster {
     _exclusive: MutexGuard<'static, ()>,
     pub dir: PathBuf,
@@ -63,9 +70,7 @@ impl Cluster {
         base_port: u16,
         flags: &[&str],
     ) -> Cluster {
-        let exclusive = ONE_CLUSTER_AT_A_TIME
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let exclusive = one_cluster_at_a_time();
         for id in 1..=size + spares {
             for port in [base_port + id as u16, base_port + 100 + id as u16] {
                 assert!(

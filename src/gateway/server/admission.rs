@@ -1,6 +1,8 @@
 //! Admission: a session's rate and in-flight limits, the stateless checks, and sequencing a
 //! request's commands; who leads, as brokers are told it.
 
+use super::logon::LogonRefusal;
+use super::quota::Quota;
 use super::*;
 
 /// What one session may demand of the node.
@@ -42,54 +44,7 @@ pub const READS_PER_SEC_DEFAULT: u32 = 1_000;
 pub const SESSIONS_PER_BROKER_MAX_DEFAULT: u32 = 64;
 
 /// How many sessions each broker has logged on at this node.
-#[derive(Default)]
-pub struct BrokerSessions {
-    counts: Mutex<std::collections::HashMap<BrokerId, u32>>,
-}
-
-/// One of a broker's sessions, counted while it lives.
-pub(super) struct SessionSlot {
-    sessions: Arc<BrokerSessions>,
-    broker: BrokerId,
-}
-
-impl BrokerSessions {
-    /// A slot for one more session of `broker`, unless it already has `max`.
-    pub(super) fn take(self: &Arc<Self>, broker: BrokerId, max: u32) -> Option<SessionSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(broker).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(SessionSlot {
-            sessions: Arc::clone(self),
-            broker,
-        })
-    }
-
-    /// The sessions `broker` holds now.
-    pub fn of(&self, broker: BrokerId) -> u32 {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(&broker).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .sessions
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.broker) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.broker);
-            }
-        }
-    }
-}
+pub type BrokerSessions = Quota<BrokerId>;
 
 /// A token bucket: `rate` tokens a second, holding at most one second's worth.
 pub(super) struct TokenBucket {
@@ -125,6 +80,45 @@ impl TokenBucket {
 }
 
 impl Gateway {
+    /// Gives a session that logged on its places: one of its broker's (a broker holds at most
+    /// `sessions_per_broker_max`, so that one broker cannot take every connection; the
+    /// operator is not counted), then one of the node's sessions, and gives back its place in
+    /// the pool of connections not yet logged on.
+    pub(super) fn admit_session(
+        &self,
+        session: &Session,
+        principal: Principal,
+    ) -> Result<(), LogonRefusal> {
+        if !principal.is_operator() {
+            let max = self.session_limits.sessions_per_broker_max;
+            let slot = self
+                .broker_sessions
+                .take(principal.broker, max, u32::MAX)
+                .ok_or_else(|| {
+                    tracing::warn!(target: "audit", event = "logon refused", broker = principal.broker.0, remote = %session.remote, "logon refused: too many sessions");
+                    LogonRefusal::Other(format!(
+                        "logon refused: broker {} already has {max} sessions on this node, the \
+                         most one broker may hold (--broker-sessions-max)",
+                        principal.broker.0
+                    ))
+                })?;
+            let _ = session.slot.set(slot);
+        }
+        let place = self.connections.try_session().ok_or_else(|| {
+            LogonRefusal::Other(format!(
+                "logon refused: this node serves its most sessions ({BROKER_CONNECTIONS_MAX}); \
+                 try again later or another node"
+            ))
+        })?;
+        let _ = session.place.set(place);
+        session
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        Ok(())
+    }
+
     /// Admits one read of a broker's session against its read rate; the reply that refuses
     /// it, if any. The operator's reads are not counted.
     pub(super) fn admit_read(&self, session: &Session, principal: Principal) -> Option<Reply> {

@@ -6,9 +6,9 @@
 //! handshake begins. So a flood of connections that never log on holds a bounded, short-lived
 //! part of the node, and no source alone can fill even that.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
+use super::quota::{Place, Quota};
 use super::*;
 
 /// Handshakes and sessions not yet logged on, from all sources.
@@ -23,20 +23,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The node's connection places.
 pub struct ConnectionAdmission {
-    pending: Mutex<Pending>,
+    /// Connections that have not logged on yet, per source address.
+    pending: Arc<Quota<IpAddr>>,
     sessions: Arc<tokio::sync::Semaphore>,
-}
-
-#[derive(Default)]
-struct Pending {
-    total: u32,
-    by_source: HashMap<IpAddr, u32>,
 }
 
 impl Default for ConnectionAdmission {
     fn default() -> Self {
         ConnectionAdmission {
-            pending: Mutex::default(),
+            pending: Arc::default(),
             sessions: Arc::new(tokio::sync::Semaphore::new(BROKER_CONNECTIONS_MAX)),
         }
     }
@@ -44,56 +39,24 @@ impl Default for ConnectionAdmission {
 
 /// A place in the pending pool, given back when dropped (at logon, or when the connection
 /// ends without one).
-pub(super) struct PendingSlot {
-    admission: Arc<ConnectionAdmission>,
-    source: IpAddr,
-}
+pub(super) type PendingSlot = Place<IpAddr>;
 
 impl ConnectionAdmission {
     /// Connections in the pending pool now.
     pub fn pending(&self) -> u32 {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).total
+        self.pending.total()
     }
 
     /// A pending place for a connection from `source`, unless the pool or the source's share
     /// of it is full.
-    pub(super) fn try_pending(self: &Arc<Self>, source: IpAddr) -> Option<PendingSlot> {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.total >= PENDING_MAX {
-            return None;
-        }
-        let from_source = pending.by_source.entry(source).or_insert(0);
-        if *from_source >= PENDING_PER_SOURCE_MAX {
-            return None;
-        }
-        *from_source += 1;
-        pending.total += 1;
-        Some(PendingSlot {
-            admission: Arc::clone(self),
-            source,
-        })
+    pub(super) fn try_pending(&self, source: IpAddr) -> Option<PendingSlot> {
+        self.pending
+            .take(source, PENDING_PER_SOURCE_MAX, PENDING_MAX)
     }
 
     /// A session place, for a session that logged on.
     pub(super) fn try_session(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         Arc::clone(&self.sessions).try_acquire_owned().ok()
-    }
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        let mut pending = self
-            .admission
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        pending.total = pending.total.saturating_sub(1);
-        if let Some(count) = pending.by_source.get_mut(&self.source) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                pending.by_source.remove(&self.source);
-            }
-        }
     }
 }
 
@@ -103,7 +66,7 @@ mod tests {
 
     #[test]
     fn one_source_cannot_fill_the_pool_and_places_come_back() {
-        let admission = Arc::new(ConnectionAdmission::default());
+        let admission = ConnectionAdmission::default();
         let (greedy, other): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
         let held: Vec<PendingSlot> = (0..PENDING_PER_SOURCE_MAX)
             .map(|_| admission.try_pending(greedy).expect("a place"))

@@ -142,26 +142,15 @@ impl Gateway {
             return Ok((Principal { broker }, digest));
         }
         // Not known here, yet perhaps registered in an entry this node has not applied (it
-        // just started, or is behind). Only a leader that confirms it leads, and then looks
-        // behind everything committed before, may say no.
+        // just started, or is behind). Only a leader that confirms it leads may say no: the
+        // confirmation returns once everything committed before it is applied, and so in the
+        // key table (the engine thread records a key change before it answers the entry).
         self.leadership
             .confirm()
             .await
             .map_err(|_| LogonRefusal::NotLeader)?;
-        let broker = self
-            .engine
-            .query(move |engine| {
-                let mut found = None;
-                for (id, known) in engine.brokers() {
-                    if !known.is_revoked() && bool::from(known.0.ct_eq(&digest.0)) {
-                        found = Some(id);
-                    }
-                }
-                found
-            })
-            .await
-            .map_err(|e| LogonRefusal::Other(e.to_string()))?;
-        broker
+        self.keys
+            .broker_of(&digest)
             .map(|broker| (Principal { broker }, digest))
             .ok_or(LogonRefusal::UnknownKey)
     }

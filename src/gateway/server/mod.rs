@@ -45,6 +45,7 @@ mod connections;
 mod faults;
 mod logon;
 mod queries;
+mod quota;
 mod streams;
 
 use admission::TokenBucket;
@@ -60,6 +61,7 @@ pub use logon::{
     FailedLogons, FAILED_LOGONS_PER_SOURCE_MAX, FAILED_LOGON_DELAY, FAILED_LOGON_WINDOW,
 };
 use queries::Balance;
+pub use quota::{Place, Quota};
 
 /// What the gateway needs of its node.
 #[derive(Clone)]
@@ -146,7 +148,7 @@ struct Session {
     /// Whether the session was found with a key no longer its broker's (counted once).
     ended_by_key_change: std::sync::atomic::AtomicBool,
     /// The broker's count of sessions holds this one while it lives.
-    slot: OnceLock<admission::SessionSlot>,
+    slot: OnceLock<Place<BrokerId>>,
     /// Its place in the pending pool, until it logs on.
     pending: Mutex<Option<connections::PendingSlot>>,
     /// Its place among the node's sessions, once it logged on.
@@ -238,48 +240,10 @@ impl Gateway {
                 {
                     return (self.not_leader(), After::Close(close_code::LOGON_REFUSED));
                 }
-                // A broker holds at most so many sessions: one broker cannot take the node's
-                // every connection.
-                // A session that logged on leaves the pending pool for a place of its own.
-                let logon = match logon {
-                    Ok(ok) => match self.connections.try_session() {
-                        Some(place) => {
-                            let _ = session.place.set(place);
-                            session
-                                .pending
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .take();
-                            Ok(ok)
-                        }
-                        None => Err(LogonRefusal::Other(format!(
-                            "logon refused: this node serves its most sessions \
-                             ({BROKER_CONNECTIONS_MAX}); try again later or another node"
-                        ))),
-                    },
-                    Err(why) => Err(why),
-                };
-                let logon = match logon {
-                    Ok((principal, _)) if principal.is_operator() => logon,
-                    Ok((principal, digest)) => {
-                        let max = self.session_limits.sessions_per_broker_max;
-                        match self.broker_sessions.take(principal.broker, max) {
-                            Some(slot) => {
-                                let _ = session.slot.set(slot);
-                                Ok((principal, digest))
-                            }
-                            None => {
-                                tracing::warn!(target: "audit", event = "logon refused", broker = principal.broker.0, remote = %session.remote, "logon refused: too many sessions");
-                                Err(LogonRefusal::Other(format!(
-                                    "logon refused: broker {} already has {max} sessions on this \
-                                     node, the most one broker may hold (--broker-sessions-max)",
-                                    principal.broker.0
-                                )))
-                            }
-                        }
-                    }
-                    Err(why) => Err(why),
-                };
+                let logon = logon.and_then(|(principal, digest)| {
+                    self.admit_session(session, principal)?;
+                    Ok((principal, digest))
+                });
                 return match logon {
                     Ok((principal, digest)) => {
                         // Two streams racing to log on: the first wins, the other is refused.
