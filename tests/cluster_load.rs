@@ -16,7 +16,7 @@ const LOAD: Duration = Duration::from_secs(8);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_load_causes_no_leader_change() {
-    let cluster = Cluster::start("load", 3, 24_800, &[]);
+    let cluster = Cluster::start_with_default_timeouts("load", 3, 24_800, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let mut client = cluster.client();
     setup_market(&mut client, CLIENTS).await;

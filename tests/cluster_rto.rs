@@ -18,7 +18,7 @@ const ROUNDS: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_leader_crashes_recover_fast_and_lose_nothing() {
-    let mut cluster = Cluster::start("rto", 3, 24_600, &[]);
+    let mut cluster = Cluster::start_with_default_timeouts("rto", 3, 24_600, &[]);
     cluster.wait_for_leader(Duration::from_secs(10)).await;
     let mut setup_client = cluster.client();
     setup_market(&mut setup_client, 1).await;

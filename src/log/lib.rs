@@ -10,7 +10,8 @@
 //! - `recovery`: opening a log: checking every record, cutting a torn tail.
 //! - `log`: the writer, `Log`: append with a flush policy, sync, truncate, purge.
 //! - `reader`: `LogReader`, reading from other threads while the writer appends.
-//! - `meta`: `MetaFile`, a small value replaced atomically (Raft's vote, the first index).
+//! - `meta`: `MetaFile`, a small value replaced atomically (the first index).
+//! - `slots`: `SlotFile`, a small value overwritten in place (Raft's vote).
 //! - `dir`: file names in the log directory; `config`, `error`: the rest.
 //!
 //! # On disk
@@ -71,6 +72,7 @@ mod reader;
 mod record;
 mod recovery;
 mod segment;
+mod slots;
 
 pub use config::{Config, FlushPolicy, SEGMENT_BYTES_ALIGN, SEGMENT_BYTES_DEFAULT};
 pub use error::{Damage, Error, Result};
@@ -79,3 +81,4 @@ pub use meta::{MetaFile, META_VALUE_BYTES_MAX};
 pub use reader::{LogReader, Position, RecordIter};
 pub use record::{Record, RECORD_ALIGN, RECORD_HEADER_BYTES};
 pub use segment::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+pub use slots::{SlotFile, SLOT_VALUE_BYTES_MAX};

@@ -1,4 +1,5 @@
-//! Small values written atomically: Raft's vote, the log's first index.
+//! Small values written atomically: the log's first index, the data format (Raft's vote, saved
+//! at every election, is a `SlotFile`: see slots.rs for why).
 //!
 //! A write goes to `NAME.tmp`, is synced, renamed over `NAME`, and the directory is synced.
 //! So `NAME` always holds the last complete value, and a torn `NAME.tmp` (a crash mid-write)

@@ -4,14 +4,20 @@
 //! entries written by another build.
 //!
 //! Format 2 gave symbols names and price decimals (and took the price band out of a symbol's
-//! description). Format 1 directories have no `FORMAT` file.
+//! description). Format 3 keeps Raft's vote in `log/vote.slots`, overwritten in place, where
+//! format 2 replaced `log/vote.meta`: a format 2 directory is upgraded in place when a node of
+//! this build opens it (the vote is read from the old file until the first new one is saved,
+//! and the old file is then removed), and from then on a format 2 build refuses it instead of
+//! reading a stale vote. Format 1 directories have no `FORMAT` file.
 
 use std::path::Path;
 
 use exchange_log::MetaFile;
 
 /// The format this build writes and reads.
-pub const DATA_FORMAT_VERSION: u32 = 2;
+pub const DATA_FORMAT_VERSION: u32 = 3;
+/// Formats this build upgrades in place by marking them with its own.
+const UPGRADED_IN_PLACE: [u32; 1] = [2];
 const FORMAT_FILE: &str = "FORMAT";
 
 /// Why a data directory cannot be used by this build.
@@ -51,6 +57,9 @@ pub fn check_or_mark(data_dir: &Path) -> Result<(), DataFormatError> {
                 .map_err(|_| unreadable(&"FORMAT is not a format number"))?;
             if found == DATA_FORMAT_VERSION {
                 Ok(())
+            } else if UPGRADED_IN_PLACE.contains(&found) {
+                file.write(&DATA_FORMAT_VERSION.to_le_bytes())
+                    .map_err(|e| unreadable(&e))
             } else {
                 Err(DataFormatError::Other { found })
             }
@@ -94,6 +103,18 @@ mod tests {
         let error = check_or_mark(dir.path()).unwrap_err();
         assert_eq!(error, DataFormatError::Other { found: 7 });
         assert!(error.to_string().contains("format 7"), "{error}");
+    }
+
+    #[test]
+    fn format_2_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = MetaFile::new(dir.path().join(FORMAT_FILE));
+        file.write(&2u32.to_le_bytes()).unwrap();
+        assert_eq!(check_or_mark(dir.path()), Ok(()));
+        assert_eq!(
+            file.read().unwrap(),
+            Some(DATA_FORMAT_VERSION.to_le_bytes().to_vec())
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use exchange_log::{Config as LogConfig, FlushPolicy, Log, LogReader, MetaFile, Record};
+use exchange_log::{Config as LogConfig, FlushPolicy, Log, LogReader, MetaFile, Record, SlotFile};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend, RaftLogReader, StorageIOError};
 use tokio::sync::oneshot;
@@ -26,7 +26,10 @@ use super::codec;
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::latency::LatencyHistogram;
 
-const VOTE_FILE: &str = "vote.meta";
+/// Raft's vote, overwritten in place at every election (a `SlotFile`: see its module for why).
+const VOTE_FILE: &str = "vote.slots";
+/// Where data format 2 kept the vote: read until the first vote is saved in `VOTE_FILE`.
+const LEGACY_VOTE_FILE: &str = "vote.meta";
 /// Requests waiting for the WAL thread. openraft issues one log write at a time and waits for
 /// it, so a handful is plenty; the bound makes a stuck disk stop Raft rather than grow memory.
 const WAL_QUEUE_REQUESTS_MAX: usize = 64;
@@ -148,11 +151,13 @@ impl LogStore {
         let mut reader = log.reader();
         let last_purged = read_meta::<LogId>(&dir.join(LAST_PURGED_FILE))?;
         let max_timestamp_ns = Arc::new(AtomicU64::new(last_timestamp(&mut reader, dir)?));
+        let vote_path = dir.join(VOTE_FILE);
+        let (vote_file, _) = SlotFile::open(&vote_path).map_err(|e| meta_error(&vote_path, e))?;
         let (wal, requests) = mpsc::sync_channel(WAL_QUEUE_REQUESTS_MAX);
         let wal_dir = dir.to_path_buf();
         std::thread::Builder::new()
             .name("wal".into())
-            .spawn(move || wal_thread(log, wal_dir, flush, requests, &append_latency))
+            .spawn(move || wal_thread(log, vote_file, wal_dir, flush, requests, &append_latency))
             .map_err(|e| LogStoreError::Wal(format!("cannot start it: {e}")))?;
         Ok(LogStore {
             wal,
@@ -214,6 +219,30 @@ fn read_meta<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, L
     }
 }
 
+/// The vote saved last: from `VOTE_FILE`, or from a format 2 directory's `LEGACY_VOTE_FILE`
+/// before this build saved one.
+fn read_vote(dir: &Path) -> Result<Option<Vote>, LogStoreError> {
+    let path = dir.join(VOTE_FILE);
+    match SlotFile::open(&path).map_err(|e| meta_error(&path, e))? {
+        (_, Some(bytes)) => postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| meta_error(&path, e)),
+        (_, None) => read_meta::<Vote>(&dir.join(LEGACY_VOTE_FILE)),
+    }
+}
+
+/// Saves `vote` durably; the first save removes a format 2 directory's old vote file, which
+/// no read looks at once the new one exists.
+fn save_vote(file: &mut SlotFile, dir: &Path, vote: &Vote) -> Result<(), LogStoreError> {
+    let bytes = postcard::to_allocvec(vote).map_err(|e| meta_error(file.path(), e))?;
+    file.write(&bytes).map_err(|e| meta_error(file.path(), e))?;
+    let legacy = dir.join(LEGACY_VOTE_FILE);
+    if legacy.exists() {
+        std::fs::remove_file(&legacy).map_err(|e| meta_error(&legacy, e))?;
+    }
+    Ok(())
+}
+
 fn write_meta<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), LogStoreError> {
     let bytes = postcard::to_allocvec(value).map_err(|e| meta_error(path, e))?;
     MetaFile::new(path)
@@ -249,6 +278,7 @@ fn last_timestamp(reader: &mut LogReader, dir: &Path) -> Result<u64, LogStoreErr
 
 fn wal_thread(
     mut log: Log,
+    mut vote_file: SlotFile,
     dir: PathBuf,
     flush: FlushPolicy,
     requests: mpsc::Receiver<WalRequest>,
@@ -310,7 +340,7 @@ fn wal_thread(
                 let _ = done.send(result);
             }
             WalRequest::SaveVote { vote, done } => {
-                let _ = done.send(write_meta(&dir.join(VOTE_FILE), &vote));
+                let _ = done.send(save_vote(&mut vote_file, &dir, &vote));
             }
         }
     }
@@ -406,8 +436,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        read_meta::<Vote>(&self.dir.join(VOTE_FILE))
-            .map_err(|e| StorageIOError::read_vote(&io_error(e.to_string())).into())
+        read_vote(&self.dir).map_err(|e| StorageIOError::read_vote(&io_error(e.to_string())).into())
     }
 
     async fn append<I>(

@@ -33,6 +33,19 @@ pub const BROKERS: [(u32, &str, [u64; 2]); 2] = [
 pub const BASE: AssetId = AssetId(1);
 pub const QUOTE: AssetId = AssetId(2);
 
+/// Raft timeouts for tests that judge behaviour, not timing: a shared 2-core host (CI) can stall
+/// a node for longer than the tuned defaults' 60 ms lease, and the election that follows turns an
+/// exact scripted flow into "outcome unknown". The tests that judge the defaults' timing
+/// (cluster_rto, cluster_load, the chaos suite) run the defaults via `start_with_default_timeouts`.
+const RELAXED_TIMEOUTS: [&str; 6] = [
+    "--heartbeat-ms",
+    "50",
+    "--election-min-ms",
+    "250",
+    "--election-max-ms",
+    "500",
+];
+
 /// Cluster tests in one binary run one at a time: three nodes each already fill two cores.
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -57,9 +70,20 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `size` nodes with Raft on `base_port + id` and brokers on `base_port + 100 + id`.
+    /// Starts `size` nodes with Raft on `base_port + id` and brokers on `base_port + 100 + id`,
+    /// with relaxed Raft timeouts (`RELAXED_TIMEOUTS`).
     pub fn start(name: &str, size: u64, base_port: u16, flags: &[&str]) -> Cluster {
         Self::start_with_spares(name, size, 0, base_port, flags)
+    }
+
+    /// As `start`, with the node's default (tuned) Raft timeouts: for the tests that judge them.
+    pub fn start_with_default_timeouts(
+        name: &str,
+        size: u64,
+        base_port: u16,
+        flags: &[&str],
+    ) -> Cluster {
+        Self::start_inner(name, size, 0, base_port, flags, false)
     }
 
     /// As `start`, reserving `spares` more nodes that can join later with `start_spare`.
@@ -69,6 +93,17 @@ impl Cluster {
         spares: u64,
         base_port: u16,
         flags: &[&str],
+    ) -> Cluster {
+        Self::start_inner(name, size, spares, base_port, flags, true)
+    }
+
+    fn start_inner(
+        name: &str,
+        size: u64,
+        spares: u64,
+        base_port: u16,
+        flags: &[&str],
+        relaxed_timeouts: bool,
     ) -> Cluster {
         let exclusive = one_cluster_at_a_time();
         for id in 1..=size + spares {
@@ -92,6 +127,11 @@ impl Cluster {
             ));
         }
         std::fs::write(dir.join("brokers.toml"), brokers_file).expect("brokers file");
+        let timeouts: &[&str] = if relaxed_timeouts {
+            &RELAXED_TIMEOUTS
+        } else {
+            &[]
+        };
         let mut cluster = Cluster {
             _exclusive: exclusive,
             dir,
@@ -99,7 +139,11 @@ impl Cluster {
             base_port,
             size,
             spares,
-            flags: flags.iter().map(|f| f.to_string()).collect(),
+            flags: timeouts
+                .iter()
+                .chain(flags)
+                .map(|f| f.to_string())
+                .collect(),
             nodes: BTreeMap::new(),
         };
         for id in 1..=size {
@@ -378,6 +422,16 @@ impl Drop for Cluster {
                 for line in tail.iter().rev() {
                     eprintln!("{line}");
                 }
+            }
+            // Whole logs for a post-mortem, where asked for.
+            if let Some(keep) = std::env::var_os("EXCHANGE_TEST_KEEP_LOGS") {
+                let keep = PathBuf::from(keep).join(self.dir.file_name().unwrap_or_default());
+                let _ = std::fs::create_dir_all(&keep);
+                for id in 1..=self.size + self.spares {
+                    let name = format!("node-{id}.log");
+                    let _ = std::fs::copy(self.dir.join(&name), keep.join(&name));
+                }
+                eprintln!("node logs kept in {}", keep.display());
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
