@@ -45,7 +45,8 @@ async fn a_whole_cluster_crash_and_restart_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_survivor_accepts_nothing() {
-    let mut cluster = Cluster::start("minority", 3, 25_200, &[]);
+    // The node's own timeouts: the bound below is theirs.
+    let mut cluster = Cluster::start_with_default_timeouts("minority", 3, 25_200, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let mut client = cluster.client();
     setup_market(&mut client, 1).await;
@@ -55,7 +56,7 @@ async fn a_lone_survivor_accepts_nothing() {
     }
     // A real client must be told, in bounded time, that the order is not done or that its
     // outcome is unknown; silence is a failure too. The leader gives up on its majority after
-    // 80 ms (measured: about 90 ms to the answer); 1 s leaves room for a busy host.
+    // 120 ms (`NodeConfig::quorum_lost_after`); 1 s leaves room for a busy host.
     let asked = std::time::Instant::now();
     let attempt = tokio::time::timeout(
         Duration::from_secs(1),
