@@ -240,7 +240,12 @@ async fn sessions_are_authenticated_and_act_only_for_their_own_accounts() {
         .submit(buy(accounts_1[0], 60, 10))
         .await
     {
-        Err(ClientError::Rejected(why)) => assert!(why.contains("logon refused"), "{why}"),
+        // Refused at logon; or, for a session that logged on as the revocation was being
+        // applied, ended by the key change at its first request (seen once on a loaded host).
+        Err(ClientError::Rejected(why)) => assert!(
+            why.contains("logon refused") || why.contains("key was changed or revoked"),
+            "{why}"
+        ),
         other => panic!("a revoked key was accepted: {other:?}"),
     }
     let index = cluster.assert_converged(Duration::from_secs(10)).await;
