@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use exchange::cli::catalog::Catalog;
+use exchange::cli::catalog::{self, Catalog, CatalogInput};
 use exchange::cli::outcome::CliError;
 use exchange::cli::{bench, cluster, lobster, market, replay, workload};
 use exchange::gateway::client::Client;
@@ -668,7 +668,7 @@ fn health(rows: &[serde_json::Value]) -> Result<(), CliError> {
 async fn logged_on(args: &cluster::ClusterArgs, what: &str) -> Result<(Client, Catalog), CliError> {
     let key = args.required_key(what)?;
     let mut client = args.client_with_key(&key)?;
-    let catalog = Catalog::fetch(&mut client).await?;
+    let catalog = catalog::fetch(&mut client).await?;
     Ok((client, catalog))
 }
 
@@ -712,7 +712,7 @@ async fn admin_command(
                 | exchange::domain::Event::AssetAdded { .. }
         )
     }) {
-        Catalog::fetch(&mut client).await.unwrap_or(catalog)
+        catalog::fetch(&mut client).await.unwrap_or(catalog)
     } else {
         catalog
     };

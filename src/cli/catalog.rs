@@ -10,100 +10,60 @@ use exchange_domain::{format_decimal, parse_decimal, Event, Liquidity, Output, R
 
 use crate::cli::outcome::CliError;
 use crate::gateway::client::Client;
-use crate::gateway::protocol::{AssetInfo, InstrumentInfo};
 use crate::report::{
     cancel_reason_name, order_type_name, reject_reason_name, side_name, time_in_force_name,
 };
 
-/// What the cluster calls its symbols and assets.
-#[derive(Clone, Debug, Default)]
-pub struct Catalog {
-    pub symbols: Vec<InstrumentInfo>,
-    pub assets: Vec<AssetInfo>,
+pub use exchange_client::catalog::Catalog;
+
+/// The cluster's catalog, fetched once per command.
+pub async fn fetch(client: &mut Client) -> Result<Catalog, CliError> {
+    let (symbols, assets) = client.instruments().await?;
+    Ok(Catalog { symbols, assets })
 }
 
-impl Catalog {
-    pub async fn fetch(client: &mut Client) -> Result<Catalog, CliError> {
-        let (symbols, assets) = client.instruments().await?;
-        Ok(Catalog { symbols, assets })
-    }
-
+/// What the CLI adds to the catalog: reading what a person typed, and describing outputs.
+pub trait CatalogInput {
     /// A symbol by name or number. An unknown number passes (the exchange answers for it); an
     /// unknown name is a usage error that lists the known ones.
-    pub fn symbol_id(&self, text: &str) -> Result<u32, CliError> {
+    fn symbol_id(&self, text: &str) -> Result<u32, CliError>;
+    /// An asset by name or number (an asset need not be named to be held).
+    fn asset_id(&self, text: &str) -> Result<u32, CliError>;
+    /// A price typed for `symbol` ("100.50") as the engine's integer.
+    fn parse_price(&self, symbol: u32, text: &str) -> Result<i64, CliError>;
+    fn parse_qty(&self, symbol: u32, text: &str) -> Result<i64, CliError>;
+    fn parse_amount(&self, asset: u32, text: &str) -> Result<i64, CliError>;
+    /// One output as a line a person reads: what happened first, in capitals.
+    fn describe(&self, output: &Output) -> String;
+}
+
+impl CatalogInput for Catalog {
+    fn symbol_id(&self, text: &str) -> Result<u32, CliError> {
         let named = self.symbols.iter().map(|s| (s.symbol, s.name.as_str()));
         by_name_or_number(text, named, "symbol")
     }
 
-    /// An asset by name or number (an asset need not be named to be held).
-    pub fn asset_id(&self, text: &str) -> Result<u32, CliError> {
+    fn asset_id(&self, text: &str) -> Result<u32, CliError> {
         let named = self.assets.iter().map(|a| (a.asset, a.name.as_str()));
         by_name_or_number(text, named, "asset")
     }
 
-    pub fn symbol(&self, id: u32) -> Option<&InstrumentInfo> {
-        self.symbols.iter().find(|s| s.symbol == id)
-    }
-
-    pub fn asset(&self, id: u32) -> Option<&AssetInfo> {
-        self.assets.iter().find(|a| a.asset == id)
-    }
-
-    pub fn price_decimals(&self, symbol: u32) -> u8 {
-        self.symbol(symbol).map_or(0, |s| s.price_decimals)
-    }
-
-    /// Decimals of a symbol's quantities: those of its base asset.
-    pub fn qty_decimals(&self, symbol: u32) -> u8 {
-        self.symbol(symbol)
-            .and_then(|s| self.asset(s.base))
-            .map_or(0, |a| a.decimals)
-    }
-
-    pub fn amount_decimals(&self, asset: u32) -> u8 {
-        self.asset(asset).map_or(0, |a| a.decimals)
-    }
-
-    /// A price typed for `symbol` ("100.50") as the engine's integer.
-    pub fn parse_price(&self, symbol: u32, text: &str) -> Result<i64, CliError> {
+    fn parse_price(&self, symbol: u32, text: &str) -> Result<i64, CliError> {
         parse_decimal(text, self.price_decimals(symbol))
             .map_err(|e| CliError::Usage(format!("price: {e}")))
     }
 
-    pub fn parse_qty(&self, symbol: u32, text: &str) -> Result<i64, CliError> {
+    fn parse_qty(&self, symbol: u32, text: &str) -> Result<i64, CliError> {
         parse_decimal(text, self.qty_decimals(symbol))
             .map_err(|e| CliError::Usage(format!("quantity: {e}")))
     }
 
-    pub fn parse_amount(&self, asset: u32, text: &str) -> Result<i64, CliError> {
+    fn parse_amount(&self, asset: u32, text: &str) -> Result<i64, CliError> {
         parse_decimal(text, self.amount_decimals(asset))
             .map_err(|e| CliError::Usage(format!("amount: {e}")))
     }
 
-    pub fn symbol_name(&self, id: u32) -> String {
-        self.symbol(id)
-            .map_or_else(|| format!("symbol {id}"), |s| s.name.clone())
-    }
-
-    pub fn asset_name(&self, id: u32) -> String {
-        self.asset(id)
-            .map_or_else(|| format!("asset {id}"), |a| a.name.clone())
-    }
-
-    pub fn price(&self, symbol: u32, price: i64) -> String {
-        format_decimal(price, self.price_decimals(symbol))
-    }
-
-    pub fn qty(&self, symbol: u32, qty: i64) -> String {
-        format_decimal(qty, self.qty_decimals(symbol))
-    }
-
-    pub fn amount(&self, asset: u32, amount: i64) -> String {
-        format_decimal(amount, self.amount_decimals(asset))
-    }
-
-    /// One output as a line a person reads: what happened first, in capitals.
-    pub fn describe(&self, output: &Output) -> String {
+    fn describe(&self, output: &Output) -> String {
         let side = side_name;
         match output.event {
             Event::Accepted {
@@ -344,6 +304,7 @@ pub fn rfc3339(timestamp_ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::protocol::{AssetInfo, InstrumentInfo};
     use exchange_domain::{
         AccountId, ClientOrderId, ExecId, OrderId, Price, Qty, Side, SymbolId, TradeId,
     };

@@ -12,7 +12,7 @@ use exchange_domain::{
     SelfTradePrevention, Side, SymbolId, SymbolSpec, TimeInForce,
 };
 
-use crate::cli::catalog::Catalog;
+use crate::cli::catalog::{Catalog, CatalogInput};
 use crate::cli::outcome::CliError;
 use crate::gateway::client::{trust, Client};
 use crate::gateway::credentials::{self, BrokersFile};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 
-use super::catalog::{rfc3339, Catalog};
+use super::catalog::{self, rfc3339, Catalog, CatalogInput};
 use super::cluster::ClusterArgs;
 use crate::marketdata::feed::{Candle, Channel, Interval, Level, MdBody, StreamState, TradeTick};
 
@@ -115,7 +115,7 @@ async fn market_client(
     symbol: &str,
 ) -> Result<(crate::gateway::client::Client, Catalog, u32), String> {
     let mut client = cluster.client_with_key(&cluster.required_key("market data")?)?;
-    let catalog = Catalog::fetch(&mut client)
+    let catalog = catalog::fetch(&mut client)
         .await
         .map_err(|e| e.to_string())?;
     let symbol = catalog.symbol_id(symbol).map_err(|e| e.to_string())?;

@@ -5,6 +5,7 @@
 //! ([`frame`]) and TLS ([`tls`]). It depends on the domain's plain data, quinn, rustls, tokio,
 //! serde and postcard: a broker's build compiles no openraft, no SQLite and no engine.
 
+pub mod catalog;
 pub mod client;
 pub mod feed;
 pub mod frame;
