@@ -11,6 +11,7 @@
 //! - [`net`]: QUIC plumbing: TLS from the cluster's authority, length-prefixed frames.
 //! - [`replication`]: openraft over the log, the engine thread it feeds, the node network.
 //! - [`gateway`]: the broker endpoint (QUIC), its protocol and the client library.
+//! - [`http`]: the public market data API and the cluster's state over HTTP and WebSocket.
 //! - [`node`]: one node wired together: configuration, start, roles, stop.
 //! - [`cli`]: what `exchange-cli` does (replay, synthetic workloads, engine benchmark).
 //!
@@ -25,6 +26,7 @@ pub use exchange_log as log;
 
 pub mod cli;
 pub mod gateway;
+pub mod http;
 pub mod latency;
 pub mod marketdata;
 pub mod net;

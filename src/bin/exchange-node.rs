@@ -147,6 +147,12 @@ struct RunArgs {
     /// and of log appends) on this address.
     #[arg(long, value_name = "ADDR", env = "EXCHANGE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the public market data API and the cluster's state on this address, over plain
+    /// HTTP (GET /api/v1/instruments, /api/v1/book/SYMBOL, /api/v1/trades/SYMBOL,
+    /// /api/v1/candles/SYMBOL, /api/v1/cluster, /healthz, /readyz) and market data live over
+    /// WebSocket (GET /api/v1/ws): docs/http-api.md. Any node may serve it. Off unless given.
+    #[arg(long, value_name = "ADDR", env = "EXCHANGE_HTTP_LISTEN")]
+    http_listen: Option<std::net::SocketAddr>,
     /// Market data messages a live subscriber may fall behind before the node sends it a
     /// fresh snapshot instead (a slow subscriber never slows the engine).
     #[arg(long, value_name = "MESSAGES", env = "EXCHANGE_MD_SUBSCRIBER_BUFFER")]
@@ -303,6 +309,7 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
         }),
         dev,
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
+        http_listen: args.http_listen.or(file.http_listen),
         md_subscriber_buffer: args
             .md_subscriber_buffer
             .or(file.md_subscriber_buffer)

@@ -99,6 +99,8 @@ pub struct NodeConfig {
     pub session_limits: SessionLimits,
     /// Serve Prometheus metrics (`GET /metrics`) here.
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the HTTP API (market data, the cluster's state) here.
+    pub http_listen: Option<SocketAddr>,
     /// Market data messages a live subscriber may fall behind before it is resynchronised.
     pub md_subscriber_buffer: usize,
     /// Run the reporter into this SQLite database.
@@ -131,6 +133,7 @@ pub struct FileConfig {
     pub brokers: Option<PathBuf>,
     pub dev: Option<bool>,
     pub metrics_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
     pub md_subscriber_buffer: Option<usize>,
     pub report_db: Option<PathBuf>,
     pub log_format: Option<LogFormat>,

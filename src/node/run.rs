@@ -23,6 +23,8 @@ use super::outputs::NodeTap;
 use crate::gateway::credentials::BrokersFile;
 use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::server::{serve as serve_brokers, Gateway};
+use crate::http::cluster::ClusterView;
+use crate::http::{serve as serve_http, HttpSources};
 use crate::latency::LatencyHistogram;
 use crate::marketdata::hub::MarketHub;
 use crate::net::tls;
@@ -310,34 +312,60 @@ impl Node {
             .filter(|(id, _)| **id != config.id)
             .map(|(id, peer)| (*id, peer.broker))
             .collect();
+        let cluster_view = Arc::new(ClusterView::default());
         tokio::spawn(watch_divergence(
             Arc::clone(&engine),
             peers,
             identity.ca.clone(),
             divergence.clone(),
+            Arc::clone(&cluster_view),
         ));
-        tokio::spawn(serve_brokers(
-            broker_endpoint.clone(),
-            Gateway {
-                leadership,
-                sequencer,
-                engine,
-                committed,
-                divergence,
-                admin_digest,
-                keys,
-                failed_logons: Arc::default(),
-                broker_sessions: Arc::default(),
-                connections: Arc::default(),
-                development: config.dev,
-                session_limits: config.session_limits,
-                reports,
-                market,
-                metrics: Arc::clone(&gateway_metrics),
-                faults: config.gateway_faults,
-                fault_state: Arc::default(),
-            },
-        ));
+        let gateway = Gateway {
+            leadership,
+            sequencer,
+            engine,
+            committed,
+            divergence,
+            admin_digest,
+            keys,
+            failed_logons: Arc::default(),
+            broker_sessions: Arc::default(),
+            connections: Arc::default(),
+            development: config.dev,
+            session_limits: config.session_limits,
+            reports,
+            market,
+            metrics: Arc::clone(&gateway_metrics),
+            faults: config.gateway_faults,
+            fault_state: Arc::default(),
+        };
+        if let Some(addr) = config.http_listen {
+            let watched = raft.clone();
+            let view = Arc::clone(&cluster_view);
+            tokio::spawn(async move {
+                view.watch_leader(|| {
+                    let metrics = watched.metrics();
+                    let now = metrics.borrow();
+                    (now.current_leader, now.current_term)
+                })
+                .await
+            });
+            let status = gateway.clone();
+            let sources = HttpSources {
+                market: Arc::clone(&gateway.market),
+                engine: Arc::clone(&gateway.engine),
+                status: Arc::new(move || status.status()),
+                cluster: cluster_view,
+            };
+            serve_http(addr, sources)
+                .await
+                .map_err(|reason| StartError::Listen {
+                    what: "HTTP",
+                    addr,
+                    reason,
+                })?;
+        }
+        tokio::spawn(serve_brokers(broker_endpoint.clone(), gateway));
         tracing::info!(
             id = config.id,
             raft = %me.raft,

@@ -174,6 +174,11 @@ impl Cluster {
         self.base_port + 200 + id as u16
     }
 
+    /// The port `--http-listen 127.0.0.1:{http}` gives node `id`.
+    pub fn http_port(&self, id: u64) -> u16 {
+        self.base_port + 300 + id as u16
+    }
+
     /// Node `id`'s Prometheus page.
     pub fn scrape_metrics(&self, id: u64) -> String {
         use std::io::{Read, Write};
@@ -256,8 +261,10 @@ impl Cluster {
             .arg("--brokers")
             .arg(self.dir.join("brokers.toml"))
             .args(self.flags.iter().map(|f| {
-                // A flag may name a per-node port: `{metrics}` is base port + 200 + id.
+                // A flag may name a per-node port: `{metrics}` is base port + 200 + id,
+                // `{http}` base port + 300 + id.
                 f.replace("{metrics}", &self.metrics_port(id).to_string())
+                    .replace("{http}", &self.http_port(id).to_string())
             }))
             .args(bootstrap.then_some("--bootstrap"))
             .stdin(Stdio::null())

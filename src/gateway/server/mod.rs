@@ -60,6 +60,7 @@ use logon::{audit_key_change, LogonRefusal, KEY_CHANGED};
 pub use logon::{
     FailedLogons, FAILED_LOGONS_PER_SOURCE_MAX, FAILED_LOGON_DELAY, FAILED_LOGON_WINDOW,
 };
+pub use queries::catalog_of;
 use queries::Balance;
 pub use quota::{Place, Quota};
 

@@ -1,6 +1,8 @@
 //! Queries: an order's state, open orders, balances, instruments, the engine's depth. Reads of
 //! a broker's own state are linearizable (the leader confirms its leadership first).
 
+use exchange_client::catalog::Catalog;
+
 use super::*;
 
 /// (asset, available, held), as a balances reply carries it.
@@ -42,38 +44,8 @@ impl Gateway {
 
     /// Every symbol and named asset, from this node's engine (any node: they are replicated).
     pub(super) async fn instruments(&self) -> Reply {
-        let read = self
-            .engine
-            .query(|engine| {
-                let symbols = engine
-                    .instruments()
-                    .map(|i| InstrumentInfo {
-                        symbol: i.spec.symbol.0,
-                        name: i.spec.name.to_string(),
-                        base: i.spec.base.0,
-                        quote: i.spec.quote.0,
-                        tick_size: i.spec.tick_size.0,
-                        lot_size: i.spec.lot_size.0,
-                        price_decimals: i.spec.price_decimals,
-                        halted: i.halted,
-                        price_band_bps: i.price_band_bps,
-                        reference_price: i.reference_price.0,
-                    })
-                    .collect();
-                let assets = engine
-                    .assets()
-                    .iter()
-                    .map(|a| AssetInfo {
-                        asset: a.asset.0,
-                        name: a.name.to_string(),
-                        decimals: a.decimals,
-                    })
-                    .collect();
-                (symbols, assets)
-            })
-            .await;
-        match read {
-            Ok((symbols, assets)) => Reply::Instruments { symbols, assets },
+        match self.engine.query(catalog_of).await {
+            Ok(Catalog { symbols, assets }) => Reply::Instruments { symbols, assets },
             Err(e) => Reply::Error(e.to_string()),
         }
     }
@@ -226,4 +198,34 @@ impl Gateway {
             },
         }
     }
+}
+
+/// The engine's symbols and named assets, as every edge shows them (run it on the engine
+/// thread, through `EngineHandle::query`).
+pub fn catalog_of(engine: &exchange_engine::Engine) -> Catalog {
+    let symbols = engine
+        .instruments()
+        .map(|i| InstrumentInfo {
+            symbol: i.spec.symbol.0,
+            name: i.spec.name.to_string(),
+            base: i.spec.base.0,
+            quote: i.spec.quote.0,
+            tick_size: i.spec.tick_size.0,
+            lot_size: i.spec.lot_size.0,
+            price_decimals: i.spec.price_decimals,
+            halted: i.halted,
+            price_band_bps: i.price_band_bps,
+            reference_price: i.reference_price.0,
+        })
+        .collect();
+    let assets = engine
+        .assets()
+        .iter()
+        .map(|a| AssetInfo {
+            asset: a.asset.0,
+            name: a.name.to_string(),
+            decimals: a.decimals,
+        })
+        .collect();
+    Catalog { symbols, assets }
 }
