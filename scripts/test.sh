@@ -28,6 +28,9 @@ step "cargo test (the tests that plant faults: a test-faults build in target/fau
 cargo test --profile release-checked --features exchange/test-faults --target-dir target/faults \
   --test cluster_divergence 2>&1 | tee -a "$log"
 
+step "the web console in headless Chromium (tests/console.rs; screenshots in target/console-screenshots)"
+cargo test --profile release-checked --test console -- --ignored 2>&1 | tee -a "$log"
+
 step "chaos suite, quick (scripts/chaos.sh --quick)"
 EXCHANGE_PROFILE=release-checked scripts/chaos.sh --quick 2>&1 | tee -a "$log"
 

@@ -243,6 +243,9 @@ pub struct NodeStatus {
     pub hashes_checked: Vec<(u64, u64)>,
     /// A development node (`--dev`): it accepts the public development keys.
     pub development: bool,
+    /// Where the node serves its HTTP API (`--http-listen`), if it does: the web console
+    /// finds the other nodes here when its own dies.
+    pub http: Option<String>,
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! - [`api`]: the REST endpoints;
 //! - [`ws`]: the WebSocket channels;
 //! - [`cluster`]: the cluster view (peers' statuses, leader changes);
-//! - [`names`]: the catalog cache and the JSON shapes of prices and quantities.
+//! - [`names`]: the catalog cache and the JSON shapes of prices and quantities;
+//! - `console.html`: the web console at `/`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub(crate) struct Http {
 pub fn router(sources: HttpSources) -> Router {
     let names = Arc::new(names::Names::new(Arc::clone(&sources.engine)));
     Router::new()
+        .route("/", get(console))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/api/v1/instruments", get(api::instruments))
@@ -58,6 +60,24 @@ pub fn router(sources: HttpSources) -> Router {
         .route("/api/v1/cluster", get(api::cluster))
         .route("/api/v1/ws", get(ws::upgrade))
         .with_state(Http { sources, names })
+        // Public market data: a page served by one node may read any other (the console does
+        // when its node dies).
+        .layer(axum::middleware::map_response(allow_any_origin))
+}
+
+/// The web console: one page, its script and styles inline, nothing fetched from elsewhere.
+const CONSOLE: &str = include_str!("console.html");
+
+async fn console() -> axum::response::Html<&'static str> {
+    axum::response::Html(CONSOLE)
+}
+
+async fn allow_any_origin(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        axum::http::HeaderValue::from_static("*"),
+    );
+    response
 }
 
 /// Binds `addr` (so that a taken port fails the node's start) and serves on the runtime.

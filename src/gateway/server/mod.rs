@@ -85,6 +85,8 @@ pub struct Gateway {
     pub connections: Arc<ConnectionAdmission>,
     /// A development node (`--dev`), which says so in its status.
     pub development: bool,
+    /// The node's HTTP API address, which its status names.
+    pub http_listen: Option<std::net::SocketAddr>,
     pub session_limits: SessionLimits,
     /// What the engine said about each broker's accounts, to publish.
     pub reports: Arc<ReportJournal>,
@@ -194,6 +196,7 @@ impl Gateway {
             divergence: self.divergence.first().map(|d| d.to_string()),
             hashes_checked: self.divergence.checked().into_iter().collect(),
             development: self.development,
+            http: self.http_listen.map(|addr| addr.to_string()),
         }
     }
 
