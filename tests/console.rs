@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -48,15 +49,43 @@ fn chromium() -> PathBuf {
     panic!("no Chromium found (looked for chromium, chromium-browser, google-chrome): install Debian's chromium package, as .ci/run does");
 }
 
+/// A GET to Chromium's DevTools server, which keeps connections open whatever the request
+/// says: the body is read by its Content-Length, and the whole exchange bounded.
 async fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        // Chromium builds the WebSocket addresses it lists from the Host header.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&received).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return Some(body[..length].to_string());
+                }
+            }
+            let read = stream.read(&mut chunk).await.ok()?;
+            if read == 0 {
+                return None;
+            }
+            received.extend_from_slice(&chunk[..read]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    Some(response.split_once("\r\n\r\n")?.1.to_string())
+        .ok()?
 }
 
 impl Browser {
@@ -64,7 +93,20 @@ impl Browser {
         let profile =
             std::env::temp_dir().join(format!("exchange-chromium-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
-        let child = Command::new(chromium())
+        let mut command = Command::new(chromium());
+        // Debian's `chromium` is a script that starts the browser as its child: the whole
+        // process group is killed on drop, and the browser dies with the test process.
+        command.process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches only the child being created.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .args([
                 "--headless=new",
                 "--no-sandbox",
@@ -183,7 +225,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) with the negated id of the group this child leads.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+        }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }

@@ -264,7 +264,7 @@ impl Client {
     /// One node's status.
     pub async fn status_of(&self, addr: SocketAddr) -> Result<NodeStatus, ClientError> {
         match self.ask(addr, &Request::Status).await? {
-            Reply::Status(status) => Ok(status),
+            Reply::Status(status) => Ok(*status),
             other => Err(unexpected(other)),
         }
     }

@@ -118,7 +118,8 @@ pub enum Reply {
         leader_id: Option<u64>,
         broker: Option<String>,
     },
-    Status(NodeStatus),
+    /// Boxed: the largest reply by far, and a rare one.
+    Status(Box<NodeStatus>),
     /// A membership change took effect: the voters now.
     Membership {
         voters: Vec<u64>,

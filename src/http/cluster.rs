@@ -1,11 +1,9 @@
 //! The cluster as one node sees it: its peers' last statuses (the divergence watcher asks each
-//! peer twice a second and records the answers here) and the leader changes this node saw,
-//! each with how long it knew no leader.
-//!
-//! A node learns that its leader is gone only when an election starts (after the leader's
-//! lease and an election timeout), so the no-leader time measured here is the election's own
-//! length as this node lived it; the silence before it is at most the election timeout's upper
-//! end plus a lease (docs/http-api.md).
+//! peer twice a second and records the answers here) and the leader changes it saw, each with
+//! how long it was without a leader: from the last AppendEntries (entries or a heartbeat) it
+//! took from the old leader to the moment it knew the new one, so the detection of the loss
+//! (a lease and an election timeout) and the election are both in it. A node that itself
+//! leads counts as hearing from its leader. Sampled every `LEADER_WATCH_INTERVAL`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -36,13 +34,25 @@ pub struct LeaderChange {
     pub no_leader: Duration,
 }
 
+/// What the node's own view of the leader is at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaderSample {
+    pub me: u64,
+    /// `None` while no leader is known (an election under way).
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// The leader this node last took an AppendEntries from, and when.
+    pub heard: Option<(u64, Instant)>,
+}
+
 #[derive(Default)]
 struct State {
     peers: BTreeMap<u64, PeerStatus>,
     changes: VecDeque<LeaderChange>,
-    /// The leader last seen, and since when none has been known (if none is).
+    /// The leader last seen.
     leader: Option<u64>,
-    leaderless_since: Option<Instant>,
+    /// When this node last heard from a leader: the start of a time without one.
+    last_heard: Option<Instant>,
     started: bool,
 }
 
@@ -71,48 +81,50 @@ impl ClusterView {
         self.state().changes.iter().cloned().collect()
     }
 
-    /// Notes this node's current view of the leader; called every `LEADER_WATCH_INTERVAL`.
-    pub fn observe(&self, leader: Option<u64>, term: u64, now: Instant) {
+    /// Notes this node's view of the leader at `now`; called every `LEADER_WATCH_INTERVAL`.
+    pub fn observe(&self, sample: LeaderSample, now: Instant) {
         let mut state = self.state();
-        if state.started && state.leader == leader {
+        // Contact with the leader known so far (not yet with a new one: its first message
+        // ends the time without a leader), or this node leading all along.
+        if state.leader == Some(sample.me) && sample.leader == Some(sample.me) {
+            state.last_heard = Some(now);
+        } else if let Some((from, at)) = sample.heard {
+            if state.leader == Some(from) {
+                state.last_heard = Some(state.last_heard.map_or(at, |last| last.max(at)));
+            }
+        }
+        if state.started && state.leader == sample.leader {
             return;
         }
         let first = !state.started;
         state.started = true;
-        state.leader = leader;
-        match leader {
-            None => {
-                state.leaderless_since.get_or_insert(now);
+        state.leader = sample.leader;
+        // A new leader after another (or after none): the leader found at start is no change.
+        if sample.leader.is_some() && !first {
+            let no_leader = state
+                .last_heard
+                .map_or(Duration::ZERO, |last| now.saturating_duration_since(last));
+            if state.changes.len() == LEADER_CHANGES_KEPT {
+                state.changes.pop_front();
             }
-            Some(_) => {
-                let no_leader = state
-                    .leaderless_since
-                    .take()
-                    .map_or(Duration::ZERO, |since| now - since);
-                // The leader found at start is no change.
-                if !first {
-                    if state.changes.len() == LEADER_CHANGES_KEPT {
-                        state.changes.pop_front();
-                    }
-                    state.changes.push_back(LeaderChange {
-                        at: SystemTime::now(),
-                        leader,
-                        term,
-                        no_leader,
-                    });
-                }
-            }
+            state.changes.push_back(LeaderChange {
+                at: SystemTime::now(),
+                leader: sample.leader,
+                term: sample.term,
+                no_leader,
+            });
+            // The new leader's contact counts from now on.
+            state.last_heard = Some(now);
         }
     }
 
     /// Watches this node's own view of the leader until the process ends.
-    pub async fn watch_leader(&self, view: impl Fn() -> (Option<u64>, u64)) {
+    pub async fn watch_leader(&self, sample: impl Fn() -> LeaderSample) {
         let mut interval = tokio::time::interval(LEADER_WATCH_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             interval.tick().await;
-            let (leader, term) = view();
-            self.observe(leader, term, Instant::now());
+            self.observe(sample(), Instant::now());
         }
     }
 }
@@ -127,27 +139,38 @@ pub fn epoch_ms(at: SystemTime) -> u64 {
 mod tests {
     use super::*;
 
+    fn sample(leader: Option<u64>, term: u64, heard: Option<(u64, Instant)>) -> LeaderSample {
+        LeaderSample {
+            me: 2,
+            leader,
+            term,
+            heard,
+        }
+    }
+
     #[test]
-    fn a_leader_change_records_the_time_without_a_leader() {
+    fn a_leader_change_counts_from_the_old_leader_last_heard() {
         let view = ClusterView::default();
         let t0 = Instant::now();
-        view.observe(Some(1), 1, t0);
+        let ms = Duration::from_millis;
+        view.observe(sample(Some(1), 1, Some((1, t0))), t0);
         assert!(
             view.leader_changes().is_empty(),
             "the first leader is no change"
         );
-        view.observe(Some(1), 1, t0 + Duration::from_millis(5));
-        view.observe(None, 2, t0 + Duration::from_millis(100));
-        view.observe(None, 2, t0 + Duration::from_millis(110));
-        view.observe(Some(2), 2, t0 + Duration::from_millis(140));
+        // Heartbeats from 1 until t0 + 50 ms; then it dies. An election from t0 + 160 ms.
+        view.observe(sample(Some(1), 1, Some((1, t0 + ms(50)))), t0 + ms(55));
+        view.observe(sample(Some(1), 1, Some((1, t0 + ms(50)))), t0 + ms(150));
+        view.observe(sample(None, 2, Some((1, t0 + ms(50)))), t0 + ms(160));
+        view.observe(sample(Some(3), 2, Some((1, t0 + ms(50)))), t0 + ms(190));
         let changes = view.leader_changes();
         assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].leader, Some(2));
-        assert_eq!(changes[0].term, 2);
-        assert_eq!(changes[0].no_leader, Duration::from_millis(40));
-        // A direct hand-over: no time without a leader.
-        view.observe(Some(3), 3, t0 + Duration::from_millis(200));
-        assert_eq!(view.leader_changes()[1].no_leader, Duration::ZERO);
+        assert_eq!((changes[0].leader, changes[0].term), (Some(3), 2));
+        assert_eq!(changes[0].no_leader, ms(140));
+        // This node itself elected next: from node 3's last heartbeat to its own leadership.
+        view.observe(sample(Some(3), 2, Some((3, t0 + ms(300)))), t0 + ms(305));
+        view.observe(sample(Some(2), 3, Some((3, t0 + ms(300)))), t0 + ms(420));
+        assert_eq!(view.leader_changes()[1].no_leader, ms(120));
     }
 
     #[test]
@@ -155,7 +178,7 @@ mod tests {
         let view = ClusterView::default();
         let t0 = Instant::now();
         for i in 0..(LEADER_CHANGES_KEPT as u64 + 10) {
-            view.observe(Some(i % 3 + 1), i, t0);
+            view.observe(sample(Some(i % 3 + 1), i, None), t0);
         }
         let changes = view.leader_changes();
         assert_eq!(changes.len(), LEADER_CHANGES_KEPT);

@@ -23,7 +23,7 @@ use super::outputs::NodeTap;
 use crate::gateway::credentials::BrokersFile;
 use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::server::{serve as serve_brokers, Gateway};
-use crate::http::cluster::ClusterView;
+use crate::http::cluster::{ClusterView, LeaderSample};
 use crate::http::{serve as serve_http, HttpSources};
 use crate::latency::LatencyHistogram;
 use crate::marketdata::hub::MarketHub;
@@ -35,7 +35,7 @@ use crate::replication::engine_thread::{
 use crate::replication::keys::BrokerKeys;
 use crate::replication::leadership::Leadership;
 use crate::replication::log_store::LogStore;
-use crate::replication::network::{serve as serve_raft, Network};
+use crate::replication::network::{serve as serve_raft, LeaderContact, Network};
 use crate::replication::reports::ReportJournal;
 use crate::replication::sequencer::Sequencer;
 use crate::replication::state_machine::{StateMachine, StoredSnapshot};
@@ -224,7 +224,12 @@ impl Node {
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        tokio::spawn(serve_raft(raft_endpoint.clone(), raft.clone()));
+        let leader_contact = Arc::new(LeaderContact::default());
+        tokio::spawn(serve_raft(
+            raft_endpoint.clone(),
+            raft.clone(),
+            Arc::clone(&leader_contact),
+        ));
 
         // Only an explicit bootstrap founds a cluster; on a restart Raft already knows its
         // members, and a node that lost its data must not found a second cluster.
@@ -332,6 +337,7 @@ impl Node {
             broker_sessions: Arc::default(),
             connections: Arc::default(),
             development: config.dev,
+            http_listen: config.http_listen,
             session_limits: config.session_limits,
             reports,
             market,
@@ -342,11 +348,20 @@ impl Node {
         if let Some(addr) = config.http_listen {
             let watched = raft.clone();
             let view = Arc::clone(&cluster_view);
+            let me = config.id;
             tokio::spawn(async move {
                 view.watch_leader(|| {
                     let metrics = watched.metrics();
                     let now = metrics.borrow();
-                    (now.current_leader, now.current_term)
+                    // While its vote is for a candidate not yet elected, the node knows no
+                    // leader (openraft keeps naming the old one until it learns the new).
+                    let leader = now.vote.is_committed().then_some(now.current_leader);
+                    LeaderSample {
+                        me,
+                        leader: leader.flatten(),
+                        term: now.current_term,
+                        heard: leader_contact.last(),
+                    }
                 })
                 .await
             });

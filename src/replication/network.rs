@@ -523,10 +523,49 @@ fn speaker(request: &Request) -> Option<NodeId> {
     vote.leader_id().voted_for()
 }
 
+/// When this node last took an AppendEntries (entries or a heartbeat) from a leader, and from
+/// which: the HTTP API's measure of how long a change of leader left the node without one.
+pub struct LeaderContact {
+    since: std::time::Instant,
+    /// The leader's id, and nanoseconds after `since` (0: never).
+    leader: std::sync::atomic::AtomicU64,
+    at_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact {
+            since: std::time::Instant::now(),
+            leader: Default::default(),
+            at_ns: Default::default(),
+        }
+    }
+}
+
+impl LeaderContact {
+    fn heard(&self, leader: NodeId) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.leader.store(leader, Relaxed);
+        self.at_ns
+            .store(self.since.elapsed().as_nanos().max(1) as u64, Relaxed);
+    }
+
+    /// The leader last heard from, and when.
+    pub fn last(&self) -> Option<(NodeId, std::time::Instant)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let at_ns = self.at_ns.load(Relaxed);
+        (at_ns > 0).then(|| {
+            let at = self.since + Duration::from_nanos(at_ns);
+            (self.leader.load(Relaxed), at)
+        })
+    }
+}
+
 /// Serves Raft RPCs from peers on `endpoint` until it closes.
-pub async fn serve(endpoint: quinn::Endpoint, raft: Raft) {
+pub async fn serve(endpoint: quinn::Endpoint, raft: Raft, contact: std::sync::Arc<LeaderContact>) {
     while let Some(incoming) = endpoint.accept().await {
         let raft = raft.clone();
+        let contact = std::sync::Arc::clone(&contact);
         tokio::spawn(async move {
             let Ok(connection) = incoming.await else {
                 return;
@@ -534,7 +573,8 @@ pub async fn serve(endpoint: quinn::Endpoint, raft: Raft) {
             let peer = std::sync::Arc::new(PeerCertificate::of(&connection));
             while let Ok((send, recv)) = connection.accept_bi().await {
                 let (raft, peer) = (raft.clone(), std::sync::Arc::clone(&peer));
-                tokio::spawn(handle_stream(raft, peer, send, recv));
+                let contact = std::sync::Arc::clone(&contact);
+                tokio::spawn(handle_stream(raft, peer, contact, send, recv));
             }
         });
     }
@@ -543,6 +583,7 @@ pub async fn serve(endpoint: quinn::Endpoint, raft: Raft) {
 async fn handle_stream(
     raft: Raft,
     peer: std::sync::Arc<PeerCertificate>,
+    contact: std::sync::Arc<LeaderContact>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -577,7 +618,17 @@ async fn handle_stream(
         }
     });
     let response = match decoded {
-        Ok(Request::AppendEntries(rpc)) => Response::AppendEntries(raft.append_entries(rpc).await),
+        Ok(Request::AppendEntries(rpc)) => {
+            let leader = rpc.vote.leader_id().voted_for();
+            let answer = raft.append_entries(rpc).await;
+            // Taken from a leader this node follows (a higher vote of its own refuses it).
+            if let (Ok(response), Some(leader)) = (&answer, leader) {
+                if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+                    contact.heard(leader);
+                }
+            }
+            Response::AppendEntries(answer)
+        }
         Ok(Request::Vote(rpc)) => Response::Vote(raft.vote(rpc).await),
         Ok(Request::FullSnapshot { vote, meta, data }) => {
             let snapshot = Snapshot {

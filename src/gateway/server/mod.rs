@@ -208,7 +208,7 @@ impl Gateway {
                     After::Continue,
                 )
             }
-            Request::Status => return (Reply::Status(self.status()), After::Continue),
+            Request::Status => return (Reply::Status(Box::new(self.status())), After::Continue),
             Request::Heartbeat => return (Reply::Heartbeat, After::Continue),
             Request::Logon {
                 protocol_version,
