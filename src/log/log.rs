@@ -78,7 +78,33 @@ struct Active {
     written: usize,
     /// Bytes before this are on disk.
     synced: usize,
+    /// Bytes before this have their blocks in the file (records, or zeros written ahead of
+    /// them: `Segment::allocate`).
+    allocated: usize,
 }
+
+impl Active {
+    /// Allocate the segment's blocks through `end`, and some way past it.
+    ///
+    /// # Safety
+    ///
+    /// As for `Segment::write`: the one writer, and `end` past the published end.
+    unsafe fn allocate_through(&mut self, end: usize) -> Result<()> {
+        if end <= self.allocated {
+            return Ok(());
+        }
+        let to = (end + ALLOCATE_AHEAD_BYTES).min(self.segment.len());
+        // SAFETY: `allocated` is at or past `written`, so `allocated..to` holds no record and
+        // lies past the published end (the caller's contract).
+        unsafe { self.segment.allocate(self.allocated, to)? };
+        self.allocated = to;
+        Ok(())
+    }
+}
+
+/// How far ahead of the records a segment's blocks are allocated: one allocation (and one
+/// journal commit) per this many bytes of log, not one per sync.
+const ALLOCATE_AHEAD_BYTES: usize = 1 << 20;
 
 #[derive(Debug)]
 struct Pending {
@@ -242,10 +268,13 @@ impl Log {
             unreachable!("records are staged only into an active segment");
         };
         debug_assert_eq!(active.offset - active.written, self.stage.len());
-        // SAFETY: `&mut self` makes us the one writer, and `active.written` lies past every
-        // record published so far, in a segment this process created: no reader can reach
-        // these bytes until `end` is stored after this write.
-        let written = unsafe { active.segment.write(active.written, &self.stage) };
+        // SAFETY (both): `&mut self` makes us the one writer, and `active.written` (and
+        // `allocated` after it) lies past every record published so far, in a segment this
+        // process created: no reader can reach these bytes until `end` is stored after this
+        // write.
+        let end = active.offset;
+        let written = unsafe { active.allocate_through(end) }
+            .and_then(|()| unsafe { active.segment.write(active.written, &self.stage) });
         self.stage.clear();
         if self.stage.capacity() > STAGE_BYTES_MAX {
             self.stage.shrink_to(STAGE_BYTES_MAX);
@@ -323,10 +352,13 @@ impl Log {
             // SAFETY: as in `flush_stage`: we are the one writer, and these bytes lie past
             // the published end, in a segment this process created.
             let written = unsafe {
-                let segment = &active.segment;
-                segment.write(active.offset, &head).and_then(|()| {
-                    segment.write(active.offset + RECORD_HEADER_BYTES, record.payload)
-                })
+                active
+                    .allocate_through(active.offset + bytes)
+                    .and_then(|()| active.segment.write(active.offset, &head))
+                    .and_then(|()| {
+                        let payload_at = active.offset + RECORD_HEADER_BYTES;
+                        active.segment.write(payload_at, record.payload)
+                    })
             };
             // The padding after the payload is left as the file has it: zeros, since bytes
             // past the published end were never written (the CRC does not cover it anyway).
@@ -404,8 +436,36 @@ impl Log {
             offset: SEGMENT_HEADER_BYTES,
             written: SEGMENT_HEADER_BYTES,
             synced: SEGMENT_HEADER_BYTES,
+            allocated: SEGMENT_HEADER_BYTES,
         });
         Ok(())
+    }
+
+    /// What [`Log::sync`] would do now, handed over so that another thread can do it while
+    /// this one appends on: a sync of the disk can take a long while on a busy host, and a
+    /// writer that waits for it stops its callers (Raft's core, whose heartbeats then stop).
+    /// Jobs must run in the order they were taken (merge them to run several as one), and
+    /// none may be running during a `truncate` or `purge`.
+    pub fn sync_job(&mut self) -> SyncJob {
+        let mut segments: Vec<Arc<Segment>> = Vec::new();
+        for pending in self.pending.drain(..) {
+            if pending.to > pending.from {
+                segments.push(pending.segment);
+            }
+        }
+        if let Some(active) = self.active.as_mut() {
+            if active.written > active.synced {
+                segments.push(Arc::clone(&active.segment));
+            }
+            active.synced = active.written;
+        }
+        let dir = std::mem::take(&mut self.dir_pending).then(|| self.dir.clone());
+        SyncJob {
+            segments,
+            dir,
+            shared: Arc::clone(&self.shared),
+            next_index: self.next_index,
+        }
     }
 
     /// Make every appended record durable. Cheap when nothing is pending.
@@ -536,6 +596,54 @@ impl Log {
         self.pending.retain(|p| kept(&p.segment));
         dir::sync_dir(&self.dir)?;
         self.table = self.shared.publish_table(segments);
+        Ok(())
+    }
+}
+
+/// Syncs taken from the writer by [`Log::sync_job`], to run on another thread.
+#[must_use = "the records stay unsynced until the job runs"]
+pub struct SyncJob {
+    /// Segments with unsynced bytes (a sync writes back all of a file's dirty pages).
+    segments: Vec<Arc<Segment>>,
+    /// The directory, when segment files were made or removed.
+    dir: Option<PathBuf>,
+    shared: Arc<Shared>,
+    /// Everything before this is durable once the job ran.
+    next_index: u64,
+}
+
+impl SyncJob {
+    /// One job doing both jobs' work (`later` taken after `self`).
+    pub fn merge(mut self, later: SyncJob) -> SyncJob {
+        for segment in later.segments {
+            if !self.segments.iter().any(|s| Arc::ptr_eq(s, &segment)) {
+                self.segments.push(segment);
+            }
+        }
+        self.dir = self.dir.or(later.dir);
+        self.next_index = later.next_index;
+        self
+    }
+
+    /// Whether there is nothing to sync.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty() && self.dir.is_none()
+    }
+
+    /// Sync; on success, everything appended before the job was taken is durable (and
+    /// `durable_next_index` says so).
+    pub fn run(self) -> Result<()> {
+        for segment in &self.segments {
+            segment.sync()?;
+        }
+        if let Some(dir) = &self.dir {
+            dir::sync_dir(dir)?;
+        }
+        // Never past the end: the job may be older than the log's last truncation.
+        let durable = self
+            .next_index
+            .min(self.shared.end.0.load(Ordering::Acquire));
+        self.shared.durable.0.fetch_max(durable, Ordering::AcqRel);
         Ok(())
     }
 }

@@ -227,6 +227,32 @@ impl Segment {
             .map_err(Error::io(&self.path))
     }
 
+    /// Write zeros over `from..to`, which the file holds as a hole, so that the file system
+    /// allocates its blocks now, once, and a later record's sync writes only data. (A record
+    /// written into a hole makes every `fdatasync` commit the allocation through the file
+    /// system's journal, where it waits behind every other writer of the disk: 60 ms and more
+    /// on a loaded host, against under 15 ms for data alone.)
+    ///
+    /// # Safety
+    ///
+    /// As for `write`: the caller is the one writer and no reader can reach these bytes.
+    pub unsafe fn allocate(&self, from: usize, to: usize) -> Result<()> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        assert!(
+            from <= to && to <= self.len(),
+            "allocations stay in the file"
+        );
+        let mut at = from;
+        while at < to {
+            let chunk = (to - at).min(ZEROS.len());
+            self.file
+                .write_all_at(&ZEROS[..chunk], at as u64)
+                .map_err(Error::io(&self.path))?;
+            at += chunk;
+        }
+        Ok(())
+    }
+
     /// Zero the header at `offset`, so that scans stop there: the end of the segment's records
     /// after a truncate or a torn tail.
     pub fn clear_header(&self, offset: usize) {
@@ -248,6 +274,11 @@ impl Segment {
         if to <= from {
             return Ok(());
         }
+        self.sync()
+    }
+
+    /// Make everything written to the file durable (`fdatasync`).
+    pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(Error::io(&self.path))
     }
 }

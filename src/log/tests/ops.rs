@@ -465,3 +465,63 @@ fn flush_policies_read_as_their_names() {
     }
     assert!("sometimes".parse::<FlushPolicy>().is_err());
 }
+
+#[test]
+fn a_sync_job_runs_on_another_thread_while_the_writer_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = Log::open(dir.path(), small(FlushPolicy::Batch)).expect("open");
+    // Enough records to fill several small segments, so the jobs span closed segments too.
+    log.append_unsynced(records(1, 200, 40).iter().map(Expected::record))
+        .expect("append");
+    let first = log.sync_job();
+    assert!(!first.is_empty());
+    assert!(log.durable_next_index() < 201, "taking a job syncs nothing");
+    let syncer = std::thread::spawn(move || first.run());
+    // The writer appends on while the other thread syncs.
+    log.append_unsynced(records(201, 50, 40).iter().map(Expected::record))
+        .expect("append while a sync runs");
+    syncer.join().expect("sync thread").expect("first sync");
+    assert_eq!(
+        log.durable_next_index(),
+        201,
+        "the first job covers what came before it, not after"
+    );
+    let second = log.sync_job();
+    log.append_unsynced(records(251, 5, 40).iter().map(Expected::record))
+        .expect("append");
+    let merged = second.merge(log.sync_job());
+    merged.run().expect("merged sync");
+    assert_eq!(log.durable_next_index(), 256);
+    assert!(log.sync_job().is_empty(), "nothing left to sync");
+    drop(log);
+    let reopened = Log::open(dir.path(), small(FlushPolicy::Batch)).expect("reopen");
+    assert_eq!(reopened.last_index(), Some(255));
+}
+
+#[test]
+fn segment_blocks_are_allocated_ahead_of_the_records() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        segment_bytes: 8 << 20,
+        flush: FlushPolicy::Batch,
+        first_index: 1,
+    };
+    let mut log = Log::open(dir.path(), config).expect("open");
+    log.append_unsynced(records(1, 3, 1).iter().map(Expected::record))
+        .expect("append");
+    log.sync().expect("sync");
+    let segment = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.metadata().is_ok_and(|m| m.len() == 8 << 20))
+        .expect("the segment file");
+    let allocated = segment.metadata().expect("stat").blocks() * 512;
+    // A hole costs a journal commit at every sync that fills it; blocks written ahead do not.
+    assert!(
+        allocated >= 1 << 20,
+        "3 small records, {allocated} bytes allocated: the next MiB should be"
+    );
+    assert!(allocated < 8 << 20, "not the whole segment at once");
+    assert_eq!(common::read_all(&mut log), records(1, 3, 1));
+}
