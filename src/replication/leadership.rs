@@ -3,6 +3,8 @@
 //! its majority, the confirmation a linearizable read needs, and membership changes.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -84,8 +86,60 @@ pub struct Leadership {
     raft: Raft,
     id: u64,
     quorum_lost_after: Duration,
+    quorum: Arc<Quorum>,
     /// Confirmations shared by the reads that arrive together.
-    rounds: std::sync::Arc<Rounds>,
+    rounds: Arc<Rounds>,
+}
+
+/// Whether this leader has lost its majority, as `watch_quorum` last judged.
+#[derive(Default)]
+struct Quorum {
+    lost: AtomicBool,
+}
+
+/// Samples of Raft's reports are taken at least this far apart.
+const QUORUM_SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+/// Keeps `quorum.lost`: set when two of Raft's reports, fresh when taken and at least
+/// `QUORUM_SAMPLE_EVERY` apart, both say this node leads and has heard from no majority for
+/// `quorum_lost_after`; cleared by the first report that says otherwise. One report is not
+/// enough: Raft's core computes its report at the top of its loop, so the first one after the
+/// core itself stalled (on its own log sync, or a busy CPU) counts the answers that queued
+/// meanwhile as missing; it takes them an instant later. Ends with Raft.
+async fn watch_quorum(raft: Raft, quorum_lost_after: Duration, quorum: Arc<Quorum>) {
+    let window_ms = quorum_lost_after.as_millis() as u64;
+    let mut reports = raft.metrics();
+    drop(raft);
+    let mut lost_before = false;
+    loop {
+        tokio::time::sleep(QUORUM_SAMPLE_EVERY).await;
+        // A report made after the pause: one waiting already may be the stale one.
+        reports.mark_unchanged();
+        if reports.changed().await.is_err() {
+            return;
+        }
+        let lost_now = {
+            let report = reports.borrow_and_update();
+            report.state == ServerState::Leader
+                && report
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| ms > window_ms)
+        };
+        let lost = lost_now && lost_before;
+        if quorum.lost.swap(lost, Ordering::AcqRel) != lost {
+            let report = reports.borrow();
+            if lost {
+                tracing::warn!(
+                    heard_ms_ago = report.millis_since_quorum_ack,
+                    term = report.current_term,
+                    "no majority heard from lately: brokers are sent away until one answers"
+                );
+            } else {
+                tracing::info!(term = report.current_term, "a majority answers again");
+            }
+        }
+        lost_before = lost_now;
+    }
 }
 
 /// Leadership confirmations, one at a time, each shared by every read waiting for it.
@@ -109,11 +163,18 @@ impl Leadership {
     /// as not leading (it stops answering brokers and publishing, and its proposals are
     /// answered "outcome unknown").
     pub fn new(raft: Raft, id: u64, quorum_lost_after: Duration) -> Leadership {
+        let quorum = Arc::new(Quorum::default());
+        tokio::spawn(watch_quorum(
+            raft.clone(),
+            quorum_lost_after,
+            Arc::clone(&quorum),
+        ));
         Leadership {
             raft,
             id,
             quorum_lost_after,
-            rounds: std::sync::Arc::new(Rounds {
+            quorum,
+            rounds: Arc::new(Rounds {
                 state: std::sync::Mutex::default(),
                 done: tokio::sync::watch::Sender::new((0, Err(LeadershipError::NotLeader))),
             }),
@@ -143,15 +204,10 @@ impl Leadership {
     }
 
     /// Whether this node leads but has not heard from a majority for `quorum_lost_after`: the
-    /// one check of it in the node. On every order's path: two fields read under a brief
-    /// borrow, not a copy of all the metrics.
+    /// one check of it in the node, kept by `watch_quorum`. On every order's path: one atomic
+    /// load.
     pub fn quorum_lost(&self) -> bool {
-        let receiver = self.raft.metrics();
-        let metrics = receiver.borrow();
-        metrics.state == ServerState::Leader
-            && metrics
-                .millis_since_quorum_ack
-                .is_some_and(|ms| ms > self.quorum_lost_after.as_millis() as u64)
+        self.quorum.lost.load(Ordering::Acquire)
     }
 
     /// Whether this node leads and has heard from a majority lately: only then it serves
