@@ -16,6 +16,8 @@ pub struct GatewayMetrics {
     pub logons: AtomicU64,
     /// Logons refused.
     pub logons_refused: AtomicU64,
+    /// Sessions logged on now.
+    pub sessions: AtomicU64,
     /// Logons held back because their address failed to log on too often lately.
     pub logons_delayed: AtomicU64,
     /// Sessions ended because their broker's key was changed or revoked.

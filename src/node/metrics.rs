@@ -1,7 +1,9 @@
 //! `--metrics-listen ADDR`: the node's metrics in the Prometheus text format, over plain HTTP
-//! (`GET /metrics`). Role, term, log, commit and applied index, apply lag, commands applied
-//! (orders per second is its rate), refusals by reason, and the broker endpoint's counters and
-//! answer latency histogram.
+//! (`GET /metrics`). Build, role, term, log, commit and applied index, apply lag, each
+//! follower's replication lag (leader), snapshots, divergence, the reporter's lag, commands
+//! applied (orders per second is its rate), refusals by reason, the broker endpoint's counters,
+//! sessions and latency histograms, and the process's CPU, memory, threads and descriptors.
+//! `cluster/grafana/exchange.json` is a dashboard over them.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -14,9 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::gateway::metrics::GatewayMetrics;
 use crate::latency::{LatencyHistogram, LATENCY_BUCKETS_US};
+use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::EngineHandle;
 use crate::replication::leadership::Role;
-use crate::replication::types::Raft;
+use crate::replication::types::{NodeAddr, Raft};
+use crate::report::Reporter;
 
 /// What the metrics page is made of.
 #[derive(Clone)]
@@ -30,6 +34,10 @@ pub struct MetricsSources {
     pub append_latency: Arc<LatencyHistogram>,
     /// Each committed proposal, from proposing to the engine's outputs (leader).
     pub round_latency: Arc<LatencyHistogram>,
+    /// What the divergence watcher found.
+    pub divergence: DivergenceLog,
+    /// The reporter, when the node writes a report database.
+    pub reporter: Option<Arc<Reporter>>,
 }
 
 /// A request head larger than this is refused (a scrape is one short line).
@@ -114,6 +122,63 @@ pub fn render(sources: &MetricsSources) -> String {
         "Commands the engine applied since the node started; its rate is orders per second.",
         &[("", status.commands_applied())],
     );
+    metric(
+        &mut out,
+        "exchange_build_info",
+        "gauge",
+        "1, labelled with this build's version.",
+        &[(&format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
+    );
+    replication_metrics(&mut out, &raft);
+    let checked = sources.divergence.checked();
+    let first = sources.divergence.first();
+    metric(
+        &mut out,
+        "exchange_divergence",
+        "gauge",
+        "1 once this node's output hash has differed from a peer's at the same index (it stays: a diverged replica needs an operator).",
+        &[("", u64::from(first.is_some()))],
+    );
+    let labels: Vec<String> = checked
+        .keys()
+        .map(|peer| format!("{{peer=\"{peer}\"}}"))
+        .collect();
+    let samples: Vec<(&str, u64)> = labels
+        .iter()
+        .zip(checked.values())
+        .map(|(l, v)| (l.as_str(), *v))
+        .collect();
+    metric(
+        &mut out,
+        "exchange_divergence_checked_index",
+        "gauge",
+        "Per peer, the last index at which its output hash was compared with this node's and equal.",
+        &samples,
+    );
+    if let Some(reporter) = &sources.reporter {
+        let cursor = reporter.cursor();
+        metric(
+            &mut out,
+            "exchange_reporter_index",
+            "gauge",
+            "The last log index whose rows the report database holds.",
+            &[("", cursor)],
+        );
+        metric(
+            &mut out,
+            "exchange_reporter_lag",
+            "gauge",
+            "Applied entries whose rows the report database does not hold yet.",
+            &[("", applied.saturating_sub(cursor))],
+        );
+        metric(
+            &mut out,
+            "exchange_reporter_failed",
+            "gauge",
+            "1 when the reporter stopped on an error (reports lag until the node restarts).",
+            &[("", u64::from(reporter.failed().is_some()))],
+        );
+    }
     let rejects = status.rejects();
     let labels: Vec<String> = RejectReason::ALL
         .iter()
@@ -192,6 +257,14 @@ pub fn render(sources: &MetricsSources) -> String {
             &[("", value.load(Ordering::Relaxed))],
         );
     }
+    metric(
+        &mut out,
+        "exchange_gateway_sessions",
+        "gauge",
+        "Broker sessions logged on now.",
+        &[("", gateway.sessions.load(Ordering::Relaxed))],
+    );
+    process_metrics(&mut out);
     for (name, help, histogram) in [
         (
             "exchange_order_ack_seconds",
@@ -212,6 +285,132 @@ pub fn render(sources: &MetricsSources) -> String {
         latency_histogram(&mut out, name, help, histogram);
     }
     out
+}
+
+/// Each follower's matched index and how far it is behind the leader's log (only a leader
+/// knows), and the snapshot and purge points.
+fn replication_metrics(out: &mut String, raft: &openraft::RaftMetrics<u64, NodeAddr>) {
+    let last = raft.last_log_index.unwrap_or(0);
+    let followers: Vec<(String, u64)> = raft
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(peer, _)| **peer != raft.id)
+        .map(|(peer, matched)| {
+            (
+                format!("{{peer=\"{peer}\"}}"),
+                matched.map_or(0, |m| m.index),
+            )
+        })
+        .collect();
+    let matched: Vec<(&str, u64)> = followers.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    let lag: Vec<(&str, u64)> = followers
+        .iter()
+        .map(|(l, v)| (l.as_str(), last.saturating_sub(*v)))
+        .collect();
+    metric(
+        out,
+        "exchange_replication_matched_index",
+        "gauge",
+        "Per follower, the last index the leader knows it holds (leader only).",
+        &matched,
+    );
+    metric(
+        out,
+        "exchange_replication_lag",
+        "gauge",
+        "Per follower, entries in the leader's log it is not known to hold (leader only).",
+        &lag,
+    );
+    metric(
+        out,
+        "exchange_snapshot_index",
+        "gauge",
+        "The last index the latest snapshot covers (0: none yet).",
+        &[("", raft.snapshot.map_or(0, |s| s.index))],
+    );
+    metric(
+        out,
+        "exchange_purged_index",
+        "gauge",
+        "The last index removed from the log, covered by a snapshot (0: none).",
+        &[("", raft.purged.map_or(0, |p| p.index))],
+    );
+}
+
+/// The process metrics Prometheus' client libraries export, read from `/proc/self` (Linux).
+/// A value that cannot be read is left out rather than shown as zero.
+fn process_metrics(out: &mut String) {
+    // SAFETY: sysconf only reads a configuration value.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    let mut gauge = |name: &str, kind: &str, help: &str, value: Option<String>| {
+        if let Some(value) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    };
+    if ticks > 0 {
+        let cpu = field(14)
+            .zip(field(15))
+            .map(|(user, system)| format!("{}", (user + system) as f64 / ticks as f64));
+        gauge(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+            cpu,
+        );
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+        });
+        let start = boot
+            .zip(field(22))
+            .map(|(boot, since)| format!("{}", boot as f64 + since as f64 / ticks as f64));
+        gauge(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+            start,
+        );
+    }
+    gauge(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        field(23).map(|v| v.to_string()),
+    );
+    if page > 0 {
+        gauge(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            field(24).map(|pages| (pages * page as u64).to_string()),
+        );
+    }
+    gauge(
+        "process_threads",
+        "gauge",
+        "Threads in the process.",
+        field(20).map(|v| v.to_string()),
+    );
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count().to_string());
+    gauge("process_open_fds", "gauge", "Open file descriptors.", fds);
 }
 
 fn latency_histogram(out: &mut String, name: &str, help: &str, histogram: &LatencyHistogram) {

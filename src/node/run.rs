@@ -274,26 +274,6 @@ impl Node {
         );
         let admin_digest = brokers.admin_digest();
         let gateway_metrics = Arc::new(GatewayMetrics::default());
-        if let Some(addr) = config.metrics_listen {
-            serve_metrics(
-                addr,
-                MetricsSources {
-                    id: config.id,
-                    raft: raft.clone(),
-                    engine: Arc::clone(&engine),
-                    committed: Arc::clone(&committed),
-                    gateway: Arc::clone(&gateway_metrics),
-                    append_latency,
-                    round_latency,
-                },
-            )
-            .await
-            .map_err(|reason| StartError::Listen {
-                what: "metrics",
-                addr,
-                reason,
-            })?;
-        }
         tokio::spawn(apply_brokers_file(
             raft.clone(),
             Arc::clone(&engine),
@@ -311,6 +291,28 @@ impl Node {
             reason: e.to_string(),
         })?;
         let divergence = DivergenceLog::default();
+        if let Some(addr) = config.metrics_listen {
+            serve_metrics(
+                addr,
+                MetricsSources {
+                    id: config.id,
+                    raft: raft.clone(),
+                    engine: Arc::clone(&engine),
+                    committed: Arc::clone(&committed),
+                    gateway: Arc::clone(&gateway_metrics),
+                    append_latency,
+                    round_latency,
+                    divergence: divergence.clone(),
+                    reporter: reporter.clone(),
+                },
+            )
+            .await
+            .map_err(|reason| StartError::Listen {
+                what: "metrics",
+                addr,
+                reason,
+            })?;
+        }
         let peers = config
             .peers
             .iter()

@@ -262,6 +262,7 @@ impl Gateway {
                         session
                             .keys_checked
                             .store(keys_generation, Ordering::Release);
+                        self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
                         (
                             Reply::LoggedOn {
                                 broker: principal.broker.0,
@@ -479,6 +480,7 @@ pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
                     .map(|r| r.to_string())
                     .unwrap_or_default();
                 tracing::info!(target: "audit", event = "logoff", broker = principal.broker.0, remote = %session.remote, %why, "session ended");
+                gateway.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
             }
         });
     }
