@@ -31,6 +31,9 @@ cargo test --profile release-checked --features exchange/test-faults --target-di
 step "the web console in headless Chromium (tests/console.rs; screenshots in target/console-screenshots)"
 cargo test --profile release-checked --test console -- --ignored 2>&1 | tee -a "$log"
 
+step "the Grafana dashboard's queries on a real Prometheus scraping a cluster (tests/grafana_dashboard.rs)"
+cargo test --profile release-checked --test grafana_dashboard -- --ignored 2>&1 | tee -a "$log"
+
 step "chaos suite, quick (scripts/chaos.sh --quick)"
 EXCHANGE_PROFILE=release-checked scripts/chaos.sh --quick 2>&1 | tee -a "$log"
 

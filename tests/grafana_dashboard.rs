@@ -5,9 +5,10 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use exchange::domain::Side;
+use exchange::gateway::client::Client;
 use support::*;
 
 const DASHBOARD: &str = include_str!("../cluster/grafana/exchange.json");
@@ -44,12 +45,13 @@ fn sample(page: &str, name: &str, labels: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_reads_only_metrics_the_nodes_export() {
+/// Every panel's queries: (panel title, PromQL), with the dashboard's `$job` variable set to
+/// all jobs. Checks the panels' shape on the way.
+fn dashboard_queries() -> Vec<(String, String)> {
     let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("dashboard JSON");
     let panels = dashboard["panels"].as_array().expect("panels");
     let mut ids = BTreeSet::new();
-    let mut wanted = BTreeSet::new();
+    let mut queries = Vec::new();
     for panel in panels {
         assert!(
             ids.insert(panel["id"].as_u64().expect("panel id")),
@@ -58,25 +60,24 @@ async fn the_dashboard_reads_only_metrics_the_nodes_export() {
         if panel["type"] == "row" {
             continue;
         }
+        let title = panel["title"].as_str().expect("title").to_string();
         let targets = panel["targets"].as_array().expect("targets");
-        assert!(
-            !targets.is_empty(),
-            "panel {} queries nothing",
-            panel["title"]
-        );
+        assert!(!targets.is_empty(), "panel {title} queries nothing");
         for target in targets {
-            let expr = target["expr"].as_str().expect("expr");
-            let names = metric_names(expr);
-            assert!(!names.is_empty(), "no metric in {expr}");
-            wanted.extend(names);
+            let expr = target["expr"].as_str().expect("expr").replace("$job", ".*");
+            queries.push((title.clone(), expr));
         }
     }
-    assert!(wanted.len() >= 25, "the dashboard shows {wanted:?}");
+    queries
+}
 
+/// A cluster with metrics, a follower writing a report database, a market and a trade; the
+/// leader and the reporting node.
+async fn trading_cluster(name: &str, base_port: u16) -> (Cluster, Client, u64, u64) {
     let mut cluster = Cluster::start(
-        "grafana",
+        name,
         3,
-        29_400,
+        base_port,
         &["--metrics-listen", "127.0.0.1:{metrics}"],
     );
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
@@ -106,6 +107,20 @@ async fn the_dashboard_reads_only_metrics_the_nodes_export() {
         Duration::from_secs(5),
     )
     .await;
+    (cluster, client, leader, reporting)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_reads_only_metrics_the_nodes_export() {
+    let mut wanted = BTreeSet::new();
+    for (title, expr) in dashboard_queries() {
+        let names = metric_names(&expr);
+        assert!(!names.is_empty(), "panel {title}: no metric in {expr}");
+        wanted.extend(names);
+    }
+    assert!(wanted.len() >= 25, "the dashboard shows {wanted:?}");
+
+    let (cluster, _client, leader, reporting) = trading_cluster("grafana", 29_400).await;
     let index = cluster.assert_converged(Duration::from_secs(15)).await;
 
     let pages: Vec<(u64, String)> = (1..=3).map(|id| (id, cluster.scrape_metrics(id))).collect();
@@ -174,4 +189,139 @@ fn metric_names_skip_labels_functions_and_quoted_values() {
         metric_names("rate(process_cpu_seconds_total[1m])"),
         vec!["process_cpu_seconds_total"]
     );
+}
+
+/// The dashboard on a real Prometheus: it scrapes a trading cluster's three nodes every
+/// second, and each of the dashboard's queries, as Grafana would send it, returns data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Prometheus (apt-get install prometheus; .ci/run installs it): scripts/test.sh runs it"]
+async fn every_dashboard_query_returns_data_on_a_real_prometheus() {
+    const PROMETHEUS_PORT: u16 = 29_480;
+    let (cluster, mut client, _leader, _reporting) = trading_cluster("prometheus", 29_450).await;
+    let targets: Vec<String> = (1..=3)
+        .map(|id| format!("'127.0.0.1:{}'", cluster.metrics_port(id)))
+        .collect();
+    let config = cluster.dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: exchange\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )
+    .expect("prometheus.yml");
+    let log = std::fs::File::create(cluster.dir.join("prometheus.log")).expect("log file");
+    let prometheus = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            cluster.dir.join("prometheus-data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"))
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run prometheus ({e}): apt-get install prometheus (.ci/run does)")
+        });
+    let _prometheus = KillOnDrop(prometheus);
+
+    let ready = Instant::now() + Duration::from_secs(30);
+    while http_get(PROMETHEUS_PORT, "/-/ready").is_none_or(|(status, _)| status != 200) {
+        assert!(Instant::now() < ready, "Prometheus not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Trade while it scrapes, so that rates have something to show.
+    let trading_until = Instant::now() + Duration::from_secs(6);
+    let mut price = 100;
+    while Instant::now() < trading_until {
+        price = if price == 100 { 101 } else { 100 };
+        submit(
+            &mut client,
+            limit(1, Side::Sell, price, 1),
+            Duration::from_secs(5),
+        )
+        .await;
+        submit(
+            &mut client,
+            limit(2, Side::Buy, price, 1),
+            Duration::from_secs(5),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut queries = dashboard_queries();
+    queries.push(("targets up".into(), "up{job=\"exchange\"} == 1".into()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut empty = Vec::new();
+        for (title, expr) in &queries {
+            let path = format!("/api/v1/query?query={}", percent_encode(expr));
+            let (status, body) = http_get(PROMETHEUS_PORT, &path).expect("Prometheus answers");
+            assert_eq!(status, 200, "{title}: {expr}: {body}");
+            let answer: serde_json::Value = serde_json::from_str(&body).expect("query JSON");
+            let series = answer["data"]["result"].as_array().map_or(0, Vec::len);
+            if expr.starts_with("up{") {
+                if series < 3 {
+                    empty.push(format!("{title}: {series} of 3 nodes scraped"));
+                }
+            } else if series == 0 {
+                empty.push(format!("{title}: {expr}"));
+            }
+        }
+        if empty.is_empty() {
+            eprintln!(
+                "{} dashboard queries each returned data from Prometheus scraping 3 nodes",
+                queries.len() - 1
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queries with no data after 20 s:\n{}",
+            empty.join("\n")
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A GET over HTTP/1.0 (so the answer is not chunked): (status, body), or None when nothing
+/// listens yet.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
