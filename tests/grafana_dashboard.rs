@@ -71,28 +71,21 @@ fn dashboard_queries() -> Vec<(String, String)> {
     queries
 }
 
-/// A cluster with metrics, a follower writing a report database, a market and a trade; the
-/// leader and the reporting node.
-async fn trading_cluster(name: &str, base_port: u16) -> (Cluster, Client, u64, u64) {
-    let mut cluster = Cluster::start(
+/// A cluster with metrics, every node writing a report database of its own, a market and a
+/// trade; and the leader.
+async fn trading_cluster(name: &str, base_port: u16) -> (Cluster, Client, u64) {
+    let cluster = Cluster::start(
         name,
         3,
         base_port,
-        &["--metrics-listen", "127.0.0.1:{metrics}"],
+        &[
+            "--metrics-listen",
+            "127.0.0.1:{metrics}",
+            "--report-db",
+            "{dir}/report-{id}.db",
+        ],
     );
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    // A follower with a report database, for the reporter's metrics.
-    let reporting = (1..=3).find(|&id| id != leader).expect("a follower");
-    let db = cluster.dir.join("report.db");
-    let db_flag = db.to_str().expect("utf-8 path").to_string();
-    cluster.kill(reporting);
-    cluster.start_node_with(reporting, &["--report-db", &db_flag]);
-    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let reporting = if reporting == leader {
-        (1..=3).find(|&id| id != leader).expect("a follower")
-    } else {
-        reporting
-    };
     let mut client = cluster.client();
     setup_market(&mut client, 2).await;
     submit(
@@ -107,7 +100,7 @@ async fn trading_cluster(name: &str, base_port: u16) -> (Cluster, Client, u64, u
         Duration::from_secs(5),
     )
     .await;
-    (cluster, client, leader, reporting)
+    (cluster, client, leader)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +113,7 @@ async fn the_dashboard_reads_only_metrics_the_nodes_export() {
     }
     assert!(wanted.len() >= 25, "the dashboard shows {wanted:?}");
 
-    let (cluster, _client, leader, reporting) = trading_cluster("grafana", 29_400).await;
+    let (cluster, _client, leader) = trading_cluster("grafana", 29_400).await;
     let index = cluster.assert_converged(Duration::from_secs(15)).await;
 
     let pages: Vec<(u64, String)> = (1..=3).map(|id| (id, cluster.scrape_metrics(id))).collect();
@@ -160,16 +153,12 @@ async fn the_dashboard_reads_only_metrics_the_nodes_export() {
             "only the leader knows its followers' lag"
         );
     }
-    let reporter_page = page(reporting);
-    assert!(sample(reporter_page, "exchange_reporter_lag", "").is_some());
-    assert_eq!(
-        sample(reporter_page, "exchange_reporter_failed", ""),
-        Some(0.0)
-    );
-    assert!(
-        sample(leader_page, "exchange_reporter_lag", "").is_none(),
-        "a node without a report database shows no reporter"
-    );
+    for (id, page) in &pages {
+        let written = sample(page, "exchange_reporter_index", "").expect("reporter index");
+        assert!(written > 0.0, "node {id}'s reporter wrote nothing");
+        assert!(sample(page, "exchange_reporter_lag", "").is_some());
+        assert_eq!(sample(page, "exchange_reporter_failed", ""), Some(0.0));
+    }
     assert!(sample(leader_page, "process_resident_memory_bytes", "").is_some_and(|b| b > 1e6));
     assert!(sample(leader_page, "process_open_fds", "").is_some_and(|n| n >= 3.0));
     assert!(sample(leader_page, "process_threads", "").is_some_and(|n| n >= 2.0));
@@ -197,7 +186,23 @@ fn metric_names_skip_labels_functions_and_quoted_values() {
 #[ignore = "needs Prometheus (apt-get install prometheus; .ci/run installs it): scripts/test.sh runs it"]
 async fn every_dashboard_query_returns_data_on_a_real_prometheus() {
     const PROMETHEUS_PORT: u16 = 29_480;
-    let (cluster, mut client, _leader, _reporting) = trading_cluster("prometheus", 29_450).await;
+    let (cluster, mut client, _leader) = trading_cluster("prometheus", 29_450).await;
+    // Every node's metrics page answers before Prometheus starts: a node that is not up fails
+    // here, with its log.
+    for id in 1..=3 {
+        let port = cluster.metrics_port(id);
+        let up_by = Instant::now() + Duration::from_secs(30);
+        while http_get(port, "/metrics").is_none_or(|(status, _)| status != 200) {
+            if Instant::now() >= up_by {
+                let log = std::fs::read_to_string(cluster.dir.join(format!("node-{id}.log")));
+                panic!(
+                    "node {id}'s metrics page did not answer within 30 s; its log:\n{}",
+                    log.unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let targets: Vec<String> = (1..=3)
         .map(|id| format!("'127.0.0.1:{}'", cluster.metrics_port(id)))
         .collect();
@@ -277,11 +282,15 @@ async fn every_dashboard_query_returns_data_on_a_real_prometheus() {
             );
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "queries with no data after 20 s:\n{}",
-            empty.join("\n")
-        );
+        if Instant::now() >= deadline {
+            let targets = http_get(PROMETHEUS_PORT, "/api/v1/targets").map(|(_, body)| body);
+            let log = std::fs::read_to_string(cluster.dir.join("prometheus.log"));
+            panic!(
+                "queries with no data after 20 s:\n{}\nPrometheus' targets: {targets:?}\nits log:\n{}",
+                empty.join("\n"),
+                log.unwrap_or_default()
+            );
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

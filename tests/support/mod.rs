@@ -263,9 +263,12 @@ impl Cluster {
             .arg(self.dir.join("brokers.toml"))
             .args(self.flags.iter().map(|f| {
                 // A flag may name a per-node port: `{metrics}` is base port + 200 + id,
-                // `{http}` base port + 300 + id.
+                // `{http}` base port + 300 + id; `{id}` is the node's id, `{dir}` the test's
+                // directory.
                 f.replace("{metrics}", &self.metrics_port(id).to_string())
                     .replace("{http}", &self.http_port(id).to_string())
+                    .replace("{id}", &id.to_string())
+                    .replace("{dir}", &self.dir.to_string_lossy())
             }))
             .args(bootstrap.then_some("--bootstrap"))
             .stdin(Stdio::null())
