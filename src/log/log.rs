@@ -441,33 +441,6 @@ impl Log {
         Ok(())
     }
 
-    /// What [`Log::sync`] would do now, handed over so that another thread can do it while
-    /// this one appends on: a sync of the disk can take a long while on a busy host, and a
-    /// writer that waits for it stops its callers (Raft's core, whose heartbeats then stop).
-    /// Jobs must run in the order they were taken (merge them to run several as one), and
-    /// none may be running during a `truncate` or `purge`.
-    pub fn sync_job(&mut self) -> SyncJob {
-        let mut segments: Vec<Arc<Segment>> = Vec::new();
-        for pending in self.pending.drain(..) {
-            if pending.to > pending.from {
-                segments.push(pending.segment);
-            }
-        }
-        if let Some(active) = self.active.as_mut() {
-            if active.written > active.synced {
-                segments.push(Arc::clone(&active.segment));
-            }
-            active.synced = active.written;
-        }
-        let dir = std::mem::take(&mut self.dir_pending).then(|| self.dir.clone());
-        SyncJob {
-            segments,
-            dir,
-            shared: Arc::clone(&self.shared),
-            next_index: self.next_index,
-        }
-    }
-
     /// Make every appended record durable. Cheap when nothing is pending.
     pub fn sync(&mut self) -> Result<()> {
         while let Some(pending) = self.pending.last() {
@@ -596,54 +569,6 @@ impl Log {
         self.pending.retain(|p| kept(&p.segment));
         dir::sync_dir(&self.dir)?;
         self.table = self.shared.publish_table(segments);
-        Ok(())
-    }
-}
-
-/// Syncs taken from the writer by [`Log::sync_job`], to run on another thread.
-#[must_use = "the records stay unsynced until the job runs"]
-pub struct SyncJob {
-    /// Segments with unsynced bytes (a sync writes back all of a file's dirty pages).
-    segments: Vec<Arc<Segment>>,
-    /// The directory, when segment files were made or removed.
-    dir: Option<PathBuf>,
-    shared: Arc<Shared>,
-    /// Everything before this is durable once the job ran.
-    next_index: u64,
-}
-
-impl SyncJob {
-    /// One job doing both jobs' work (`later` taken after `self`).
-    pub fn merge(mut self, later: SyncJob) -> SyncJob {
-        for segment in later.segments {
-            if !self.segments.iter().any(|s| Arc::ptr_eq(s, &segment)) {
-                self.segments.push(segment);
-            }
-        }
-        self.dir = self.dir.or(later.dir);
-        self.next_index = later.next_index;
-        self
-    }
-
-    /// Whether there is nothing to sync.
-    pub fn is_empty(&self) -> bool {
-        self.segments.is_empty() && self.dir.is_none()
-    }
-
-    /// Sync; on success, everything appended before the job was taken is durable (and
-    /// `durable_next_index` says so).
-    pub fn run(self) -> Result<()> {
-        for segment in &self.segments {
-            segment.sync()?;
-        }
-        if let Some(dir) = &self.dir {
-            dir::sync_dir(dir)?;
-        }
-        // Never past the end: the job may be older than the log's last truncation.
-        let durable = self
-            .next_index
-            .min(self.shared.end.0.load(Ordering::Acquire));
-        self.shared.durable.0.fetch_max(durable, Ordering::AcqRel);
         Ok(())
     }
 }

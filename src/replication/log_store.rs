@@ -2,12 +2,13 @@
 //!
 //! One thread, the WAL thread, owns the log's writer: appends, truncations, purges and vote
 //! writes reach it through a channel and take effect in the order they were submitted, as
-//! openraft requires. An append returns once its entries are readable; a second thread, the
-//! sync thread, then syncs and only then calls openraft's flush callback, so no entry is ever
-//! reported durable before it is (the trap in openraft's rocksdb example). Neither runs on a
-//! tokio worker, and Raft's core, which waits for each append, never waits for the disk: a
-//! sync that took 100 ms on a loaded host used to hold the leader's heartbeats back until its
-//! followers stood for election.
+//! openraft requires. An append returns once its entries are readable; the WAL thread then
+//! syncs and only then calls openraft's flush callback, so no entry is ever reported durable
+//! before it is (the trap in openraft's rocksdb example). The sync runs on the WAL thread, not
+//! on a tokio worker, so the node's tasks go on while the disk works; openraft 0.9's core
+//! itself waits for each append's flush callback (`append_to_log`), so a slow sync holds its
+//! heartbeats back: segments' blocks are allocated ahead (`exchange_log`) so that a sync
+//! writes only data and waits for no file system journal.
 //!
 //! Readers (openraft's replication and apply tasks) read records directly from the map through
 //! their own `LogReader`, decoding each into an entry.
@@ -19,9 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use exchange_log::{
-    Config as LogConfig, FlushPolicy, Log, LogReader, MetaFile, Record, SlotFile, SyncJob,
-};
+use exchange_log::{Config as LogConfig, FlushPolicy, Log, LogReader, MetaFile, Record, SlotFile};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend, RaftLogReader, StorageIOError};
 use tokio::sync::oneshot;
@@ -37,9 +36,6 @@ const LEGACY_VOTE_FILE: &str = "vote.meta";
 /// Requests waiting for the WAL thread. openraft issues one log write at a time and waits for
 /// it, so a handful is plenty; the bound makes a stuck disk stop Raft rather than grow memory.
 const WAL_QUEUE_REQUESTS_MAX: usize = 64;
-/// Appends written and waiting for the sync thread. Raft's core appends on without waiting
-/// for syncs; the bound makes a stuck disk stop it, rather than grow memory.
-const SYNC_QUEUE_REQUESTS_MAX: usize = 4_096;
 const LAST_PURGED_FILE: &str = "last-purged.meta";
 
 enum WalRequest {
@@ -161,15 +157,10 @@ impl LogStore {
         let vote_path = dir.join(VOTE_FILE);
         let (vote_file, _) = SlotFile::open(&vote_path).map_err(|e| meta_error(&vote_path, e))?;
         let (wal, requests) = mpsc::sync_channel(WAL_QUEUE_REQUESTS_MAX);
-        let (syncs, sync_requests) = mpsc::sync_channel(SYNC_QUEUE_REQUESTS_MAX);
-        std::thread::Builder::new()
-            .name("wal-sync".into())
-            .spawn(move || sync_thread(sync_requests, &append_latency))
-            .map_err(|e| LogStoreError::Wal(format!("cannot start its sync thread: {e}")))?;
         let wal_dir = dir.to_path_buf();
         std::thread::Builder::new()
             .name("wal".into())
-            .spawn(move || wal_thread(log, vote_file, wal_dir, flush, requests, syncs))
+            .spawn(move || wal_thread(log, vote_file, wal_dir, flush, requests, &append_latency))
             .map_err(|e| LogStoreError::Wal(format!("cannot start it: {e}")))?;
         Ok(LogStore {
             wal,
@@ -294,7 +285,7 @@ fn wal_thread(
     dir: PathBuf,
     flush: FlushPolicy,
     requests: mpsc::Receiver<WalRequest>,
-    syncs: mpsc::SyncSender<SyncRequest>,
+    append_latency: &LatencyHistogram,
 ) {
     for request in requests {
         match request {
@@ -317,34 +308,29 @@ fn wal_thread(
                         payload,
                     }
                 }));
-                let write_failed = result.as_ref().err().map(|e| e.to_string());
+                let failed = result.as_ref().err().map(|e| e.to_string());
                 let _ = written.send(result.map(|_| ()).map_err(|source| LogStoreError::Log {
                     dir: dir.clone(),
                     source,
                 }));
-                let job =
-                    (write_failed.is_none() && flush == FlushPolicy::Batch).then(|| log.sync_job());
-                let request = SyncRequest::Flush {
-                    job,
-                    write_failed,
-                    flushed,
-                    began,
+                let flush = match failed {
+                    Some(e) => Err(io_error(e)),
+                    // Group commit: one sync for everything this append wrote.
+                    None if flush == FlushPolicy::Batch => {
+                        log.sync().map_err(|e| io_error(e.to_string()))
+                    }
+                    None => Ok(()),
                 };
-                if let Err(mpsc::SendError(SyncRequest::Flush { flushed, .. })) =
-                    syncs.send(request)
-                {
-                    flushed.log_io_completed(Err(io_error("the WAL's sync thread has stopped")));
-                }
+                append_latency.record(began.elapsed());
+                flushed.log_io_completed(flush);
             }
             WalRequest::Truncate { index, done } => {
-                settle_syncs(&syncs);
                 let _ = done.send(log.truncate(index).map_err(|source| LogStoreError::Log {
                     dir: dir.clone(),
                     source,
                 }));
             }
             WalRequest::Purge { log_id, done } => {
-                settle_syncs(&syncs);
                 // The purge point is recorded first: a crash between the two leaves entries
                 // the log still holds but Raft no longer asks for, never a gap.
                 let result = write_meta(&dir.join(LAST_PURGED_FILE), &log_id).and_then(|()| {
@@ -360,85 +346,6 @@ fn wal_thread(
                 let _ = done.send(save_vote(&mut vote_file, &dir, &vote));
             }
         }
-    }
-}
-
-/// What the WAL thread hands the sync thread, in the order of the appends.
-enum SyncRequest {
-    /// Tell openraft an append is durable once `job` (none: nothing to sync) has run, or that
-    /// its write failed.
-    Flush {
-        job: Option<SyncJob>,
-        write_failed: Option<String>,
-        flushed: LogFlushed<TypeConfig>,
-        began: Instant,
-    },
-    /// Answered once every request before it is done: a truncation or purge waits for it, so
-    /// that no sync runs while they change the segments.
-    Barrier(mpsc::Sender<()>),
-}
-
-/// Waits until the sync thread has done everything handed to it.
-fn settle_syncs(syncs: &mpsc::SyncSender<SyncRequest>) {
-    let (done, settled) = mpsc::channel();
-    if syncs.send(SyncRequest::Barrier(done)).is_ok() {
-        let _ = settled.recv();
-    }
-}
-
-/// Syncs the log off the WAL thread, so that an append (and Raft's core, which waits for it)
-/// never waits for the disk: it takes everything queued while the last sync ran and makes it
-/// durable with one (group commit), then calls openraft's flush callbacks in order. Each
-/// append's time from its write to its callback goes into `append_latency`.
-fn sync_thread(requests: mpsc::Receiver<SyncRequest>, append_latency: &LatencyHistogram) {
-    while let Ok(first) = requests.recv() {
-        let mut job: Option<SyncJob> = None;
-        let mut waiting = Vec::new();
-        for request in std::iter::once(first).chain(std::iter::from_fn(|| requests.try_recv().ok()))
-        {
-            match request {
-                SyncRequest::Flush {
-                    job: more,
-                    write_failed: None,
-                    flushed,
-                    began,
-                } => {
-                    job = match (job, more) {
-                        (Some(job), Some(more)) => Some(job.merge(more)),
-                        (job, more) => job.or(more),
-                    };
-                    waiting.push((flushed, began));
-                }
-                SyncRequest::Flush {
-                    write_failed: Some(why),
-                    flushed,
-                    ..
-                } => {
-                    run_sync(job.take(), waiting.drain(..), append_latency);
-                    flushed.log_io_completed(Err(io_error(why)));
-                }
-                SyncRequest::Barrier(done) => {
-                    run_sync(job.take(), waiting.drain(..), append_latency);
-                    let _ = done.send(());
-                }
-            }
-        }
-        run_sync(job, waiting.drain(..), append_latency);
-    }
-}
-
-fn run_sync(
-    job: Option<SyncJob>,
-    waiting: impl Iterator<Item = (LogFlushed<TypeConfig>, Instant)>,
-    append_latency: &LatencyHistogram,
-) {
-    let result = match job {
-        Some(job) => job.run().map_err(|e| e.to_string()),
-        None => Ok(()),
-    };
-    for (flushed, began) in waiting {
-        append_latency.record(began.elapsed());
-        flushed.log_io_completed(result.clone().map_err(io_error));
     }
 }
 

@@ -467,38 +467,6 @@ fn flush_policies_read_as_their_names() {
 }
 
 #[test]
-fn a_sync_job_runs_on_another_thread_while_the_writer_appends() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut log = Log::open(dir.path(), small(FlushPolicy::Batch)).expect("open");
-    // Enough records to fill several small segments, so the jobs span closed segments too.
-    log.append_unsynced(records(1, 200, 40).iter().map(Expected::record))
-        .expect("append");
-    let first = log.sync_job();
-    assert!(!first.is_empty());
-    assert!(log.durable_next_index() < 201, "taking a job syncs nothing");
-    let syncer = std::thread::spawn(move || first.run());
-    // The writer appends on while the other thread syncs.
-    log.append_unsynced(records(201, 50, 40).iter().map(Expected::record))
-        .expect("append while a sync runs");
-    syncer.join().expect("sync thread").expect("first sync");
-    assert_eq!(
-        log.durable_next_index(),
-        201,
-        "the first job covers what came before it, not after"
-    );
-    let second = log.sync_job();
-    log.append_unsynced(records(251, 5, 40).iter().map(Expected::record))
-        .expect("append");
-    let merged = second.merge(log.sync_job());
-    merged.run().expect("merged sync");
-    assert_eq!(log.durable_next_index(), 256);
-    assert!(log.sync_job().is_empty(), "nothing left to sync");
-    drop(log);
-    let reopened = Log::open(dir.path(), small(FlushPolicy::Batch)).expect("reopen");
-    assert_eq!(reopened.last_index(), Some(255));
-}
-
-#[test]
 fn segment_blocks_are_allocated_ahead_of_the_records() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().expect("tempdir");
