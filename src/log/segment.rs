@@ -274,11 +274,6 @@ impl Segment {
         if to <= from {
             return Ok(());
         }
-        self.sync()
-    }
-
-    /// Make everything written to the file durable (`fdatasync`).
-    pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(Error::io(&self.path))
     }
 }

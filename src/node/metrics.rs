@@ -53,6 +53,12 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
     }
 }
 
+/// As `metric`, for samples whose labels are made while rendering.
+fn labelled(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    let samples: Vec<(&str, u64)> = samples.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(out, name, kind, help, &samples);
+}
+
 /// The page, in the Prometheus text exposition format (version 0.0.4).
 pub fn render(sources: &MetricsSources) -> String {
     let raft = sources.raft.metrics().borrow().clone();
@@ -65,7 +71,6 @@ pub fn render(sources: &MetricsSources) -> String {
         .iter()
         .map(|r| (format!("{{role=\"{r}\"}}"), u64::from(*r == role)))
         .collect();
-    let roles: Vec<(&str, u64)> = roles.iter().map(|(l, v)| (l.as_str(), *v)).collect();
     metric(
         &mut out,
         "exchange_node_id",
@@ -73,7 +78,7 @@ pub fn render(sources: &MetricsSources) -> String {
         "This node's id.",
         &[("", sources.id)],
     );
-    metric(
+    labelled(
         &mut out,
         "exchange_role",
         "gauge",
@@ -130,30 +135,25 @@ pub fn render(sources: &MetricsSources) -> String {
         &[(&format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
     );
     replication_metrics(&mut out, &raft);
-    let checked = sources.divergence.checked();
-    let first = sources.divergence.first();
     metric(
         &mut out,
         "exchange_divergence",
         "gauge",
         "1 once this node's output hash has differed from a peer's at the same index (it stays: a diverged replica needs an operator).",
-        &[("", u64::from(first.is_some()))],
+        &[("", u64::from(sources.divergence.first().is_some()))],
     );
-    let labels: Vec<String> = checked
-        .keys()
-        .map(|peer| format!("{{peer=\"{peer}\"}}"))
+    let checked: Vec<(String, u64)> = sources
+        .divergence
+        .checked()
+        .into_iter()
+        .map(|(peer, index)| (format!("{{peer=\"{peer}\"}}"), index))
         .collect();
-    let samples: Vec<(&str, u64)> = labels
-        .iter()
-        .zip(checked.values())
-        .map(|(l, v)| (l.as_str(), *v))
-        .collect();
-    metric(
+    labelled(
         &mut out,
         "exchange_divergence_checked_index",
         "gauge",
         "Per peer, the last index at which its output hash was compared with this node's and equal.",
-        &samples,
+        &checked,
     );
     if let Some(reporter) = &sources.reporter {
         let cursor = reporter.cursor();
@@ -179,17 +179,12 @@ pub fn render(sources: &MetricsSources) -> String {
             &[("", u64::from(reporter.failed().is_some()))],
         );
     }
-    let rejects = status.rejects();
-    let labels: Vec<String> = RejectReason::ALL
+    let samples: Vec<(String, u64)> = RejectReason::ALL
         .iter()
         .map(|r| format!("{{reason=\"{r:?}\",code=\"{}\"}}", r.code()))
+        .zip(status.rejects())
         .collect();
-    let samples: Vec<(&str, u64)> = labels
-        .iter()
-        .zip(rejects)
-        .map(|(l, v)| (l.as_str(), v))
-        .collect();
-    metric(
+    labelled(
         &mut out,
         "exchange_rejects_total",
         "counter",
@@ -303,19 +298,18 @@ fn replication_metrics(out: &mut String, raft: &openraft::RaftMetrics<u64, NodeA
             )
         })
         .collect();
-    let matched: Vec<(&str, u64)> = followers.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-    let lag: Vec<(&str, u64)> = followers
+    let lag: Vec<(String, u64)> = followers
         .iter()
-        .map(|(l, v)| (l.as_str(), last.saturating_sub(*v)))
+        .map(|(l, v)| (l.clone(), last.saturating_sub(*v)))
         .collect();
-    metric(
+    labelled(
         out,
         "exchange_replication_matched_index",
         "gauge",
         "Per follower, the last index the leader knows it holds (leader only).",
-        &matched,
+        &followers,
     );
-    metric(
+    labelled(
         out,
         "exchange_replication_lag",
         "gauge",

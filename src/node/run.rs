@@ -274,22 +274,6 @@ impl Node {
         );
         let admin_digest = brokers.admin_digest();
         let gateway_metrics = Arc::new(GatewayMetrics::default());
-        tokio::spawn(apply_brokers_file(
-            raft.clone(),
-            Arc::clone(&engine),
-            sequencer.clone(),
-            brokers,
-        ));
-        let broker_endpoint = quinn::Endpoint::server(
-            tls::broker_server(&identity, tls::broker_transport())
-                .map_err(StartError::Certificates)?,
-            config.broker_listen,
-        )
-        .map_err(|e| StartError::Listen {
-            what: "broker",
-            addr: config.broker_listen,
-            reason: e.to_string(),
-        })?;
         let divergence = DivergenceLog::default();
         if let Some(addr) = config.metrics_listen {
             serve_metrics(
@@ -313,6 +297,22 @@ impl Node {
                 reason,
             })?;
         }
+        tokio::spawn(apply_brokers_file(
+            raft.clone(),
+            Arc::clone(&engine),
+            sequencer.clone(),
+            brokers,
+        ));
+        let broker_endpoint = quinn::Endpoint::server(
+            tls::broker_server(&identity, tls::broker_transport())
+                .map_err(StartError::Certificates)?,
+            config.broker_listen,
+        )
+        .map_err(|e| StartError::Listen {
+            what: "broker",
+            addr: config.broker_listen,
+            reason: e.to_string(),
+        })?;
         let peers = config
             .peers
             .iter()

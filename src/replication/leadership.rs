@@ -86,30 +86,27 @@ pub struct Leadership {
     raft: Raft,
     id: u64,
     quorum_lost_after: Duration,
-    quorum: Arc<Quorum>,
+    /// Whether this leader has lost its majority, as `watch_quorum` last judged.
+    quorum_lost: Arc<AtomicBool>,
     /// Confirmations shared by the reads that arrive together.
     rounds: Arc<Rounds>,
-}
-
-/// Whether this leader has lost its majority, as `watch_quorum` last judged.
-#[derive(Default)]
-struct Quorum {
-    lost: AtomicBool,
 }
 
 /// Samples of Raft's reports are taken at least this far apart.
 const QUORUM_SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
-/// Keeps `quorum.lost`: set when two of Raft's reports, fresh when taken and at least
+/// Keeps `lost`: set when two of Raft's reports, fresh when taken and at least
 /// `QUORUM_SAMPLE_EVERY` apart, both say this node leads and has heard from no majority for
 /// `quorum_lost_after`; cleared by the first report that says otherwise. One report is not
 /// enough: Raft's core computes its report at the top of its loop, so the first one after the
 /// core itself stalled (on its own log sync, or a busy CPU) counts the answers that queued
 /// meanwhile as missing; it takes them an instant later. Ends with Raft.
-async fn watch_quorum(raft: Raft, quorum_lost_after: Duration, quorum: Arc<Quorum>) {
+async fn watch_quorum(
+    mut reports: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, NodeAddr>>,
+    quorum_lost_after: Duration,
+    lost: Arc<AtomicBool>,
+) {
     let window_ms = quorum_lost_after.as_millis() as u64;
-    let mut reports = raft.metrics();
-    drop(raft);
     let mut lost_before = false;
     loop {
         tokio::time::sleep(QUORUM_SAMPLE_EVERY).await;
@@ -125,10 +122,10 @@ async fn watch_quorum(raft: Raft, quorum_lost_after: Duration, quorum: Arc<Quoru
                     .millis_since_quorum_ack
                     .is_some_and(|ms| ms > window_ms)
         };
-        let lost = lost_now && lost_before;
-        if quorum.lost.swap(lost, Ordering::AcqRel) != lost {
+        let lost_both = lost_now && lost_before;
+        if lost.swap(lost_both, Ordering::AcqRel) != lost_both {
             let report = reports.borrow();
-            if lost {
+            if lost_both {
                 tracing::warn!(
                     heard_ms_ago = report.millis_since_quorum_ack,
                     term = report.current_term,
@@ -163,17 +160,17 @@ impl Leadership {
     /// as not leading (it stops answering brokers and publishing, and its proposals are
     /// answered "outcome unknown").
     pub fn new(raft: Raft, id: u64, quorum_lost_after: Duration) -> Leadership {
-        let quorum = Arc::new(Quorum::default());
+        let quorum_lost = Arc::new(AtomicBool::new(false));
         tokio::spawn(watch_quorum(
-            raft.clone(),
+            raft.metrics(),
             quorum_lost_after,
-            Arc::clone(&quorum),
+            Arc::clone(&quorum_lost),
         ));
         Leadership {
             raft,
             id,
             quorum_lost_after,
-            quorum,
+            quorum_lost,
             rounds: Arc::new(Rounds {
                 state: std::sync::Mutex::default(),
                 done: tokio::sync::watch::Sender::new((0, Err(LeadershipError::NotLeader))),
@@ -207,7 +204,7 @@ impl Leadership {
     /// one check of it in the node, kept by `watch_quorum`. On every order's path: one atomic
     /// load.
     pub fn quorum_lost(&self) -> bool {
-        self.quorum.lost.load(Ordering::Acquire)
+        self.quorum_lost.load(Ordering::Acquire)
     }
 
     /// Whether this node leads and has heard from a majority lately: only then it serves
