@@ -2,7 +2,8 @@
 //! decimal strings, every node serves the same market data, bad requests are refused with a
 //! reason; and a WebSocket client on a follower, subscribed to the book and the trades across
 //! a leader kill, sees every sequence number once, in order, and ends with the book that
-//! `GET /api/v1/book` shows.
+//! `GET /api/v1/book` shows; and candles and trades are the same after a restart of every
+//! node, each node's history file holding what the API showed.
 
 mod support;
 
@@ -434,4 +435,188 @@ async fn a_websocket_client_sees_every_message_once_across_a_leader_kill() {
     // test timeouts: 250 ms and more).
     let no_leader = change["no_leader_ms"].as_f64().expect("no_leader_ms");
     assert!(no_leader > 100.0 && no_leader < 10_000.0, "{change}");
+}
+
+/// A node's candles of one interval, and its trades, as `GET` answers them.
+async fn history_of(port: u16) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    let candles = |interval: &'static str| async move {
+        let answer = get_json(port, &format!("/api/v1/candles/SYM1?interval={interval}")).await;
+        assert_eq!(answer["history"], json!(true), "{answer}");
+        answer["candles"].as_array().expect("candles").clone()
+    };
+    let trades = get_json(port, "/api/v1/trades/SYM1?limit=1000").await;
+    (
+        candles("1s").await,
+        candles("1m").await,
+        trades["trades"].as_array().expect("trades").clone(),
+    )
+}
+
+/// `after` holds every candle of `before`, the same but for `closed`, which may only have
+/// turned true (time moved on).
+fn assert_same_candles(node: u64, before: &[Value], after: &[Value]) {
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "node {node}: {before:#?} {after:#?}"
+    );
+    for (b, a) in before.iter().zip(after) {
+        let mut b = b.clone();
+        if b["closed"] == json!(false) {
+            b["closed"] = a["closed"].clone();
+        }
+        assert_eq!(&b, a, "node {node}: a candle changed across the restart");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candles_and_trades_are_the_same_after_a_restart_of_every_node() {
+    let mut cluster = Cluster::start(
+        "http-history",
+        3,
+        29_500,
+        &["--http-listen", "127.0.0.1:{http}"],
+    );
+    let ports: Vec<u16> = (1..=3).map(|id| cluster.http_port(id)).collect();
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let mut client = cluster.client();
+    setup_market(&mut client, 2).await;
+
+    // Trades over three seconds at moving prices: several 1 s candles, each with its own
+    // open, high, low and close.
+    let started = Instant::now();
+    let mut trades = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let price = 100 + (trades % 7) * 3 - (trades % 3);
+        accepted(
+            &submit(
+                &mut client,
+                limit(1, Side::Sell, price, 2),
+                Duration::from_secs(10),
+            )
+            .await,
+        );
+        submit(
+            &mut client,
+            limit(2, Side::Buy, price, 2),
+            Duration::from_secs(10),
+        )
+        .await;
+        trades += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An entry in the next second closes the last 1 s candle.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    accepted(
+        &submit(
+            &mut client,
+            limit(1, Side::Buy, 50, 1),
+            Duration::from_secs(10),
+        )
+        .await,
+    );
+    let trades = trades as usize;
+    until_all(&ports, "/api/v1/trades/SYM1?limit=1000", |t| {
+        t["trades"].as_array().map(Vec::len) == Some(trades)
+    })
+    .await;
+    let mut before = BTreeMap::new();
+    for (id, &port) in (1..=3).zip(&ports) {
+        before.insert(id, history_of(port).await);
+    }
+    let (seconds, minutes, _) = &before[&1];
+    assert!(
+        seconds
+            .iter()
+            .filter(|c| c["closed"] == json!(true))
+            .count()
+            >= 3,
+        "{seconds:#?}"
+    );
+    assert!(!minutes.is_empty());
+    for id in 2..=3 {
+        assert_eq!(before[&id], before[&1], "node {id} and node 1 differ");
+    }
+
+    // Every closed candle and every trade is in each node's history file, as the API showed it.
+    let stored_candles = |id: u64| -> Vec<(i64, i64, i64, i64, i64, i64, i64)> {
+        let db = rusqlite::Connection::open_with_flags(
+            cluster.data_dir(id).join("market-history.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("the node's history");
+        let mut statement = db
+            .prepare(
+                "SELECT start_ns / 1000000, open, high, low, close, volume, trades FROM candles
+                 WHERE interval_s = 1 ORDER BY start_ns",
+            )
+            .expect("query");
+        let rows = statement
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })
+            .expect("rows");
+        rows.map(|r| r.expect("row")).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in 1..=3 {
+        // Engine units here: the test market's prices and lots are whole numbers.
+        let shown: Vec<(i64, i64, i64, i64, i64, i64, i64)> = before[&id]
+            .0
+            .iter()
+            .filter(|c| c["closed"] == json!(true))
+            .map(|c| {
+                let n = |k: &str| c[k].as_str().unwrap().parse::<i64>().unwrap();
+                (
+                    c["start_ms"].as_i64().unwrap(),
+                    n("open"),
+                    n("high"),
+                    n("low"),
+                    n("close"),
+                    n("volume"),
+                    c["trades"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        while stored_candles(id) != shown {
+            assert!(
+                Instant::now() < deadline,
+                "node {id}: the history holds {:?}, the API showed {shown:?}",
+                stored_candles(id)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Every node stops (SIGKILL) and starts again.
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    until_all(&ports, "/readyz", |r| r["ready"] == json!(true)).await;
+    until_all(&ports, "/api/v1/trades/SYM1?limit=1000", |t| {
+        t["trades"].as_array().map(Vec::len) == Some(trades)
+    })
+    .await;
+    for (id, &port) in (1..=3).zip(&ports) {
+        let (seconds, minutes, trades_after) = history_of(port).await;
+        let (seconds_before, minutes_before, trades_before) = &before[&id];
+        assert_same_candles(id, seconds_before, &seconds);
+        assert_same_candles(id, minutes_before, &minutes);
+        assert_eq!(
+            &trades_after, trades_before,
+            "node {id}: the trades changed"
+        );
+    }
 }

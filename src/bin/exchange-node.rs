@@ -157,6 +157,15 @@ struct RunArgs {
     /// fresh snapshot instead (a slow subscriber never slows the engine).
     #[arg(long, value_name = "MESSAGES", env = "EXCHANGE_MD_SUBSCRIBER_BUFFER")]
     md_subscriber_buffer: Option<usize>,
+    /// Keep every trade and closed candle in this SQLite file, so that the HTTP API's candles
+    /// and trades reach back beyond the last minutes and across restarts (default:
+    /// market-history.db in the data directory).
+    #[arg(long, value_name = "PATH", env = "EXCHANGE_MD_HISTORY")]
+    md_history: Option<PathBuf>,
+    /// Keep market data only in memory (the last 10 minutes of 1 s candles, a day of 1 min
+    /// candles, the last 64 trades of each symbol).
+    #[arg(long, conflicts_with = "md_history")]
+    no_md_history: bool,
     /// Write every order, execution, trade and balance change into this SQLite database
     /// (the reporter; a follower is a good place). Its cursor is committed with the rows, so
     /// a crash neither loses nor doubles a row. Read it with `exchange-cli report`.
@@ -266,12 +275,22 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
         .segment_mib
         .or(file.segment_mib)
         .unwrap_or(config::SEGMENT_MIB_DEFAULT);
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir.map(|d| d.join(format!("node-{id}"))))
+        .unwrap_or_else(|| PathBuf::from(format!("data/node-{id}")));
+    let md_history = if args.no_md_history || file.no_md_history == Some(true) {
+        None
+    } else {
+        Some(
+            args.md_history
+                .or(file.md_history)
+                .unwrap_or_else(|| data_dir.join("market-history.db")),
+        )
+    };
     Ok(NodeConfig {
         id,
-        data_dir: args
-            .data_dir
-            .or(file.data_dir.map(|d| d.join(format!("node-{id}"))))
-            .unwrap_or_else(|| PathBuf::from(format!("data/node-{id}"))),
+        data_dir,
         certs_dir: args
             .certs_dir
             .or(file.certs_dir)
@@ -315,6 +334,7 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             .or(file.md_subscriber_buffer)
             .unwrap_or(exchange::marketdata::hub::SUBSCRIBER_BUFFER)
             .clamp(1, 1 << 20),
+        md_history,
         report_db: args.report_db.or(file.report_db),
         session_limits: exchange::gateway::server::SessionLimits {
             commands_per_sec: args

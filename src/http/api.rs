@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use super::cluster::epoch_ms;
 use super::names::{
@@ -15,10 +16,18 @@ use super::names::{
 };
 use super::Http;
 use crate::gateway::protocol::NodeStatus;
-use crate::marketdata::feed::{Channel, Interval, MdBody, MdMessage, BOOK_LEVELS, RECENT_TRADES};
+use crate::marketdata::feed::{
+    Candle, Channel, Interval, MdBody, MdMessage, BOOK_LEVELS, RECENT_TRADES,
+};
+use crate::marketdata::history::HistoryError;
 
 /// Trades `GET /api/v1/trades` answers when no limit is given.
 pub const TRADES_DEFAULT: usize = 50;
+/// The most trades one answer holds (with a history; without one, `RECENT_TRADES`).
+pub const TRADES_MAX: usize = 1_000;
+/// The most candles one answer holds, and how many it holds when no limit is given: a day
+/// of minutes, or more than an hour of seconds.
+pub const CANDLES_MAX: usize = 5_000;
 /// A node this many entries behind what it knows committed is not ready.
 pub const READY_APPLY_LAG_MAX: u64 = 1_000;
 
@@ -217,35 +226,46 @@ pub struct Trades {
     pub trades: Vec<TradeJson>,
 }
 
-/// The most recent trades (at most `RECENT_TRADES`), oldest first.
+/// The most recent trades, oldest first: the hub's last `RECENT_TRADES`, and older ones from
+/// the history.
 pub(crate) async fn trades(
     State(http): State<Http>,
     Path(symbol): Path<String>,
     Query(query): Query<LimitQuery>,
 ) -> Result<Json<Trades>, ApiError> {
+    let most = if http.sources.history.is_some() {
+        TRADES_MAX
+    } else {
+        RECENT_TRADES
+    };
     let limit = query.limit.unwrap_or(TRADES_DEFAULT);
-    if limit == 0 || limit > RECENT_TRADES {
-        return Err(ApiError::bad_request(format!(
-            "limit must be 1 to {RECENT_TRADES}"
-        )));
+    if limit == 0 || limit > most {
+        return Err(ApiError::bad_request(format!("limit must be 1 to {most}")));
     }
     let (catalog, info) = http.names.symbol(&symbol).await?;
     let snapshot = http.sources.market.snapshot(info.symbol, Channel::Trades);
+    let recent = match snapshot.as_ref().map(|m| &m.body) {
+        Some(MdBody::TradesSnapshot { recent }) => recent.as_slice(),
+        _ => &[],
+    };
+    let mut trades = recent[recent.len().saturating_sub(limit)..].to_vec();
+    if let (Some(history), true) = (&http.sources.history, trades.len() < limit) {
+        let before = trades.first().map_or(u64::MAX, |t| t.trade_id);
+        let wanted = limit - trades.len();
+        let history = Arc::clone(history);
+        let symbol = info.symbol;
+        let mut older = read_history(move || history.trades_before(symbol, before, wanted)).await?;
+        older.append(&mut trades);
+        trades = older;
+    }
     let scale = Scale {
         catalog: &catalog,
         symbol: info.symbol,
     };
-    let trades = match snapshot.as_ref().map(|m| &m.body) {
-        Some(MdBody::TradesSnapshot { recent }) => recent[recent.len().saturating_sub(limit)..]
-            .iter()
-            .map(|t| scale.trade(t))
-            .collect(),
-        _ => Vec::new(),
-    };
     Ok(Json(Trades {
         symbol,
         position: StreamPosition::of(snapshot.as_ref()),
-        trades,
+        trades: trades.iter().map(|t| scale.trade(t)).collect(),
     }))
 }
 
@@ -254,6 +274,7 @@ pub struct CandlesQuery {
     pub interval: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
+    pub limit: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -262,11 +283,14 @@ pub struct Candles {
     pub interval: &'static str,
     #[serde(flatten)]
     pub position: StreamPosition,
+    /// Whether this node keeps a history (without one, only the hub's window is served).
+    pub history: bool,
     /// Oldest first; the last ones may still be open.
     pub candles: Vec<CandleJson>,
 }
 
-/// Candles of one interval whose start lies in `from..=to` (either may be left out).
+/// The latest `limit` candles of one interval whose start lies in `from..=to` (either may be
+/// left out): the hub's window, and before it the history.
 pub(crate) async fn candles(
     State(http): State<Http>,
     Path(symbol): Path<String>,
@@ -287,26 +311,85 @@ pub(crate) async fn candles(
     };
     let from = time("from", query.from.as_deref())?.unwrap_or(0);
     let to = time("to", query.to.as_deref())?.unwrap_or(u64::MAX);
+    let limit = query.limit.unwrap_or(CANDLES_MAX);
+    if limit == 0 || limit > CANDLES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {CANDLES_MAX}"
+        )));
+    }
     let (catalog, info) = http.names.symbol(&symbol).await?;
     let snapshot = http.sources.market.snapshot(info.symbol, Channel::Candles);
+    let window: Vec<Candle> = match snapshot.as_ref().map(|m| &m.body) {
+        Some(MdBody::CandlesSnapshot { candles }) => candles
+            .iter()
+            .filter(|c| c.interval == interval)
+            .copied()
+            .collect(),
+        _ => Vec::new(),
+    };
+    let stored = match (&http.sources.history, before_window(&window, from, to)) {
+        (Some(history), Some(until)) => {
+            let history = Arc::clone(history);
+            let symbol = info.symbol;
+            read_history(move || history.candles(symbol, interval, from, until, limit)).await?
+        }
+        _ => Vec::new(),
+    };
+    let candles = join_candles(stored, window, from, to, limit);
     let scale = Scale {
         catalog: &catalog,
         symbol: info.symbol,
-    };
-    let candles = match snapshot.as_ref().map(|m| &m.body) {
-        Some(MdBody::CandlesSnapshot { candles }) => candles
-            .iter()
-            .filter(|c| c.interval == interval && (from..=to).contains(&c.start_ns))
-            .map(|c| scale.candle(c))
-            .collect(),
-        _ => Vec::new(),
     };
     Ok(Json(Candles {
         symbol,
         interval: super::names::interval_name(interval),
         position: StreamPosition::of(snapshot.as_ref()),
-        candles,
+        history: http.sources.history.is_some(),
+        candles: candles.iter().map(|c| scale.candle(c)).collect(),
     }))
+}
+
+/// The end of the range to read from the history, if any of `from..=to` lies before the
+/// hub's window. The history holds what the window holds too, but may be a moment behind it.
+fn before_window(window: &[Candle], from: u64, to: u64) -> Option<u64> {
+    let until = match window.first() {
+        Some(first) => first.start_ns.checked_sub(1)?,
+        None => u64::MAX,
+    };
+    (from <= until).then_some(to.min(until))
+}
+
+/// The latest `limit` candles in `from..=to`: the stored ones (all before the window, oldest
+/// first) and then the window's.
+fn join_candles(
+    mut stored: Vec<Candle>,
+    window: Vec<Candle>,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> Vec<Candle> {
+    stored.extend(
+        window
+            .into_iter()
+            .filter(|c| (from..=to).contains(&c.start_ns)),
+    );
+    let surplus = stored.len().saturating_sub(limit);
+    stored.drain(..surplus);
+    stored
+}
+
+/// Runs a history read off the runtime's workers (SQLite blocks).
+async fn read_history<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, HistoryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let unavailable = |message: String| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!("the market data history could not be read: {message}"),
+    };
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|e| unavailable(e.to_string()))
 }
 
 /// One node in `GET /api/v1/cluster`: its status, or why it did not answer.
@@ -379,4 +462,50 @@ pub(crate) async fn cluster(State(http): State<Http>) -> Json<ClusterJson> {
         nodes,
         leader_changes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minute(start_min: u64, closed: bool) -> Candle {
+        Candle {
+            interval: Interval::OneMinute,
+            start_ns: start_min * 60_000_000_000,
+            open: 1,
+            high: 2,
+            low: 1,
+            close: 2,
+            volume: 3,
+            trades: 1,
+            closed,
+        }
+    }
+
+    #[test]
+    fn candles_before_the_window_come_from_the_history_and_the_rest_from_memory() {
+        let window = vec![minute(10, true), minute(11, false)];
+        let at = |m: u64| m * 60_000_000_000;
+        // Only what lies before the window is read from the history.
+        assert_eq!(before_window(&window, 0, u64::MAX), Some(at(10) - 1));
+        assert_eq!(before_window(&window, at(3), at(5)), Some(at(5)));
+        assert_eq!(before_window(&window, at(10), u64::MAX), None);
+        assert_eq!(before_window(&[], at(3), u64::MAX), Some(u64::MAX));
+        assert_eq!(before_window(&[minute(0, false)], 0, u64::MAX), None);
+
+        let stored = vec![minute(7, true), minute(8, true)];
+        let all: Vec<u64> = join_candles(stored.clone(), window.clone(), 0, u64::MAX, 100)
+            .iter()
+            .map(|c| c.start_ns / 60_000_000_000)
+            .collect();
+        assert_eq!(all, [7, 8, 10, 11]);
+        // The limit keeps the latest; the range cuts the window too.
+        let latest = join_candles(stored.clone(), window.clone(), 0, u64::MAX, 3);
+        assert_eq!(
+            latest,
+            [minute(8, true), minute(10, true), minute(11, false)]
+        );
+        let cut = join_candles(stored, window, 0, at(10), 100);
+        assert_eq!(cut.last(), Some(&minute(10, true)));
+    }
 }

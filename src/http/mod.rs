@@ -2,11 +2,11 @@
 //! HTTP, and market data live over WebSocket (docs/http-api.md).
 //!
 //! Off the order path: every answer is read from what the node already holds, the market data
-//! hub (built identically on every node, so any node may serve it), the node's status and the
-//! cluster view the divergence watcher keeps. Names and decimals come from a catalog read
-//! through the engine's read queue, which the log never waits for, at most once a second. A
-//! WebSocket client reads from the hub's broadcast: one that falls behind is sent a snapshot,
-//! and never slows the node.
+//! hub (built identically on every node, so any node may serve it), the node's market data
+//! history for older candles and trades, the node's status and the cluster view the divergence
+//! watcher keeps. Names and decimals come from a catalog read through the engine's read queue,
+//! which the log never waits for, at most once a second. A WebSocket client reads from the
+//! hub's broadcast: one that falls behind is sent a snapshot, and never slows the node.
 //!
 //! - [`api`]: the REST endpoints;
 //! - [`ws`]: the WebSocket channels;
@@ -21,6 +21,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::gateway::protocol::NodeStatus;
+use crate::marketdata::history::MarketHistory;
 use crate::marketdata::hub::MarketHub;
 use crate::replication::engine_thread::EngineHandle;
 
@@ -37,6 +38,8 @@ pub struct HttpSources {
     /// This node's status, as `exchange-cli status` shows it.
     pub status: Arc<dyn Fn() -> NodeStatus + Send + Sync>,
     pub cluster: Arc<cluster::ClusterView>,
+    /// Every trade and closed candle, beyond the hub's window (`None`: `--no-md-history`).
+    pub history: Option<Arc<MarketHistory>>,
 }
 
 /// The shared state of every handler.

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 
 use super::feed::{Channel, Interval, MdBody, MdMessage, StreamState, RECENT_TRADES};
+use super::history::HistoryRecorder;
 
 /// Entries' batches waiting for the hub task.
 pub const HUB_QUEUE_BATCHES: usize = 16_384;
@@ -114,9 +115,10 @@ pub struct Subscription {
 impl MarketHub {
     /// A hub whose live subscribers may fall `subscriber_buffer` messages behind, the
     /// publisher for the engine thread, and the task that feeds the hub (spawn it on the
-    /// runtime).
+    /// runtime) and hands the history what it keeps.
     pub fn new(
         subscriber_buffer: usize,
+        history: Option<HistoryRecorder>,
     ) -> (
         Arc<MarketHub>,
         MdPublisher,
@@ -138,6 +140,10 @@ impl MarketHub {
         let feeding = Arc::clone(&hub);
         let pump = async move {
             while let Some(batch) = batches.recv().await {
+                if let Some(history) = &history {
+                    let (MdBatch::Messages(messages) | MdBatch::Reset(messages)) = &batch;
+                    history.record(messages);
+                }
                 feeding.take(batch);
             }
         };
@@ -313,7 +319,7 @@ mod tests {
 
     /// A hub fed directly (as its task would), with a stream at message 3.
     fn hub() -> Arc<MarketHub> {
-        let (hub, _publisher, _pump) = MarketHub::new(8);
+        let (hub, _publisher, _pump) = MarketHub::new(8, None);
         hub.take(MdBatch::Reset(vec![snapshot(0, 10)]));
         hub.take(MdBatch::Messages(vec![
             update(1, 11),
@@ -384,7 +390,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_batches_and_asks_for_a_reset() {
-        let (hub, publisher, pump) = MarketHub::new(8);
+        let (hub, publisher, pump) = MarketHub::new(8, None);
         // No pump running: the queue fills.
         let mut published = 0;
         while publisher.publish(vec![update(1, 1)]) {

@@ -3,10 +3,12 @@
 //!
 //! - [`builder`]: the deterministic builder the engine thread runs between entries;
 //! - [`feed`]: the messages, their sequence numbers, and the state a subscriber keeps;
-//! - [`hub`]: recent messages kept for resumes, and the fan-out to subscribers.
+//! - [`hub`]: recent messages kept for resumes, and the fan-out to subscribers;
+//! - [`history`]: every trade and closed candle in SQLite, for reads beyond the hub's window.
 
 pub mod builder;
 pub use exchange_client::feed;
+pub mod history;
 pub mod hub;
 
 pub use builder::MarketData;

@@ -103,6 +103,8 @@ pub struct NodeConfig {
     pub http_listen: Option<SocketAddr>,
     /// Market data messages a live subscriber may fall behind before it is resynchronised.
     pub md_subscriber_buffer: usize,
+    /// Keep every trade and closed candle in this SQLite file (`None`: only in memory).
+    pub md_history: Option<PathBuf>,
     /// Run the reporter into this SQLite database.
     pub report_db: Option<PathBuf>,
 }
@@ -135,6 +137,8 @@ pub struct FileConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     pub md_subscriber_buffer: Option<usize>,
+    pub md_history: Option<PathBuf>,
+    pub no_md_history: Option<bool>,
     pub report_db: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
 }

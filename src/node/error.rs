@@ -25,6 +25,8 @@ pub enum StartError {
     Snapshot { dir: PathBuf, reason: String },
     /// The reporting database (`--report-db`).
     ReportDb(String),
+    /// The market data history (`--md-history`).
+    MdHistory(String),
     /// The engine thread could not start.
     Engine(String),
     /// A listener could not be bound (what it is for, and where).
@@ -53,6 +55,7 @@ impl std::fmt::Display for StartError {
                 write!(f, "{}: snapshot: {reason}", dir.display())
             }
             StartError::ReportDb(why) => write!(f, "--report-db: {why}"),
+            StartError::MdHistory(why) => write!(f, "--md-history: {why}"),
             StartError::Engine(why) => write!(f, "engine: {why}"),
             StartError::Listen { what, addr, reason } => {
                 write!(f, "{what} listener {addr}: {reason}")

@@ -26,6 +26,7 @@ use crate::gateway::server::{serve as serve_brokers, Gateway};
 use crate::http::cluster::{ClusterView, LeaderSample};
 use crate::http::{serve as serve_http, HttpSources};
 use crate::latency::LatencyHistogram;
+use crate::marketdata::history::MarketHistory;
 use crate::marketdata::hub::MarketHub;
 use crate::net::tls;
 use crate::replication::divergence::DivergenceLog;
@@ -142,7 +143,16 @@ impl Node {
             fault_diverge_at: config.fault_diverge_at,
         };
         // The hub's feeding task needs a runtime, which `start` runs on.
-        let (market, publisher, feed_market) = MarketHub::new(config.md_subscriber_buffer);
+        let (history, recorder) = match &config.md_history {
+            Some(path) => {
+                let (history, recorder) =
+                    MarketHistory::open(path).map_err(|e| StartError::MdHistory(e.to_string()))?;
+                (Some(history), Some(recorder))
+            }
+            None => (None, None),
+        };
+        let (market, publisher, feed_market) =
+            MarketHub::new(config.md_subscriber_buffer, recorder);
         tokio::spawn(feed_market);
         let reporter = match &config.report_db {
             Some(path) => Some(Arc::new(
@@ -373,6 +383,7 @@ impl Node {
                 engine: Arc::clone(&gateway.engine),
                 status: Arc::new(move || status.status()),
                 cluster: cluster_view,
+                history,
             };
             serve_http(addr, sources)
                 .await
