@@ -139,6 +139,14 @@ enum Commands {
         /// that a slow reader does not slow orders (compare with a run without).
         #[arg(long, default_value_t = 0)]
         md_stalled: u64,
+        /// WebSocket subscribers of the HTTP API that follow the symbol's book and trades
+        /// (each its own connection, to --ws-url); counted with the market data subscribers.
+        #[arg(long, default_value_t = 0, requires = "ws_url")]
+        ws_subscribers: u64,
+        /// The node the WebSocket subscribers read: ws://HOST:PORT/api/v1/ws (a node started
+        /// with --http-listen; any node serves it).
+        #[arg(long, value_name = "URL")]
+        ws_url: Option<String>,
         /// Open loop: send each order when it is due, without waiting for the answers to the
         /// session's earlier ones (each request on a QUIC stream of its own). Without it a
         /// session has one request out at a time and sends what fell due meanwhile together;
@@ -327,6 +335,8 @@ fn main() -> ExitCode {
             floor_dir,
             md_subscribers,
             md_stalled,
+            ws_subscribers,
+            ws_url,
             pipeline,
             cluster,
         } => {
@@ -345,6 +355,8 @@ fn main() -> ExitCode {
                 floor_dir,
                 md_subscribers,
                 md_stalled,
+                ws_subscribers,
+                ws_url,
                 pipeline,
             };
             multi_thread_runtime()
@@ -996,8 +1008,13 @@ async fn cluster_bench(
         if let Some(md) = &report.market_data {
             println!();
             println!(
-                "market data       {} subscribers (book + trades), {} stalled",
-                md.subscribers, md.stalled
+                "market data       {} subscribers (book + trades), {} over WebSocket, {} stalled",
+                md.subscribers, md.ws_subscribers, md.stalled
+            );
+            println!(
+                "subscribers' CPU  {:.1} s on this host ({:.0}% of a core over the run)",
+                md.subscribers_cpu_s,
+                md.subscribers_cpu_share * 100.0
             );
             println!(
                 "received          {} messages, {:.0}/s, {:.0} updates/s",

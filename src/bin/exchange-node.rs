@@ -157,6 +157,12 @@ struct RunArgs {
     /// fresh snapshot instead (a slow subscriber never slows the engine).
     #[arg(long, value_name = "MESSAGES", env = "EXCHANGE_MD_SUBSCRIBER_BUFFER")]
     md_subscriber_buffer: Option<usize>,
+    /// Send a market data subscriber (native or WebSocket) at most one frame this often, in
+    /// milliseconds: in a burst, the messages that arrive meanwhile share a frame, which costs
+    /// the node and the subscriber one write and one wake-up instead of one per message. A
+    /// lone message after a quiet spell goes at once. 0: every message at once.
+    #[arg(long, value_name = "MS", env = "EXCHANGE_MD_FRAME_MS")]
+    md_frame_ms: Option<u64>,
     /// Keep every trade and closed candle in this SQLite file, so that the HTTP API's candles
     /// and trades reach back beyond the last minutes and across restarts (default:
     /// market-history.db in the data directory).
@@ -334,6 +340,11 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
             .or(file.md_subscriber_buffer)
             .unwrap_or(exchange::marketdata::hub::SUBSCRIBER_BUFFER)
             .clamp(1, 1 << 20),
+        md_frame_every: args
+            .md_frame_ms
+            .or(file.md_frame_ms)
+            .map(|ms| std::time::Duration::from_millis(ms.min(1_000)))
+            .unwrap_or(exchange::marketdata::hub::FRAME_EVERY_DEFAULT),
         md_history,
         report_db: args.report_db.or(file.report_db),
         session_limits: exchange::gateway::server::SessionLimits {

@@ -60,6 +60,10 @@ pub struct BenchConfig {
     pub md_subscribers: u64,
     /// Market data subscribers that subscribe to the book and then stop reading.
     pub md_stalled: u64,
+    /// WebSocket subscribers (the HTTP API's) that follow the symbol's book and trades.
+    pub ws_subscribers: u64,
+    /// Where they connect: a node's `ws://HOST:PORT/api/v1/ws`.
+    pub ws_url: Option<String>,
     /// Open loop: send each order when due without waiting for earlier answers.
     pub pipeline: bool,
 }
@@ -69,6 +73,11 @@ pub struct BenchConfig {
 pub struct MarketDataReport {
     pub subscribers: u64,
     pub stalled: u64,
+    pub ws_subscribers: u64,
+    /// CPU the subscribers took on this host (their runtime's threads: decryption, decoding,
+    /// bookkeeping), in seconds, and as a share of the run's wall time.
+    pub subscribers_cpu_s: f64,
+    pub subscribers_cpu_share: f64,
     /// Messages all reading subscribers received (book and trades), and per second.
     pub messages: u64,
     pub messages_per_sec: f64,
@@ -205,6 +214,91 @@ async fn read_feed(mut feed: MarketFeed, stop: Arc<AtomicBool>) -> FeedCount {
     count
 }
 
+/// A WebSocket subscriber of the HTTP API: follows the symbol's book and trades until `stop`,
+/// counting messages and checking that each stream's sequence numbers follow each other.
+async fn read_ws(url: String, symbol: String, stop: Arc<AtomicBool>) -> Result<FeedCount, String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(|e| format!("WebSocket {url}: {e}"))?;
+    for channel in ["book", "trades"] {
+        let subscribe =
+            serde_json::json!({"op": "subscribe", "channel": channel, "symbol": symbol});
+        socket
+            .send(Message::Text(subscribe.to_string().into()))
+            .await
+            .map_err(|e| format!("WebSocket {url}: {e}"))?;
+    }
+    let mut count = FeedCount::default();
+    let mut last: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut snapshots = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let Ok(received) = tokio::time::timeout(Duration::from_millis(100), socket.next()).await
+        else {
+            continue;
+        };
+        let text = match received {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("WebSocket {url}: {e}")),
+            None => return Err(format!("WebSocket {url}: closed by the node")),
+        };
+        let message: serde_json::Value =
+            serde_json::from_str(text.as_str()).map_err(|e| format!("WebSocket {url}: {e}"))?;
+        let (Some(kind), Some(channel), Some(seq)) = (
+            message["type"].as_str(),
+            message["channel"].as_str(),
+            message["seq"].as_u64(),
+        ) else {
+            continue;
+        };
+        count.messages += 1;
+        let previous = last.insert(channel.to_string(), seq);
+        match kind {
+            "snapshot" => snapshots += 1,
+            _ => {
+                if previous.is_some_and(|p| seq != p + 1) {
+                    count.gaps += 1;
+                }
+                count.updates += ["changes", "trades"]
+                    .iter()
+                    .filter_map(|k| message[*k].as_array())
+                    .map(|a| a.len() as u64)
+                    .sum::<u64>();
+            }
+        }
+    }
+    count.resyncs = snapshots.saturating_sub(2);
+    Ok(count)
+}
+
+/// CPU seconds taken so far by this process's threads named `name`.
+fn threads_cpu_s(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let path = task.path();
+        let named = std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == name);
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // The fields after the command's closing parenthesis; utime and stime are 14 and 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        if named && fields.len() > 13 {
+            total +=
+                fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    total as f64 / ticks
+}
+
 /// Subscribes to the book, reads its snapshot, stops reading until `stop`, then reads again
 /// for a moment. Returns whether it was resynchronised by a fresh snapshot.
 async fn stall_feed(mut feed: MarketFeed, stop: Arc<AtomicBool>) -> bool {
@@ -217,6 +311,20 @@ async fn stall_feed(mut feed: MarketFeed, stop: Arc<AtomicBool>) -> bool {
         let _ = feed.next(Duration::from_millis(100)).await;
     }
     feed.state().snapshots >= 2 && feed.gaps() == 0
+}
+
+/// The name of the subscribers' threads.
+const SUBSCRIBER_THREADS: &str = "bench-md";
+
+/// A runtime that may be dropped inside another one (it is shut down without waiting).
+struct BackgroundRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for BackgroundRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -763,15 +871,43 @@ pub async fn run(
         }
     }
     let stop_feeds = Arc::new(AtomicBool::new(false));
+    // The subscribers run on threads of their own, so that their CPU can be told apart.
+    let subscribers_runtime = BackgroundRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(SUBSCRIBER_THREADS)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the subscribers' runtime: {e}"))?,
+    ));
     let mut readers = Vec::new();
-    for _ in 0..config.md_subscribers {
-        for channel in [Channel::Book, Channel::Trades] {
-            let feed = args
-                .client_with_key(&args.required_key("market data")?)?
-                .into_market_feed(config.symbol, channel);
-            readers.push(tokio::spawn(read_feed(feed, Arc::clone(&stop_feeds))));
+    let mut ws_readers = Vec::new();
+    {
+        let _entered = subscribers_runtime.0.as_ref().map(|r| r.enter());
+        for _ in 0..config.md_subscribers {
+            for channel in [Channel::Book, Channel::Trades] {
+                let feed = args
+                    .client_with_key(&args.required_key("market data")?)?
+                    .into_market_feed(config.symbol, channel);
+                readers.push(tokio::spawn(read_feed(feed, Arc::clone(&stop_feeds))));
+            }
+        }
+        if config.ws_subscribers > 0 {
+            let url = config
+                .ws_url
+                .clone()
+                .ok_or("--ws-subscribers needs --ws-url ws://HOST:PORT/api/v1/ws")?;
+            let name = exchange_domain::Name::numbered("SYM", config.symbol as u64).to_string();
+            for _ in 0..config.ws_subscribers {
+                ws_readers.push(tokio::spawn(read_ws(
+                    url.clone(),
+                    name.clone(),
+                    Arc::clone(&stop_feeds),
+                )));
+            }
         }
     }
+    let subscribers_cpu_before = threads_cpu_s(SUBSCRIBER_THREADS);
     let mut stalled = Vec::new();
     for _ in 0..config.md_stalled {
         // A small window, so that the node soon has nothing it may send ahead and the
@@ -919,10 +1055,12 @@ pub async fn run(
     // Answers that came after the stop count: their orders were sent within the run.
     let elapsed = started.elapsed();
     stop_feeds.store(true, Ordering::Release);
-    let mut market_data =
-        (config.md_subscribers + config.md_stalled > 0).then(|| MarketDataReport {
+    let mut market_data = (config.md_subscribers + config.md_stalled + config.ws_subscribers > 0)
+        .then(|| MarketDataReport {
             subscribers: config.md_subscribers,
             stalled: config.md_stalled,
+            ws_subscribers: config.ws_subscribers,
+            subscribers_cpu_s: threads_cpu_s(SUBSCRIBER_THREADS) - subscribers_cpu_before,
             ..MarketDataReport::default()
         });
     if let Some(md) = market_data.as_mut() {
@@ -934,9 +1072,17 @@ pub async fn run(
             md.gaps += count.gaps;
             md.resyncs += count.resyncs;
         }
+        for reader in ws_readers {
+            let count = reader.await.map_err(|e| e.to_string())??;
+            md.messages += count.messages;
+            updates += count.updates;
+            md.gaps += count.gaps;
+            md.resyncs += count.resyncs;
+        }
         for stalled in stalled {
             md.stalled_recovered += stalled.await.map_err(|e| e.to_string())? as u64;
         }
+        md.subscribers_cpu_share = md.subscribers_cpu_s / elapsed.as_secs_f64();
         md.messages_per_sec = md.messages as f64 / elapsed.as_secs_f64();
         md.updates_per_sec = updates as f64 / elapsed.as_secs_f64();
     }

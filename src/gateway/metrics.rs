@@ -28,6 +28,8 @@ pub struct GatewayMetrics {
     pub address_validations: AtomicU64,
     /// Market data messages sent to subscribers (each subscriber's copy counts).
     pub market_messages: AtomicU64,
+    /// Frames those messages went out in (several messages of a burst share one).
+    pub market_frames: AtomicU64,
     /// Subscribers that fell behind and were sent a fresh snapshot.
     pub market_resyncs: AtomicU64,
     /// From a Submit or SubmitBatch's arrival to its answer.

@@ -7,15 +7,21 @@
 //! (a gap, a client that fell behind the hub's broadcast, or a reset of the hub all resend the
 //! stream's state as a snapshot). A client that does not read is closed after
 //! `SEND_TIMEOUT`: it never holds the node.
+//!
+//! Cheap per client: each of the hub's messages is made into JSON once for every session
+//! (`Published::text`), and a session writes at most once each `--md-frame-ms`, the messages
+//! of a burst together.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::body::Bytes;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use exchange_client::catalog::Catalog;
+use futures_util::SinkExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -30,6 +36,8 @@ pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024;
 pub const SUBSCRIPTIONS_MAX: usize = 64;
 /// A message the client has not taken in this long closes the connection.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most live messages queued before one flush.
+const BURST_MESSAGES_MAX: usize = 256;
 
 /// What a client sends.
 #[derive(Debug, Deserialize)]
@@ -133,6 +141,8 @@ struct Session {
     followed: BTreeMap<(u32, Channel), Followed>,
     /// Every stream's live messages, from the hub's broadcast (one receiver for all streams).
     live: Option<broadcast::Receiver<Arc<Published>>>,
+    /// When the last burst of live messages was queued; `None`: the next may go at once.
+    last_burst: Option<Instant>,
 }
 
 /// Why a session ends.
@@ -144,6 +154,7 @@ async fn session(http: Http, socket: WebSocket) {
         socket,
         followed: BTreeMap::new(),
         live: None,
+        last_burst: None,
     };
     let _ = session.run().await;
 }
@@ -162,12 +173,49 @@ impl Session {
                     Some(Ok(_)) => {}
                 },
                 live = next_live(&mut self.live) => match live {
-                    Ok(published) => self.on_live(&published.message).await?,
+                    Ok(published) => self.on_live_burst(published).await?,
                     Err(RecvError::Lagged(_)) => self.resynchronise_all().await?,
                     Err(RecvError::Closed) => return Err(Closed),
                 },
             }
+            // Whatever was queued goes out in one write.
+            self.flush().await?;
         }
+    }
+
+    /// A live message and what followed it within the frame window: queued together, so a
+    /// burst costs one write and one wake-up of the client, not one per message.
+    async fn on_live_burst(&mut self, first: Arc<Published>) -> Result<(), Closed> {
+        let frame_every = self.http.sources.market.frame_every();
+        if let Some(wait) = self
+            .last_burst
+            .map(|at| frame_every.saturating_sub(at.elapsed()))
+        {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(published) = next.take() {
+            self.on_live(&published).await?;
+            taken += 1;
+            if taken == BURST_MESSAGES_MAX {
+                break;
+            }
+            next = match self.live.as_mut().map(|live| live.try_recv()) {
+                Some(Ok(published)) => Some(published),
+                Some(Err(broadcast::error::TryRecvError::Lagged(_))) => {
+                    // Conflated: the state now, instead of what it missed.
+                    self.resynchronise_all().await?;
+                    None
+                }
+                _ => None,
+            };
+        }
+        // A full burst leaves more waiting: the next goes at once.
+        self.last_burst = (taken < BURST_MESSAGES_MAX).then(Instant::now);
+        Ok(())
     }
 
     async fn on_client(&mut self, text: &str) -> Result<(), Closed> {
@@ -237,7 +285,7 @@ impl Session {
         if let Some(mut old) = self.live.take() {
             loop {
                 match old.try_recv() {
-                    Ok(published) => self.on_live(&published.message).await?,
+                    Ok(published) => self.on_live(&published).await?,
                     Err(broadcast::error::TryRecvError::Lagged(_)) => {
                         self.resynchronise_all().await?
                     }
@@ -260,18 +308,19 @@ impl Session {
             },
         );
         match subscription.start {
-            Start::Snapshot(snapshot) => self.deliver(&snapshot).await,
+            Start::Snapshot(snapshot) => self.deliver(&snapshot, None).await,
             Start::Resume(later) => {
                 for published in later {
-                    self.deliver(&published.message).await?;
+                    self.deliver(&published.message, Some(&published)).await?;
                 }
                 Ok(())
             }
         }
     }
 
-    /// A live message: sent if followed and next in its stream; a gap resends the state.
-    async fn on_live(&mut self, message: &MdMessage) -> Result<(), Closed> {
+    /// A live message: queued if followed and next in its stream; a gap resends the state.
+    async fn on_live(&mut self, published: &Published) -> Result<(), Closed> {
+        let message = &published.message;
         let key = (message.symbol, message.channel);
         let Some(followed) = self.followed.get(&key) else {
             return Ok(());
@@ -279,11 +328,16 @@ impl Session {
         if !message.is_snapshot() && message.seq > followed.last + 1 {
             return self.resynchronise(key).await;
         }
-        self.deliver(message).await
+        self.deliver(message, Some(published)).await
     }
 
-    /// Sends `message` unless the client already has it, and notes its sequence number.
-    async fn deliver(&mut self, message: &MdMessage) -> Result<(), Closed> {
+    /// Queues `message` unless the client already has it, and notes its sequence number. A
+    /// message of the hub's is made into text once, for every session.
+    async fn deliver(
+        &mut self,
+        message: &MdMessage,
+        published: Option<&Published>,
+    ) -> Result<(), Closed> {
         let key = (message.symbol, message.channel);
         let Some(followed) = self.followed.get_mut(&key) else {
             return Ok(());
@@ -292,22 +346,32 @@ impl Session {
             return Ok(());
         }
         followed.last = message.seq;
-        let scale = Scale {
-            catalog: &followed.catalog,
-            symbol: message.symbol,
+        let render = || {
+            let scale = Scale {
+                catalog: &followed.catalog,
+                symbol: message.symbol,
+            };
+            let data = data(&scale, followed.name.clone(), message);
+            let out = if message.is_snapshot() {
+                ServerMessage::Snapshot(data)
+            } else {
+                ServerMessage::Update(data)
+            };
+            serde_json::to_string(&out).unwrap_or_default()
         };
-        let data = data(&scale, followed.name.clone(), message);
-        let out = if message.is_snapshot() {
-            ServerMessage::Snapshot(data)
-        } else {
-            ServerMessage::Update(data)
+        let text = match published {
+            Some(published) => {
+                let text = published.text.get_or_init(|| Bytes::from(render()));
+                Utf8Bytes::try_from(text.clone()).map_err(|_| Closed)?
+            }
+            None => Utf8Bytes::from(render()),
         };
-        self.send(&out).await
+        self.queue(text).await
     }
 
     async fn resynchronise(&mut self, key: (u32, Channel)) -> Result<(), Closed> {
         match self.http.sources.market.snapshot(key.0, key.1) {
-            Some(snapshot) => self.deliver(&snapshot).await,
+            Some(snapshot) => self.deliver(&snapshot, None).await,
             None => Ok(()),
         }
     }
@@ -320,10 +384,22 @@ impl Session {
         Ok(())
     }
 
+    /// Queues a control message (it goes out with the next flush).
     async fn send(&mut self, message: &ServerMessage) -> Result<(), Closed> {
         let text = serde_json::to_string(message).map_err(|_| Closed)?;
-        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))).await
-        {
+        self.queue(text.into()).await
+    }
+
+    /// Queues one message; the socket writes when its buffer fills or at the next flush.
+    async fn queue(&mut self, text: Utf8Bytes) -> Result<(), Closed> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.feed(Message::Text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Closed),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Closed> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.flush()).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Closed),
         }

@@ -10,7 +10,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 
@@ -23,6 +24,9 @@ pub const HUB_QUEUE_BATCHES: usize = 16_384;
 pub const HISTORY_MESSAGES: usize = 131_072;
 /// Messages a live subscriber may fall behind before it is resynchronised by a snapshot.
 pub const SUBSCRIBER_BUFFER: usize = 16_384;
+/// A subscriber is sent at most one frame this often (`--md-frame-ms`): in a burst, the
+/// messages that arrive meanwhile share a frame.
+pub const FRAME_EVERY_DEFAULT: Duration = Duration::from_millis(5);
 
 /// What the engine thread sends.
 pub enum MdBatch {
@@ -83,6 +87,20 @@ impl MdPublisher {
 pub struct Published {
     pub message: MdMessage,
     pub encoded: Vec<u8>,
+    /// The message as text (the HTTP API's JSON), made by the first WebSocket session that
+    /// sends it, for every other one.
+    pub text: OnceLock<bytes::Bytes>,
+}
+
+impl Published {
+    pub fn new(message: MdMessage) -> Published {
+        let encoded = postcard::to_allocvec(&message).unwrap_or_default();
+        Published {
+            message,
+            encoded,
+            text: OnceLock::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -93,6 +111,7 @@ struct Recent {
 
 pub struct MarketHub {
     recent: Mutex<Recent>,
+    frame_every: Duration,
     live: broadcast::Sender<Arc<Published>>,
     published: AtomicU64,
     dropped: Arc<AtomicU64>,
@@ -118,6 +137,7 @@ impl MarketHub {
     /// runtime) and hands the history what it keeps.
     pub fn new(
         subscriber_buffer: usize,
+        frame_every: Duration,
         history: Option<HistoryRecorder>,
     ) -> (
         Arc<MarketHub>,
@@ -128,6 +148,7 @@ impl MarketHub {
         let dropped = Arc::new(AtomicU64::new(0));
         let hub = Arc::new(MarketHub {
             recent: Mutex::new(Recent::default()),
+            frame_every,
             live: broadcast::channel(subscriber_buffer.max(1)).0,
             published: AtomicU64::new(0),
             dropped: Arc::clone(&dropped),
@@ -164,11 +185,7 @@ impl MarketHub {
                         .insert((snapshot.symbol, snapshot.channel), state);
                     // Live subscribers start again from it too (they may have missed messages
                     // that will never come, on a stream that may stay quiet).
-                    let encoded = postcard::to_allocvec(&snapshot).unwrap_or_default();
-                    let _ = self.live.send(Arc::new(Published {
-                        message: snapshot,
-                        encoded,
-                    }));
+                    let _ = self.live.send(Arc::new(Published::new(snapshot)));
                 }
                 return;
             }
@@ -181,8 +198,7 @@ impl MarketHub {
             if let Err(gap) = state.apply(&message) {
                 tracing::error!(symbol = key.0, channel = ?key.1, %gap, "market data out of order");
             }
-            let encoded = postcard::to_allocvec(&message).unwrap_or_default();
-            let message = Arc::new(Published { message, encoded });
+            let message = Arc::new(Published::new(message));
             if recent.history.len() == HISTORY_MESSAGES {
                 recent.history.pop_front();
             }
@@ -240,6 +256,11 @@ impl MarketHub {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let state = recent.streams.get(&(symbol, channel))?;
         Some(snapshot_of(symbol, channel, state))
+    }
+
+    /// The least time between two frames to one subscriber.
+    pub fn frame_every(&self) -> Duration {
+        self.frame_every
     }
 
     /// Messages handed to subscribers since start.
@@ -319,7 +340,7 @@ mod tests {
 
     /// A hub fed directly (as its task would), with a stream at message 3.
     fn hub() -> Arc<MarketHub> {
-        let (hub, _publisher, _pump) = MarketHub::new(8, None);
+        let (hub, _publisher, _pump) = MarketHub::new(8, Duration::ZERO, None);
         hub.take(MdBatch::Reset(vec![snapshot(0, 10)]));
         hub.take(MdBatch::Messages(vec![
             update(1, 11),
@@ -390,7 +411,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_batches_and_asks_for_a_reset() {
-        let (hub, publisher, pump) = MarketHub::new(8, None);
+        let (hub, publisher, pump) = MarketHub::new(8, Duration::ZERO, None);
         // No pump running: the queue fills.
         let mut published = 0;
         while publisher.publish(vec![update(1, 1)]) {

@@ -103,6 +103,8 @@ pub struct NodeConfig {
     pub http_listen: Option<SocketAddr>,
     /// Market data messages a live subscriber may fall behind before it is resynchronised.
     pub md_subscriber_buffer: usize,
+    /// The least time between two market data frames to one subscriber.
+    pub md_frame_every: std::time::Duration,
     /// Keep every trade and closed candle in this SQLite file (`None`: only in memory).
     pub md_history: Option<PathBuf>,
     /// Run the reporter into this SQLite database.
@@ -137,6 +139,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     pub md_subscriber_buffer: Option<usize>,
+    pub md_frame_ms: Option<u64>,
     pub md_history: Option<PathBuf>,
     pub no_md_history: Option<bool>,
     pub report_db: Option<PathBuf>,

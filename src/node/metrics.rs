@@ -239,6 +239,11 @@ pub fn render(sources: &MetricsSources) -> String {
             &gateway.market_messages,
         ),
         (
+            "exchange_market_frames_sent_total",
+            "Frames the market data messages went out in (a burst's messages share one).",
+            &gateway.market_frames,
+        ),
+        (
             "exchange_market_resyncs_total",
             "Subscribers that fell behind and were sent a fresh snapshot.",
             &gateway.market_resyncs,

@@ -152,7 +152,7 @@ impl Node {
             None => (None, None),
         };
         let (market, publisher, feed_market) =
-            MarketHub::new(config.md_subscriber_buffer, recorder);
+            MarketHub::new(config.md_subscriber_buffer, config.md_frame_every, recorder);
         tokio::spawn(feed_market);
         let reporter = match &config.report_db {
             Some(path) => Some(Arc::new(

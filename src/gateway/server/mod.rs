@@ -607,12 +607,7 @@ mod tests {
                 .collect();
             let published: Vec<Arc<Published>> = messages
                 .iter()
-                .map(|m| {
-                    Arc::new(Published {
-                        message: m.clone(),
-                        encoded: postcard::to_allocvec(m).unwrap(),
-                    })
-                })
+                .map(|m| Arc::new(Published::new(m.clone())))
                 .collect();
             let expected = postcard::to_allocvec(&Reply::Market(messages)).unwrap();
             assert_eq!(market_frame(&published), expected, "{count} messages");

@@ -42,6 +42,9 @@ impl Gateway {
             };
             let mine = |p: &Published| p.message.symbol == symbol && p.message.channel == channel;
             let mut batch: Vec<Arc<Published>> = Vec::new();
+            let frame_every = self.market.frame_every();
+            // When the last frame went; `None`: the next may go at once.
+            let mut last_frame: Option<Instant> = None;
             loop {
                 if !self.key_still_valid(session) {
                     return Some(Reply::Error(KEY_CHANGED.into()));
@@ -57,6 +60,18 @@ impl Gateway {
                         continue;
                     }
                 };
+                // At most one frame each `frame_every`: in a burst, what arrives meanwhile goes
+                // out in one frame (one packet, one wake-up of the subscriber) instead of one
+                // by one. A subscriber that falls behind the broadcast meanwhile is conflated
+                // to a snapshot below.
+                if let Some(wait) = last_frame.map(|at| frame_every.saturating_sub(at.elapsed())) {
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            _ = send.stopped() => return None,
+                        }
+                    }
+                }
                 let mut lagged = false;
                 let mut next = Some(first);
                 batch.clear();
@@ -105,6 +120,9 @@ impl Gateway {
                     self.metrics
                         .market_messages
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.metrics.market_frames.fetch_add(1, Ordering::Relaxed);
+                    // A full frame leaves more waiting: the next goes at once.
+                    last_frame = (batch.len() < MARKET_MESSAGES_PER_FRAME_MAX).then(Instant::now);
                 }
                 if !self.publishing() {
                     return Some(self.not_leader());
