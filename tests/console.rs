@@ -155,6 +155,13 @@ impl Browser {
 
     /// One DevTools call; events that arrive meanwhile are skipped.
     async fn call(&mut self, method: &str, params: Value) -> Value {
+        let answer = self.answer(method, params).await;
+        assert!(answer["error"].is_null(), "{method}: {answer}");
+        answer["result"].clone()
+    }
+
+    /// One DevTools call's whole answer, its error included.
+    async fn answer(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let request = json!({"id": id, "method": method, "params": params});
@@ -171,32 +178,40 @@ impl Browser {
             };
             let answer: Value = serde_json::from_str(text.as_str()).expect("DevTools JSON");
             if answer["id"] == json!(id) {
-                assert!(answer["error"].is_null(), "{method}: {answer}");
-                return answer["result"].clone();
+                return answer;
             }
         }
     }
 
-    /// The value of a JavaScript expression in the page.
-    async fn eval(&mut self, expression: &str) -> Value {
-        let result = self
-            .call(
+    /// The value of a JavaScript expression in the page; `None` while the page has no script
+    /// context yet (it is still loading).
+    async fn eval(&mut self, expression: &str) -> Option<Value> {
+        let answer = self
+            .answer(
                 "Runtime.evaluate",
                 json!({"expression": expression, "returnByValue": true}),
             )
             .await;
+        if answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("execution context"))
+        {
+            return None;
+        }
+        assert!(answer["error"].is_null(), "{expression}: {answer}");
+        let result = &answer["result"];
         assert!(
             result["exceptionDetails"].is_null(),
             "{expression}: {result}"
         );
-        result["result"]["value"].clone()
+        Some(result["result"]["value"].clone())
     }
 
     /// Waits until `expression` is true in the page; returns how long it took.
     async fn until(&mut self, expression: &str, within: Duration) -> Duration {
         let started = Instant::now();
         loop {
-            if self.eval(expression).await == json!(true) {
+            if self.eval(expression).await == Some(json!(true)) {
                 return started.elapsed();
             }
             assert!(
@@ -304,7 +319,7 @@ async fn the_console_shows_the_market_and_follows_a_failover() {
         browser
             .eval("document.getElementById('connection').dataset.node")
             .await,
-        json!(leader.to_string())
+        Some(json!(leader.to_string()))
     );
     browser.screenshot("1-market.png").await;
 
@@ -323,7 +338,8 @@ async fn the_console_shows_the_market_and_follows_a_failover() {
     assert!(shown_after < Duration::from_secs(2), "{shown_after:?}");
     let switched = browser
         .eval("document.getElementById('switches').textContent")
-        .await;
+        .await
+        .expect("the page is loaded");
     assert!(
         switched
             .as_str()

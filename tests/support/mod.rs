@@ -428,6 +428,16 @@ impl Drop for Cluster {
             for id in 1..=self.size + self.spares {
                 let log = std::fs::read_to_string(self.dir.join(format!("node-{id}.log")))
                     .unwrap_or_default();
+                // A node's panic first: its backtrace would push the message out of the tail.
+                let lines: Vec<&str> = log.lines().collect();
+                for (n, line) in lines.iter().enumerate() {
+                    if line.contains("panicked at") {
+                        eprintln!("---- node {id} panicked ----");
+                        for line in &lines[n..(n + 3).min(lines.len())] {
+                            eprintln!("{line}");
+                        }
+                    }
+                }
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 eprintln!("---- node {id} log (last lines) ----");
                 for line in tail.iter().rev() {
