@@ -147,6 +147,11 @@ enum Commands {
         /// with --http-listen; any node serves it).
         #[arg(long, value_name = "URL")]
         ws_url: Option<String>,
+        /// Run the subscribers' threads at this nice value (0 to 19): at 19 they take only the
+        /// CPU the cluster leaves, which shows how much of their cost is their own processing
+        /// on a host they share with the nodes.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+        subscribers_nice: i32,
         /// Open loop: send each order when it is due, without waiting for the answers to the
         /// session's earlier ones (each request on a QUIC stream of its own). Without it a
         /// session has one request out at a time and sends what fell due meanwhile together;
@@ -337,6 +342,7 @@ fn main() -> ExitCode {
             md_stalled,
             ws_subscribers,
             ws_url,
+            subscribers_nice,
             pipeline,
             cluster,
         } => {
@@ -357,6 +363,7 @@ fn main() -> ExitCode {
                 md_stalled,
                 ws_subscribers,
                 ws_url,
+                subscribers_nice,
                 pipeline,
             };
             multi_thread_runtime()

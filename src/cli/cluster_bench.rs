@@ -64,6 +64,9 @@ pub struct BenchConfig {
     pub ws_subscribers: u64,
     /// Where they connect: a node's `ws://HOST:PORT/api/v1/ws`.
     pub ws_url: Option<String>,
+    /// The nice value of the subscribers' threads (0: the bench's own priority): at 19 they
+    /// take only the CPU the cluster leaves, which tells their own cost from the node's.
+    pub subscribers_nice: i32,
     /// Open loop: send each order when due without waiting for earlier answers.
     pub pipeline: bool,
 }
@@ -876,6 +879,14 @@ pub async fn run(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(SUBSCRIBER_THREADS)
+            .on_thread_start({
+                let nice = config.subscribers_nice;
+                move || {
+                    if nice != 0 {
+                        crate::node::run::lower_priority(nice);
+                    }
+                }
+            })
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the subscribers' runtime: {e}"))?,

@@ -83,49 +83,25 @@ async fn allow_any_origin(mut response: axum::response::Response) -> axum::respo
     response
 }
 
-/// Nice value of the HTTP thread: the kernel runs the order path's threads first.
-pub const HTTP_THREAD_NICE: i32 = 10;
-
-/// Binds `addr` (so that a taken port fails the node's start) and serves on a thread of its own
-/// with a runtime of its own, at a lower priority than the node's other threads: WebSocket
-/// fan-out and page loads take what CPU the order path leaves.
-pub async fn serve(addr: SocketAddr, sources: HttpSources) -> Result<(), String> {
+/// Binds `addr` (so that a taken port fails the node's start) and serves on `runtime`: the
+/// node's fan-out runtime, whose threads run at a lower priority than the order path's, so
+/// that WebSocket fan-out and page loads take what CPU the order path leaves.
+pub fn serve(
+    addr: SocketAddr,
+    sources: HttpSources,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(), String> {
     let listener = std::net::TcpListener::bind(addr).map_err(|e| e.to_string())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let app = router(sources);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the HTTP runtime: {e}"))?;
-    std::thread::Builder::new()
-        .name("http".into())
-        .spawn(move || {
-            lower_priority(HTTP_THREAD_NICE);
-            runtime.block_on(async move {
-                let served = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => axum::serve(listener, app).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = served {
-                    tracing::error!(%addr, error = %e, "the HTTP API stopped");
-                }
-            })
-        })
-        .map_err(|e| format!("starting the HTTP thread: {e}"))?;
+    runtime.spawn(async move {
+        let served = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => axum::serve(listener, app).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = served {
+            tracing::error!(%addr, error = %e, "the HTTP API stopped");
+        }
+    });
     Ok(())
-}
-
-/// Raises the calling thread's nice value (Linux keeps one per thread).
-fn lower_priority(nice: i32) {
-    // SAFETY: gettid and setpriority take no pointers and touch only this thread's priority.
-    let done = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
-    };
-    if done != 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "the HTTP thread runs at the node's priority"
-        );
-    }
 }

@@ -337,7 +337,9 @@ impl Node {
             divergence.clone(),
             Arc::clone(&cluster_view),
         ));
+        let fanout = fanout_runtime().map_err(StartError::Engine)?;
         let gateway = Gateway {
+            fanout: Some(fanout.clone()),
             leadership,
             sequencer,
             engine,
@@ -385,13 +387,11 @@ impl Node {
                 cluster: cluster_view,
                 history,
             };
-            serve_http(addr, sources)
-                .await
-                .map_err(|reason| StartError::Listen {
-                    what: "HTTP",
-                    addr,
-                    reason,
-                })?;
+            serve_http(addr, sources, &fanout).map_err(|reason| StartError::Listen {
+                what: "HTTP",
+                addr,
+                reason,
+            })?;
         }
         tokio::spawn(serve_brokers(broker_endpoint.clone(), gateway));
         tracing::info!(
@@ -484,4 +484,38 @@ fn hold_candidacy_until_a_leader_is_heard(raft: &Raft) {
         }
         raft.runtime_config().elect(true);
     });
+}
+
+/// Nice value of the fan-out runtime's threads: the kernel runs the order path's first.
+pub const FANOUT_NICE: i32 = 10;
+
+/// The runtime that serves market data to subscribers (native streams, the HTTP API and its
+/// WebSockets), on a thread of its own at a lower priority than the node's other threads: the
+/// fan-out takes what CPU the order path leaves. It lives as long as the process (a node runs
+/// one), so it is leaked rather than owned.
+fn fanout_runtime() -> Result<tokio::runtime::Handle, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("fanout")
+        .on_thread_start(|| lower_priority(FANOUT_NICE))
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the fan-out runtime: {e}"))?;
+    let runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(runtime));
+    Ok(runtime.handle().clone())
+}
+
+/// Raises the calling thread's nice value (Linux keeps one per thread).
+pub fn lower_priority(nice: i32) {
+    // SAFETY: gettid and setpriority take no pointers and touch only this thread's priority.
+    let done = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if done != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "a thread meant to run at a lower priority runs at the process's"
+        );
+    }
 }

@@ -67,6 +67,8 @@ pub use quota::{Place, Quota};
 /// What the gateway needs of its node.
 #[derive(Clone)]
 pub struct Gateway {
+    /// Where market data streams run (a runtime at a lower priority); `None`: here.
+    pub fanout: Option<tokio::runtime::Handle>,
     /// Who leads, and membership changes: the gateway's one window on Raft.
     pub leadership: Leadership,
     pub sequencer: Sequencer,
@@ -533,9 +535,12 @@ async fn serve_stream(
                     since,
                 }) => match session.principal.get() {
                     Some(_) => {
-                        let end = gateway
-                            .stream_market(&session, symbol, channel, since, &mut send)
+                        let (end, returned) = gateway
+                            .stream_market_apart(Arc::clone(&session), symbol, channel, since, send)
                             .await;
+                        // The streaming task failed: the stream went with it.
+                        let Some(returned) = returned else { return };
+                        send = returned;
                         match end {
                             Some(reply) if !gateway.key_still_valid(&session) => {
                                 (reply, After::Close(close_code::LOGON_REFUSED))

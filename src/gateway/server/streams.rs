@@ -4,6 +4,35 @@
 use super::*;
 
 impl Gateway {
+    /// `stream_market` on the fan-out runtime, whose threads run at a lower priority than the
+    /// order path's. Hands the stream back (`None` if the task failed).
+    pub(super) async fn stream_market_apart(
+        &self,
+        session: Arc<Session>,
+        symbol: u32,
+        channel: Channel,
+        since: Option<u64>,
+        mut send: quinn::SendStream,
+    ) -> (Option<Reply>, Option<quinn::SendStream>) {
+        let gateway = self.clone();
+        let task = async move {
+            let end = gateway
+                .stream_market(&session, symbol, channel, since, &mut send)
+                .await;
+            (end, send)
+        };
+        match &self.fanout {
+            Some(runtime) => match runtime.spawn(task).await {
+                Ok((end, send)) => (end, Some(send)),
+                Err(_) => (None, None),
+            },
+            None => {
+                let (end, send) = task.await;
+                (end, Some(send))
+            }
+        }
+    }
+
     /// Streams one market data stream until the subscriber goes, or this node stops leading.
     /// Returns the reply that ends the stream, if any.
     pub(super) async fn stream_market(
