@@ -71,6 +71,29 @@ async fn until_all(ports: &[u16], path: &str, check: impl Fn(&Value) -> bool) ->
     }
 }
 
+/// Account 1 rests a sell of `resting` at `price`; account 2 buys `taking` of it.
+async fn cross(
+    client: &mut exchange::gateway::client::Client,
+    price: i64,
+    resting: i64,
+    taking: i64,
+) {
+    accepted(
+        &submit(
+            client,
+            limit(1, Side::Sell, price, resting),
+            Duration::from_secs(10),
+        )
+        .await,
+    );
+    submit(
+        client,
+        limit(2, Side::Buy, price, taking),
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
 fn levels(value: &Value) -> Vec<(String, String)> {
     value
         .as_array()
@@ -360,20 +383,7 @@ async fn a_websocket_client_sees_every_message_once_across_a_leader_kill() {
     for round in 0..2 {
         for _ in 0..20 {
             price += 1;
-            accepted(
-                &submit(
-                    &mut client,
-                    limit(1, Side::Sell, price, 2),
-                    Duration::from_secs(10),
-                )
-                .await,
-            );
-            submit(
-                &mut client,
-                limit(2, Side::Buy, price, 1),
-                Duration::from_secs(10),
-            )
-            .await;
+            cross(&mut client, price, 2, 1).await;
         }
         read_for(
             &mut socket,
@@ -488,20 +498,7 @@ async fn candles_and_trades_are_the_same_after_a_restart_of_every_node() {
     let mut trades = 0;
     while started.elapsed() < Duration::from_secs(3) {
         let price = 100 + (trades % 7) * 3 - (trades % 3);
-        accepted(
-            &submit(
-                &mut client,
-                limit(1, Side::Sell, price, 2),
-                Duration::from_secs(10),
-            )
-            .await,
-        );
-        submit(
-            &mut client,
-            limit(2, Side::Buy, price, 2),
-            Duration::from_secs(10),
-        )
-        .await;
+        cross(&mut client, price, 2, 2).await;
         trades += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
