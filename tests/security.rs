@@ -902,3 +902,85 @@ async fn readers_never_starve_the_log() {
         "the leader changed while the readers read"
     );
 }
+
+/// Past `RETRY_WHEN_PENDING` handshakes and logons in progress, the node asks each new
+/// connection to prove its address first (QUIC Retry), and a broker, whose client answers the
+/// Retry as any QUIC client does, still logs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_128_pending_connections_the_node_asks_for_address_validation() {
+    let cluster = Cluster::start(
+        "security-retry",
+        1,
+        29_550,
+        &["--metrics-listen", "127.0.0.1:{metrics}"],
+    );
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let (_, key, accounts) = BROKERS[0];
+    let mut admin = cluster.client();
+    setup_market(&mut admin, 1).await;
+    fund_when_open(&mut admin, accounts[0], 1_000_000_000).await;
+    let validations = || {
+        cluster
+            .scrape_metrics(1)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("exchange_gateway_address_validations_total")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(validations(), 0, "no Retry before the flood");
+
+    // Three sources, each holding as many pending places as the node gives one source (64):
+    // 192 in progress, past the 128 at which the node starts asking for validation.
+    let ca = exchange::net::tls::load_ca(&cluster.dir.join("certs")).expect("CA");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut floods = Vec::new();
+    for source in [2, 4, 5] {
+        floods.push(tokio::spawn(flood(
+            cluster.broker(1),
+            ca.clone(),
+            [127, 0, 0, source].into(),
+            128,
+            Duration::from_millis(50),
+            std::sync::Arc::clone(&stop),
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while validations() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "192 pending connections and no Retry in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let logon = Instant::now();
+    let mut broker_client = cluster.client_with_key(key);
+    while let Err(e) = broker_client.balances(accounts[0], vec![]).await {
+        assert!(
+            logon.elapsed() < Duration::from_secs(1),
+            "the broker could not log on within 1 s: {e}"
+        );
+    }
+    let logon = logon.elapsed();
+    let traded = order_latencies(&mut broker_client, accounts[0], 10).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut established = 0;
+    for flood in floods {
+        established += flood.await.expect("flood").1;
+    }
+    let asked = validations();
+    println!(
+        "the node asked {asked} connections to validate their address; {established} flood \
+         connections were established; the broker logged on in {logon:?} and its 10 orders \
+         took {:?} at most",
+        traded.last()
+    );
+    assert!(
+        established >= 128,
+        "the flood held too little: {established}"
+    );
+}
