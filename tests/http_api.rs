@@ -485,7 +485,12 @@ async fn candles_and_trades_are_the_same_after_a_restart_of_every_node() {
         "http-history",
         3,
         29_500,
-        &["--http-listen", "127.0.0.1:{http}"],
+        &[
+            "--http-listen",
+            "127.0.0.1:{http}",
+            "--metrics-listen",
+            "127.0.0.1:{metrics}",
+        ],
     );
     let ports: Vec<u16> = (1..=3).map(|id| cluster.http_port(id)).collect();
     cluster.wait_for_leader(Duration::from_secs(10)).await;
@@ -615,5 +620,17 @@ async fn candles_and_trades_are_the_same_after_a_restart_of_every_node() {
             &trades_after, trades_before,
             "node {id}: the trades changed"
         );
+        // The history says what it wrote and that it lost nothing.
+        let page = cluster.scrape_metrics(id);
+        let count = |name: &str| -> Option<u64> {
+            page.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        };
+        assert!(
+            count("exchange_md_history_batches_written_total").is_some_and(|n| n > 0),
+            "node {id}: {page}"
+        );
+        assert_eq!(count("exchange_md_history_batches_dropped_total"), Some(0));
+        assert_eq!(count("exchange_md_history_writes_failed_total"), Some(0));
     }
 }

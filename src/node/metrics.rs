@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::gateway::metrics::GatewayMetrics;
 use crate::latency::{LatencyHistogram, LATENCY_BUCKETS_US};
+use crate::marketdata::history::MarketHistory;
 use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::EngineHandle;
 use crate::replication::leadership::Role;
@@ -38,6 +39,8 @@ pub struct MetricsSources {
     pub divergence: DivergenceLog,
     /// The reporter, when the node writes a report database.
     pub reporter: Option<Arc<Reporter>>,
+    /// The market data history, unless the node keeps market data only in memory.
+    pub history: Option<Arc<MarketHistory>>,
 }
 
 /// A request head larger than this is refused (a scrape is one short line).
@@ -155,6 +158,34 @@ pub fn render(sources: &MetricsSources) -> String {
         "Per peer, the last index at which its output hash was compared with this node's and equal.",
         &checked,
     );
+    if let Some(history) = &sources.history {
+        let stats = history.stats();
+        for (name, help, value) in [
+            (
+                "exchange_md_history_batches_written_total",
+                "Batches of trades and closed candles written to the market data history.",
+                &stats.written,
+            ),
+            (
+                "exchange_md_history_batches_dropped_total",
+                "Batches the market data history's queue had no room for: their rows are missing from the file.",
+                &stats.dropped,
+            ),
+            (
+                "exchange_md_history_writes_failed_total",
+                "Writes of the market data history that failed (logged): their rows are missing from the file.",
+                &stats.failed,
+            ),
+        ] {
+            metric(
+                &mut out,
+                name,
+                "counter",
+                help,
+                &[("", value.load(std::sync::atomic::Ordering::Relaxed))],
+            );
+        }
+    }
     if let Some(reporter) = &sources.reporter {
         let cursor = reporter.cursor();
         metric(

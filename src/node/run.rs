@@ -298,6 +298,7 @@ impl Node {
                     round_latency,
                     divergence: divergence.clone(),
                     reporter: reporter.clone(),
+                    history: history.clone(),
                 },
             )
             .await
