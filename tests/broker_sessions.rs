@@ -288,11 +288,7 @@ fn value_of(page: &str, line_start: &str) -> u64 {
 }
 
 fn value_of_f64(page: &str, line_start: &str) -> f64 {
-    page.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in\n{page}"))
+    metric_sample(page, line_start).unwrap_or_else(|| panic!("no {line_start} in\n{page}"))
 }
 
 type OrderIds = BTreeMap<u64, exchange::domain::OrderId>;

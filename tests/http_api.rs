@@ -622,15 +622,15 @@ async fn candles_and_trades_are_the_same_after_a_restart_of_every_node() {
         );
         // The history says what it wrote and that it lost nothing.
         let page = cluster.scrape_metrics(id);
-        let count = |name: &str| -> Option<u64> {
-            page.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        };
+        let count = |name: &str| metric_sample(&page, name);
         assert!(
-            count("exchange_md_history_batches_written_total").is_some_and(|n| n > 0),
+            count("exchange_md_history_batches_written_total").is_some_and(|n| n > 0.0),
             "node {id}: {page}"
         );
-        assert_eq!(count("exchange_md_history_batches_dropped_total"), Some(0));
-        assert_eq!(count("exchange_md_history_writes_failed_total"), Some(0));
+        assert_eq!(
+            count("exchange_md_history_batches_dropped_total"),
+            Some(0.0)
+        );
+        assert_eq!(count("exchange_md_history_writes_failed_total"), Some(0.0));
     }
 }

@@ -678,19 +678,40 @@ async fn flood(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_flood_does_not_lock_a_broker_out() {
+/// One node with metrics, a market, and the first broker's account funded: what a flood test
+/// floods.
+async fn one_node_to_flood(name: &str, base_port: u16) -> Cluster {
     let cluster = Cluster::start(
-        "security-flood",
+        name,
         1,
-        28_270,
+        base_port,
         &["--metrics-listen", "127.0.0.1:{metrics}"],
     );
     cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let (_, key, accounts) = BROKERS[0];
     let mut admin = cluster.client();
     setup_market(&mut admin, 1).await;
-    fund_when_open(&mut admin, accounts[0], 1_000_000_000).await;
+    fund_when_open(&mut admin, BROKERS[0].2[0], 1_000_000_000).await;
+    cluster
+}
+
+/// Logs a broker on and reads its balances, trying again when its connection is lost (as any
+/// client does), the whole logon held to 1 s; returns the session and how long it took.
+async fn log_on_within_a_second(cluster: &Cluster, key: &str, account: u64) -> (Client, Duration) {
+    let started = Instant::now();
+    let mut client = cluster.client_with_key(key);
+    while let Err(e) = client.balances(account, vec![]).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the broker could not log on within 1 s: {e}"
+        );
+    }
+    (client, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_does_not_lock_a_broker_out() {
+    let cluster = one_node_to_flood("security-flood", 28_270).await;
+    let (_, key, accounts) = BROKERS[0];
     const ORDERS: usize = 300;
     let mut quiet = cluster.client_with_key(key);
     let without = order_latencies(&mut quiet, accounts[0], ORDERS).await;
@@ -720,17 +741,7 @@ async fn a_connection_flood_does_not_lock_a_broker_out() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let flood_began = Instant::now();
 
-    // A broker's client tries again when its connection is lost mid-flood, as any does; the
-    // whole logon, tries included, is held to the bound below.
-    let logon = Instant::now();
-    let mut broker_client = cluster.client_with_key(key);
-    while let Err(e) = broker_client.balances(accounts[0], vec![]).await {
-        assert!(
-            logon.elapsed() < Duration::from_secs(1),
-            "the broker could not log on within 1 s of the flood: {e}"
-        );
-    }
-    let logon = logon.elapsed();
+    let (mut broker_client, logon) = log_on_within_a_second(&cluster, key, accounts[0]).await;
     let with = order_latencies(&mut broker_client, accounts[0], ORDERS).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let flood_seconds = flood_began.elapsed().as_secs_f64() + 2.0;
@@ -757,11 +768,7 @@ async fn a_connection_flood_does_not_lock_a_broker_out() {
     // The node turned most of them away: refused past the pending pool's share of one
     // address, or sent to validate their address first.
     let page = cluster.scrape_metrics(1);
-    let count = |name: &str| -> u64 {
-        page.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let count = |name: &str| metric_sample(&page, name).unwrap_or(0.0) as u64;
     let refused = count("exchange_gateway_connections_refused_total");
     let validated = count("exchange_gateway_address_validations_total");
     println!(
@@ -908,28 +915,12 @@ async fn readers_never_starve_the_log() {
 /// Retry as any QUIC client does, still logs on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_128_pending_connections_the_node_asks_for_address_validation() {
-    let cluster = Cluster::start(
-        "security-retry",
-        1,
-        29_550,
-        &["--metrics-listen", "127.0.0.1:{metrics}"],
-    );
-    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let cluster = one_node_to_flood("security-retry", 29_550).await;
     let (_, key, accounts) = BROKERS[0];
-    let mut admin = cluster.client();
-    setup_market(&mut admin, 1).await;
-    fund_when_open(&mut admin, accounts[0], 1_000_000_000).await;
     let validations = || {
         cluster
-            .scrape_metrics(1)
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("exchange_gateway_address_validations_total")?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or(0)
+            .metric(1, "exchange_gateway_address_validations_total")
+            .unwrap_or(0.0) as u64
     };
     assert_eq!(validations(), 0, "no Retry before the flood");
 
@@ -957,15 +948,7 @@ async fn past_128_pending_connections_the_node_asks_for_address_validation() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let logon = Instant::now();
-    let mut broker_client = cluster.client_with_key(key);
-    while let Err(e) = broker_client.balances(accounts[0], vec![]).await {
-        assert!(
-            logon.elapsed() < Duration::from_secs(1),
-            "the broker could not log on within 1 s: {e}"
-        );
-    }
-    let logon = logon.elapsed();
+    let (mut broker_client, logon) = log_on_within_a_second(&cluster, key, accounts[0]).await;
     let traded = order_latencies(&mut broker_client, accounts[0], 10).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut established = 0;

@@ -269,8 +269,8 @@ impl MarketHistory {
                 params![
                     symbol,
                     interval_seconds(interval),
-                    stored_time(from_ns),
-                    stored_time(to_ns),
+                    stored_bound(from_ns),
+                    stored_bound(to_ns),
                     limit as i64
                 ],
                 |row| {
@@ -310,7 +310,7 @@ impl MarketHistory {
             )
             .context("preparing the trades query")?;
         let rows = statement
-            .query_map(params![symbol, stored_time(before), limit as i64], |row| {
+            .query_map(params![symbol, stored_bound(before), limit as i64], |row| {
                 let aggressor: String = row.get(3)?;
                 Ok(TradeTick {
                     trade_id: row.get::<_, i64>(0)? as u64,
@@ -337,9 +337,9 @@ fn interval_seconds(interval: Interval) -> i64 {
     (interval.nanos() / 1_000_000_000) as i64
 }
 
-/// A bound of a range query: ids and times above `i64::MAX` do not occur, but a caller's "no
-/// bound" (`u64::MAX`) must not wrap to -1.
-fn stored_time(value: u64) -> i64 {
+/// A bound of a range query (an id or a time): values above `i64::MAX` do not occur, but a
+/// caller's "no bound" (`u64::MAX`) must not wrap to -1.
+fn stored_bound(value: u64) -> i64 {
     value.min(i64::MAX as u64) as i64
 }
 

@@ -27,6 +27,8 @@ pub enum StartError {
     ReportDb(String),
     /// The market data history (`--md-history`).
     MdHistory(String),
+    /// A thread or runtime of the node's own could not be started.
+    Threads(String),
     /// The engine thread could not start.
     Engine(String),
     /// A listener could not be bound (what it is for, and where).
@@ -56,6 +58,7 @@ impl std::fmt::Display for StartError {
             }
             StartError::ReportDb(why) => write!(f, "--report-db: {why}"),
             StartError::MdHistory(why) => write!(f, "--md-history: {why}"),
+            StartError::Threads(why) => write!(f, "{why}"),
             StartError::Engine(why) => write!(f, "engine: {why}"),
             StartError::Listen { what, addr, reason } => {
                 write!(f, "{what} listener {addr}: {reason}")

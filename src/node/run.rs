@@ -338,7 +338,7 @@ impl Node {
             divergence.clone(),
             Arc::clone(&cluster_view),
         ));
-        let fanout = fanout_runtime().map_err(StartError::Engine)?;
+        let fanout = fanout_runtime().map_err(StartError::Threads)?;
         let gateway = Gateway {
             fanout: Some(fanout.clone()),
             leadership,

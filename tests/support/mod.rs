@@ -197,6 +197,12 @@ impl Cluster {
         page
     }
 
+    /// The value of node `id`'s first sample that `line_start` begins (a metric's name, maybe
+    /// with some of its labels); `None` if the page has none.
+    pub fn metric(&self, id: u64, line_start: &str) -> Option<f64> {
+        metric_sample(&self.scrape_metrics(id), line_start)
+    }
+
     pub fn raft_addr(&self, id: u64) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.base_port + id as u16))
     }
@@ -597,6 +603,19 @@ pub async fn setup_market(client: &mut Client, accounts: u64) {
             "setup rejected: {outputs:?}"
         );
     }
+}
+
+/// The value of the first sample in a Prometheus page that `line_start` begins: a metric's
+/// name (not the start of a longer name), maybe with some of its labels.
+pub fn metric_sample(page: &str, line_start: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(line_start).is_some_and(|rest| {
+                !rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            })
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 pub fn limit(account: u64, side: Side, price: i64, qty: i64) -> ExchangeCommand {
