@@ -25,6 +25,7 @@ pub use exchange_engine as engine;
 pub use exchange_log as log;
 
 pub mod cli;
+pub mod fix;
 pub mod gateway;
 pub mod http;
 pub mod latency;

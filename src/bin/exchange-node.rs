@@ -153,6 +153,12 @@ struct RunArgs {
     /// WebSocket (GET /api/v1/ws): docs/http-api.md. Any node may serve it. Off unless given.
     #[arg(long, value_name = "ADDR", env = "EXCHANGE_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
+    /// Accept FIX 4.4 order entry sessions here (TCP; TargetCompID EXCHANGE, each broker's
+    /// SenderCompID from the brokers file's fix_comp_id, Password(554) the broker's API key):
+    /// docs/fix.md. Only the leader takes logons; a follower's Logout names the leader. Off
+    /// unless given.
+    #[arg(long, value_name = "ADDR", env = "EXCHANGE_FIX_LISTEN")]
+    fix_listen: Option<std::net::SocketAddr>,
     /// Market data messages a live subscriber may fall behind before the node sends it a
     /// fresh snapshot instead (a slow subscriber never slows the engine).
     #[arg(long, value_name = "MESSAGES", env = "EXCHANGE_MD_SUBSCRIBER_BUFFER")]
@@ -335,6 +341,7 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
         dev,
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         http_listen: args.http_listen.or(file.http_listen),
+        fix_listen: args.fix_listen.or(file.fix_listen),
         md_subscriber_buffer: args
             .md_subscriber_buffer
             .or(file.md_subscriber_buffer)

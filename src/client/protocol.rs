@@ -247,6 +247,10 @@ pub struct NodeStatus {
     /// Where the node serves its HTTP API (`--http-listen`), if it does: the web console
     /// finds the other nodes here when its own dies.
     pub http: Option<String>,
+    /// Where the node accepts FIX sessions (`--fix-listen`), if it does: a follower's Logout
+    /// names the leader's.
+    #[serde(default)]
+    pub fix: Option<String>,
 }
 
 #[cfg(test)]

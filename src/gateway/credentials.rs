@@ -51,6 +51,27 @@ pub fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest FIX CompID accepted.
+pub const COMP_ID_CHARS_MAX: usize = 32;
+
+/// Whether a FIX SenderCompID can be a broker's: 1 to 32 printable ASCII characters, not the
+/// exchange's own.
+pub fn check_comp_id(comp_id: &str) -> Result<(), String> {
+    if comp_id.is_empty()
+        || comp_id.len() > COMP_ID_CHARS_MAX
+        || !comp_id.bytes().all(|b| b.is_ascii_graphic() && b != b'=')
+    {
+        return Err(format!(
+            "fix_comp_id {comp_id:?} must be 1 to {COMP_ID_CHARS_MAX} printable ASCII characters \
+             without '='"
+        ));
+    }
+    if comp_id == "EXCHANGE" {
+        return Err("fix_comp_id EXCHANGE is the exchange's own CompID".into());
+    }
+    Ok(())
+}
+
 /// One broker of the brokers file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +82,9 @@ pub struct BrokerEntry {
     /// The accounts it owns: created for it when they do not exist.
     #[serde(default)]
     pub accounts: Vec<u64>,
+    /// Its SenderCompID(49) on FIX (docs/fix.md); without one, the broker has no FIX session.
+    #[serde(default)]
+    pub fix_comp_id: Option<String>,
 }
 
 /// The brokers file (`cluster/brokers.toml`).
@@ -74,6 +98,14 @@ pub struct BrokersFile {
 }
 
 impl BrokersFile {
+    /// Each FIX SenderCompID and its broker.
+    pub fn fix_comp_ids(&self) -> std::collections::BTreeMap<String, BrokerId> {
+        self.brokers
+            .iter()
+            .filter_map(|b| Some((b.fix_comp_id.clone()?, BrokerId(b.id))))
+            .collect()
+    }
+
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read brokers file {}: {e}", path.display()))?;
@@ -91,6 +123,7 @@ impl BrokersFile {
         let mut ids = std::collections::BTreeSet::new();
         let mut keys = std::collections::BTreeMap::new();
         let mut accounts = std::collections::BTreeSet::new();
+        let mut comp_ids = std::collections::BTreeMap::new();
         for broker in &self.brokers {
             if broker.id == BrokerId::OPERATOR.0 {
                 return Err("broker id 0 is the operator; brokers start at 1".into());
@@ -108,6 +141,15 @@ impl BrokersFile {
                     "brokers {other} and {} have the same key; every broker needs its own",
                     broker.id
                 ));
+            }
+            if let Some(comp_id) = &broker.fix_comp_id {
+                check_comp_id(comp_id).map_err(|e| format!("broker {}: {e}", broker.id))?;
+                if let Some(other) = comp_ids.insert(comp_id.as_str(), broker.id) {
+                    return Err(format!(
+                        "brokers {other} and {} have the same fix_comp_id {comp_id:?}",
+                        broker.id
+                    ));
+                }
             }
             for &account in &broker.accounts {
                 if !accounts.insert(account) {

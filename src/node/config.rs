@@ -101,6 +101,8 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Serve the HTTP API (market data, the cluster's state) here.
     pub http_listen: Option<SocketAddr>,
+    /// Accept FIX 4.4 sessions here (docs/fix.md).
+    pub fix_listen: Option<SocketAddr>,
     /// Market data messages a live subscriber may fall behind before it is resynchronised.
     pub md_subscriber_buffer: usize,
     /// The least time between two market data frames to one subscriber.
@@ -138,6 +140,7 @@ pub struct FileConfig {
     pub dev: Option<bool>,
     pub metrics_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
+    pub fix_listen: Option<SocketAddr>,
     pub md_subscriber_buffer: Option<usize>,
     pub md_frame_ms: Option<u64>,
     pub md_history: Option<PathBuf>,

@@ -20,6 +20,7 @@ use super::divergence_watch::watch as watch_divergence;
 use super::error::StartError;
 use super::metrics::{serve as serve_metrics, MetricsSources};
 use super::outputs::NodeTap;
+use crate::fix::server::{serve as serve_fix, FixMetrics, FixServer, LeaderFixAddress};
 use crate::gateway::credentials::BrokersFile;
 use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::server::{serve as serve_brokers, Gateway};
@@ -284,6 +285,7 @@ impl Node {
         );
         let admin_digest = brokers.admin_digest();
         let gateway_metrics = Arc::new(GatewayMetrics::default());
+        let fix_metrics = Arc::new(FixMetrics::default());
         let divergence = DivergenceLog::default();
         if let Some(addr) = config.metrics_listen {
             serve_metrics(
@@ -308,6 +310,7 @@ impl Node {
                 reason,
             })?;
         }
+        let fix_comp_ids = brokers.fix_comp_ids();
         tokio::spawn(apply_brokers_file(
             raft.clone(),
             Arc::clone(&engine),
@@ -353,6 +356,7 @@ impl Node {
             connections: Arc::default(),
             development: config.dev,
             http_listen: config.http_listen,
+            fix_listen: config.fix_listen,
             session_limits: config.session_limits,
             reports,
             market,
@@ -360,6 +364,30 @@ impl Node {
             faults: config.gateway_faults,
             fault_state: Arc::default(),
         };
+        if let Some(addr) = config.fix_listen {
+            let listener =
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Listen {
+                        what: "FIX",
+                        addr,
+                        reason: e.to_string(),
+                    })?;
+            let peers = Arc::clone(&cluster_view);
+            let leader_fix: LeaderFixAddress = Arc::new(move |id| {
+                peers
+                    .peers()
+                    .get(&id)
+                    .and_then(|peer| peer.status.as_ref().ok()?.fix.clone())
+            });
+            let server = FixServer::new(
+                gateway.clone(),
+                fix_comp_ids,
+                leader_fix,
+                Arc::clone(&fix_metrics),
+            );
+            tokio::spawn(serve_fix(listener, Arc::new(server)));
+        }
         if let Some(addr) = config.http_listen {
             let watched = raft.clone();
             let view = Arc::clone(&cluster_view);

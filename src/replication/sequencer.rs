@@ -99,6 +99,13 @@ impl Sequencer {
         &self,
         commands: Vec<BrokerCommand>,
     ) -> Vec<Result<Vec<Output>, SubmitError>> {
+        self.enqueue_many(commands).await.answers().await
+    }
+
+    /// Queues commands in order and returns as soon as they are queued: a caller that
+    /// enqueues request after request, and waits for the answers elsewhere, keeps its order
+    /// without waiting a round for each.
+    pub async fn enqueue_many(&self, commands: Vec<BrokerCommand>) -> Queued {
         let mut answers = Vec::with_capacity(commands.len());
         for command in commands {
             let (reply, answer) = oneshot::channel();
@@ -108,8 +115,24 @@ impl Sequencer {
             }
             answers.push(Some(answer));
         }
-        let mut results = Vec::with_capacity(answers.len());
-        for answer in answers {
+        Queued { answers }
+    }
+}
+
+/// Commands queued for sequencing, whose answers are still to come.
+pub struct Queued {
+    /// One per command; `None` where the queue had closed (the sequencer stopped).
+    answers: Vec<Option<oneshot::Receiver<Answer>>>,
+}
+
+/// One command's answer: its outputs, or why it has none.
+pub type Answer = Result<Vec<Output>, SubmitError>;
+
+impl Queued {
+    /// Each command's outputs once committed and applied, in order.
+    pub async fn answers(self) -> Vec<Result<Vec<Output>, SubmitError>> {
+        let mut results = Vec::with_capacity(self.answers.len());
+        for answer in self.answers {
             results.push(match answer {
                 Some(answer) => answer.await.unwrap_or(Err(SubmitError::Stopped)),
                 None => Err(SubmitError::Stopped),

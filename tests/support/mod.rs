@@ -124,7 +124,7 @@ impl Cluster {
         let mut brokers_file = format!("admin_key = \"{ADMIN_KEY}\"\n");
         for (id, key, accounts) in BROKERS {
             brokers_file.push_str(&format!(
-                "[[broker]]\nid = {id}\nkey = \"{key}\"\naccounts = {accounts:?}\n"
+                "[[broker]]\nid = {id}\nkey = \"{key}\"\naccounts = {accounts:?}\nfix_comp_id = \"BROKER{id}\"\n"
             ));
         }
         std::fs::write(dir.join("brokers.toml"), brokers_file).expect("brokers file");
@@ -178,6 +178,11 @@ impl Cluster {
     /// The port `--http-listen 127.0.0.1:{http}` gives node `id`.
     pub fn http_port(&self, id: u64) -> u16 {
         self.base_port + 300 + id as u16
+    }
+
+    /// The port `--fix-listen 127.0.0.1:{fix}` gives node `id`.
+    pub fn fix_port(&self, id: u64) -> u16 {
+        self.base_port + 400 + id as u16
     }
 
     /// Node `id`'s Prometheus page.
@@ -269,10 +274,11 @@ impl Cluster {
             .arg(self.dir.join("brokers.toml"))
             .args(self.flags.iter().map(|f| {
                 // A flag may name a per-node port: `{metrics}` is base port + 200 + id,
-                // `{http}` base port + 300 + id; `{id}` is the node's id, `{dir}` the test's
-                // directory.
+                // `{http}` base port + 300 + id, `{fix}` base port + 400 + id; `{id}` is the
+                // node's id, `{dir}` the test's directory.
                 f.replace("{metrics}", &self.metrics_port(id).to_string())
                     .replace("{http}", &self.http_port(id).to_string())
+                    .replace("{fix}", &self.fix_port(id).to_string())
                     .replace("{id}", &id.to_string())
                     .replace("{dir}", &self.dir.to_string_lossy())
             }))

@@ -43,6 +43,22 @@ pub const READS_PER_SEC_DEFAULT: u32 = 1_000;
 /// broker cannot take them all.
 pub const SESSIONS_PER_BROKER_MAX_DEFAULT: u32 = 64;
 
+/// Commands that passed admission, not yet queued.
+pub(super) struct Admitted {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    stamped: Vec<BrokerCommand>,
+    accounts: Vec<Option<AccountId>>,
+    principal: Principal,
+}
+
+/// Commands queued for sequencing: they hold their places in flight until answered.
+pub struct InFlight {
+    queued: crate::replication::sequencer::Queued,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    accounts: Vec<Option<AccountId>>,
+    principal: Principal,
+}
+
 /// How many sessions each broker has logged on at this node.
 pub type BrokerSessions = Quota<BrokerId>;
 
@@ -151,6 +167,18 @@ impl Gateway {
         principal: Principal,
         commands: Vec<Command>,
     ) -> Result<Vec<Result<Vec<Output>, SubmitError>>, Reply> {
+        let admitted = self.admit_commands(session, principal, commands)?;
+        self.settle(self.enqueue(admitted).await).await
+    }
+
+    /// The checks of [`Gateway::sequence`], without waiting: the commands stamped with their
+    /// broker and holding their places among the session's commands in flight.
+    pub(super) fn admit_commands(
+        &self,
+        session: &Session,
+        principal: Principal,
+        commands: Vec<Command>,
+    ) -> Result<Admitted, Reply> {
         let count = commands.len();
         if count > SUBMIT_BATCH_COMMANDS_MAX {
             return Err(Reply::Error(format!(
@@ -178,7 +206,7 @@ impl Gateway {
             reason,
             retry_after_ms: retry_after.as_millis().max(1) as u64,
         };
-        let _permit = Arc::clone(&session.in_flight)
+        let permit = Arc::clone(&session.in_flight)
             .try_acquire_many_owned(count as u32)
             .map_err(|_| {
                 throttled(
@@ -198,7 +226,7 @@ impl Gateway {
         self.metrics
             .commands
             .fetch_add(count as u64, Ordering::Relaxed);
-        let accounts: Vec<_> = commands.iter().map(Command::account).collect();
+        let accounts = commands.iter().map(Command::account).collect();
         let stamped = commands
             .into_iter()
             .map(|command| BrokerCommand {
@@ -206,7 +234,43 @@ impl Gateway {
                 command,
             })
             .collect();
-        let results = self.sequencer.submit_many(stamped).await;
+        Ok(Admitted {
+            permit,
+            stamped,
+            accounts,
+            principal,
+        })
+    }
+
+    /// Queues admitted commands for sequencing, in the order this is called.
+    pub(super) async fn enqueue(&self, admitted: Admitted) -> InFlight {
+        let Admitted {
+            permit,
+            stamped,
+            accounts,
+            principal,
+        } = admitted;
+        InFlight {
+            queued: self.sequencer.enqueue_many(stamped).await,
+            _permit: permit,
+            accounts,
+            principal,
+        }
+    }
+
+    /// Waits for queued commands' answers: each command's outputs as the session may see
+    /// them, or the reply that refuses them all (not the leader, stopping).
+    pub(super) async fn settle(
+        &self,
+        in_flight: InFlight,
+    ) -> Result<Vec<Result<Vec<Output>, SubmitError>>, Reply> {
+        let InFlight {
+            queued,
+            _permit,
+            accounts,
+            principal,
+        } = in_flight;
+        let results = queued.answers().await;
         // Not the leader, or stopping: nothing was sequenced (every command got the same
         // answer), and the broker is sent elsewhere.
         match results.first() {
@@ -242,7 +306,7 @@ impl Gateway {
 
     /// Whether this node leads and has heard from a majority lately: only then it serves
     /// commands and publishes.
-    pub(super) fn publishing(&self) -> bool {
+    pub fn publishing(&self) -> bool {
         self.leadership.publishing()
     }
 }

@@ -47,6 +47,7 @@ mod logon;
 mod queries;
 mod quota;
 mod streams;
+mod translated;
 
 use admission::TokenBucket;
 pub use admission::{
@@ -63,6 +64,7 @@ pub use logon::{
 pub use queries::catalog_of;
 use queries::Balance;
 pub use quota::{Place, Quota};
+pub use translated::{NotQueued, Queued, TranslatedLogon, TranslatedSession};
 
 /// What the gateway needs of its node.
 #[derive(Clone)]
@@ -89,6 +91,8 @@ pub struct Gateway {
     pub development: bool,
     /// The node's HTTP API address, which its status names.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// The node's FIX address, which its status names.
+    pub fix_listen: Option<std::net::SocketAddr>,
     pub session_limits: SessionLimits,
     /// What the engine said about each broker's accounts, to publish.
     pub reports: Arc<ReportJournal>,
@@ -199,6 +203,7 @@ impl Gateway {
             hashes_checked: self.divergence.checked().into_iter().collect(),
             development: self.development,
             http: self.http_listen.map(|addr| addr.to_string()),
+            fix: self.fix_listen.map(|addr| addr.to_string()),
         }
     }
 

@@ -1,0 +1,1004 @@
+//! The FIX acceptor: TCP connections, the session layer (logon, sequence numbers, heartbeats,
+//! resends, logout) and the hand-over of application messages to [`super::orders`] and of
+//! their commands to the gateway's admission path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use exchange_client::catalog::Catalog;
+use exchange_domain::{BrokerId, Command};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::codec::{tag, utc_timestamp, Builder, Frame, Framer, Message};
+use super::orders::{exec_id_of, Translated};
+use super::session::{SessionState, QUEUED_INBOUND_MAX};
+use super::EXCHANGE_COMP_ID;
+use crate::gateway::server::{catalog_of, Gateway, NotQueued, TranslatedLogon, TranslatedSession};
+
+/// A connection that has not sent its Logon within this time is closed.
+pub const LOGON_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// HeartBtInt(108) accepted, in seconds.
+pub const HEART_BT_INT_MAX: u64 = 600;
+
+/// Reports the journal hands over at a time.
+const REPORTS_PER_BATCH: usize = 1_024;
+
+/// Who leads, as the FIX acceptor tells a broker that logged on to a follower: the leader's
+/// FIX address, when known.
+pub type LeaderFixAddress = Arc<dyn Fn(u64) -> Option<String> + Send + Sync>;
+
+/// Counters of the FIX acceptor.
+#[derive(Default)]
+pub struct FixMetrics {
+    pub sessions: AtomicU64,
+    pub logons: AtomicU64,
+    pub logons_refused: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    /// Frames ignored because their framing, BodyLength or CheckSum was broken.
+    pub garbled: AtomicU64,
+    pub session_rejects: AtomicU64,
+    pub resend_requests: AtomicU64,
+}
+
+/// One session's place in the acceptor: its state, and whether a connection holds it.
+struct Slot {
+    state: Arc<AsyncMutex<SessionState>>,
+    active: bool,
+}
+
+/// The FIX acceptor of one node.
+pub struct FixServer {
+    gateway: Gateway,
+    /// SenderCompID of each broker that may use FIX.
+    comp_ids: BTreeMap<String, BrokerId>,
+    sessions: Mutex<HashMap<String, Slot>>,
+    catalog: Mutex<(Arc<Catalog>, Option<Instant>)>,
+    leader_fix: LeaderFixAddress,
+    pub metrics: Arc<FixMetrics>,
+}
+
+/// The catalog is asked again at most this often when a symbol is not found in it.
+const CATALOG_REFRESH_MIN: Duration = Duration::from_millis(200);
+
+impl FixServer {
+    pub fn new(
+        gateway: Gateway,
+        comp_ids: BTreeMap<String, BrokerId>,
+        leader_fix: LeaderFixAddress,
+        metrics: Arc<FixMetrics>,
+    ) -> Self {
+        FixServer {
+            gateway,
+            comp_ids,
+            sessions: Mutex::new(HashMap::new()),
+            catalog: Mutex::new((Arc::new(Catalog::default()), None)),
+            leader_fix,
+            metrics,
+        }
+    }
+
+    /// The engine's symbols and assets; asked of the engine again when `stale` says the copy
+    /// lacks something (at most every `CATALOG_REFRESH_MIN`).
+    async fn catalog(&self, stale: impl Fn(&Catalog) -> bool) -> Arc<Catalog> {
+        let (current, asked) = {
+            let c = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+            (Arc::clone(&c.0), c.1)
+        };
+        if !stale(&current) || asked.is_some_and(|at| at.elapsed() < CATALOG_REFRESH_MIN) {
+            return current;
+        }
+        let fresh = match self.gateway.engine.query(catalog_of).await {
+            Ok(catalog) => Arc::new(catalog),
+            Err(_) => return current,
+        };
+        *self.catalog.lock().unwrap_or_else(|p| p.into_inner()) =
+            (Arc::clone(&fresh), Some(Instant::now()));
+        fresh
+    }
+}
+
+/// Accepts FIX connections until the listener fails.
+pub async fn serve(listener: tokio::net::TcpListener, server: Arc<FixServer>) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("FIX accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(translated) = server.gateway.open_translated(remote) else {
+            // The pool of connections not yet logged on, or this source's share, is full.
+            drop(stream);
+            continue;
+        };
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            let (reader, writer) = tokio::io::split(stream);
+            run_connection(server, translated, remote, reader, writer).await;
+        });
+    }
+}
+
+/// What handling a message leaves the connection to do.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// Close the connection (a Logout was sent, or none is due).
+    Close,
+}
+
+/// A logged-on session's connection.
+struct Connection<W> {
+    server: Arc<FixServer>,
+    translated: TranslatedSession,
+    remote: SocketAddr,
+    state: Arc<AsyncMutex<SessionState>>,
+    writer: AsyncMutex<W>,
+    broker: BrokerId,
+    comp_id: String,
+    heart_bt_int: Duration,
+    last_sent: Mutex<Instant>,
+}
+
+async fn run_connection<R, W>(
+    server: Arc<FixServer>,
+    translated: TranslatedSession,
+    remote: SocketAddr,
+    mut reader: R,
+    mut writer: W,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut framer = Framer::default();
+    let mut buffer = vec![0u8; 16 * 1024];
+    // The Logon: the first message, within the deadline.
+    let deadline = tokio::time::Instant::now() + LOGON_TIMEOUT;
+    let logon = loop {
+        match framer.next_frame() {
+            Some(Frame::Message(bytes)) => match Message::parse(bytes) {
+                Ok(message) => break message,
+                Err(why) => {
+                    server.metrics.garbled.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%remote, %why, "garbled FIX message before logon ignored");
+                    continue;
+                }
+            },
+            Some(Frame::Garbled(_)) => {
+                server.metrics.garbled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            None => {}
+        }
+        match tokio::time::timeout_at(deadline, reader.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => framer.extend(&buffer[..n]),
+            _ => return,
+        }
+    };
+    server
+        .metrics
+        .messages_received
+        .fetch_add(1, Ordering::Relaxed);
+    let Some(connection) = log_on(&server, translated, remote, &logon, &mut writer).await else {
+        server
+            .metrics
+            .logons_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = writer.shutdown().await;
+        return;
+    };
+    let connection = Arc::new(Connection {
+        server: connection.server,
+        translated: connection.translated,
+        remote: connection.remote,
+        state: connection.state,
+        writer: AsyncMutex::new(writer),
+        broker: connection.broker,
+        comp_id: connection.comp_id,
+        heart_bt_int: connection.heart_bt_int,
+        last_sent: connection.last_sent,
+    });
+    server.metrics.logons.fetch_add(1, Ordering::Relaxed);
+    server.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(target: "audit", event = "fix logon", broker = connection.broker.0, comp_id = %connection.comp_id, %remote, "FIX session logged on");
+
+    let reports = tokio::spawn(Arc::clone(&connection).send_reports());
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_received = Instant::now();
+    let mut test_request_sent: Option<Instant> = None;
+    let flow = 'session: loop {
+        // Messages already framed first (the Logon's read may have brought more).
+        while let Some(frame) = framer.next_frame() {
+            let message = match frame {
+                Frame::Message(bytes) => Message::parse(bytes),
+                Frame::Garbled(why) => Err(why),
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(why) => {
+                    server.metrics.garbled.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(comp_id = %connection.comp_id, %why, "garbled FIX message ignored");
+                    continue;
+                }
+            };
+            server
+                .metrics
+                .messages_received
+                .fetch_add(1, Ordering::Relaxed);
+            last_received = Instant::now();
+            test_request_sent = None;
+            if connection.receive(message).await == Flow::Close {
+                break 'session Flow::Close;
+            }
+        }
+        tokio::select! {
+            read = reader.read(&mut buffer) => match read {
+                Ok(n) if n > 0 => framer.extend(&buffer[..n]),
+                _ => break Flow::Close,
+            },
+            _ = tick.tick() => {
+                if reports.is_finished() {
+                    break Flow::Close;
+                }
+                if !connection.server.gateway.publishing() {
+                    connection.logout("this node is no longer the leader; log on to the new leader").await;
+                    break Flow::Close;
+                }
+                if !connection.server.gateway.translated_key_valid(&connection.translated) {
+                    connection.logout("session ended: this broker's key was changed or revoked").await;
+                    break Flow::Close;
+                }
+                let quiet = last_received.elapsed();
+                let grace = connection.heart_bt_int + connection.heart_bt_int / 5 + Duration::from_millis(500);
+                match test_request_sent {
+                    Some(sent) if sent.elapsed() >= grace => {
+                        connection.logout("no answer to a TestRequest: the session is closed").await;
+                        break Flow::Close;
+                    }
+                    None if quiet >= grace => {
+                        let id = format!("TEST-{}", utc_timestamp(SystemTime::now()));
+                        let _ = connection.send_admin(Builder::new("1").field(tag::TEST_REQ_ID, id)).await;
+                        test_request_sent = Some(Instant::now());
+                    }
+                    _ => {}
+                }
+                let since_sent = connection.last_sent.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+                if since_sent >= connection.heart_bt_int && connection.send_admin(Builder::new("0")).await.is_err() {
+                    break Flow::Close;
+                }
+            }
+        }
+    };
+    debug_assert_eq!(flow, Flow::Close);
+    reports.abort();
+    let _ = connection.writer.lock().await.shutdown().await;
+    server.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+    {
+        let mut sessions = server.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = sessions.get_mut(&connection.comp_id) {
+            slot.active = false;
+        }
+    }
+    tracing::info!(target: "audit", event = "fix logoff", broker = connection.broker.0, comp_id = %connection.comp_id, %remote, "FIX session ended");
+}
+
+/// Writes a message outside any session (a refused logon's Logout): numbered 1, since no
+/// session state is the broker's yet.
+async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, target: &str, text: &str) {
+    let bytes = Builder::new("5")
+        .field(tag::TEXT, text)
+        .finish(&super::codec::Header {
+            sender: EXCHANGE_COMP_ID,
+            target,
+            seq: 1,
+            sending_time: &utc_timestamp(SystemTime::now()),
+            poss_dup: false,
+            orig_sending_time: None,
+        });
+    let _ = writer.write_all(&bytes).await;
+    let _ = writer.flush().await;
+    // Give the Logout a moment to leave before the connection closes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Checks a Logon and, when it is good, answers it: the session's connection, with its state
+/// taken for this connection alone. `None`: refused (a Logout with the reason was sent).
+async fn log_on<W: AsyncWrite + Unpin>(
+    server: &Arc<FixServer>,
+    translated: TranslatedSession,
+    remote: SocketAddr,
+    logon: &Message,
+    writer: &mut W,
+) -> Option<Connection<()>> {
+    let sender = logon.get(tag::SENDER_COMP_ID).unwrap_or("").to_string();
+    let refused = |why: String| {
+        tracing::warn!(target: "audit", event = "fix logon refused", comp_id = %sender, %remote, %why, "FIX logon refused");
+        why
+    };
+    let problem = if logon.msg_type() != "A" {
+        Some(refused(format!(
+            "the first message must be a Logon(A), not {:?}",
+            logon.msg_type()
+        )))
+    } else if logon.get(tag::TARGET_COMP_ID) != Some(EXCHANGE_COMP_ID) {
+        Some(refused(format!(
+            "TargetCompID(56) must be {EXCHANGE_COMP_ID}"
+        )))
+    } else if logon.get(tag::ENCRYPT_METHOD) != Some("0") {
+        Some(refused(
+            "EncryptMethod(98) must be 0 (none; use --fix-tls for encryption)".into(),
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = problem {
+        refuse(writer, &sender, &why).await;
+        return None;
+    }
+    let heart_bt_int = match logon.get_u64(tag::HEART_BT_INT) {
+        Ok(Some(h)) if (1..=HEART_BT_INT_MAX).contains(&h) => h,
+        _ => {
+            let why = refused(format!(
+                "HeartBtInt(108) must be 1 to {HEART_BT_INT_MAX} seconds"
+            ));
+            refuse(writer, &sender, &why).await;
+            return None;
+        }
+    };
+    let Ok(Some(seq)) = logon.get_u64(tag::MSG_SEQ_NUM) else {
+        refuse(writer, &sender, &refused("MsgSeqNum(34) is missing".into())).await;
+        return None;
+    };
+    let reset = logon.get_flag(tag::RESET_SEQ_NUM_FLAG).unwrap_or(false);
+    // Only the leader takes logons: a follower names the leader.
+    if !server.gateway.publishing() {
+        let (leader, _) = server.gateway.leadership.leader_elsewhere();
+        let text = match leader.map(|id| (id, (server.leader_fix)(id))) {
+            Some((id, Some(addr))) => {
+                format!("not the leader; the leader is node {id}, FIX at {addr}")
+            }
+            Some((id, None)) => format!("not the leader; the leader is node {id}"),
+            None => "not the leader; no leader is known yet, try again".to_string(),
+        };
+        refuse(writer, &sender, &refused(text)).await;
+        return None;
+    }
+    let Some(&broker) = server.comp_ids.get(&sender) else {
+        let why = refused(format!(
+            "SenderCompID(49) {sender:?} is not a FIX session of this exchange"
+        ));
+        refuse(writer, &sender, &why).await;
+        return None;
+    };
+    let Some(password) = logon.get(tag::PASSWORD) else {
+        let why = refused("Password(554) is required: the broker's API key".into());
+        refuse(writer, &sender, &why).await;
+        return None;
+    };
+    match server
+        .gateway
+        .log_on_translated(&translated, password)
+        .await
+    {
+        TranslatedLogon::LoggedOn(logged) if logged == broker => {}
+        TranslatedLogon::LoggedOn(other) => {
+            let why = refused(format!(
+                "SenderCompID(49) {sender:?} is not the CompID of broker {} whose key this is",
+                other.0
+            ));
+            refuse(writer, &sender, &why).await;
+            return None;
+        }
+        TranslatedLogon::NotLeader => {
+            refuse(
+                writer,
+                &sender,
+                &refused("not the leader; try another node".into()),
+            )
+            .await;
+            return None;
+        }
+        TranslatedLogon::Refused(why) => {
+            refuse(writer, &sender, &refused(why)).await;
+            return None;
+        }
+    }
+    // The session's state, for this connection alone.
+    let state = {
+        let mut sessions = server.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let cursor = *server.gateway.reports.subscribe().borrow();
+        let slot = sessions.entry(sender.clone()).or_insert_with(|| Slot {
+            state: Arc::new(AsyncMutex::new(SessionState::new(
+                broker,
+                sender.clone(),
+                cursor,
+            ))),
+            active: false,
+        });
+        if slot.active {
+            None
+        } else {
+            slot.active = true;
+            Some(Arc::clone(&slot.state))
+        }
+    };
+    let Some(state) = state else {
+        let why = refused(format!("a session of {sender} is logged on already"));
+        refuse(writer, &sender, &why).await;
+        return None;
+    };
+    let release = |server: &Arc<FixServer>| {
+        let mut sessions = server.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = sessions.get_mut(&sender) {
+            slot.active = false;
+        }
+    };
+    let mut guard = state.lock().await;
+    if reset {
+        guard.reset();
+    }
+    if seq < guard.next_in {
+        let text = format!(
+            "MsgSeqNum too low, expecting {} but received {seq}",
+            guard.next_in
+        );
+        let bytes = guard.number(
+            &Builder::new("5").field(tag::TEXT, &text),
+            &utc_timestamp(SystemTime::now()),
+            true,
+        );
+        drop(guard);
+        let _ = writer.write_all(&bytes).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        refused(text);
+        release(server);
+        return None;
+    }
+    let mut answer = Builder::new("A")
+        .field(tag::ENCRYPT_METHOD, 0)
+        .field(tag::HEART_BT_INT, heart_bt_int);
+    if reset {
+        answer.push(tag::RESET_SEQ_NUM_FLAG, "Y");
+    }
+    let now = utc_timestamp(SystemTime::now());
+    let mut bytes = guard.number(&answer, &now, true);
+    if seq == guard.next_in {
+        guard.next_in += 1;
+    } else {
+        // Ahead of what the exchange has: ask for the gap; the Logon waits in the queue.
+        let from = guard.next_in;
+        guard.queued.insert(seq, logon.clone());
+        guard.resend_pending_to = seq;
+        bytes.extend(
+            guard.number(
+                &Builder::new("2")
+                    .field(tag::BEGIN_SEQ_NO, from)
+                    .field(tag::END_SEQ_NO, 0),
+                &now,
+                true,
+            ),
+        );
+    }
+    drop(guard);
+    if writer.write_all(&bytes).await.is_err() {
+        release(server);
+        return None;
+    }
+    Some(Connection {
+        server: Arc::clone(server),
+        translated,
+        remote,
+        state,
+        writer: AsyncMutex::new(()),
+        broker,
+        comp_id: sender.clone(),
+        heart_bt_int: Duration::from_secs(heart_bt_int),
+        last_sent: Mutex::new(Instant::now()),
+    })
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
+    /// Numbers and writes messages, in order, under the session's lock.
+    async fn send_locked(
+        &self,
+        state: &mut SessionState,
+        messages: impl IntoIterator<Item = (Builder, bool)>,
+    ) -> std::io::Result<()> {
+        let now = utc_timestamp(SystemTime::now());
+        let mut bytes = Vec::new();
+        let mut count = 0;
+        for (message, admin) in messages {
+            bytes.extend(state.number(&message, &now, admin));
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        let mut writer = self.writer.lock().await;
+        writer.write_all(&bytes).await?;
+        *self.last_sent.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.server
+            .metrics
+            .messages_sent
+            .fetch_add(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn send_admin(&self, message: Builder) -> std::io::Result<()> {
+        let mut state = self.state.lock().await;
+        self.send_locked(&mut state, [(message, true)]).await
+    }
+
+    async fn send_app(&self, messages: Vec<Builder>) -> std::io::Result<()> {
+        let mut state = self.state.lock().await;
+        self.send_locked(&mut state, messages.into_iter().map(|m| (m, false)))
+            .await
+    }
+
+    async fn logout(&self, text: &str) {
+        tracing::info!(comp_id = %self.comp_id, %text, "FIX logout sent");
+        let _ = self
+            .send_admin(Builder::new("5").field(tag::TEXT, text))
+            .await;
+        let _ = self.writer.lock().await.flush().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    async fn reject(
+        &self,
+        ref_seq: u64,
+        message: &Message,
+        reason: u32,
+        ref_tag: Option<u32>,
+        text: &str,
+    ) {
+        self.server
+            .metrics
+            .session_rejects
+            .fetch_add(1, Ordering::Relaxed);
+        let mut b = Builder::new("3")
+            .field(tag::REF_SEQ_NUM, ref_seq)
+            .field(tag::REF_MSG_TYPE, message.msg_type())
+            .field(tag::SESSION_REJECT_REASON, reason);
+        if let Some(t) = ref_tag {
+            b.push(tag::REF_TAG_ID, t);
+        }
+        b.push(tag::TEXT, text);
+        let _ = self.send_admin(b).await;
+    }
+
+    /// One message from the broker: the session rules, then the message itself.
+    async fn receive(self: &Arc<Self>, message: Message) -> Flow {
+        if message.get(tag::SENDER_COMP_ID) != Some(self.comp_id.as_str())
+            || message.get(tag::TARGET_COMP_ID) != Some(EXCHANGE_COMP_ID)
+        {
+            let seq = message
+                .get_u64(tag::MSG_SEQ_NUM)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            self.reject(seq, &message, 9, None, "CompID problem").await;
+            self.logout("SenderCompID(49) or TargetCompID(56) is not this session's")
+                .await;
+            return Flow::Close;
+        }
+        let seq = match message.get_u64(tag::MSG_SEQ_NUM) {
+            Ok(Some(seq)) => seq,
+            _ => {
+                self.logout("MsgSeqNum(34) is missing or not a number")
+                    .await;
+                return Flow::Close;
+            }
+        };
+        let poss_dup = message.get_flag(tag::POSS_DUP_FLAG).unwrap_or(false);
+        // SequenceReset-Reset moves the expected number whatever its own number is.
+        if message.msg_type() == "4" && !message.get_flag(tag::GAP_FILL_FLAG).unwrap_or(false) {
+            return self.sequence_reset(&message, seq).await;
+        }
+        let expected = self.state.lock().await.next_in;
+        if seq > expected {
+            if message.msg_type() == "2" {
+                // A ResendRequest is answered at once, even ahead of a gap.
+                self.resend(&message).await;
+            }
+            let mut state = self.state.lock().await;
+            if state.queued.len() < QUEUED_INBOUND_MAX {
+                state.queued.insert(seq, message);
+            }
+            if state.resend_pending_to == 0 {
+                state.resend_pending_to = seq;
+                let from = state.next_in;
+                self.server
+                    .metrics
+                    .resend_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                let ask = Builder::new("2")
+                    .field(tag::BEGIN_SEQ_NO, from)
+                    .field(tag::END_SEQ_NO, 0);
+                if self.send_locked(&mut state, [(ask, true)]).await.is_err() {
+                    return Flow::Close;
+                }
+            }
+            return Flow::Continue;
+        }
+        if seq < expected {
+            if poss_dup {
+                return Flow::Continue;
+            }
+            self.logout(&format!(
+                "MsgSeqNum too low, expecting {expected} but received {seq}"
+            ))
+            .await;
+            return Flow::Close;
+        }
+        // In order: this one, then what waited behind it.
+        let mut next = Some(message);
+        while let Some(message) = next.take() {
+            let seq = message
+                .get_u64(tag::MSG_SEQ_NUM)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            {
+                let mut state = self.state.lock().await;
+                state.next_in = seq + 1;
+            }
+            if self.process(message, seq).await == Flow::Close {
+                return Flow::Close;
+            }
+            let mut state = self.state.lock().await;
+            let next_in = state.next_in;
+            state.queued.retain(|&s, _| s >= next_in);
+            next = state.queued.remove(&next_in);
+            if state.resend_pending_to != 0 && next_in > state.resend_pending_to {
+                state.resend_pending_to = 0;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn sequence_reset(&self, message: &Message, seq: u64) -> Flow {
+        let Ok(Some(new_seq)) = message.get_u64(tag::NEW_SEQ_NO) else {
+            self.reject(
+                seq,
+                message,
+                1,
+                Some(tag::NEW_SEQ_NO),
+                "NewSeqNo(36) is required",
+            )
+            .await;
+            return Flow::Continue;
+        };
+        let mut state = self.state.lock().await;
+        if new_seq < state.next_in {
+            drop(state);
+            self.reject(
+                seq,
+                message,
+                5,
+                Some(tag::NEW_SEQ_NO),
+                "NewSeqNo(36) is below the expected MsgSeqNum",
+            )
+            .await;
+            return Flow::Continue;
+        }
+        state.next_in = new_seq;
+        state.queued.retain(|&s, _| s >= new_seq);
+        Flow::Continue
+    }
+
+    /// A message in sequence.
+    async fn process(self: &Arc<Self>, message: Message, seq: u64) -> Flow {
+        match message.msg_type() {
+            "0" | "3" => Flow::Continue,
+            "A" => Flow::Continue, // the Logon that waited behind a gap: already answered
+            "1" => {
+                let mut b = Builder::new("0");
+                if let Some(id) = message.get(tag::TEST_REQ_ID) {
+                    b.push(tag::TEST_REQ_ID, id);
+                }
+                match self.send_admin(b).await {
+                    Ok(()) => Flow::Continue,
+                    Err(_) => Flow::Close,
+                }
+            }
+            "2" => {
+                self.resend(&message).await;
+                Flow::Continue
+            }
+            "4" => {
+                // GapFill in sequence: the numbers up to NewSeqNo were session messages.
+                match message.get_u64(tag::NEW_SEQ_NO) {
+                    Ok(Some(new_seq)) if new_seq > seq => {
+                        let mut state = self.state.lock().await;
+                        state.next_in = state.next_in.max(new_seq);
+                    }
+                    _ => {
+                        self.reject(
+                            seq,
+                            &message,
+                            5,
+                            Some(tag::NEW_SEQ_NO),
+                            "NewSeqNo(36) must be above MsgSeqNum(34)",
+                        )
+                        .await;
+                    }
+                }
+                Flow::Continue
+            }
+            "5" => {
+                let _ = self.send_admin(Builder::new("5")).await;
+                Flow::Close
+            }
+            "D" | "F" | "G" | "q" => self.order_message(message, seq).await,
+            "H" => {
+                let catalog = self.server.catalog(|_| false).await;
+                let answer = self
+                    .state
+                    .lock()
+                    .await
+                    .application
+                    .order_status(&message, &catalog);
+                match answer {
+                    Ok(b) => {
+                        let _ = self.send_app(vec![b]).await;
+                    }
+                    Err(bad) => {
+                        self.reject(
+                            seq,
+                            &message,
+                            bad.session_reject_reason(),
+                            Some(bad.tag()),
+                            &bad.to_string(),
+                        )
+                        .await;
+                    }
+                }
+                Flow::Continue
+            }
+            other => {
+                let b = Builder::new("j")
+                    .field(tag::REF_SEQ_NUM, seq)
+                    .field(tag::REF_MSG_TYPE, other)
+                    .field(tag::BUSINESS_REJECT_REASON, 3)
+                    .field(
+                        tag::TEXT,
+                        format!("MsgType {other:?} is not supported by this exchange"),
+                    );
+                let _ = self.send_app(vec![b]).await;
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn resend(&self, message: &Message) {
+        let (Ok(Some(begin)), Ok(end)) = (
+            message.get_u64(tag::BEGIN_SEQ_NO),
+            message.get_u64(tag::END_SEQ_NO),
+        ) else {
+            let seq = message
+                .get_u64(tag::MSG_SEQ_NUM)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            self.reject(
+                seq,
+                message,
+                1,
+                Some(tag::BEGIN_SEQ_NO),
+                "BeginSeqNo(7) and EndSeqNo(16) are required",
+            )
+            .await;
+            return;
+        };
+        let state = self.state.lock().await;
+        let messages = state.resend(begin, end.unwrap_or(0), &utc_timestamp(SystemTime::now()));
+        let count = messages.len() as u64;
+        let mut writer = self.writer.lock().await;
+        for bytes in messages {
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        self.server
+            .metrics
+            .messages_sent
+            .fetch_add(count, Ordering::Relaxed);
+        *self.last_sent.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// An order message: translated, then queued on the admission path in the order received;
+    /// its reports come from the broker's journal (`send_reports`).
+    async fn order_message(self: &Arc<Self>, message: Message, seq: u64) -> Flow {
+        let symbol = message.get(tag::SYMBOL).map(str::to_string);
+        let catalog = self
+            .server
+            .catalog(|c| {
+                symbol
+                    .as_ref()
+                    .is_some_and(|s| !c.symbols.iter().any(|i| &i.name == s))
+            })
+            .await;
+        let poss_resend = message.get_flag(tag::POSS_RESEND).unwrap_or(false);
+        let translated = {
+            let mut state = self.state.lock().await;
+            let app = &mut state.application;
+            match message.msg_type() {
+                "D" => app.new_order(&message, &catalog, poss_resend),
+                "F" => app.amend(&message, &catalog, false),
+                "G" => app.amend(&message, &catalog, true),
+                _ => app.mass_cancel(&message, &catalog, seq),
+            }
+        };
+        let commands = match translated {
+            Ok(Translated::Answer(answer)) => {
+                let _ = self.send_app(vec![answer]).await;
+                return Flow::Continue;
+            }
+            Ok(Translated::Commands(commands)) => commands,
+            Err(bad) => {
+                self.reject(
+                    seq,
+                    &message,
+                    bad.session_reject_reason(),
+                    Some(bad.tag()),
+                    &bad.to_string(),
+                )
+                .await;
+                return Flow::Continue;
+            }
+        };
+        match self
+            .server
+            .gateway
+            .queue_translated(&self.translated, commands.clone())
+            .await
+        {
+            Ok(queued) => {
+                let connection = Arc::clone(self);
+                tokio::spawn(async move {
+                    let answers = connection.server.gateway.translated_answers(queued).await;
+                    connection.answered(commands, answers, seq, catalog).await;
+                });
+                Flow::Continue
+            }
+            Err(not_queued) => {
+                self.refused(&commands, &catalog, &not_queued.to_string(), seq)
+                    .await;
+                match not_queued {
+                    NotQueued::NotLeader => {
+                        self.logout("this node is no longer the leader; log on to the new leader")
+                            .await;
+                        Flow::Close
+                    }
+                    NotQueued::KeyChanged => {
+                        self.logout("session ended: this broker's key was changed or revoked")
+                            .await;
+                        Flow::Close
+                    }
+                    _ => Flow::Continue,
+                }
+            }
+        }
+    }
+
+    async fn refused(&self, commands: &[Command], catalog: &Catalog, text: &str, seq: u64) {
+        let mut state = self.state.lock().await;
+        let answers = state.application.refused(commands, catalog, text, seq);
+        let _ = self
+            .send_locked(&mut state, answers.into_iter().map(|m| (m, false)))
+            .await;
+    }
+
+    /// The engine's answer to queued commands: what never reaches the journal is reported
+    /// from here; the rest comes through the journal.
+    async fn answered(
+        &self,
+        commands: Vec<Command>,
+        answers: Result<Vec<crate::replication::sequencer::Answer>, NotQueued>,
+        seq: u64,
+        catalog: Arc<Catalog>,
+    ) {
+        let answers = match answers {
+            Ok(answers) => answers,
+            Err(not_queued) => {
+                return self
+                    .refused(&commands, &catalog, &not_queued.to_string(), seq)
+                    .await
+            }
+        };
+        let mut state = self.state.lock().await;
+        let mut out = Vec::new();
+        for (command, answer) in commands.iter().zip(answers) {
+            match answer {
+                Ok(outputs) => {
+                    for (k, output) in outputs.iter().enumerate() {
+                        let exec_id = format!("{}.a{k}", output.seq);
+                        out.extend(state.application.on_answer_only(output, &catalog, &exec_id));
+                    }
+                }
+                // Committed or not, nobody can tell yet: if it was, the journal reports it.
+                Err(crate::replication::sequencer::SubmitError::Unknown(_)) => {}
+                Err(e) => out.extend(state.application.refused(
+                    std::slice::from_ref(command),
+                    &catalog,
+                    &e.to_string(),
+                    seq,
+                )),
+            }
+        }
+        let _ = self
+            .send_locked(&mut state, out.into_iter().map(|m| (m, false)))
+            .await;
+    }
+
+    /// Sends the broker's reports from the journal, in order, each once, while the session
+    /// lives; those made while it was away first.
+    async fn send_reports(self: Arc<Self>) {
+        let reports = &self.server.gateway.reports;
+        let mut recorded = reports.subscribe();
+        loop {
+            recorded.borrow_and_update();
+            let cursor = self.state.lock().await.report_cursor;
+            let batch = match reports.since(self.broker, cursor, REPORTS_PER_BATCH) {
+                Ok(batch) => batch,
+                Err(gap) => {
+                    tracing::warn!(
+                        comp_id = %self.comp_id,
+                        "reports after seq {cursor} up to {} are no longer kept on this node: \
+                         they are not sent over FIX",
+                        gap.complete_after
+                    );
+                    self.state.lock().await.report_cursor = gap.complete_after;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = recorded.changed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+            let missing = |c: &Catalog| {
+                batch.iter().any(|o| {
+                    super::orders::symbol_of(&o.event).is_some_and(|s| c.symbol(s.0).is_none())
+                })
+            };
+            let catalog = self.server.catalog(missing).await;
+            let mut state = self.state.lock().await;
+            let mut out = Vec::new();
+            let mut k = 0;
+            let mut last_seq = None;
+            for output in &batch {
+                k = if last_seq == Some(output.seq) {
+                    k + 1
+                } else {
+                    0
+                };
+                last_seq = Some(output.seq);
+                let exec_id = exec_id_of(output, k);
+                out.extend(state.application.on_output(output, &catalog, &exec_id));
+            }
+            if let Some(last) = batch.last() {
+                state.report_cursor = last.seq;
+            }
+            if self
+                .send_locked(&mut state, out.into_iter().map(|m| (m, false)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
