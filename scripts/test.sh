@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Every check the project makes: formatting, lints, and all tests of the workspace (unit,
 # property, integration) in the release-checked profile (optimised, so the property tests and
-# data replays run quickly, with debug assertions and overflow checks on), then the quick chaos
-# run and its planted faults.
+# data replays run quickly, with debug assertions and overflow checks on), the tests that need
+# a browser, Prometheus and a FIX engine (QuickFIX, built by scripts/quickfix.sh), then the
+# quick chaos run and its planted faults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { echo; echo "== $*"; }
+# Each step says when it starts (seconds since the run began), so a slow step shows in CI's log.
+started=$SECONDS
+step() { echo; echo "== [$((SECONDS - started)) s] $*"; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -34,9 +37,14 @@ cargo test --profile release-checked --test console -- --ignored 2>&1 | tee -a "
 step "the Grafana dashboard's queries on a real Prometheus scraping a cluster (tests/grafana_dashboard.rs)"
 cargo test --profile release-checked --test grafana_dashboard -- --ignored 2>&1 | tee -a "$log"
 
+step "FIX with QuickFIX as the broker (scripts/quickfix.sh builds it; tests/fix_quickfix.rs)"
+scripts/quickfix.sh
+cargo test --profile release-checked --test fix_quickfix -- --ignored 2>&1 | tee -a "$log"
+
 step "chaos suite, quick (scripts/chaos.sh --quick)"
 EXCHANGE_PROFILE=release-checked scripts/chaos.sh --quick 2>&1 | tee -a "$log"
 
 # One closing line over every test binary (cargo prints one "test result" line per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { print ""; print "tests: " p " passed, " f " failed" }' "$log"
+echo "scripts/test.sh took $((SECONDS - started)) s"

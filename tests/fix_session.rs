@@ -1,0 +1,279 @@
+//! The FIX session rules against a real cluster, with a raw TCP client that can break them:
+//! garbled frames ignored, a gap asked for and filled, a number too low ended with a Logout, a
+//! follower naming the leader, hostile bytes that end nothing but their own connection. (The
+//! same flows with a real FIX engine are in tests/fix_quickfix.rs.)
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use exchange::fix::codec::{tag, utc_timestamp, Builder, Frame, Framer, Header, Message};
+use support::{Cluster, BROKERS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BASE_PORT: u16 = 29_650;
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A FIX client that writes whatever it is told to.
+struct Raw {
+    stream: TcpStream,
+    framer: Framer,
+    comp_id: String,
+    next_out: u64,
+}
+
+impl Raw {
+    async fn connect(port: u16, comp_id: &str) -> Raw {
+        Raw {
+            stream: TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+            framer: Framer::default(),
+            comp_id: comp_id.to_string(),
+            next_out: 1,
+        }
+    }
+
+    fn frame(&self, message: &Builder, seq: u64, poss_dup: bool) -> Vec<u8> {
+        message.finish(&Header {
+            sender: &self.comp_id,
+            target: "EXCHANGE",
+            seq,
+            sending_time: &utc_timestamp(SystemTime::now()),
+            poss_dup,
+            orig_sending_time: poss_dup.then_some("20261203-00:00:00.000"),
+        })
+    }
+
+    /// Sends `message` with the next number.
+    async fn send(&mut self, message: Builder) -> u64 {
+        let seq = self.next_out;
+        self.next_out += 1;
+        let bytes = self.frame(&message, seq, false);
+        self.stream.write_all(&bytes).await.unwrap();
+        seq
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    async fn log_on(&mut self, key: &str) -> Message {
+        self.send(
+            Builder::new("A")
+                .field(tag::ENCRYPT_METHOD, 0)
+                .field(tag::HEART_BT_INT, 30)
+                .field(tag::PASSWORD, key),
+        )
+        .await;
+        self.expect("A", WAIT).await
+    }
+
+    /// The next message, or `None` when the connection closes or `within` passes.
+    async fn next(&mut self, within: Duration) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buffer = [0u8; 4096];
+        loop {
+            while let Some(frame) = self.framer.next_frame() {
+                if let Frame::Message(bytes) = frame {
+                    return Some(Message::parse(bytes).expect("the exchange writes valid FIX"));
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buffer)).await {
+                Ok(Ok(n)) if n > 0 => self.framer.extend(&buffer[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next message of `msg_type`, skipping heartbeats.
+    async fn expect(&mut self, msg_type: &str, within: Duration) -> Message {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = self
+                .next(left)
+                .await
+                .unwrap_or_else(|| panic!("no {msg_type} within {within:?}"));
+            if message.msg_type() == msg_type {
+                return message;
+            }
+            assert_eq!(
+                message.msg_type(),
+                "0",
+                "unexpected {:?}",
+                String::from_utf8_lossy(message.as_bytes())
+            );
+        }
+    }
+
+    /// Whether the exchange closes the connection within `within`.
+    async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buffer = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buffer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+fn key(broker: u32) -> &'static str {
+    BROKERS.iter().find(|(id, _, _)| *id == broker).unwrap().1
+}
+
+fn test_request(id: &str) -> Builder {
+    Builder::new("1").field(tag::TEST_REQ_ID, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_rules_hold_and_hostile_bytes_end_only_their_connection() {
+    let cluster = Cluster::start(
+        "fix-session",
+        3,
+        BASE_PORT,
+        &["--fix-listen", "127.0.0.1:{fix}"],
+    );
+    let leader = cluster.wait_for_leader(WAIT).await;
+    let port = cluster.fix_port(leader);
+
+    // A follower refuses the logon and names the leader's FIX address (once it has heard the
+    // leader's status: the divergence watcher asks twice a second).
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let leader_fix = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut raw = Raw::connect(cluster.fix_port(follower), "BROKER1").await;
+        raw.send(
+            Builder::new("A")
+                .field(tag::ENCRYPT_METHOD, 0)
+                .field(tag::HEART_BT_INT, 30)
+                .field(tag::PASSWORD, key(1)),
+        )
+        .await;
+        let logout = raw.expect("5", WAIT).await;
+        let text = logout.get(tag::TEXT).unwrap_or("").to_string();
+        assert!(text.contains("not the leader"), "{text}");
+        assert!(
+            raw.closed_within(WAIT).await,
+            "the follower closes the connection"
+        );
+        if text.contains(&leader_fix) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never named {leader_fix}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Garbage before the logon is skipped; the logon after it is answered.
+    let mut one = Raw::connect(port, "BROKER1").await;
+    one.send_raw(
+        b"\x00\xffjunk 8=FIX.4.2\x019=5\x0135=0\x0110=000\x01 8=FIX.4.4\x019=99999999\x01",
+    )
+    .await;
+    let logon = one.log_on(key(1)).await;
+    assert_eq!(logon.get_u64(tag::MSG_SEQ_NUM), Ok(Some(1)));
+    let mut two = Raw::connect(port, "BROKER2").await;
+    two.log_on(key(2)).await;
+
+    // A TestRequest with a broken CheckSum is ignored (and does not use up its number); the
+    // same number sent correctly is answered.
+    let mut bad = one.frame(&test_request("bad"), one.next_out, false);
+    let at = bad.len() - 2;
+    bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
+    one.send_raw(&bad).await;
+    one.send(test_request("good")).await;
+    let heartbeat = one.expect("0", WAIT).await;
+    assert_eq!(heartbeat.get(tag::TEST_REQ_ID), Some("good"));
+
+    // A gap: numbers 4 and 5 skipped. The exchange asks from 4; a gap fill to 6 lets the
+    // message that waited (6) through.
+    let skipped_from = one.next_out;
+    one.next_out += 2;
+    one.send(test_request("after-gap")).await;
+    let ask = one.expect("2", WAIT).await;
+    assert_eq!(ask.get_u64(tag::BEGIN_SEQ_NO), Ok(Some(skipped_from)));
+    let gap_fill = Builder::new("4")
+        .field(tag::GAP_FILL_FLAG, "Y")
+        .field(tag::NEW_SEQ_NO, skipped_from + 2);
+    let bytes = one.frame(&gap_fill, skipped_from, true);
+    one.send_raw(&bytes).await;
+    let heartbeat = one.expect("0", WAIT).await;
+    assert_eq!(heartbeat.get(tag::TEST_REQ_ID), Some("after-gap"));
+
+    // The exchange resends what it sent: its Logon and heartbeats as a gap fill.
+    one.send(
+        Builder::new("2")
+            .field(tag::BEGIN_SEQ_NO, 1)
+            .field(tag::END_SEQ_NO, 0),
+    )
+    .await;
+    let fill = one.expect("4", WAIT).await;
+    assert_eq!(fill.get(tag::GAP_FILL_FLAG), Some("Y"));
+    assert_eq!(fill.get_u64(tag::MSG_SEQ_NUM), Ok(Some(1)));
+    assert_eq!(fill.get_flag(tag::POSS_DUP_FLAG), Ok(true));
+
+    // A number below the expected without PossDupFlag: a Logout that says so, and the close.
+    let low = one.frame(&test_request("low"), 2, false);
+    one.send_raw(&low).await;
+    let logout = one.expect("5", WAIT).await;
+    assert!(
+        logout
+            .get(tag::TEXT)
+            .unwrap_or("")
+            .contains("MsgSeqNum too low"),
+        "{logout:?}"
+    );
+    assert!(one.closed_within(WAIT).await);
+
+    // Hostile bytes on a third connection: an oversized BodyLength, then random bytes. The
+    // connection is the only thing that suffers; the other session still answers.
+    let mut hostile = Raw::connect(port, "BROKER1").await;
+    hostile
+        .send_raw(b"8=FIX.4.4\x019=4000000000\x0135=A\x01")
+        .await;
+    let noise: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    hostile.send_raw(&noise).await;
+    two.send(test_request("still-here")).await;
+    let heartbeat = two.expect("0", WAIT).await;
+    assert_eq!(heartbeat.get(tag::TEST_REQ_ID), Some("still-here"));
+    assert!(
+        hostile.closed_within(Duration::from_secs(8)).await,
+        "no logon in time closes it"
+    );
+
+    // BROKER1 logs on again on a new connection: its numbers carry on from where they were.
+    let mut again = Raw::connect(port, "BROKER1").await;
+    again.next_out = skipped_from + 4;
+    let logon = again.log_on(key(1)).await;
+    assert!(
+        logon.get_u64(tag::MSG_SEQ_NUM).unwrap().unwrap() > 5,
+        "{logon:?}"
+    );
+    // A second session of the same CompID at once is refused.
+    let mut twin = Raw::connect(port, "BROKER1").await;
+    twin.send(
+        Builder::new("A")
+            .field(tag::ENCRYPT_METHOD, 0)
+            .field(tag::HEART_BT_INT, 30)
+            .field(tag::PASSWORD, key(1)),
+    )
+    .await;
+    let logout = twin.expect("5", WAIT).await;
+    assert!(
+        logout
+            .get(tag::TEXT)
+            .unwrap_or("")
+            .contains("logged on already"),
+        "{logout:?}"
+    );
+}
