@@ -136,7 +136,12 @@ async fn the_session_rules_hold_and_hostile_bytes_end_only_their_connection() {
         "fix-session",
         3,
         BASE_PORT,
-        &["--fix-listen", "127.0.0.1:{fix}"],
+        &[
+            "--fix-listen",
+            "127.0.0.1:{fix}",
+            "--metrics-listen",
+            "127.0.0.1:{metrics}",
+        ],
     );
     let leader = cluster.wait_for_leader(WAIT).await;
     let port = cluster.fix_port(leader);
@@ -275,5 +280,22 @@ async fn the_session_rules_hold_and_hostile_bytes_end_only_their_connection() {
             .unwrap_or("")
             .contains("logged on already"),
         "{logout:?}"
+    );
+
+    // What the node counted of all this.
+    let counted = |name: &str| cluster.metric(leader, name).unwrap_or(0.0);
+    assert!(
+        counted("exchange_fix_garbled_total") >= 2.0,
+        "the junk and the bad CheckSum"
+    );
+    assert!(counted("exchange_fix_resend_requests_total") >= 1.0);
+    assert!(
+        counted("exchange_fix_logons_refused_total") >= 1.0,
+        "the twin"
+    );
+    assert_eq!(
+        counted("exchange_fix_sessions"),
+        2.0,
+        "BROKER2 and BROKER1 again"
     );
 }

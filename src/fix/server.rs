@@ -293,7 +293,13 @@ async fn run_connection<R, W>(
 
 /// Writes a message outside any session (a refused logon's Logout): numbered 1, since no
 /// session state is the broker's yet.
-async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, target: &str, text: &str) {
+async fn refuse<W: AsyncWrite + Unpin>(
+    metrics: &FixMetrics,
+    writer: &mut W,
+    target: &str,
+    text: &str,
+) {
+    metrics.logons_refused.fetch_add(1, Ordering::Relaxed);
     let bytes = Builder::new("5")
         .field(tag::TEXT, text)
         .finish(&super::codec::Header {
@@ -341,7 +347,7 @@ async fn log_on<W: AsyncWrite + Unpin>(
         None
     };
     if let Some(why) = problem {
-        refuse(writer, &sender, &why).await;
+        refuse(&server.metrics, writer, &sender, &why).await;
         return None;
     }
     let heart_bt_int = match logon.get_u64(tag::HEART_BT_INT) {
@@ -350,12 +356,18 @@ async fn log_on<W: AsyncWrite + Unpin>(
             let why = refused(format!(
                 "HeartBtInt(108) must be 1 to {HEART_BT_INT_MAX} seconds"
             ));
-            refuse(writer, &sender, &why).await;
+            refuse(&server.metrics, writer, &sender, &why).await;
             return None;
         }
     };
     let Ok(Some(seq)) = logon.get_u64(tag::MSG_SEQ_NUM) else {
-        refuse(writer, &sender, &refused("MsgSeqNum(34) is missing".into())).await;
+        refuse(
+            &server.metrics,
+            writer,
+            &sender,
+            &refused("MsgSeqNum(34) is missing".into()),
+        )
+        .await;
         return None;
     };
     let reset = logon.get_flag(tag::RESET_SEQ_NUM_FLAG).unwrap_or(false);
@@ -369,19 +381,19 @@ async fn log_on<W: AsyncWrite + Unpin>(
             Some((id, None)) => format!("not the leader; the leader is node {id}"),
             None => "not the leader; no leader is known yet, try again".to_string(),
         };
-        refuse(writer, &sender, &refused(text)).await;
+        refuse(&server.metrics, writer, &sender, &refused(text)).await;
         return None;
     }
     let Some(&broker) = server.comp_ids.get(&sender) else {
         let why = refused(format!(
             "SenderCompID(49) {sender:?} is not a FIX session of this exchange"
         ));
-        refuse(writer, &sender, &why).await;
+        refuse(&server.metrics, writer, &sender, &why).await;
         return None;
     };
     let Some(password) = logon.get(tag::PASSWORD) else {
         let why = refused("Password(554) is required: the broker's API key".into());
-        refuse(writer, &sender, &why).await;
+        refuse(&server.metrics, writer, &sender, &why).await;
         return None;
     };
     match server
@@ -395,11 +407,12 @@ async fn log_on<W: AsyncWrite + Unpin>(
                 "SenderCompID(49) {sender:?} is not the CompID of broker {} whose key this is",
                 other.0
             ));
-            refuse(writer, &sender, &why).await;
+            refuse(&server.metrics, writer, &sender, &why).await;
             return None;
         }
         TranslatedLogon::NotLeader => {
             refuse(
+                &server.metrics,
                 writer,
                 &sender,
                 &refused("not the leader; try another node".into()),
@@ -408,7 +421,7 @@ async fn log_on<W: AsyncWrite + Unpin>(
             return None;
         }
         TranslatedLogon::Refused(why) => {
-            refuse(writer, &sender, &refused(why)).await;
+            refuse(&server.metrics, writer, &sender, &refused(why)).await;
             return None;
         }
     }
@@ -433,7 +446,7 @@ async fn log_on<W: AsyncWrite + Unpin>(
     };
     let Some(state) = state else {
         let why = refused(format!("a session of {sender} is logged on already"));
-        refuse(writer, &sender, &why).await;
+        refuse(&server.metrics, writer, &sender, &why).await;
         return None;
     };
     let release = |server: &Arc<FixServer>| {
@@ -457,6 +470,10 @@ async fn log_on<W: AsyncWrite + Unpin>(
             true,
         );
         drop(guard);
+        server
+            .metrics
+            .logons_refused
+            .fetch_add(1, Ordering::Relaxed);
         let _ = writer.write_all(&bytes).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         refused(text);
@@ -828,7 +845,10 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
                     .is_some_and(|s| !c.symbols.iter().any(|i| &i.name == s))
             })
             .await;
-        let poss_resend = message.get_flag(tag::POSS_RESEND).unwrap_or(false);
+        // Sent before, by the application (PossResend) or by the session layer (PossDupFlag,
+        // a message that was behind a gap): a duplicate is the order's status, not a refusal.
+        let poss_resend = message.get_flag(tag::POSS_RESEND).unwrap_or(false)
+            || message.get_flag(tag::POSS_DUP_FLAG).unwrap_or(false);
         let translated = {
             let mut state = self.state.lock().await;
             let app = &mut state.application;

@@ -41,6 +41,8 @@ pub struct MetricsSources {
     pub reporter: Option<Arc<Reporter>>,
     /// The market data history, unless the node keeps market data only in memory.
     pub history: Option<Arc<MarketHistory>>,
+    /// The FIX acceptor's counters (zero when the node serves no FIX).
+    pub fix: Arc<crate::fix::server::FixMetrics>,
 }
 
 /// A request head larger than this is refused (a scrape is one short line).
@@ -294,6 +296,59 @@ pub fn render(sources: &MetricsSources) -> String {
         "gauge",
         "Broker sessions logged on now.",
         &[("", gateway.sessions.load(Ordering::Relaxed))],
+    );
+    let fix = &sources.fix;
+    for (name, help, value) in [
+        (
+            "exchange_fix_logons_total",
+            "FIX sessions that logged on.",
+            &fix.logons,
+        ),
+        (
+            "exchange_fix_logons_refused_total",
+            "FIX logons refused (wrong key or CompID, not the leader, a session of the CompID already on).",
+            &fix.logons_refused,
+        ),
+        (
+            "exchange_fix_messages_received_total",
+            "FIX messages received that parsed.",
+            &fix.messages_received,
+        ),
+        (
+            "exchange_fix_messages_sent_total",
+            "FIX messages sent, resends included.",
+            &fix.messages_sent,
+        ),
+        (
+            "exchange_fix_garbled_total",
+            "FIX frames ignored as garbled (framing, BodyLength or CheckSum broken).",
+            &fix.garbled,
+        ),
+        (
+            "exchange_fix_session_rejects_total",
+            "Reject(3) messages sent for messages that broke the session rules.",
+            &fix.session_rejects,
+        ),
+        (
+            "exchange_fix_resend_requests_total",
+            "ResendRequests the exchange sent for gaps in what it received.",
+            &fix.resend_requests,
+        ),
+    ] {
+        metric(
+            &mut out,
+            name,
+            "counter",
+            help,
+            &[("", value.load(Ordering::Relaxed))],
+        );
+    }
+    metric(
+        &mut out,
+        "exchange_fix_sessions",
+        "gauge",
+        "FIX sessions logged on now (each also counts in exchange_gateway_sessions).",
+        &[("", fix.sessions.load(Ordering::Relaxed))],
     );
     process_metrics(&mut out);
     for (name, help, histogram) in [

@@ -301,6 +301,7 @@ impl Node {
                     divergence: divergence.clone(),
                     reporter: reporter.clone(),
                     history: history.clone(),
+                    fix: Arc::clone(&fix_metrics),
                 },
             )
             .await
