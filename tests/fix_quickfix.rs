@@ -19,7 +19,7 @@ use exchange::domain::{
     AccountId, AdminCommand, Amount, Command as ExchangeCommand, Event, Price, Qty, RiskLimits,
     SymbolId, SymbolSpec,
 };
-use support::{submit, Cluster, BASE, BROKERS, QUOTE};
+use support::{submit, Cluster, BASE, BROKERS, DROP_COPY, QUOTE};
 
 const BASE_PORT: u16 = 29_600;
 
@@ -332,9 +332,18 @@ async fn a_quickfix_broker_logs_on_trades_and_recovers_a_gap() {
     assert!(!other.seen.iter().any(|f| f.kind == "LOGON"));
     other.stop();
 
-    // Logged on with the good key.
+    // Logged on with the good key; broker 1's drop copy beside it (a wrong key refused first).
     let mut broker = Initiator::start(&dir.join("broker1"), "BROKER1", key(1), &[port]);
     broker.wait_for(WAIT, "LOGON", |f| f.kind == "LOGON");
+    let mut wrong = Initiator::start(&dir.join("wrong-drop-copy"), DROP_COPY.0, key(1), &[port]);
+    let logout = wrong.wait_for(WAIT, "a Logout", |f| f.is("FROM_ADMIN", "5"));
+    assert!(
+        logout.get(58).unwrap_or("").contains("wrong key"),
+        "{logout:?}"
+    );
+    wrong.stop();
+    let mut drop_copy = Initiator::start(&dir.join("drop-copy"), DROP_COPY.0, DROP_COPY.1, &[port]);
+    drop_copy.wait_for(WAIT, "LOGON", |f| f.kind == "LOGON");
 
     // A resting buy, partly filled by a sell of another account of the same broker.
     broker.send(&order("o-1", 1001, 1, 10, "100.50"));
@@ -499,6 +508,50 @@ async fn a_quickfix_broker_logs_on_trades_and_recovers_a_gap() {
     );
     let reject = broker.wait_for(WAIT, "BusinessMessageReject", |f| f.is("FROM_APP", "j"));
     assert_eq!((reject.get(372), reject.get(380)), (Some("AE"), Some("3")));
+
+    // The drop copy received every execution report of the broker's orders that the engine
+    // made (not the answers only the sender gets: rejects of its requests, statuses), once,
+    // with the same ids and quantities; and it may send no order.
+    drop_copy.send(&order("dc-1", 1001, 1, 1, "1"));
+    let refused = drop_copy.wait_for(WAIT, "BusinessMessageReject", |f| f.is("FROM_APP", "j"));
+    assert!(
+        refused.get(58).unwrap_or("").contains("read only"),
+        "{refused:?}"
+    );
+    broker.drain(Duration::from_millis(500));
+    drop_copy.drain(Duration::from_millis(500));
+    let engine_made = |f: &Fix| matches!(f.get(150), Some("0" | "F" | "4" | "5"));
+    let shape = |f: &Fix| {
+        (
+            f.get(17).unwrap_or("").to_string(),
+            f.get(150).unwrap_or("").to_string(),
+            f.get(37).unwrap_or("").to_string(),
+            f.get(14).unwrap_or("").to_string(),
+            f.get(151).unwrap_or("").to_string(),
+        )
+    };
+    let of = |initiator: &Initiator| {
+        let mut reports: Vec<_> = initiator
+            .seen
+            .iter()
+            .filter(|f| f.is("FROM_APP", "8") && engine_made(f))
+            .map(shape)
+            .collect();
+        reports.sort();
+        reports
+    };
+    let (sent_to_broker, copied) = (of(&broker), of(&drop_copy));
+    assert!(sent_to_broker.len() >= 11, "{sent_to_broker:?}");
+    assert_eq!(
+        copied, sent_to_broker,
+        "the drop copy's reports are the broker's"
+    );
+    let rejects = drop_copy.rejects_sent();
+    drop_copy.stop();
+    assert!(
+        rejects.is_empty(),
+        "QuickFIX refused messages of the exchange: {rejects:?}"
+    );
 
     // Away and back: the initiator ends, a fill happens while it is away, and a new initiator
     // on the same store logs on with the next sequence numbers and receives the fill.

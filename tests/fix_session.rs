@@ -9,15 +9,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use exchange::fix::codec::{tag, utc_timestamp, Builder, Frame, Framer, Header, Message};
 use support::{Cluster, BROKERS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const BASE_PORT: u16 = 29_650;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A FIX client that writes whatever it is told to.
-struct Raw {
-    stream: TcpStream,
+struct Raw<S = TcpStream> {
+    stream: S,
     framer: Framer,
     comp_id: String,
     next_out: u64,
@@ -34,7 +34,9 @@ impl Raw {
             next_out: 1,
         }
     }
+}
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     fn frame(&self, message: &Builder, seq: u64, poss_dup: bool) -> Vec<u8> {
         message.finish(&Header {
             sender: &self.comp_id,
@@ -298,4 +300,53 @@ async fn the_session_rules_hold_and_hostile_bytes_end_only_their_connection() {
         2.0,
         "BROKER2 and BROKER1 again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fix_over_tls_logs_on_with_the_nodes_certificate() {
+    let cluster = Cluster::start(
+        "fix-tls",
+        1,
+        BASE_PORT + 50,
+        &["--fix-listen", "127.0.0.1:{fix}", "--fix-tls"],
+    );
+    let leader = cluster.wait_for_leader(WAIT).await;
+    let ca = exchange::client::tls::load_ca(cluster.certs_dir()).expect("the cluster's ca.pem");
+    let tls = rustls::ClientConfig::builder_with_provider(exchange::client::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(exchange::client::tls::roots(&ca).unwrap())
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = TcpStream::connect(("127.0.0.1", cluster.fix_port(leader)))
+        .await
+        .unwrap();
+    let name =
+        rustls::pki_types::ServerName::try_from(exchange::net::tls::node_name(leader)).unwrap();
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS with the node's certificate");
+    let mut raw = Raw {
+        stream,
+        framer: Framer::default(),
+        comp_id: "BROKER1".into(),
+        next_out: 1,
+    };
+    raw.log_on(key(1)).await;
+    raw.send(test_request("over-tls")).await;
+    let heartbeat = raw.expect("0", WAIT).await;
+    assert_eq!(heartbeat.get(tag::TEST_REQ_ID), Some("over-tls"));
+
+    // Plain FIX on the TLS port is not FIX: the handshake fails and nothing is answered.
+    let mut plain = Raw::connect(cluster.fix_port(leader), "BROKER2").await;
+    plain
+        .send(
+            Builder::new("A")
+                .field(tag::ENCRYPT_METHOD, 0)
+                .field(tag::HEART_BT_INT, 30)
+                .field(tag::PASSWORD, key(2)),
+        )
+        .await;
+    assert!(plain.next(Duration::from_secs(2)).await.is_none());
 }

@@ -162,6 +162,43 @@ enum Commands {
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
     },
+    /// Order-to-acknowledgement latency over FIX: one FIX session (a broker's SenderCompID and
+    /// key) sends NewOrderSingles open loop at --rate for --duration seconds; each order's
+    /// latency runs from its scheduled time to its first ExecutionReport. Creates the symbol
+    /// and funds --account with the admin key (--admin). Compare with `bench --sessions 1` at
+    /// the same rate (scripts/bench-fix.sh alternates the two).
+    FixBench {
+        /// The leader's FIX address (a node started with --fix-listen).
+        #[arg(long, value_name = "ADDR")]
+        fix: std::net::SocketAddr,
+        /// The broker's SenderCompID (its fix_comp_id in the brokers file).
+        #[arg(long, default_value = "BROKER1")]
+        comp_id: String,
+        /// The broker's API key, sent as Password(554).
+        #[arg(
+            long,
+            env = "EXCHANGE_FIX_KEY",
+            default_value = "dev-broker-1-key-not-secret"
+        )]
+        fix_key: String,
+        /// The broker's account the orders are for.
+        #[arg(long, default_value_t = 1001)]
+        account: u64,
+        /// Orders per second.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Order mix: percent of orders that cross the spread and trade at once.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+        cross_pct: u8,
+        /// The symbol to create (or reuse) and trade.
+        #[arg(long, default_value_t = 901)]
+        symbol: u32,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
     /// Change the cluster's membership online (the leader carries it out).
     Cluster {
         #[command(subcommand)]
@@ -368,6 +405,31 @@ fn main() -> ExitCode {
             };
             multi_thread_runtime()
                 .and_then(|rt| rt.block_on(cluster_bench(cluster, config)))
+                .map_err(CliError::from)
+        }
+        Commands::FixBench {
+            fix,
+            comp_id,
+            fix_key,
+            account,
+            rate,
+            duration,
+            cross_pct,
+            symbol,
+            cluster,
+        } => {
+            let config = exchange::cli::fix_bench::FixBenchConfig {
+                fix,
+                comp_id,
+                key: fix_key,
+                account,
+                symbol,
+                rate: rate.max(1),
+                duration: std::time::Duration::from_secs_f64(duration.max(0.1)),
+                cross_pct,
+            };
+            multi_thread_runtime()
+                .and_then(|rt| rt.block_on(fix_bench(cluster, config)))
                 .map_err(CliError::from)
         }
         Commands::Order {
@@ -927,6 +989,41 @@ fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+async fn fix_bench(
+    args: cluster::ClusterArgs,
+    config: exchange::cli::fix_bench::FixBenchConfig,
+) -> Result<(), String> {
+    let report = exchange::cli::fix_bench::run(&args, &config).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    println!("FIX session       1 ({} orders/s target)", report.rate);
+    println!("duration          {:.1} s", report.duration_s);
+    println!(
+        "sent / answered   {} / {} ({} rejected, {} unanswered)",
+        report.sent, report.acked, report.rejected, report.unanswered
+    );
+    println!(
+        "throughput        {:.0} orders/s",
+        report.throughput_per_sec
+    );
+    let p = &report.ack;
+    println!(
+        "order to ack      p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
+        p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.max_us
+    );
+    let p = &report.send_lag;
+    println!(
+        "send lag          p50 {} us, p99 {} us, max {} us",
+        p.p50_us, p.p99_us, p.max_us
+    );
+    Ok(())
 }
 
 async fn cluster_bench(

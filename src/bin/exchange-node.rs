@@ -159,6 +159,10 @@ struct RunArgs {
     /// unless given.
     #[arg(long, value_name = "ADDR", env = "EXCHANGE_FIX_LISTEN")]
     fix_listen: Option<std::net::SocketAddr>,
+    /// FIX over TLS (1.2 or 1.3) on --fix-listen, with the node's certificate (the brokers
+    /// verify it with the cluster's ca.pem); without it FIX is plain TCP.
+    #[arg(long, env = "EXCHANGE_FIX_TLS")]
+    fix_tls: bool,
     /// Market data messages a live subscriber may fall behind before the node sends it a
     /// fresh snapshot instead (a slow subscriber never slows the engine).
     #[arg(long, value_name = "MESSAGES", env = "EXCHANGE_MD_SUBSCRIBER_BUFFER")]
@@ -342,6 +346,7 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         http_listen: args.http_listen.or(file.http_listen),
         fix_listen: args.fix_listen.or(file.fix_listen),
+        fix_tls: args.fix_tls || file.fix_tls.unwrap_or(false),
         md_subscriber_buffer: args
             .md_subscriber_buffer
             .or(file.md_subscriber_buffer)

@@ -105,7 +105,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(histogram: &Histogram<u64>) -> Self {
+    pub(crate) fn of(histogram: &Histogram<u64>) -> Self {
         Percentiles {
             count: histogram.len(),
             p50_us: histogram.value_at_quantile(0.5),

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod catalog;
 pub mod cluster;
 pub mod cluster_bench;
+pub mod fix_bench;
 pub mod lobster;
 pub mod market;
 pub mod outcome;

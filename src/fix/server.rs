@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use exchange_client::catalog::Catalog;
-use exchange_domain::{BrokerId, Command};
+use exchange_domain::{BrokerId, Command, KeyDigest};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -57,6 +57,9 @@ pub struct FixServer {
     gateway: Gateway,
     /// SenderCompID of each broker that may use FIX.
     comp_ids: BTreeMap<String, BrokerId>,
+    /// SenderCompID of each drop copy: its key's digest and whose reports it reads (`None`:
+    /// every broker's).
+    drop_copies: BTreeMap<String, (KeyDigest, Option<BrokerId>)>,
     sessions: Mutex<HashMap<String, Slot>>,
     catalog: Mutex<(Arc<Catalog>, Option<Instant>)>,
     leader_fix: LeaderFixAddress,
@@ -70,12 +73,14 @@ impl FixServer {
     pub fn new(
         gateway: Gateway,
         comp_ids: BTreeMap<String, BrokerId>,
+        drop_copies: BTreeMap<String, (KeyDigest, Option<BrokerId>)>,
         leader_fix: LeaderFixAddress,
         metrics: Arc<FixMetrics>,
     ) -> Self {
         FixServer {
             gateway,
             comp_ids,
+            drop_copies,
             sessions: Mutex::new(HashMap::new()),
             catalog: Mutex::new((Arc::new(Catalog::default()), None)),
             leader_fix,
@@ -103,8 +108,12 @@ impl FixServer {
     }
 }
 
-/// Accepts FIX connections until the listener fails.
-pub async fn serve(listener: tokio::net::TcpListener, server: Arc<FixServer>) {
+/// Accepts FIX connections (over TLS with `tls`) until the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Arc<FixServer>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -121,9 +130,23 @@ pub async fn serve(listener: tokio::net::TcpListener, server: Arc<FixServer>) {
             continue;
         };
         let server = Arc::clone(&server);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let (reader, writer) = tokio::io::split(stream);
-            run_connection(server, translated, remote, reader, writer).await;
+            match tls {
+                None => {
+                    let (reader, writer) = tokio::io::split(stream);
+                    run_connection(server, translated, remote, reader, writer).await;
+                }
+                // The handshake counts against the logon's deadline.
+                Some(tls) => match tokio::time::timeout(LOGON_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let (reader, writer) = tokio::io::split(stream);
+                        run_connection(server, translated, remote, reader, writer).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%remote, "FIX TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%remote, "FIX TLS handshake timed out"),
+                },
+            }
         });
     }
 }
@@ -136,6 +159,15 @@ enum Flow {
     Close,
 }
 
+/// Whose reports a session gets, and whether it may send orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// A broker's order entry session: its orders in, its reports out.
+    Orders(BrokerId),
+    /// A drop copy: read only; one broker's reports, or (`None`) every broker's.
+    DropCopy(Option<BrokerId>),
+}
+
 /// A logged-on session's connection.
 struct Connection<W> {
     server: Arc<FixServer>,
@@ -144,6 +176,7 @@ struct Connection<W> {
     state: Arc<AsyncMutex<SessionState>>,
     writer: AsyncMutex<W>,
     broker: BrokerId,
+    scope: Scope,
     comp_id: String,
     heart_bt_int: Duration,
     last_sent: Mutex<Instant>,
@@ -203,6 +236,7 @@ async fn run_connection<R, W>(
         state: connection.state,
         writer: AsyncMutex::new(writer),
         broker: connection.broker,
+        scope: connection.scope,
         comp_id: connection.comp_id,
         heart_bt_int: connection.heart_bt_int,
         last_sent: connection.last_sent,
@@ -384,23 +418,49 @@ async fn log_on<W: AsyncWrite + Unpin>(
         refuse(&server.metrics, writer, &sender, &refused(text)).await;
         return None;
     }
-    let Some(&broker) = server.comp_ids.get(&sender) else {
-        let why = refused(format!(
-            "SenderCompID(49) {sender:?} is not a FIX session of this exchange"
-        ));
-        refuse(&server.metrics, writer, &sender, &why).await;
-        return None;
+    let scope = match (
+        server.comp_ids.get(&sender),
+        server.drop_copies.get(&sender),
+    ) {
+        (Some(&broker), _) => Scope::Orders(broker),
+        (None, Some(&(_, whose))) => Scope::DropCopy(whose),
+        (None, None) => {
+            let why = refused(format!(
+                "SenderCompID(49) {sender:?} is not a FIX session of this exchange"
+            ));
+            refuse(&server.metrics, writer, &sender, &why).await;
+            return None;
+        }
+    };
+    let broker = match scope {
+        Scope::Orders(broker) | Scope::DropCopy(Some(broker)) => broker,
+        Scope::DropCopy(None) => BrokerId::OPERATOR,
     };
     let Some(password) = logon.get(tag::PASSWORD) else {
         let why = refused("Password(554) is required: the broker's API key".into());
         refuse(&server.metrics, writer, &sender, &why).await;
         return None;
     };
-    match server
-        .gateway
-        .log_on_translated(&translated, password)
-        .await
-    {
+    let answer = match scope {
+        Scope::DropCopy(_) => {
+            let expected = server.drop_copies[&sender].0;
+            match server
+                .gateway
+                .log_on_read_only(&translated, password, expected)
+                .await
+            {
+                Ok(()) => TranslatedLogon::LoggedOn(broker),
+                Err(why) => TranslatedLogon::Refused(why),
+            }
+        }
+        Scope::Orders(_) => {
+            server
+                .gateway
+                .log_on_translated(&translated, password)
+                .await
+        }
+    };
+    match answer {
         TranslatedLogon::LoggedOn(logged) if logged == broker => {}
         TranslatedLogon::LoggedOn(other) => {
             let why = refused(format!(
@@ -517,6 +577,7 @@ async fn log_on<W: AsyncWrite + Unpin>(
         state,
         writer: AsyncMutex::new(()),
         broker,
+        scope,
         comp_id: sender.clone(),
         heart_bt_int: Duration::from_secs(heart_bt_int),
         last_sent: Mutex::new(Instant::now()),
@@ -756,6 +817,18 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
                 let _ = self.send_admin(Builder::new("5")).await;
                 Flow::Close
             }
+            "D" | "F" | "G" | "q" | "H" if matches!(self.scope, Scope::DropCopy(_)) => {
+                let b = Builder::new("j")
+                    .field(tag::REF_SEQ_NUM, seq)
+                    .field(tag::REF_MSG_TYPE, message.msg_type())
+                    .field(tag::BUSINESS_REJECT_REASON, 0)
+                    .field(
+                        tag::TEXT,
+                        "a drop copy session is read only: it sends no orders",
+                    );
+                let _ = self.send_app(vec![b]).await;
+                Flow::Continue
+            }
             "D" | "F" | "G" | "q" => self.order_message(message, seq).await,
             "H" => {
                 let catalog = self.server.catalog(|_| false).await;
@@ -969,7 +1042,15 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
         loop {
             recorded.borrow_and_update();
             let cursor = self.state.lock().await.report_cursor;
-            let batch = match reports.since(self.broker, cursor, REPORTS_PER_BATCH) {
+            let batch = match self.scope {
+                Scope::DropCopy(None) => reports.since_all(cursor, REPORTS_PER_BATCH).map(|all| {
+                    all.into_iter()
+                        .map(|(_, output)| output)
+                        .collect::<Vec<_>>()
+                }),
+                _ => reports.since(self.broker, cursor, REPORTS_PER_BATCH),
+            };
+            let batch = match batch {
                 Ok(batch) => batch,
                 Err(gap) => {
                     tracing::warn!(

@@ -27,6 +27,7 @@ pub fn development_keys() -> Vec<String> {
             file.admin_key
                 .into_iter()
                 .chain(file.brokers.into_iter().map(|b| b.key))
+                .chain(file.drop_copies.into_iter().map(|d| d.key))
                 .collect()
         })
         .unwrap_or_default()
@@ -87,6 +88,20 @@ pub struct BrokerEntry {
     pub fix_comp_id: Option<String>,
 }
 
+/// A FIX drop copy session of the brokers file: read-only, it receives the execution reports of
+/// one broker, or of every broker.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DropCopyEntry {
+    /// Its SenderCompID(49).
+    pub fix_comp_id: String,
+    /// Its key, sent as Password(554): it may read, never trade.
+    pub key: String,
+    /// The broker whose reports it receives; none: every broker's (the operator's drop copy).
+    #[serde(default)]
+    pub broker: Option<u32>,
+}
+
 /// The brokers file (`cluster/brokers.toml`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +110,8 @@ pub struct BrokersFile {
     pub admin_key: Option<String>,
     #[serde(default, rename = "broker")]
     pub brokers: Vec<BrokerEntry>,
+    #[serde(default, rename = "drop_copy")]
+    pub drop_copies: Vec<DropCopyEntry>,
 }
 
 impl BrokersFile {
@@ -157,7 +174,39 @@ impl BrokersFile {
                 }
             }
         }
+        for copy in &self.drop_copies {
+            let which = format!("drop copy {:?}", copy.fix_comp_id);
+            check_comp_id(&copy.fix_comp_id).map_err(|e| format!("{which}: {e}"))?;
+            if comp_ids.insert(copy.fix_comp_id.as_str(), 0).is_some() {
+                return Err(format!("{which}: the fix_comp_id is taken"));
+            }
+            check_key(&copy.key).map_err(|e| format!("{which}: {e}"))?;
+            // A read-only key must not be one that may trade or administer.
+            if Some(&copy.key) == self.admin_key.as_ref() || keys.contains_key(copy.key.as_str()) {
+                return Err(format!("{which}: its key is the admin's or a broker's"));
+            }
+            if copy.broker == Some(BrokerId::OPERATOR.0) {
+                return Err(format!(
+                    "{which}: broker 0 is the operator; leave broker out for every broker's reports"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Each drop copy's SenderCompID, its key's digest, and whose reports it gets (`None`:
+    /// every broker's).
+    pub fn fix_drop_copies(&self) -> Vec<(String, KeyDigest, Option<BrokerId>)> {
+        self.drop_copies
+            .iter()
+            .map(|d| {
+                (
+                    d.fix_comp_id.clone(),
+                    digest(&d.key),
+                    d.broker.map(BrokerId),
+                )
+            })
+            .collect()
     }
 
     /// The development keys this file holds, by where they are (`admin_key`, `broker 1`).
@@ -173,7 +222,12 @@ impl BrokersFile {
             .iter()
             .filter(|b| public.contains(&b.key))
             .map(|b| format!("broker {}", b.id));
-        admin.chain(brokers).collect()
+        let drop_copies = self
+            .drop_copies
+            .iter()
+            .filter(|d| public.contains(&d.key))
+            .map(|d| format!("drop copy {}", d.fix_comp_id));
+        admin.chain(brokers).chain(drop_copies).collect()
     }
 
     /// The admin key's digest, if the file names one.
@@ -209,9 +263,15 @@ mod tests {
         // Every key of it is known to be public.
         assert_eq!(
             file.development_keys_used(),
-            ["admin_key", "broker 1", "broker 2"]
+            [
+                "admin_key",
+                "broker 1",
+                "broker 2",
+                "drop copy DROPCOPY1",
+                "drop copy DROPCOPY"
+            ]
         );
-        assert_eq!(development_keys().len(), 3);
+        assert_eq!(development_keys().len(), 5);
     }
 
     #[test]

@@ -274,6 +274,19 @@ pub fn broker_server(
     quic_server(tls, transport)
 }
 
+/// The TLS server of FIX over TLS (`--fix-tls`): the node certificate, TLS 1.2 or 1.3 (FIX
+/// engines' TLS stacks do not all speak 1.3 yet), no client certificate (the broker proves
+/// itself with its key in the Logon).
+pub fn fix_server(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| err("TLS", e))?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| err("node certificate", e))?;
+    Ok(Arc::new(tls))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,6 +103,8 @@ pub struct NodeConfig {
     pub http_listen: Option<SocketAddr>,
     /// Accept FIX 4.4 sessions here (docs/fix.md).
     pub fix_listen: Option<SocketAddr>,
+    /// FIX over TLS, with the node certificate.
+    pub fix_tls: bool,
     /// Market data messages a live subscriber may fall behind before it is resynchronised.
     pub md_subscriber_buffer: usize,
     /// The least time between two market data frames to one subscriber.
@@ -141,6 +143,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     pub fix_listen: Option<SocketAddr>,
+    pub fix_tls: Option<bool>,
     pub md_subscriber_buffer: Option<usize>,
     pub md_frame_ms: Option<u64>,
     pub md_history: Option<PathBuf>,
@@ -198,6 +201,11 @@ impl NodeConfig {
     pub fn check(&self) -> Result<(), String> {
         if !self.peers.contains_key(&self.id) {
             return Err(format!("--id {} is not among --peers", self.id));
+        }
+        if self.fix_tls && self.fix_listen.is_none() {
+            return Err(
+                "--fix-tls needs --fix-listen: the address FIX over TLS is served on".into(),
+            );
         }
         if self.heartbeat_ms == 0
             || self.election_min_ms <= self.heartbeat_ms

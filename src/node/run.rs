@@ -312,6 +312,11 @@ impl Node {
             })?;
         }
         let fix_comp_ids = brokers.fix_comp_ids();
+        let fix_drop_copies = brokers
+            .fix_drop_copies()
+            .into_iter()
+            .map(|(comp_id, digest, whose)| (comp_id, (digest, whose)))
+            .collect();
         tokio::spawn(apply_brokers_file(
             raft.clone(),
             Arc::clone(&engine),
@@ -384,10 +389,17 @@ impl Node {
             let server = FixServer::new(
                 gateway.clone(),
                 fix_comp_ids,
+                fix_drop_copies,
                 leader_fix,
                 Arc::clone(&fix_metrics),
             );
-            tokio::spawn(serve_fix(listener, Arc::new(server)));
+            let tls = match config.fix_tls {
+                true => Some(tokio_rustls::TlsAcceptor::from(
+                    tls::fix_server(&identity).map_err(StartError::Certificates)?,
+                )),
+                false => None,
+            };
+            tokio::spawn(serve_fix(listener, Arc::new(server), tls));
         }
         if let Some(addr) = config.http_listen {
             let watched = raft.clone();

@@ -128,6 +128,45 @@ impl ReportJournal {
         Ok(kept.events.range(first..end).copied().collect())
     }
 
+    /// About `max` of every broker's reports with sequence numbers above `since`, in log order
+    /// (within one command, by broker): what a drop copy of every broker reads. Like
+    /// [`ReportJournal::since`], a batch never ends inside one command's reports.
+    pub fn since_all(&self, since: u64, max: usize) -> Result<Vec<(BrokerId, Output)>, Gap> {
+        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        // A broker not seen yet is complete after the start; one that is, after what it lost.
+        let complete_after = journal
+            .brokers
+            .values()
+            .map(|kept| kept.complete_after)
+            .chain([journal.start])
+            .max()
+            .unwrap_or(journal.start);
+        if since < complete_after {
+            return Err(Gap { complete_after });
+        }
+        let mut brokers: Vec<(&BrokerId, &BrokerReports)> = journal.brokers.iter().collect();
+        brokers.sort_unstable_by_key(|(broker, _)| **broker);
+        let max = max.max(1);
+        let mut seqs: Vec<u64> = Vec::new();
+        for (_, kept) in &brokers {
+            let first = kept.events.partition_point(|o| o.seq <= since);
+            seqs.extend(kept.events.range(first..).take(max).map(|o| o.seq));
+        }
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        seqs.sort_unstable();
+        let cut = seqs[max.min(seqs.len()) - 1];
+        let mut out = Vec::new();
+        for (broker, kept) in brokers {
+            let first = kept.events.partition_point(|o| o.seq <= since);
+            let end = kept.events.partition_point(|o| o.seq <= cut);
+            out.extend(kept.events.range(first..end).map(|o| (*broker, *o)));
+        }
+        out.sort_by_key(|(_, o)| o.seq);
+        Ok(out)
+    }
+
     /// A receiver that wakes when anything is recorded.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.recorded.subscribe()
@@ -161,6 +200,50 @@ mod tests {
         assert_eq!(seqs(journal.since(b, 0, 10).unwrap()), vec![2]);
         assert_eq!(seqs(journal.since(a, 0, 1).unwrap()), vec![1]);
         assert_eq!(*journal.subscribe().borrow(), 3);
+    }
+
+    #[test]
+    fn every_brokers_reports_come_in_log_order_each_once() {
+        let journal = ReportJournal::new(0);
+        let (a, b) = (BrokerId(1), BrokerId(2));
+        // seq 2 concerns both brokers (a trade between them), seq 3 has two of a's.
+        journal.record(&[
+            (a, output(1)),
+            (b, output(2)),
+            (a, output(2)),
+            (a, output(3)),
+            (a, output(3)),
+            (b, output(4)),
+        ]);
+        let all = |since, max| {
+            journal
+                .since_all(since, max)
+                .unwrap()
+                .into_iter()
+                .map(|(broker, o)| (broker.0, o.seq))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all(0, 10), [(1, 1), (1, 2), (2, 2), (1, 3), (1, 3), (2, 4)]);
+        assert_eq!(
+            all(1, 1),
+            [(1, 2), (2, 2)],
+            "all of seq 2, whoever it concerns"
+        );
+        assert_eq!(all(2, 1), [(1, 3), (1, 3)]);
+        assert_eq!(all(4, 10), []);
+        // Following the batches sees every report once.
+        let (mut since, mut seen) = (0, Vec::new());
+        loop {
+            let batch = all(since, 1);
+            let Some(&(_, last)) = batch.last() else {
+                break;
+            };
+            since = last;
+            seen.extend(batch);
+        }
+        assert_eq!(seen, all(0, 10));
+        let late = ReportJournal::new(10);
+        assert_eq!(late.since_all(5, 10), Err(Gap { complete_after: 10 }));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub const BROKERS: [(u32, &str, [u64; 2]); 2] = [
     (1, "test-broker-1-key-0123456789", [1001, 1002]),
     (2, "test-broker-2-key-0123456789", [2001, 2002]),
 ];
+/// The FIX drop copy of broker 1 in every test cluster: (SenderCompID, key).
+pub const DROP_COPY: (&str, &str) = ("DROPCOPY1", "test-dropcopy-1-key-0123456789");
 pub const BASE: AssetId = AssetId(1);
 pub const QUOTE: AssetId = AssetId(2);
 
@@ -127,6 +129,10 @@ impl Cluster {
                 "[[broker]]\nid = {id}\nkey = \"{key}\"\naccounts = {accounts:?}\nfix_comp_id = \"BROKER{id}\"\n"
             ));
         }
+        brokers_file.push_str(&format!(
+            "[[drop_copy]]\nfix_comp_id = \"{}\"\nkey = \"{}\"\nbroker = 1\n",
+            DROP_COPY.0, DROP_COPY.1
+        ));
         std::fs::write(dir.join("brokers.toml"), brokers_file).expect("brokers file");
         let timeouts: &[&str] = if relaxed_timeouts {
             &RELAXED_TIMEOUTS
@@ -178,6 +184,11 @@ impl Cluster {
     /// The port `--http-listen 127.0.0.1:{http}` gives node `id`.
     pub fn http_port(&self, id: u64) -> u16 {
         self.base_port + 300 + id as u16
+    }
+
+    /// The cluster's certificate directory (`ca.pem` and the nodes' certificates).
+    pub fn certs_dir(&self) -> &std::path::Path {
+        &self.certs
     }
 
     /// The port `--fix-listen 127.0.0.1:{fix}` gives node `id`.

@@ -66,7 +66,7 @@ pub struct FailedLogons {
 
 impl FailedLogons {
     /// Whether `source` failed too often lately.
-    fn throttled(&self, source: std::net::IpAddr, now: Instant) -> bool {
+    pub(super) fn throttled(&self, source: std::net::IpAddr, now: Instant) -> bool {
         let by_source = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
         by_source.get(&source).is_some_and(|&(failures, since)| {
             failures >= FAILED_LOGONS_PER_SOURCE_MAX
@@ -74,7 +74,7 @@ impl FailedLogons {
         })
     }
 
-    fn failed(&self, source: std::net::IpAddr, now: Instant) {
+    pub(super) fn failed(&self, source: std::net::IpAddr, now: Instant) {
         let mut by_source = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
         if by_source.len() >= FAILED_LOGON_SOURCES_MAX {
             by_source.retain(|_, (_, since)| {

@@ -13,6 +13,9 @@ use super::*;
 pub struct TranslatedSession {
     session: Arc<Session>,
     metrics: Arc<GatewayMetrics>,
+    /// Logged on with a read-only key (a drop copy): it holds a session's place, and no
+    /// principal, so it can sequence nothing.
+    read_only: std::sync::atomic::AtomicBool,
 }
 
 /// How a logon ended.
@@ -80,6 +83,7 @@ impl Gateway {
                 )),
             }),
             metrics: Arc::clone(&self.metrics),
+            read_only: Default::default(),
         })
     }
 
@@ -139,6 +143,47 @@ impl Gateway {
         }
     }
 
+    /// Logs a translated session on with a read-only key (a FIX drop copy's, from the node's
+    /// brokers file): compared in constant time with `expected`, failures slowed per source
+    /// address as every logon's. The session gets a session's place and no principal.
+    pub async fn log_on_read_only(
+        &self,
+        translated: &TranslatedSession,
+        key: &str,
+        expected: KeyDigest,
+    ) -> Result<(), String> {
+        let session = &translated.session;
+        let source = session.remote.ip();
+        if self.failed_logons.throttled(source, Instant::now()) {
+            self.metrics.logons_delayed.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(FAILED_LOGON_DELAY).await;
+        }
+        let given = credentials::digest(key);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&given.0[..], &expected.0[..])) {
+            self.failed_logons.failed(source, Instant::now());
+            self.metrics.logons_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "audit", event = "logon refused", remote = %session.remote, "read-only logon refused: wrong key");
+            return Err("logon refused: wrong key".into());
+        }
+        let place = self.connections.try_session().ok_or_else(|| {
+            format!(
+                "logon refused: this node serves its most sessions ({BROKER_CONNECTIONS_MAX}); \
+                 try again later or another node"
+            )
+        })?;
+        let _ = session.place.set(place);
+        session
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        translated.read_only.store(true, Ordering::Relaxed);
+        self.metrics.logons.fetch_add(1, Ordering::Relaxed);
+        self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(target: "audit", event = "logon", read_only = true, remote = %session.remote, "logged on read-only");
+        Ok(())
+    }
+
     /// Whether the session's key is still its broker's.
     pub fn translated_key_valid(&self, translated: &TranslatedSession) -> bool {
         self.key_still_valid(&translated.session)
@@ -196,6 +241,9 @@ impl Drop for TranslatedSession {
         if let Some(principal) = self.session.principal.get() {
             self.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
             tracing::info!(target: "audit", event = "logoff", broker = principal.broker.0, remote = %self.session.remote, "session ended");
+        } else if self.read_only.load(Ordering::Relaxed) {
+            self.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+            tracing::info!(target: "audit", event = "logoff", read_only = true, remote = %self.session.remote, "session ended");
         }
     }
 }
