@@ -318,22 +318,47 @@ async fn fix_over_tls_logs_on_with_the_nodes_certificate() {
         .with_root_certificates(exchange::client::tls::roots(&ca).unwrap())
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
-    let tcp = TcpStream::connect(("127.0.0.1", cluster.fix_port(leader)))
-        .await
-        .unwrap();
-    let name =
-        rustls::pki_types::ServerName::try_from(exchange::net::tls::node_name(leader)).unwrap();
-    let stream = connector
-        .connect(name, tcp)
-        .await
-        .expect("TLS with the node's certificate");
-    let mut raw = Raw {
-        stream,
-        framer: Framer::default(),
-        comp_id: "BROKER1".into(),
-        next_out: 1,
+    // The leader registers the brokers file's keys once it has taken office: until then a
+    // logon is refused as an unknown key.
+    let deadline = Instant::now() + WAIT;
+    let mut raw = loop {
+        let tcp = TcpStream::connect(("127.0.0.1", cluster.fix_port(leader)))
+            .await
+            .unwrap();
+        let name =
+            rustls::pki_types::ServerName::try_from(exchange::net::tls::node_name(leader)).unwrap();
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .expect("TLS with the node's certificate");
+        let mut raw = Raw {
+            stream,
+            framer: Framer::default(),
+            comp_id: "BROKER1".into(),
+            next_out: 1,
+        };
+        raw.send(
+            Builder::new("A")
+                .field(tag::ENCRYPT_METHOD, 0)
+                .field(tag::HEART_BT_INT, 30)
+                .field(tag::PASSWORD, key(1)),
+        )
+        .await;
+        let answer = raw.next(WAIT).await.expect("an answer to the Logon");
+        if answer.msg_type() == "A" {
+            break raw;
+        }
+        assert!(
+            answer
+                .get(tag::TEXT)
+                .unwrap_or("")
+                .contains("unknown API key")
+                && Instant::now() < deadline,
+            "{:?}",
+            String::from_utf8_lossy(answer.as_bytes())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    raw.log_on(key(1)).await;
     raw.send(test_request("over-tls")).await;
     let heartbeat = raw.expect("0", WAIT).await;
     assert_eq!(heartbeat.get(tag::TEST_REQ_ID), Some("over-tls"));

@@ -890,7 +890,7 @@ impl Application {
         commands: &[Command],
         catalog: &Catalog,
         text: &str,
-        seq: u64,
+        exec_id_base: &str,
     ) -> Vec<Builder> {
         let mut out = Vec::new();
         for command in commands {
@@ -904,7 +904,7 @@ impl Application {
                         out.push(rejected_with(
                             &request,
                             catalog,
-                            &format!("N{seq}-{}", out.len()),
+                            &format!("{exec_id_base}-{}", out.len()),
                             99,
                             text.to_string(),
                         ));

@@ -159,6 +159,18 @@ enum Flow {
     Close,
 }
 
+/// Order messages that arrive together are queued together, at most this many at a time.
+const ORDERS_PER_BATCH_MAX: usize = 256;
+
+/// Commands of order messages translated and not yet queued.
+#[derive(Default)]
+struct OrderBatch {
+    commands: Vec<Command>,
+    /// MsgSeqNum of the first message in the batch.
+    first_seq: u64,
+    catalog: Option<Arc<Catalog>>,
+}
+
 /// Whose reports a session gets, and whether it may send orders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scope {
@@ -168,18 +180,27 @@ enum Scope {
     DropCopy(Option<BrokerId>),
 }
 
+/// Frames waiting for the connection's writer, at most: past it the session waits (a broker
+/// that does not read its reports slows only itself).
+const OUTBOX_FRAMES_MAX: usize = 4_096;
+
+/// The most bytes the writer puts in one write.
+const WRITE_BYTES_MAX: usize = 256 * 1024;
+
 /// A logged-on session's connection.
-struct Connection<W> {
+struct Connection {
     server: Arc<FixServer>,
     translated: TranslatedSession,
     remote: SocketAddr,
     state: Arc<AsyncMutex<SessionState>>,
-    writer: AsyncMutex<W>,
+    /// Numbered messages, in order, to the connection's writer.
+    outbox: tokio::sync::mpsc::Sender<Vec<u8>>,
     broker: BrokerId,
     scope: Scope,
     comp_id: String,
     heart_bt_int: Duration,
     last_sent: Mutex<Instant>,
+    batch: Mutex<OrderBatch>,
 }
 
 async fn run_connection<R, W>(
@@ -222,24 +243,42 @@ async fn run_connection<R, W>(
         .messages_received
         .fetch_add(1, Ordering::Relaxed);
     let Some(connection) = log_on(&server, translated, remote, &logon, &mut writer).await else {
-        server
-            .metrics
-            .logons_refused
-            .fetch_add(1, Ordering::Relaxed);
         let _ = writer.shutdown().await;
         return;
     };
+    // The connection's writer: what the session numbered, in order, several messages to a
+    // write when they queue up; the session's lock is never held across a socket write.
+    let (outbox, mut frames) = tokio::sync::mpsc::channel::<Vec<u8>>(OUTBOX_FRAMES_MAX);
+    let (stop_writing, mut writing_stopped) = tokio::sync::oneshot::channel::<()>();
+    let writer_task = tokio::spawn(async move {
+        let mut bytes = Vec::with_capacity(64 * 1024);
+        loop {
+            let first = tokio::select! {
+                first = frames.recv() => first,
+                _ = &mut writing_stopped => {
+                    // What was queued before the end still goes (a Logout, last reports).
+                    frames.close();
+                    frames.recv().await
+                }
+            };
+            let Some(first) = first else { break };
+            bytes.clear();
+            bytes.extend_from_slice(&first);
+            while bytes.len() < WRITE_BYTES_MAX {
+                match frames.try_recv() {
+                    Ok(more) => bytes.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
     let connection = Arc::new(Connection {
-        server: connection.server,
-        translated: connection.translated,
-        remote: connection.remote,
-        state: connection.state,
-        writer: AsyncMutex::new(writer),
-        broker: connection.broker,
-        scope: connection.scope,
-        comp_id: connection.comp_id,
-        heart_bt_int: connection.heart_bt_int,
-        last_sent: connection.last_sent,
+        outbox,
+        ..connection
     });
     server.metrics.logons.fetch_add(1, Ordering::Relaxed);
     server.metrics.sessions.fetch_add(1, Ordering::Relaxed);
@@ -273,6 +312,10 @@ async fn run_connection<R, W>(
             if connection.receive(message).await == Flow::Close {
                 break 'session Flow::Close;
             }
+        }
+        // Everything this read brought is handled: its orders go out together.
+        if connection.flush_orders().await == Flow::Close {
+            break 'session Flow::Close;
         }
         tokio::select! {
             read = reader.read(&mut buffer) => match read {
@@ -314,7 +357,8 @@ async fn run_connection<R, W>(
     };
     debug_assert_eq!(flow, Flow::Close);
     reports.abort();
-    let _ = connection.writer.lock().await.shutdown().await;
+    let _ = stop_writing.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
     server.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
     {
         let mut sessions = server.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -358,7 +402,7 @@ async fn log_on<W: AsyncWrite + Unpin>(
     remote: SocketAddr,
     logon: &Message,
     writer: &mut W,
-) -> Option<Connection<()>> {
+) -> Option<Connection> {
     let sender = logon.get(tag::SENDER_COMP_ID).unwrap_or("").to_string();
     let refused = |why: String| {
         tracing::warn!(target: "audit", event = "fix logon refused", comp_id = %sender, %remote, %why, "FIX logon refused");
@@ -575,16 +619,18 @@ async fn log_on<W: AsyncWrite + Unpin>(
         translated,
         remote,
         state,
-        writer: AsyncMutex::new(()),
+        // Replaced by the connection's writer once the logon is answered.
+        outbox: tokio::sync::mpsc::channel(1).0,
         broker,
         scope,
         comp_id: sender.clone(),
         heart_bt_int: Duration::from_secs(heart_bt_int),
         last_sent: Mutex::new(Instant::now()),
+        batch: Mutex::default(),
     })
 }
 
-impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
+impl Connection {
     /// Numbers and writes messages, in order, under the session's lock.
     async fn send_locked(
         &self,
@@ -601,8 +647,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
         if count == 0 {
             return Ok(());
         }
-        let mut writer = self.writer.lock().await;
-        writer.write_all(&bytes).await?;
+        self.outbox.send(bytes).await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection is closed")
+        })?;
         *self.last_sent.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         self.server
             .metrics
@@ -623,11 +670,12 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
     }
 
     async fn logout(&self, text: &str) {
-        tracing::info!(comp_id = %self.comp_id, %text, "FIX logout sent");
+        tracing::info!(comp_id = %self.comp_id, remote = %self.remote, %text, "FIX logout sent");
         let _ = self
             .send_admin(Builder::new("5").field(tag::TEXT, text))
             .await;
-        let _ = self.writer.lock().await.flush().await;
+        // The writer sends it before it stops (`run_connection`); a moment for the broker to
+        // read it before the close.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -893,9 +941,8 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
         let state = self.state.lock().await;
         let messages = state.resend(begin, end.unwrap_or(0), &utc_timestamp(SystemTime::now()));
         let count = messages.len() as u64;
-        let mut writer = self.writer.lock().await;
         for bytes in messages {
-            if writer.write_all(&bytes).await.is_err() {
+            if self.outbox.send(bytes).await.is_err() {
                 return;
             }
         }
@@ -950,6 +997,39 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
                 return Flow::Continue;
             }
         };
+        // Queued with the other order messages of the same read (`flush_orders`): one
+        // admission and one wait for their answers, however many arrived together.
+        let full = {
+            let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+            if batch.commands.is_empty() {
+                batch.first_seq = seq;
+            }
+            batch.commands.extend(commands);
+            batch.catalog = Some(catalog);
+            batch.commands.len() >= ORDERS_PER_BATCH_MAX
+        };
+        if full {
+            return self.flush_orders().await;
+        }
+        Flow::Continue
+    }
+
+    /// Queues the order messages translated since the last flush, in the order received.
+    async fn flush_orders(self: &Arc<Self>) -> Flow {
+        let (commands, seq, catalog) = {
+            let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(catalog) = batch.catalog.take() else {
+                return Flow::Continue;
+            };
+            (
+                std::mem::take(&mut batch.commands),
+                batch.first_seq,
+                catalog,
+            )
+        };
+        if commands.is_empty() {
+            return Flow::Continue;
+        }
         match self
             .server
             .gateway
@@ -986,7 +1066,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
 
     async fn refused(&self, commands: &[Command], catalog: &Catalog, text: &str, seq: u64) {
         let mut state = self.state.lock().await;
-        let answers = state.application.refused(commands, catalog, text, seq);
+        let answers = state
+            .application
+            .refused(commands, catalog, text, &format!("N{seq}"));
         let _ = self
             .send_locked(&mut state, answers.into_iter().map(|m| (m, false)))
             .await;
@@ -1009,9 +1091,28 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
                     .await
             }
         };
+        // Most answers hold nothing the journal does not also report: the session's state is
+        // not even locked for them.
+        let answer_only = |output: &exchange_domain::Output| {
+            matches!(
+                output.event.reject_reason(),
+                Some(
+                    exchange_domain::RejectReason::NotPermitted
+                        | exchange_domain::RejectReason::UnknownAccount
+                )
+            )
+        };
+        let nothing = answers.iter().all(|answer| match answer {
+            Ok(outputs) => !outputs.iter().any(answer_only),
+            Err(crate::replication::sequencer::SubmitError::Unknown(_)) => true,
+            Err(_) => false,
+        });
+        if nothing {
+            return;
+        }
         let mut state = self.state.lock().await;
         let mut out = Vec::new();
-        for (command, answer) in commands.iter().zip(answers) {
+        for (i, (command, answer)) in commands.iter().zip(answers).enumerate() {
             match answer {
                 Ok(outputs) => {
                     for (k, output) in outputs.iter().enumerate() {
@@ -1025,7 +1126,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Connection<W> {
                     std::slice::from_ref(command),
                     &catalog,
                     &e.to_string(),
-                    seq,
+                    &format!("N{seq}.{i}"),
                 )),
             }
         }
