@@ -22,16 +22,21 @@ import json, sys
 print(next(n["status"]["fix"] for n in json.load(sys.stdin)
            if n.get("status") and n["status"]["role"] == "leader"))')
 n=0
+# A run that fails says why: the last line it wrote to stderr.
+failed() {
+  python3 -c 'import json, sys; print(json.dumps({"failed": True, "error": sys.argv[1]}))' \
+    "$(tail -n 1 "$EXCHANGE_DATA/run-$n.err")"
+}
 native() {
   n=$((n + 1))
   echo "native-$1 $($cli bench --admin --json --sessions 1 --rate "$1" --duration "${DURATION:-10}" \
     --symbol $((900 + n)) --first-account $((900000 + n * 10)) --first-broker $((100 + n)) \
-    --floor-dir "$EXCHANGE_DATA" 2>/dev/null || echo '{"failed": true}')"
+    --floor-dir "$EXCHANGE_DATA" 2>"$EXCHANGE_DATA/run-$n.err" || failed)"
 }
 fix_run() {
   n=$((n + 1))
   echo "fix-$1 $($cli fix-bench --admin --json --fix "$fix" --rate "$1" --duration "${DURATION:-10}" \
-    --symbol $((900 + n)) 2>/dev/null || echo '{"failed": true}')"
+    --symbol $((900 + n)) 2>"$EXCHANGE_DATA/run-$n.err" || failed)"
 }
 for rate in ${RATES:-2000 10000}; do
   for _ in $(seq "${ROUNDS:-3}"); do
