@@ -42,7 +42,9 @@ if [ ! -s "$out/FIX44.xml" ]; then
 fi
 
 if [ ! -x "$out/initiator" ] || [ tests/fix/initiator.cpp -nt "$out/initiator" ]; then
-  # Debian's QuickFIX 1.15 headers declare exception specifications, which C++17 removed.
-  g++ -O1 -std=c++14 -Wno-deprecated -o "$out/initiator" tests/fix/initiator.cpp -lquickfix -lpthread
+  # Debian's QuickFIX 1.15 headers declare exception specifications, which C++17 removed;
+  # its library is built with OpenSSL (HAVE_SSL), which the SSL initiator's header asks for.
+  g++ -O1 -std=c++14 -Wno-deprecated -DHAVE_SSL=1 -o "$out/initiator" tests/fix/initiator.cpp \
+    -lquickfix -lssl -lcrypto -lpthread
 fi
 echo "QuickFIX ready: $out/initiator, $out/FIX44.xml"

@@ -83,6 +83,29 @@ impl Initiator {
     /// SocketConnectHost<n>); its store and log live in `dir`, so a second one started on the
     /// same `dir` carries on the sequence numbers.
     fn start(dir: &std::path::Path, comp_id: &str, key: &str, ports: &[u16]) -> Initiator {
+        Initiator::launch(dir, comp_id, key, ports, None)
+    }
+
+    /// The same over TLS (QuickFIX's SSLSocketInitiator), trusting the CA in `ca`.
+    fn start_tls(
+        dir: &std::path::Path,
+        comp_id: &str,
+        key: &str,
+        ports: &[u16],
+        ca: &std::path::Path,
+    ) -> Initiator {
+        Initiator::launch(dir, comp_id, key, ports, Some(ca))
+    }
+
+    /// The session settings are the project's sample (cluster/fix/quickfix.cfg, or
+    /// quickfix-tls.cfg), with this test's paths, CompID, heartbeat and ports.
+    fn launch(
+        dir: &std::path::Path,
+        comp_id: &str,
+        key: &str,
+        ports: &[u16],
+        ca: Option<&std::path::Path>,
+    ) -> Initiator {
         let qf = quickfix_dir();
         let binary = qf.join("initiator");
         let dictionary = qf.join("FIX44.xml");
@@ -94,15 +117,48 @@ impl Initiator {
             dictionary.display()
         );
         std::fs::create_dir_all(dir).unwrap();
-        let mut config = format!(
-            "[DEFAULT]\nConnectionType=initiator\nReconnectInterval=1\nFileStorePath={store}\n\
-             FileLogPath={log}\nStartTime=00:00:00\nEndTime=00:00:00\nHeartBtInt=10\n\
-             UseDataDictionary=Y\nDataDictionary={dict}\nValidateUserDefinedFields=Y\n\
-             [SESSION]\nBeginString=FIX.4.4\nSenderCompID={comp_id}\nTargetCompID=EXCHANGE\n",
-            store = dir.join("store").display(),
-            log = dir.join("log").display(),
-            dict = dictionary.display(),
-        );
+        let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(if ca.is_some() {
+            "cluster/fix/quickfix-tls.cfg"
+        } else {
+            "cluster/fix/quickfix.cfg"
+        });
+        let sample = std::fs::read_to_string(&sample)
+            .unwrap_or_else(|e| panic!("{}: {e}", sample.display()));
+        let store = dir.join("store").display().to_string();
+        let log = dir.join("log").display().to_string();
+        let dict = dictionary.display().to_string();
+        let ca = ca.map(|ca| ca.display().to_string());
+        let mut replaced = 0;
+        let mut config = String::new();
+        for line in sample.lines() {
+            let value = match line.split_once('=').map(|(k, _)| k) {
+                Some("FileStorePath") => Some(store.as_str()),
+                Some("FileLogPath") => Some(log.as_str()),
+                Some("DataDictionary") => Some(dict.as_str()),
+                Some("HeartBtInt") => Some("10"),
+                Some("SenderCompID") => Some(comp_id),
+                Some("CertificationAuthoritiesFile") => ca.as_deref(),
+                // This test's ports take their place, at the end of the [SESSION].
+                Some(k) if k.starts_with("SocketConnect") => {
+                    replaced += 1;
+                    continue;
+                }
+                _ => None,
+            };
+            match value {
+                Some(value) => {
+                    let key = line.split_once('=').unwrap().0;
+                    config.push_str(&format!("{key}={value}\n"));
+                    replaced += 1;
+                }
+                None => config.push_str(&format!("{line}\n")),
+            }
+        }
+        // FileStorePath, FileLogPath, DataDictionary, HeartBtInt, SenderCompID, the CA for
+        // TLS, and three hosts with their ports: a sample without them is not what the
+        // docs say.
+        let expected = 5 + 6 + usize::from(ca.is_some());
+        assert_eq!(replaced, expected, "the sample's keys changed:\n{sample}");
         for (i, port) in ports.iter().enumerate() {
             let n = if i == 0 { String::new() } else { i.to_string() };
             config.push_str(&format!(
@@ -114,6 +170,7 @@ impl Initiator {
         let mut child = Command::new(&binary)
             .arg(&config_path)
             .arg(key)
+            .args(ca.map(|_| "tls"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -621,4 +678,76 @@ async fn a_quickfix_broker_logs_on_trades_and_recovers_a_gap() {
         rejects.is_empty(),
         "QuickFIX refused messages of the exchange: {rejects:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QuickFIX: scripts/quickfix.sh builds it; scripts/test.sh runs this"]
+async fn a_quickfix_broker_trades_over_tls_and_checks_the_certificate() {
+    let cluster = Cluster::start(
+        "fix-quickfix-tls",
+        1,
+        BASE_PORT + 20,
+        &["--fix-listen", "127.0.0.1:{fix}", "--fix-tls"],
+    );
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    setup(&cluster).await;
+    let port = cluster.fix_port(leader);
+    let dir = cluster.dir.join("quickfix");
+
+    // A CA that did not sign the node's certificate: QuickFIX refuses the server, no Logon.
+    let stranger = dir.join("stranger-ca");
+    exchange::net::tls::generate(&stranger, &[1], &[]).expect("another CA");
+    let mut doubting = Initiator::start_tls(
+        &dir.join("stranger"),
+        "BROKER1",
+        key(1),
+        &[port],
+        &stranger.join("ca.pem"),
+    );
+    doubting.drain(Duration::from_secs(3));
+    assert!(
+        !doubting.seen.iter().any(|f| f.kind == "LOGON"),
+        "logged on through a certificate its CA did not sign: {:?}",
+        doubting.seen
+    );
+    doubting.stop();
+    // And it was the certificate: QuickFIX's event log says the TLS handshake failed.
+    let events = std::fs::read_dir(dir.join("stranger/log"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".event."))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(
+        events.contains("ssl handshake") || events.contains("SSL_connect failed"),
+        "QuickFIX's events: {events}"
+    );
+
+    // The cluster's CA: logged on, an order rests and is filled by a sell of the same broker.
+    let ca = cluster.certs_dir().join("ca.pem");
+    let mut broker = Initiator::start_tls(&dir.join("broker1"), "BROKER1", key(1), &[port], &ca);
+    broker.wait_for(WAIT, "LOGON over TLS", |f| f.kind == "LOGON");
+    broker.send(&order("t-1", 1001, 1, 5, "99.00"));
+    let new = broker.wait_for(WAIT, "the buy's New", |f| {
+        f.is("FROM_APP", "8") && f.get(11) == Some("t-1")
+    });
+    assert_eq!((new.get(150), new.get(151)), (Some("0"), Some("5")));
+    broker.send(&order("t-2", 1002, 2, 5, "99.00"));
+    for cl_ord_id in ["t-1", "t-2"] {
+        let fill = broker.wait_for(WAIT, "a fill", |f| {
+            f.is("FROM_APP", "8") && f.get(11) == Some(cl_ord_id) && f.get(150) == Some("F")
+        });
+        assert_eq!(
+            (fill.get(39), fill.get(32), fill.get(31), fill.get(14)),
+            (Some("2"), Some("5"), Some("99.00"), Some("5")),
+            "{cl_ord_id}: {fill:?}"
+        );
+    }
+    broker.drain(Duration::from_millis(300));
+    let rejects = broker.rejects_sent();
+    assert!(
+        rejects.is_empty(),
+        "QuickFIX rejected messages of the exchange over TLS: {rejects:?}"
+    );
+    broker.stop();
 }

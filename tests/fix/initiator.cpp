@@ -6,7 +6,9 @@
 //
 // Debian's QuickFIX 1.15 headers declare exception specifications: build with -std=c++14.
 //
-// Usage: initiator CONFIG PASSWORD
+// Usage: initiator CONFIG PASSWORD [tls]
+// With `tls`, QuickFIX's SSLSocketInitiator (OpenSSL): the session settings name the CA that
+// signed the exchange's certificate (CertificationAuthoritiesFile).
 // Commands (stdin):
 //   send TAG=VALUE|TAG=VALUE|...   an application message; 35 goes into the header
 //   skip N                         the next message is sent N numbers ahead (a gap)
@@ -22,8 +24,10 @@
 #include <quickfix/Session.h>
 #include <quickfix/SessionSettings.h>
 #include <quickfix/SocketInitiator.h>
+#include <quickfix/SSLSocketInitiator.h>
 
 #include <iostream>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -102,8 +106,9 @@ static bool send(Broker& broker, const std::string& fields) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::cerr << "usage: initiator CONFIG PASSWORD" << std::endl;
+  const bool tls = argc == 4 && std::string(argv[3]) == "tls";
+  if (argc != 3 && !tls) {
+    std::cerr << "usage: initiator CONFIG PASSWORD [tls]" << std::endl;
     return 2;
   }
   try {
@@ -111,8 +116,13 @@ int main(int argc, char** argv) {
     Broker broker(argv[2]);
     FIX::FileStoreFactory store(settings);
     FIX::FileLogFactory log(settings);
-    FIX::SocketInitiator initiator(broker, store, settings, log);
-    initiator.start();
+    std::unique_ptr<FIX::Initiator> initiator;
+    if (tls) {
+      initiator.reset(new FIX::SSLSocketInitiator(broker, store, settings, log));
+    } else {
+      initiator.reset(new FIX::SocketInitiator(broker, store, settings, log));
+    }
+    initiator->start();
     std::string line;
     while (std::getline(std::cin, line)) {
       if (line == "quit") break;
@@ -132,7 +142,7 @@ int main(int argc, char** argv) {
       }
       emit("ERROR", "unknown command: " + line);
     }
-    initiator.stop();
+    initiator->stop();
   } catch (std::exception& e) {
     std::cerr << "initiator: " << e.what() << std::endl;
     return 1;
