@@ -375,3 +375,116 @@ async fn fix_over_tls_logs_on_with_the_nodes_certificate() {
         .await;
     assert!(plain.next(Duration::from_secs(2)).await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compid_set_by_admin_command_is_replicated_and_ends_the_old_session() {
+    let mut cluster = Cluster::start(
+        "fix-compid",
+        3,
+        BASE_PORT + 100,
+        &["--fix-listen", "127.0.0.1:{fix}"],
+    );
+    let leader = cluster.wait_for_leader(WAIT).await;
+    let port = cluster.fix_port(leader);
+    // The brokers file's CompID, seeded once the leader has taken office.
+    let deadline = Instant::now() + WAIT;
+    let mut old = loop {
+        let mut raw = Raw::connect(port, "BROKER1").await;
+        raw.send(
+            Builder::new("A")
+                .field(tag::ENCRYPT_METHOD, 0)
+                .field(tag::HEART_BT_INT, 30)
+                .field(tag::PASSWORD, key(1)),
+        )
+        .await;
+        match raw.next(WAIT).await {
+            Some(answer) if answer.msg_type() == "A" => break raw,
+            answer => assert!(
+                Instant::now() < deadline,
+                "BROKER1 never logged on: {answer:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // The operator renames broker 1's sessions (the CLI, as an operator would).
+    let brokers_file = cluster.dir.join("brokers.toml");
+    let brokers_file = brokers_file.to_str().expect("a UTF-8 path");
+    let set = |broker: &'static str, comp_id: &'static str| {
+        [
+            "admin",
+            "set-fix-comp-id",
+            "--broker",
+            broker,
+            "--comp-id",
+            comp_id,
+            "--admin",
+            "--brokers-file",
+            brokers_file,
+        ]
+    };
+    let (code, out) = cluster.cli(&set("1", "FIRM-ONE"));
+    assert_eq!(code, Some(0), "set-fix-comp-id: {out}");
+    // Another broker may not take it; nor may anyone be EXCHANGE (refused before sending).
+    let (code, out) = cluster.cli(&set("2", "FIRM-ONE"));
+    assert_eq!(code, Some(1), "broker 2 given broker 1's CompID: {out}");
+    let (code, out) = cluster.cli(&set("2", "EXCHANGE"));
+    assert_eq!(code, Some(2), "the exchange's own CompID: {out}");
+
+    // The session under the old CompID ends at its next message.
+    old.send(test_request("renamed?")).await;
+    let logout = old.expect("5", WAIT).await;
+    assert!(
+        logout
+            .get(tag::TEXT)
+            .unwrap_or("")
+            .contains("CompID was changed"),
+        "{logout:?}"
+    );
+    assert!(old.closed_within(WAIT).await);
+
+    // The old CompID is nobody's now; the new one logs on, also on a new leader after the old
+    // one is killed (the CompID is replicated state, not the leader's memory).
+    let mut stale = Raw::connect(port, "BROKER1").await;
+    stale
+        .send(
+            Builder::new("A")
+                .field(tag::ENCRYPT_METHOD, 0)
+                .field(tag::HEART_BT_INT, 30)
+                .field(tag::PASSWORD, key(1)),
+        )
+        .await;
+    let logout = stale.expect("5", WAIT).await;
+    assert!(
+        logout
+            .get(tag::TEXT)
+            .unwrap_or("")
+            .contains("is not a FIX session of this exchange"),
+        "{logout:?}"
+    );
+    let mut renamed = Raw::connect(port, "FIRM-ONE").await;
+    renamed.log_on(key(1)).await;
+    drop(renamed);
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    assert_ne!(new_leader, leader);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut raw = Raw::connect(cluster.fix_port(new_leader), "FIRM-ONE").await;
+        raw.send(
+            Builder::new("A")
+                .field(tag::ENCRYPT_METHOD, 0)
+                .field(tag::HEART_BT_INT, 30)
+                .field(tag::PASSWORD, key(1)),
+        )
+        .await;
+        match raw.next(WAIT).await {
+            Some(answer) if answer.msg_type() == "A" => break,
+            answer => assert!(
+                Instant::now() < deadline,
+                "FIRM-ONE never logged on at the new leader: {answer:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -251,6 +251,9 @@ impl CatalogInput for Catalog {
                     None => format!("as ord {order_id}"),
                 }
             ),
+            Event::FixCompIdSet { broker, comp_id } => {
+                format!("FIX COMPID SET broker {broker} {comp_id}")
+            }
             Event::BrokerKeySet { broker, key_digest } => {
                 if key_digest.is_revoked() {
                     format!("BROKER KEY REVOKED broker {broker}")

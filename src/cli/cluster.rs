@@ -368,6 +368,16 @@ pub enum AdminArg {
         #[arg(long, env = "EXCHANGE_NEW_BROKER_KEY", hide_env_values = true)]
         key: String,
     },
+    /// Give a registered broker the FIX SenderCompID(49) its sessions log on with, or replace
+    /// it. Its FIX sessions under the old CompID end at their next message.
+    SetFixCompId {
+        /// The broker's id.
+        #[arg(long)]
+        broker: u32,
+        /// 1 to 32 printable ASCII characters, not `=`, not EXCHANGE; no other broker's.
+        #[arg(long)]
+        comp_id: String,
+    },
     /// Resume trading on a halted symbol.
     Resume {
         /// The symbol, by name or number.
@@ -488,6 +498,11 @@ pub fn admin_commands(admin: &AdminArg, catalog: &Catalog) -> Result<Vec<Command
                 credentials::check_key(key)?;
                 credentials::digest(key)
             },
+        }),
+        AdminArg::SetFixCompId { broker, comp_id } => one(AdminCommand::SetFixCompId {
+            broker: exchange_domain::BrokerId(*broker),
+            comp_id: exchange_domain::CompId::new(comp_id)
+                .map_err(|e| CliError::Usage(format!("--comp-id: {e}")))?,
         }),
         AdminArg::CreateAccount { account, owner } => one(AdminCommand::CreateAccount {
             account: AccountId(*account),

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccountId, Amount, AssetId, BrokerId, ClientOrderId, Event, Name, OrderId, OrderType, Price,
-    Qty, RejectReason, SelfTradePrevention, Side, SymbolId, TimeInForce,
+    AccountId, Amount, AssetId, BrokerId, ClientOrderId, CompId, Event, Name, OrderId, OrderType,
+    Price, Qty, RejectReason, SelfTradePrevention, Side, SymbolId, TimeInForce,
 };
 
 /// One sequenced command: the engine's entire input. Nothing else reaches the engine.
@@ -366,5 +366,11 @@ pub enum AdminCommand {
     },
     ResumeSymbol {
         symbol: SymbolId,
+    },
+    /// Gives a registered broker the SenderCompID its FIX sessions log on with, or replaces
+    /// it. A CompID names one broker.
+    SetFixCompId {
+        broker: BrokerId,
+        comp_id: CompId,
     },
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccountId, Amount, AssetId, BrokerId, ClientOrderId, ExecId, KeyDigest, Name, OrderId,
+    AccountId, Amount, AssetId, BrokerId, ClientOrderId, CompId, ExecId, KeyDigest, Name, OrderId,
     OrderType, Price, Qty, RiskLimits, Side, SymbolId, SymbolSpec, TimeInForce, TradeId,
 };
 
@@ -98,10 +98,12 @@ pub enum RejectReason {
     InvalidAssetSpec,
     /// Another broker already has this key: a key must name one broker.
     KeyInUse,
+    /// The FIX CompID is malformed or another broker's, or the broker is not registered.
+    InvalidCompId,
 }
 
 /// How many reject reasons there are; `reason as usize` is below it.
-pub const REJECT_REASONS: usize = 34;
+pub const REJECT_REASONS: usize = 35;
 
 impl RejectReason {
     /// Every reason, in declaration order: `ALL[reason as usize] == reason`.
@@ -140,6 +142,7 @@ impl RejectReason {
         RejectReason::NameTaken,
         RejectReason::InvalidAssetSpec,
         RejectReason::KeyInUse,
+        RejectReason::InvalidCompId,
     ];
 
     /// The stable numeric code (1xx request, 2xx risk, 3xx funds, 4xx matching, 5xx admin).
@@ -179,6 +182,7 @@ impl RejectReason {
             RejectReason::NameTaken => 511,
             RejectReason::InvalidAssetSpec => 512,
             RejectReason::KeyInUse => 513,
+            RejectReason::InvalidCompId => 514,
         }
     }
 }
@@ -371,6 +375,10 @@ pub enum Event {
         broker: BrokerId,
         key_digest: KeyDigest,
     },
+    FixCompIdSet {
+        broker: BrokerId,
+        comp_id: CompId,
+    },
 }
 
 impl Event {
@@ -407,7 +415,8 @@ impl Event {
             | Event::PriceBandSet { .. }
             | Event::TradingStatus { .. }
             | Event::AdminRejected { .. }
-            | Event::BrokerKeySet { .. } => None,
+            | Event::BrokerKeySet { .. }
+            | Event::FixCompIdSet { .. } => None,
         }
     }
 }
@@ -654,6 +663,14 @@ impl Output {
             Event::BrokerKeySet { broker, key_digest } => {
                 w.word(18).word(broker.0 as u64);
                 for chunk in key_digest.0.chunks_exact(8) {
+                    let mut word = [0u8; 8];
+                    word.copy_from_slice(chunk);
+                    w.word(u64::from_le_bytes(word));
+                }
+            }
+            Event::FixCompIdSet { broker, comp_id } => {
+                w.word(20).word(broker.0 as u64);
+                for chunk in comp_id.0.chunks_exact(8) {
                     let mut word = [0u8; 8];
                     word.copy_from_slice(chunk);
                     w.word(u64::from_le_bytes(word));

@@ -30,7 +30,8 @@ pub use event::{
 };
 pub use ids::{AccountId, AssetId, BrokerId, ClientOrderId, ExecId, OrderId, SymbolId, TradeId};
 pub use names::{
-    format_decimal, parse_decimal, DecimalError, Name, NameError, DECIMALS_MAX, NAME_BYTES_MAX,
+    format_decimal, parse_decimal, CompId, CompIdError, DecimalError, Name, NameError,
+    COMP_ID_BYTES_MAX, DECIMALS_MAX, EXCHANGE_COMP_ID, NAME_BYTES_MAX,
 };
 pub use order::{OrderType, SelfTradePrevention, Side, TimeInForce};
 pub use units::{Amount, Price, Qty};

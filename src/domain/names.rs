@@ -149,6 +149,129 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
+/// The longest FIX CompID a broker may be given, in bytes.
+pub const COMP_ID_BYTES_MAX: usize = 32;
+
+/// A broker's FIX SenderCompID: 1 to 32 printable ASCII characters without `=`, and not
+/// `EXCHANGE` (the exchange's own). Replicated (an admin command sets it), so stored
+/// zero-padded and `Copy` like [`Name`].
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq))]
+pub struct CompId(pub [u8; COMP_ID_BYTES_MAX]);
+
+/// The exchange's own CompID (every session's TargetCompID).
+pub const EXCHANGE_COMP_ID: &str = "EXCHANGE";
+
+/// Why a text is not a [`CompId`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompIdError {
+    Length(usize),
+    BadCharacter(char),
+    TheExchanges,
+}
+
+impl std::fmt::Display for CompIdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CompIdError::Length(len) => write!(
+                f,
+                "a CompID has 1 to {COMP_ID_BYTES_MAX} characters, not {len}"
+            ),
+            CompIdError::BadCharacter(c) => write!(
+                f,
+                "a CompID holds printable ASCII characters other than '=' only, not {c:?}"
+            ),
+            CompIdError::TheExchanges => {
+                write!(f, "{EXCHANGE_COMP_ID} is the exchange's own CompID")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CompIdError {}
+
+impl CompId {
+    pub fn new(text: &str) -> Result<CompId, CompIdError> {
+        let bytes = text.as_bytes();
+        if bytes.is_empty() || bytes.len() > COMP_ID_BYTES_MAX {
+            return Err(CompIdError::Length(text.chars().count()));
+        }
+        if let Some(c) = text.chars().find(|&c| !c.is_ascii_graphic() || c == '=') {
+            return Err(CompIdError::BadCharacter(c));
+        }
+        if text == EXCHANGE_COMP_ID {
+            return Err(CompIdError::TheExchanges);
+        }
+        let mut id = [0u8; COMP_ID_BYTES_MAX];
+        id[..bytes.len()].copy_from_slice(bytes);
+        Ok(CompId(id))
+    }
+
+    /// Whether the bytes are a CompID [`CompId::new`] would make (one decoded from the log is
+    /// checked before the engine trusts it).
+    pub fn is_valid(&self) -> bool {
+        let len = self.len();
+        self.0[len..].iter().all(|&b| b == 0)
+            && std::str::from_utf8(&self.0[..len])
+                .ok()
+                .is_some_and(|text| CompId::new(text).is_ok())
+    }
+
+    fn len(&self) -> usize {
+        self.0
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(COMP_ID_BYTES_MAX)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0[..self.len()]).unwrap_or("?")
+    }
+}
+
+impl std::str::FromStr for CompId {
+    type Err = CompIdError;
+    fn from_str(text: &str) -> Result<CompId, CompIdError> {
+        CompId::new(text)
+    }
+}
+
+impl std::fmt::Display for CompId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for CompId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl Serialize for CompId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for CompId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<CompId, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        CompId::new(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Why a text is not a decimal on a given scale.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DecimalError {
@@ -261,6 +384,29 @@ mod tests {
         let mut gap = Name::new("AB").unwrap();
         gap.0[3] = b'C';
         assert!(!gap.is_valid(), "bytes after the end must be zero");
+    }
+
+    #[test]
+    fn comp_ids_are_checked() {
+        assert_eq!(CompId::new("BROKER1").unwrap().as_str(), "BROKER1");
+        let longest = "X".repeat(COMP_ID_BYTES_MAX);
+        assert_eq!(CompId::new(&longest).unwrap().as_str(), longest);
+        assert!(CompId::new("BROKER1").unwrap().is_valid());
+        assert_eq!(
+            CompId::new(&"X".repeat(COMP_ID_BYTES_MAX + 1)),
+            Err(CompIdError::Length(COMP_ID_BYTES_MAX + 1))
+        );
+        assert_eq!(CompId::new(""), Err(CompIdError::Length(0)));
+        assert_eq!(CompId::new("A B"), Err(CompIdError::BadCharacter(' ')));
+        assert_eq!(CompId::new("A=B"), Err(CompIdError::BadCharacter('=')));
+        assert_eq!(
+            CompId::new("\u{1}"),
+            Err(CompIdError::BadCharacter('\u{1}'))
+        );
+        assert_eq!(CompId::new("EXCHANGE"), Err(CompIdError::TheExchanges));
+        let mut holed = CompId::new("AB").unwrap();
+        holed.0[4] = b'C';
+        assert!(!holed.is_valid(), "bytes after the end");
     }
 
     #[test]

@@ -21,6 +21,7 @@ impl State {
             AdminCommand::SetBrokerKey { broker, key_digest } => {
                 self.set_broker_key(broker, key_digest)
             }
+            AdminCommand::SetFixCompId { broker, comp_id } => self.set_fix_comp_id(broker, comp_id),
             AdminCommand::CreateAccount { account, owner } => {
                 if self.account_index.contains_key(&account) {
                     return Err(RejectReason::AccountExists);

@@ -12,7 +12,7 @@
 //! refused (never executed twice); anything else is new. An id only leaves its slot when a
 //! newer id, at least a window above it, takes the slot, and that same id then makes it stale.
 
-use exchange_domain::{BrokerId, KeyDigest, RejectReason};
+use exchange_domain::{BrokerId, CompId, KeyDigest, RejectReason};
 
 use crate::limits::CLIENT_ORDER_ID_WINDOW;
 
@@ -35,6 +35,8 @@ pub(crate) struct Broker {
     pub high_water: u64,
     /// `CLIENT_ORDER_ID_WINDOW` slots, indexed by `client_order_id % window`.
     pub window: Box<[Remembered]>,
+    /// The SenderCompID its FIX sessions log on with, once given.
+    pub fix_comp_id: Option<CompId>,
 }
 
 pub(crate) enum Recall {
@@ -55,6 +57,7 @@ impl Broker {
             key_digest,
             high_water: 0,
             window: vec![Remembered::default(); CLIENT_ORDER_ID_WINDOW].into_boxed_slice(),
+            fix_comp_id: None,
         }
     }
 

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use exchange_domain::{
-    AccountId, AssetId, BrokerId, Command, Event, Input, KeyDigest, Name, NewOrder, OrderId,
-    Output, Price, Qty, RejectReason, Side, SymbolId, SymbolSpec,
+    AccountId, AssetId, BrokerId, Command, CompId, Event, Input, KeyDigest, Name, NewOrder,
+    OrderId, Output, Price, Qty, RejectReason, Side, SymbolId, SymbolSpec,
 };
 use rustc_hash::FxHashMap;
 
@@ -291,6 +291,14 @@ impl Engine {
         self.state.brokers.iter().map(|b| (b.id, b.key_digest))
     }
 
+    /// Every broker's FIX SenderCompID, of those given one.
+    pub fn fix_comp_ids(&self) -> impl Iterator<Item = (BrokerId, CompId)> + '_ {
+        self.state
+            .brokers
+            .iter()
+            .filter_map(|b| Some((b.id, b.fix_comp_id?)))
+    }
+
     /// Every symbol, in the order they were added.
     pub fn instruments(&self) -> impl Iterator<Item = Instrument> + '_ {
         self.state.markets.iter().map(|market| Instrument {
@@ -485,5 +493,28 @@ impl State {
             }
         }
         Ok(Event::BrokerKeySet { broker, key_digest })
+    }
+
+    /// Gives a registered broker its FIX SenderCompID, which no other broker may have.
+    pub fn set_fix_comp_id(
+        &mut self,
+        broker: BrokerId,
+        comp_id: CompId,
+    ) -> Result<Event, RejectReason> {
+        if !comp_id.is_valid() {
+            return Err(RejectReason::InvalidCompId);
+        }
+        let Some(&index) = self.broker_index.get(&broker) else {
+            return Err(RejectReason::InvalidCompId);
+        };
+        if self
+            .brokers
+            .iter()
+            .any(|b| b.id != broker && b.fix_comp_id == Some(comp_id))
+        {
+            return Err(RejectReason::InvalidCompId);
+        }
+        self.brokers[index as usize].fix_comp_id = Some(comp_id);
+        Ok(Event::FixCompIdSet { broker, comp_id })
     }
 }

@@ -7,7 +7,7 @@
 //! is an error, never a panic, and a restored state must pass the invariant check.
 
 use exchange_domain::{
-    AccountId, AssetId, BrokerId, ClientOrderId, KeyDigest, Name, OrderId, Price, Qty,
+    AccountId, AssetId, BrokerId, ClientOrderId, CompId, KeyDigest, Name, OrderId, Price, Qty,
     RejectReason, RiskLimits, SelfTradePrevention, Side, SymbolSpec, TimeInForce,
 };
 
@@ -20,8 +20,9 @@ use crate::invariants::InvariantViolation;
 use crate::limits::EngineConfig;
 use crate::wallet::{Account, Balance};
 
-/// Bumped whenever the snapshot's layout or meaning changes.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// Bumped whenever the snapshot's layout or meaning changes. Format 4 gave brokers their FIX
+/// CompID; format 3 snapshots are still read (`Snapshot::from_bytes`).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Snapshot {
@@ -50,6 +51,61 @@ pub struct BrokerSnapshot {
     pub high_water: u64,
     /// The occupied slots of the exactly-once window, in slot order.
     pub remembered: Vec<RememberedOrder>,
+    pub fix_comp_id: Option<CompId>,
+}
+
+/// Format 3's layout, read from data directories written before format 4.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotV3 {
+    format_version: u32,
+    config: EngineConfig,
+    last_seq: u64,
+    last_timestamp_ns: u64,
+    output_hash: u64,
+    trades: u64,
+    executions: u64,
+    accounts: Vec<AccountSnapshot>,
+    markets: Vec<MarketSnapshot>,
+    asset_totals: Vec<AssetTotal>,
+    assets: Vec<NamedAsset>,
+    brokers: Vec<BrokerSnapshotV3>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct BrokerSnapshotV3 {
+    id: BrokerId,
+    key_digest: KeyDigest,
+    high_water: u64,
+    remembered: Vec<RememberedOrder>,
+}
+
+impl From<SnapshotV3> for Snapshot {
+    fn from(old: SnapshotV3) -> Snapshot {
+        Snapshot {
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            config: old.config,
+            last_seq: old.last_seq,
+            last_timestamp_ns: old.last_timestamp_ns,
+            output_hash: old.output_hash,
+            trades: old.trades,
+            executions: old.executions,
+            accounts: old.accounts,
+            markets: old.markets,
+            asset_totals: old.asset_totals,
+            assets: old.assets,
+            brokers: old
+                .brokers
+                .into_iter()
+                .map(|b| BrokerSnapshot {
+                    id: b.id,
+                    key_digest: b.key_digest,
+                    high_water: b.high_water,
+                    remembered: b.remembered,
+                    fix_comp_id: None,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -153,12 +209,52 @@ impl Snapshot {
         // rkyv needs its archive aligned; copy into an aligned buffer so any slice works.
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
-        let snapshot = rkyv::from_bytes::<Snapshot, rkyv::rancor::Error>(&aligned)
-            .map_err(|e| RestoreError::Malformed(e.to_string()))?;
-        if snapshot.format_version != SNAPSHOT_FORMAT_VERSION {
-            return Err(RestoreError::UnsupportedVersion(snapshot.format_version));
+        let current = rkyv::from_bytes::<Snapshot, rkyv::rancor::Error>(&aligned);
+        if let Ok(snapshot) = &current {
+            if snapshot.format_version == SNAPSHOT_FORMAT_VERSION {
+                return current.map_err(|e| RestoreError::Malformed(e.to_string()));
+            }
         }
-        Ok(snapshot)
+        // Not this format's layout: perhaps format 3's (brokers without a CompID).
+        if let Ok(old) = rkyv::from_bytes::<SnapshotV3, rkyv::rancor::Error>(&aligned) {
+            if old.format_version == 3 {
+                return Ok(old.into());
+            }
+        }
+        let snapshot = current.map_err(|e| RestoreError::Malformed(e.to_string()))?;
+        Err(RestoreError::UnsupportedVersion(snapshot.format_version))
+    }
+
+    /// This snapshot in format 3's layout (its brokers' CompIDs left out), for the test
+    /// that this build still reads it.
+    #[cfg(test)]
+    pub(crate) fn to_v3_bytes(&self) -> Vec<u8> {
+        let old = SnapshotV3 {
+            format_version: 3,
+            config: self.config,
+            last_seq: self.last_seq,
+            last_timestamp_ns: self.last_timestamp_ns,
+            output_hash: self.output_hash,
+            trades: self.trades,
+            executions: self.executions,
+            accounts: self.accounts.clone(),
+            markets: self.markets.clone(),
+            asset_totals: self.asset_totals.clone(),
+            assets: self.assets.clone(),
+            brokers: self
+                .brokers
+                .iter()
+                .map(|b| BrokerSnapshotV3 {
+                    id: b.id,
+                    key_digest: b.key_digest,
+                    high_water: b.high_water,
+                    remembered: b.remembered.clone(),
+                })
+                .collect(),
+        };
+        rkyv::to_bytes::<rkyv::rancor::Error>(&old)
+            .expect("plain owned data serializes")
+            .into_vec()
     }
 }
 
@@ -257,6 +353,7 @@ impl Engine {
                             rejected: slot.rejected,
                         })
                         .collect(),
+                    fix_comp_id: broker.fix_comp_id,
                 })
                 .collect(),
         }
@@ -328,6 +425,17 @@ impl Engine {
             }
             let mut broker = Broker::new(saved.id, saved.key_digest);
             broker.high_water = saved.high_water;
+            if let Some(comp_id) = saved.fix_comp_id {
+                if !comp_id.is_valid()
+                    || state.brokers.iter().any(|b| b.fix_comp_id == Some(comp_id))
+                {
+                    return Err(inconsistent(format!(
+                        "broker {} has an invalid or another broker's FIX CompID",
+                        saved.id
+                    )));
+                }
+                broker.fix_comp_id = Some(comp_id);
+            }
             for order in &saved.remembered {
                 let slot = &mut broker.window[Broker::slot(order.client_order_id)];
                 if order.client_order_id == 0

@@ -55,8 +55,6 @@ struct Slot {
 /// The FIX acceptor of one node.
 pub struct FixServer {
     gateway: Gateway,
-    /// SenderCompID of each broker that may use FIX.
-    comp_ids: BTreeMap<String, BrokerId>,
     /// SenderCompID of each drop copy: its key's digest and whose reports it reads (`None`:
     /// every broker's).
     drop_copies: BTreeMap<String, (KeyDigest, Option<BrokerId>)>,
@@ -72,14 +70,12 @@ const CATALOG_REFRESH_MIN: Duration = Duration::from_millis(200);
 impl FixServer {
     pub fn new(
         gateway: Gateway,
-        comp_ids: BTreeMap<String, BrokerId>,
         drop_copies: BTreeMap<String, (KeyDigest, Option<BrokerId>)>,
         leader_fix: LeaderFixAddress,
         metrics: Arc<FixMetrics>,
     ) -> Self {
         FixServer {
             gateway,
-            comp_ids,
             drop_copies,
             sessions: Mutex::new(HashMap::new()),
             catalog: Mutex::new((Arc::new(Catalog::default()), None)),
@@ -462,12 +458,23 @@ async fn log_on<W: AsyncWrite + Unpin>(
         refuse(&server.metrics, writer, &sender, &refused(text)).await;
         return None;
     }
+    // A broker's CompID is replicated state (the brokers file seeds it, `admin
+    // set-fix-comp-id` changes it); a drop copy's is the brokers file's.
     let scope = match (
-        server.comp_ids.get(&sender),
+        server.gateway.keys.broker_of_comp_id(&sender),
         server.drop_copies.get(&sender),
     ) {
-        (Some(&broker), _) => Scope::Orders(broker),
+        (Some(broker), None) => Scope::Orders(broker),
         (None, Some(&(_, whose))) => Scope::DropCopy(whose),
+        (Some(broker), Some(_)) => {
+            let why = refused(format!(
+                "SenderCompID(49) {sender:?} is both broker {}'s and a drop copy's in the \
+                 brokers file: the operator must give one of them another",
+                broker.0
+            ));
+            refuse(&server.metrics, writer, &sender, &why).await;
+            return None;
+        }
         (None, None) => {
             let why = refused(format!(
                 "SenderCompID(49) {sender:?} is not a FIX session of this exchange"
@@ -704,6 +711,14 @@ impl Connection {
 
     /// One message from the broker: the session rules, then the message itself.
     async fn receive(self: &Arc<Self>, message: Message) -> Flow {
+        if let Scope::Orders(broker) = self.scope {
+            let current = self.server.gateway.keys.comp_id_of(broker);
+            if current.is_none_or(|c| c.as_str() != self.comp_id) {
+                self.logout("session ended: this broker's FIX CompID was changed")
+                    .await;
+                return Flow::Close;
+            }
+        }
         if message.get(tag::SENDER_COMP_ID) != Some(self.comp_id.as_str())
             || message.get(tag::TARGET_COMP_ID) != Some(EXCHANGE_COMP_ID)
         {

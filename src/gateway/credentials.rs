@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use exchange_domain::{AccountId, BrokerId, KeyDigest};
+use exchange_domain::{AccountId, BrokerId, CompId, KeyDigest};
 use serde::Deserialize;
 
 /// The shortest key accepted: a key must not be guessable.
@@ -52,25 +52,11 @@ pub fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The longest FIX CompID accepted.
-pub const COMP_ID_CHARS_MAX: usize = 32;
-
-/// Whether a FIX SenderCompID can be a broker's: 1 to 32 printable ASCII characters, not the
-/// exchange's own.
-pub fn check_comp_id(comp_id: &str) -> Result<(), String> {
-    if comp_id.is_empty()
-        || comp_id.len() > COMP_ID_CHARS_MAX
-        || !comp_id.bytes().all(|b| b.is_ascii_graphic() && b != b'=')
-    {
-        return Err(format!(
-            "fix_comp_id {comp_id:?} must be 1 to {COMP_ID_CHARS_MAX} printable ASCII characters \
-             without '='"
-        ));
-    }
-    if comp_id == "EXCHANGE" {
-        return Err("fix_comp_id EXCHANGE is the exchange's own CompID".into());
-    }
-    Ok(())
+/// Whether a FIX SenderCompID can be a broker's or a drop copy's ([`CompId`]'s rules).
+fn check_comp_id(comp_id: &str) -> Result<(), String> {
+    CompId::new(comp_id)
+        .map(|_| ())
+        .map_err(|e| format!("fix_comp_id {comp_id:?}: {e}"))
 }
 
 /// One broker of the brokers file.
@@ -115,11 +101,11 @@ pub struct BrokersFile {
 }
 
 impl BrokersFile {
-    /// Each FIX SenderCompID and its broker.
-    pub fn fix_comp_ids(&self) -> std::collections::BTreeMap<String, BrokerId> {
+    /// Each broker's FIX SenderCompID, of those given one (checked by `load`).
+    pub fn fix_comp_ids(&self) -> Vec<(BrokerId, CompId)> {
         self.brokers
             .iter()
-            .filter_map(|b| Some((b.fix_comp_id.clone()?, BrokerId(b.id))))
+            .filter_map(|b| Some((BrokerId(b.id), CompId::new(b.fix_comp_id.as_deref()?).ok()?)))
             .collect()
     }
 

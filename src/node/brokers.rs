@@ -4,12 +4,13 @@
 //!
 //! The file seeds a broker's key once, the first time the broker appears. From then on the
 //! replicated state is the truth: a key rotated or revoked at run time (`exchange-cli admin
-//! set-broker-key`) stays so across elections and restarts, whatever the file still says.
+//! set-broker-key`) stays so across elections and restarts, whatever the file still says. A
+//! broker's FIX CompID likewise (`exchange-cli admin set-fix-comp-id`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use exchange_domain::{AdminCommand, BrokerCommand, BrokerId, Command, KeyDigest};
+use exchange_domain::{AdminCommand, BrokerCommand, BrokerId, Command, CompId, KeyDigest};
 use openraft::ServerState;
 
 use crate::gateway::credentials::BrokersFile;
@@ -27,14 +28,19 @@ async fn missing(
 ) -> Result<Vec<Command>, crate::replication::engine_thread::EngineStopped> {
     let registrations = file.registrations();
     let wanted = registrations.clone();
-    let (known, owners): (Vec<(BrokerId, KeyDigest)>, Vec<Option<BrokerId>>) = engine
+    type Known = (
+        Vec<(BrokerId, KeyDigest)>,
+        Vec<Option<BrokerId>>,
+        Vec<(BrokerId, CompId)>,
+    );
+    let (known, owners, comp_ids): Known = engine
         .query(move |engine| {
             let known = engine.brokers().collect();
             let owners = wanted
                 .iter()
                 .flat_map(|(_, _, accounts)| accounts.iter().map(|a| engine.account_owner(*a)))
                 .collect();
-            (known, owners)
+            (known, owners, engine.fix_comp_ids().collect())
         })
         .await?;
     let mut commands = Vec::new();
@@ -67,6 +73,21 @@ async fn missing(
                 ),
                 Some(_) => {}
             }
+        }
+    }
+    // CompIDs after the registrations they need; like keys, seeded once.
+    for (broker, comp_id) in file.fix_comp_ids() {
+        match comp_ids.iter().find(|(id, _)| *id == broker) {
+            None => commands.push(Command::Admin(AdminCommand::SetFixCompId {
+                broker,
+                comp_id,
+            })),
+            Some((_, current)) if *current != comp_id => tracing::info!(
+                broker = broker.0, current = %current, file = %comp_id,
+                "the cluster's FIX CompID for this broker is not the brokers file's: it was \
+                 changed at run time, and stays"
+            ),
+            Some(_) => {}
         }
     }
     Ok(commands)

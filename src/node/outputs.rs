@@ -98,8 +98,10 @@ impl OutputTap for NodeTap {
     fn command(&mut self, outputs: &[Output]) {
         self.md.observe(outputs);
         for output in outputs {
-            if let Event::BrokerKeySet { broker, key_digest } = output.event {
-                self.keys.set(broker, key_digest);
+            match output.event {
+                Event::BrokerKeySet { broker, key_digest } => self.keys.set(broker, key_digest),
+                Event::FixCompIdSet { broker, comp_id } => self.keys.set_comp_id(broker, comp_id),
+                _ => {}
             }
         }
         if self.report.is_some() {
@@ -154,6 +156,7 @@ impl OutputTap for NodeTap {
     fn restore(&mut self, engine: &Engine, index: u64, saved: &[u8]) -> Result<(), String> {
         self.md = MarketData::restore(engine, saved)?;
         self.keys.replace_all(engine.brokers());
+        self.keys.replace_all_comp_ids(engine.fix_comp_ids());
         // Reports before the snapshot are not kept here: the journal starts after it.
         self.journal.restart_at(engine.last_seq());
         self.messages.clear();

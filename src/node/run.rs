@@ -311,7 +311,6 @@ impl Node {
                 reason,
             })?;
         }
-        let fix_comp_ids = brokers.fix_comp_ids();
         let fix_drop_copies = brokers
             .fix_drop_copies()
             .into_iter()
@@ -388,7 +387,6 @@ impl Node {
             });
             let server = FixServer::new(
                 gateway.clone(),
-                fix_comp_ids,
                 fix_drop_copies,
                 leader_fix,
                 Arc::clone(&fix_metrics),

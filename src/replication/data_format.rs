@@ -8,16 +8,19 @@
 //! format 2 replaced `log/vote.meta`: a format 2 directory is upgraded in place when a node of
 //! this build opens it (the vote is read from the old file until the first new one is saved,
 //! and the old file is then removed), and from then on a format 2 build refuses it instead of
-//! reading a stale vote. Format 1 directories have no `FORMAT` file.
+//! reading a stale vote. Format 4 adds a command (a broker's FIX CompID) that older builds
+//! cannot read, and snapshots that carry it; a format 3 directory is upgraded in place (its
+//! snapshots are still read), and older builds then refuse it. Format 1 directories have no
+//! `FORMAT` file.
 
 use std::path::Path;
 
 use exchange_log::MetaFile;
 
 /// The format this build writes and reads.
-pub const DATA_FORMAT_VERSION: u32 = 3;
+pub const DATA_FORMAT_VERSION: u32 = 4;
 /// Formats this build upgrades in place by marking them with its own.
-const UPGRADED_IN_PLACE: [u32; 1] = [2];
+const UPGRADED_IN_PLACE: [u32; 2] = [2, 3];
 const FORMAT_FILE: &str = "FORMAT";
 
 /// Why a data directory cannot be used by this build.
@@ -106,15 +109,17 @@ mod tests {
     }
 
     #[test]
-    fn format_2_is_upgraded_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = MetaFile::new(dir.path().join(FORMAT_FILE));
-        file.write(&2u32.to_le_bytes()).unwrap();
-        assert_eq!(check_or_mark(dir.path()), Ok(()));
-        assert_eq!(
-            file.read().unwrap(),
-            Some(DATA_FORMAT_VERSION.to_le_bytes().to_vec())
-        );
+    fn formats_2_and_3_are_upgraded_in_place() {
+        for old in [2u32, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let file = MetaFile::new(dir.path().join(FORMAT_FILE));
+            file.write(&old.to_le_bytes()).unwrap();
+            assert_eq!(check_or_mark(dir.path()), Ok(()));
+            assert_eq!(
+                file.read().unwrap(),
+                Some(DATA_FORMAT_VERSION.to_le_bytes().to_vec())
+            );
+        }
     }
 
     #[test]

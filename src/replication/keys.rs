@@ -1,6 +1,7 @@
-//! The brokers' key digests as this node's engine has applied them, for the gateway: logons
-//! look a key up here, off the engine thread, and a session learns here that the key it logged
-//! on with was rotated or revoked.
+//! The brokers' key digests (and FIX CompIDs) as this node's engine has applied them, for the
+//! gateway: logons look a key up here, off the engine thread, and a session learns here that
+//! the key it logged on with was rotated or revoked. A FIX logon finds its broker by CompID
+//! here.
 //!
 //! The engine thread's output tap writes it (a key change is a replicated command, so every
 //! node's table follows the same log); the gateway only reads it. A change bumps a generation
@@ -10,11 +11,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
-use exchange_domain::{BrokerId, KeyDigest};
+use exchange_domain::{BrokerId, CompId, KeyDigest};
 use subtle::ConstantTimeEq;
 
 pub struct BrokerKeys {
     keys: RwLock<Vec<(BrokerId, KeyDigest)>>,
+    comp_ids: RwLock<Vec<(BrokerId, CompId)>>,
     generation: AtomicU64,
     /// Wakes streams that must end when a key changes.
     changed: tokio::sync::watch::Sender<u64>,
@@ -24,6 +26,7 @@ impl Default for BrokerKeys {
     fn default() -> Self {
         BrokerKeys {
             keys: RwLock::new(Vec::new()),
+            comp_ids: RwLock::new(Vec::new()),
             generation: AtomicU64::new(0),
             changed: tokio::sync::watch::Sender::new(0),
         }
@@ -47,6 +50,40 @@ impl BrokerKeys {
     pub fn replace_all(&self, all: impl IntoIterator<Item = (BrokerId, KeyDigest)>) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = all.into_iter().collect();
         self.bump();
+    }
+
+    /// A broker's FIX CompID was set (the engine has checked that no other broker has it).
+    pub fn set_comp_id(&self, broker: BrokerId, comp_id: CompId) {
+        let mut comp_ids = self.comp_ids.write().unwrap_or_else(|p| p.into_inner());
+        match comp_ids.iter_mut().find(|(id, _)| *id == broker) {
+            Some(entry) => entry.1 = comp_id,
+            None => comp_ids.push((broker, comp_id)),
+        }
+    }
+
+    /// Every CompID at once, as a restored snapshot holds them.
+    pub fn replace_all_comp_ids(&self, all: impl IntoIterator<Item = (BrokerId, CompId)>) {
+        *self.comp_ids.write().unwrap_or_else(|p| p.into_inner()) = all.into_iter().collect();
+    }
+
+    /// The broker whose FIX sessions log on as `comp_id`.
+    pub fn broker_of_comp_id(&self, comp_id: &str) -> Option<BrokerId> {
+        self.comp_ids
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, known)| known.as_str() == comp_id)
+            .map(|(broker, _)| *broker)
+    }
+
+    /// The CompID `broker`'s FIX sessions log on as, if it has one.
+    pub fn comp_id_of(&self, broker: BrokerId) -> Option<CompId> {
+        self.comp_ids
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(id, _)| *id == broker)
+            .map(|(_, comp_id)| *comp_id)
     }
 
     fn bump(&self) {
@@ -119,5 +156,21 @@ mod tests {
         keys.replace_all([(BrokerId(2), a)]);
         assert_eq!(keys.broker_of(&a), Some(BrokerId(2)));
         assert_eq!(keys.broker_of(&b), None);
+    }
+
+    #[test]
+    fn comp_ids_are_found_and_replaced() {
+        let keys = BrokerKeys::default();
+        let (one, two) = (CompId::new("ONE").unwrap(), CompId::new("TWO").unwrap());
+        keys.set_comp_id(BrokerId(1), one);
+        assert_eq!(keys.broker_of_comp_id("ONE"), Some(BrokerId(1)));
+        assert_eq!(keys.comp_id_of(BrokerId(1)), Some(one));
+        keys.set_comp_id(BrokerId(1), two);
+        assert_eq!(keys.broker_of_comp_id("ONE"), None);
+        assert_eq!(keys.broker_of_comp_id("TWO"), Some(BrokerId(1)));
+        keys.replace_all_comp_ids([(BrokerId(3), one)]);
+        assert_eq!(keys.broker_of_comp_id("ONE"), Some(BrokerId(3)));
+        assert_eq!(keys.broker_of_comp_id("TWO"), None);
+        assert_eq!(keys.comp_id_of(BrokerId(1)), None);
     }
 }

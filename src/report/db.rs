@@ -588,13 +588,14 @@ impl<'tx> Rows<'tx> {
                     .context("inserting an asset")?;
                 Ok(1)
             }
-            // Administration the reports do not cover (accounts, limits, halts, keys).
+            // Administration the reports do not cover (accounts, limits, halts, keys, CompIDs).
             Event::AccountCreated { .. }
             | Event::RiskLimitsSet { .. }
             | Event::PriceBandSet { .. }
             | Event::TradingStatus { .. }
             | Event::AdminRejected { .. }
-            | Event::BrokerKeySet { .. } => Ok(0),
+            | Event::BrokerKeySet { .. }
+            | Event::FixCompIdSet { .. } => Ok(0),
         }
     }
 

@@ -194,6 +194,66 @@ fn a_key_can_be_replaced_and_revoked() {
     );
 }
 
+#[test]
+fn a_fix_comp_id_names_one_registered_broker_and_survives_a_snapshot() {
+    let mut h = brokers();
+    let comp_id = |text| exchange_domain::CompId::new(text).unwrap();
+    let set = |h: &mut Harness, broker, text| {
+        h.admin(AdminCommand::SetFixCompId {
+            broker,
+            comp_id: comp_id(text),
+        })
+    };
+    // Only a registered broker has one.
+    assert_eq!(
+        rejection(&set(&mut h, BrokerId(99), "NOBODY")),
+        Some(RejectReason::InvalidCompId)
+    );
+    assert!(matches!(
+        set(&mut h, BROKER_A, "FIRM-A")[..],
+        [Event::FixCompIdSet { broker, .. }] if broker == BROKER_A
+    ));
+    // Another broker's is refused; once given up, it may be taken.
+    assert_eq!(
+        rejection(&set(&mut h, BROKER_B, "FIRM-A")),
+        Some(RejectReason::InvalidCompId)
+    );
+    set(&mut h, BROKER_A, "FIRM-A2");
+    assert!(matches!(
+        set(&mut h, BROKER_B, "FIRM-A")[..],
+        [Event::FixCompIdSet { .. }]
+    ));
+    // Bytes no CompId::new makes (a damaged or forged command) are refused.
+    let mut forged = comp_id("X");
+    forged.0[5] = b'Y';
+    assert_eq!(
+        rejection(&h.admin(AdminCommand::SetFixCompId {
+            broker: BROKER_A,
+            comp_id: forged,
+        })),
+        Some(RejectReason::InvalidCompId)
+    );
+    let mut ids = h.engine.fix_comp_ids().collect::<Vec<_>>();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            (BROKER_A, comp_id("FIRM-A2")),
+            (BROKER_B, comp_id("FIRM-A"))
+        ]
+    );
+    let restored = Engine::restore(&h.engine.snapshot()).expect("restore");
+    let mut again = restored.fix_comp_ids().collect::<Vec<_>>();
+    again.sort();
+    assert_eq!(again, ids);
+    // A snapshot in which two brokers share one is refused.
+    let mut snapshot = h.engine.snapshot();
+    for broker in &mut snapshot.brokers {
+        broker.fix_comp_id = Some(comp_id("SAME"));
+    }
+    assert!(Engine::restore(&snapshot).is_err());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -335,6 +335,16 @@ fn scenario(reason: RejectReason) -> Scenario {
             assert_eq!(rejection(&h.admin(key(3, 0))), None);
             h.admin(key(2, 7))
         },
+        RejectReason::InvalidCompId => |h| {
+            h.register_broker(BROKER_A);
+            h.register_broker(BROKER_B);
+            let comp_id = |broker| AdminCommand::SetFixCompId {
+                broker,
+                comp_id: exchange_domain::CompId::new("FIRM").unwrap(),
+            };
+            assert_eq!(rejection(&h.admin(comp_id(BROKER_A))), None);
+            h.admin(comp_id(BROKER_B))
+        },
     }
 }
 

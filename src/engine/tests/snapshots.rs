@@ -52,6 +52,20 @@ fn a_restored_engine_continues_with_the_same_outputs_and_hash() {
 }
 
 #[test]
+fn a_format_3_snapshot_is_still_read() {
+    let mut h = Harness::new();
+    h.register_broker(BROKER_A);
+    h.register_broker(BROKER_B);
+    h.broker_order(BROKER_A, ALICE, 7, Side::Buy, 10);
+    let snapshot = h.engine.snapshot();
+    assert!(snapshot.brokers.iter().all(|b| b.fix_comp_id.is_none()));
+    let read = Snapshot::from_bytes(&snapshot.to_v3_bytes()).expect("a format 3 snapshot");
+    assert_eq!(read, snapshot);
+    let restored = Engine::restore(&read).expect("restore");
+    assert_eq!(restored.output_hash(), h.engine.output_hash());
+}
+
+#[test]
 fn damaged_snapshot_bytes_are_an_error_not_a_panic() {
     let mut h = Harness::new();
     h.gtc(ALICE, Side::Sell, 101, 5);
