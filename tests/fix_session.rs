@@ -7,8 +7,12 @@ mod support;
 
 use std::time::{Duration, Instant, SystemTime};
 
+use exchange::domain::{
+    AccountId, AdminCommand, Amount, Command as ExchangeCommand, Event, NewOrder, OrderType, Price,
+    Qty, RiskLimits, SelfTradePrevention, Side, SymbolSpec, TimeInForce,
+};
 use exchange::fix::codec::{tag, utc_timestamp, Builder, Frame, Framer, Header, Message};
-use support::{Cluster, BROKERS};
+use support::{submit, Cluster, BASE, BROKERS, QUOTE, SYMBOL};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -487,4 +491,192 @@ async fn a_compid_set_by_admin_command_is_replicated_and_ends_the_old_session() 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Logs on as `comp_id` with `key`, asking for ResetSeqNumFlag(141) when `reset`, until the
+/// node answers with a Logon (the brokers file is applied by a new leader first).
+async fn logged_on(port: u16, comp_id: &str, key: &str, reset: bool) -> Raw {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut raw = Raw::connect(port, comp_id).await;
+        let mut logon = Builder::new("A")
+            .field(tag::ENCRYPT_METHOD, 0)
+            .field(tag::HEART_BT_INT, 30)
+            .field(tag::PASSWORD, key);
+        if reset {
+            logon.push(tag::RESET_SEQ_NUM_FLAG, "Y");
+        }
+        raw.send(logon).await;
+        match raw.next(WAIT).await {
+            Some(answer) if answer.msg_type() == "A" => return raw,
+            answer => assert!(
+                Instant::now() < deadline,
+                "{comp_id} never logged on: {answer:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_reports_fills_of_orders_entered_before_it_led() {
+    let mut cluster = Cluster::start(
+        "fix-new-leader",
+        3,
+        BASE_PORT + 150,
+        &["--fix-listen", "127.0.0.1:{fix}"],
+    );
+    let leader = cluster.wait_for_leader(WAIT).await;
+    // A symbol (no decimals) and funds for broker 1's accounts 1001 and 1002.
+    let mut operator = cluster.client();
+    let mut setup = vec![ExchangeCommand::Admin(AdminCommand::AddSymbol(
+        SymbolSpec {
+            symbol: SYMBOL,
+            base: BASE,
+            quote: QUOTE,
+            tick_size: Price(1),
+            lot_size: Qty(1),
+            name: exchange::domain::Name::new("SYM1").unwrap(),
+            price_decimals: 0,
+        },
+    ))];
+    for account in [1001, 1002] {
+        setup.push(ExchangeCommand::Admin(AdminCommand::SetRiskLimits {
+            account: AccountId(account),
+            limits: RiskLimits {
+                max_order_qty: Qty(1_000_000),
+                max_order_notional: Amount(i64::MAX),
+                max_open_orders: 1_000,
+            },
+        }));
+        for asset in [BASE, QUOTE] {
+            setup.push(ExchangeCommand::Admin(AdminCommand::Deposit {
+                account: AccountId(account),
+                asset,
+                amount: Amount(1_000_000_000),
+            }));
+        }
+    }
+    for command in setup {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let outputs = submit(&mut operator, command, WAIT).await;
+            if !outputs
+                .iter()
+                .any(|o| matches!(o.event, Event::AdminRejected { .. }))
+            {
+                break;
+            }
+            // The brokers file's accounts are opened once the leader has taken office.
+            assert!(Instant::now() < deadline, "setup rejected: {outputs:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // A resting buy over FIX on the first leader, partly filled there.
+    let mut fix = logged_on(cluster.fix_port(leader), "BROKER1", key(1), false).await;
+    let buy = |cl_ord_id: &str, poss_resend: bool| {
+        let mut b = Builder::new("D")
+            .field(tag::CL_ORD_ID, cl_ord_id)
+            .field(tag::ACCOUNT, 1001)
+            .field(tag::SYMBOL, "SYM1")
+            .field(tag::SIDE, 1)
+            .field(tag::ORDER_QTY, 10)
+            .field(tag::ORD_TYPE, 2)
+            .field(tag::PRICE, 100)
+            .field(tag::TIME_IN_FORCE, 1)
+            .field(tag::TRANSACT_TIME, "20261203-10:00:00.000");
+        if poss_resend {
+            b.push(tag::POSS_RESEND, "Y");
+        }
+        b
+    };
+    fix.send(buy("77", false)).await;
+    let new = fix.expect("8", WAIT).await;
+    assert_eq!(
+        (new.get(tag::CL_ORD_ID), new.get(tag::EXEC_TYPE)),
+        (Some("77"), Some("0"))
+    );
+    let order_id = new.get(tag::ORDER_ID).unwrap().to_string();
+    let mut broker = cluster.client_with_key(key(1));
+    let sell = |client_order_id, qty| {
+        ExchangeCommand::NewOrder(NewOrder {
+            account: AccountId(1002),
+            symbol: SYMBOL,
+            client_order_id: exchange::domain::ClientOrderId(client_order_id),
+            side: Side::Sell,
+            order_type: OrderType::Limit,
+            time_in_force: TimeInForce::Ioc,
+            price: Price(100),
+            qty: Qty(qty),
+            self_trade_prevention: SelfTradePrevention::None,
+        })
+    };
+    submit(&mut broker, sell(1, 3), WAIT).await;
+    let fill = loop {
+        let m = fix.expect("8", WAIT).await;
+        if m.get(tag::CL_ORD_ID) == Some("77") && m.get(tag::EXEC_TYPE) == Some("F") {
+            break m;
+        }
+    };
+    assert_eq!(fill.get(tag::CUM_QTY), Some("3"));
+    drop(fix);
+
+    // The leader dies. On the new one, BROKER1 logs on afresh (ResetSeqNumFlag, as docs/fix.md
+    // says for now): its session there has never seen order 77 entered.
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    assert_ne!(new_leader, leader);
+    let mut fix = logged_on(cluster.fix_port(new_leader), "BROKER1", key(1), true).await;
+
+    // A resend of the order with PossResend: not entered again, its status instead.
+    fix.send(buy("77", true)).await;
+    let status = fix.expect("8", WAIT).await;
+    assert_eq!(
+        (
+            status.get(tag::CL_ORD_ID),
+            status.get(tag::EXEC_TYPE),
+            status.get(tag::ORD_STATUS),
+            status.get(tag::ORDER_ID),
+            status.get(tag::CUM_QTY),
+            status.get(tag::LEAVES_QTY),
+        ),
+        (
+            Some("77"),
+            Some("I"),
+            Some("1"),
+            Some(order_id.as_str()),
+            Some("3"),
+            Some("7")
+        ),
+        "{status:?}"
+    );
+
+    // Another fill of it, made by the new leader: reported, with what was filled before.
+    submit(&mut broker, sell(2, 4), WAIT).await;
+    let fill = loop {
+        let m = fix.expect("8", WAIT).await;
+        if m.get(tag::CL_ORD_ID) == Some("77") && m.get(tag::EXEC_TYPE) == Some("F") {
+            break m;
+        }
+    };
+    assert_eq!(
+        (
+            fill.get(tag::ORDER_ID),
+            fill.get(tag::LAST_QTY),
+            fill.get(tag::CUM_QTY),
+            fill.get(tag::LEAVES_QTY),
+            fill.get(tag::AVG_PX),
+            fill.get(tag::ORD_STATUS),
+        ),
+        (
+            Some(order_id.as_str()),
+            Some("4"),
+            Some("7"),
+            Some("3"),
+            Some("100.00"),
+            Some("1")
+        ),
+        "{fill:?}"
+    );
 }

@@ -536,16 +536,28 @@ async fn log_on<W: AsyncWrite + Unpin>(
             return None;
         }
     }
-    // The session's state, for this connection alone.
+    // The session's state, for this connection alone. A CompID this node has not served yet
+    // (its first logon here, or the first on a new leader) starts from the broker's orders as
+    // the journal knows them, so that fills of orders entered before are reported.
+    let known = server
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(&sender);
+    let mut seeded = if known {
+        None
+    } else {
+        Some(seeded_session(server, broker, scope, &sender).await)
+    };
     let state = {
         let mut sessions = server.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let cursor = *server.gateway.reports.subscribe().borrow();
         let slot = sessions.entry(sender.clone()).or_insert_with(|| Slot {
-            state: Arc::new(AsyncMutex::new(SessionState::new(
-                broker,
-                sender.clone(),
-                cursor,
-            ))),
+            state: Arc::new(AsyncMutex::new(
+                seeded
+                    .take()
+                    .unwrap_or_else(|| SessionState::new(broker, sender.clone(), cursor)),
+            )),
             active: false,
         });
         if slot.active {
@@ -635,6 +647,51 @@ async fn log_on<W: AsyncWrite + Unpin>(
         last_sent: Mutex::new(Instant::now()),
         batch: Mutex::default(),
     })
+}
+
+/// A new session's state: reports from now on, and the broker's orders (their ClOrdIDs,
+/// quantities filled, average prices) as the journal has them so far, each output of it read as
+/// if it had been reported (and nothing sent).
+async fn seeded_session(
+    server: &FixServer,
+    broker: BrokerId,
+    scope: Scope,
+    comp_id: &str,
+) -> SessionState {
+    let reports = &server.gateway.reports;
+    let cursor = *reports.subscribe().borrow();
+    let mut state = SessionState::new(broker, comp_id.to_string(), cursor);
+    let catalog = server.catalog(|_| false).await;
+    let mut since = 0;
+    loop {
+        let batch = match scope {
+            Scope::DropCopy(None) => reports
+                .since_all(since, REPORTS_PER_BATCH)
+                .map(|all| all.into_iter().map(|(_, output)| output).collect()),
+            _ => reports.since(broker, since, REPORTS_PER_BATCH),
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            // The oldest are no longer kept: orders entered before them stay unknown here.
+            Err(gap) if gap.complete_after > since => {
+                since = gap.complete_after;
+                continue;
+            }
+            Err(_) => break,
+        };
+        let Some(last) = batch.last() else { break };
+        let last = last.seq;
+        for output in batch.iter().take_while(|o| o.seq <= cursor) {
+            state.application.on_output(output, &catalog, "");
+        }
+        if last >= cursor {
+            break;
+        }
+        since = last;
+        // A long journal is read a batch at a time, between other sessions' work.
+        tokio::task::yield_now().await;
+    }
+    state
 }
 
 impl Connection {
