@@ -466,6 +466,15 @@ async fn a_compid_set_by_admin_command_is_replicated_and_ends_the_old_session() 
             .contains("is not a FIX session of this exchange"),
         "{logout:?}"
     );
+    // Broker 2 takes the CompID broker 1 gave up: a session of its own, nothing of broker 1's
+    // (broker 1's numbers there were past 1 both ways: this client starts at 1 and is answered
+    // from 1).
+    let (code, out) = cluster.cli(&set("2", "BROKER1"));
+    assert_eq!(code, Some(0), "broker 2 takes BROKER1: {out}");
+    let mut taken = Raw::connect(port, "BROKER1").await;
+    let logon = taken.log_on(key(2)).await;
+    assert_eq!(logon.get_u64(tag::MSG_SEQ_NUM), Ok(Some(1)), "{logon:?}");
+    drop(taken);
     let mut renamed = Raw::connect(port, "FIRM-ONE").await;
     renamed.log_on(key(1)).await;
     drop(renamed);
@@ -575,7 +584,7 @@ async fn a_new_leader_reports_fills_of_orders_entered_before_it_led() {
 
     // A resting buy over FIX on the first leader, partly filled there.
     let mut fix = logged_on(cluster.fix_port(leader), "BROKER1", key(1), false).await;
-    let buy = |cl_ord_id: &str, poss_resend: bool| {
+    let buy_at = |cl_ord_id: &str, price: i64, poss_resend: bool| {
         let mut b = Builder::new("D")
             .field(tag::CL_ORD_ID, cl_ord_id)
             .field(tag::ACCOUNT, 1001)
@@ -583,7 +592,7 @@ async fn a_new_leader_reports_fills_of_orders_entered_before_it_led() {
             .field(tag::SIDE, 1)
             .field(tag::ORDER_QTY, 10)
             .field(tag::ORD_TYPE, 2)
-            .field(tag::PRICE, 100)
+            .field(tag::PRICE, price)
             .field(tag::TIME_IN_FORCE, 1)
             .field(tag::TRANSACT_TIME, "20261203-10:00:00.000");
         if poss_resend {
@@ -591,6 +600,7 @@ async fn a_new_leader_reports_fills_of_orders_entered_before_it_led() {
         }
         b
     };
+    let buy = |cl_ord_id: &str, poss_resend: bool| buy_at(cl_ord_id, 100, poss_resend);
     fix.send(buy("77", false)).await;
     let new = fix.expect("8", WAIT).await;
     assert_eq!(
@@ -679,4 +689,33 @@ async fn a_new_leader_reports_fills_of_orders_entered_before_it_led() {
         ),
         "{fill:?}"
     );
+
+    // Two orders and a Logout in one write: the orders are entered before the session ends.
+    let mut bytes = Vec::new();
+    for (cl_ord_id, price) in [("91", 90), ("92", 91)] {
+        bytes.extend(fix.frame(&buy_at(cl_ord_id, price, false), fix.next_out, false));
+        fix.next_out += 1;
+    }
+    bytes.extend(fix.frame(&Builder::new("5"), fix.next_out, false));
+    fix.send_raw(&bytes).await;
+    let deadline = Instant::now() + WAIT;
+    while fix.next(WAIT).await.is_some_and(|m| m.msg_type() != "5") {
+        assert!(Instant::now() < deadline, "no Logout answered");
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let open: Vec<u64> = broker
+            .open_orders(1001)
+            .await
+            .map(|orders| orders.iter().map(|o| o.client_order_id).collect())
+            .unwrap_or_default();
+        if open.contains(&91) && open.contains(&92) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orders sent before a Logout were lost: open {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -48,6 +48,8 @@ pub struct FixMetrics {
 
 /// One session's place in the acceptor: its state, and whether a connection holds it.
 struct Slot {
+    /// Whose session it is: a CompID given to another broker starts a session of its own.
+    broker: BrokerId,
     state: Arc<AsyncMutex<SessionState>>,
     active: bool,
 }
@@ -246,15 +248,23 @@ async fn run_connection<R, W>(
     // write when they queue up; the session's lock is never held across a socket write.
     let (outbox, mut frames) = tokio::sync::mpsc::channel::<Vec<u8>>(OUTBOX_FRAMES_MAX);
     let (stop_writing, mut writing_stopped) = tokio::sync::oneshot::channel::<()>();
-    let writer_task = tokio::spawn(async move {
+    let mut writer_task = tokio::spawn(async move {
         let mut bytes = Vec::with_capacity(64 * 1024);
+        let mut stopping = false;
         loop {
-            let first = tokio::select! {
-                first = frames.recv() => first,
-                _ = &mut writing_stopped => {
-                    // What was queued before the end still goes (a Logout, last reports).
-                    frames.close();
-                    frames.recv().await
+            let first = if stopping {
+                frames.recv().await
+            } else {
+                tokio::select! {
+                    biased;
+                    first = frames.recv() => first,
+                    // Polled once at most: a finished oneshot must not be polled again.
+                    _ = &mut writing_stopped => {
+                        // What was queued before the end still goes (a Logout, last reports).
+                        stopping = true;
+                        frames.close();
+                        frames.recv().await
+                    }
                 }
             };
             let Some(first) = first else { break };
@@ -306,6 +316,9 @@ async fn run_connection<R, W>(
             last_received = Instant::now();
             test_request_sent = None;
             if connection.receive(message).await == Flow::Close {
+                // Orders received before the message that ended the session are not lost:
+                // they are queued (their reports wait for the next logon).
+                connection.flush_orders().await;
                 break 'session Flow::Close;
             }
         }
@@ -354,7 +367,13 @@ async fn run_connection<R, W>(
     debug_assert_eq!(flow, Flow::Close);
     reports.abort();
     let _ = stop_writing.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
+    // A broker that does not read keeps neither the task nor the socket: a second at most.
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
     server.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
     {
         let mut sessions = server.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -543,7 +562,8 @@ async fn log_on<W: AsyncWrite + Unpin>(
         .sessions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .contains_key(&sender);
+        .get(&sender)
+        .is_some_and(|slot| slot.broker == broker);
     let mut seeded = if known {
         None
     } else {
@@ -552,14 +572,22 @@ async fn log_on<W: AsyncWrite + Unpin>(
     let state = {
         let mut sessions = server.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let cursor = *server.gateway.reports.subscribe().borrow();
-        let slot = sessions.entry(sender.clone()).or_insert_with(|| Slot {
+        let mut fresh = || Slot {
+            broker,
             state: Arc::new(AsyncMutex::new(
                 seeded
                     .take()
                     .unwrap_or_else(|| SessionState::new(broker, sender.clone(), cursor)),
             )),
             active: false,
-        });
+        };
+        let slot = sessions.entry(sender.clone()).or_insert_with(&mut fresh);
+        // The CompID was another broker's: nothing of that session (its numbers, its messages,
+        // its orders) passes to this one. While the other's connection lasts, it is refused
+        // below as logged on already; that connection ends at its next message.
+        if slot.broker != broker && !slot.active {
+            *slot = fresh();
+        }
         if slot.active {
             None
         } else {
@@ -768,6 +796,13 @@ impl Connection {
 
     /// One message from the broker: the session rules, then the message itself.
     async fn receive(self: &Arc<Self>, message: Message) -> Flow {
+        // Orders of this read that wait in the batch go before anything else is handled (a
+        // Logout, a status request, a message that ends the session), in the order received.
+        if !matches!(message.msg_type(), "D" | "F" | "G" | "q")
+            && self.flush_orders().await == Flow::Close
+        {
+            return Flow::Close;
+        }
         if let Scope::Orders(broker) = self.scope {
             let current = self.server.gateway.keys.comp_id_of(broker);
             if current.is_none_or(|c| c.as_str() != self.comp_id) {
