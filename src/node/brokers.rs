@@ -78,10 +78,18 @@ async fn missing(
     // CompIDs after the registrations they need; like keys, seeded once.
     for (broker, comp_id) in file.fix_comp_ids() {
         match comp_ids.iter().find(|(id, _)| *id == broker) {
-            None => commands.push(Command::Admin(AdminCommand::SetFixCompId {
-                broker,
-                comp_id,
-            })),
+            None => match comp_ids.iter().find(|(_, taken)| *taken == comp_id) {
+                // Given to another broker at run time: proposing it would only be refused.
+                Some((holder, _)) => tracing::warn!(
+                    broker = broker.0, holder = holder.0, comp_id = %comp_id,
+                    "the brokers file gives this broker a FIX CompID that another broker holds; \
+                     not applied (give it another with exchange-cli admin set-fix-comp-id)"
+                ),
+                None => commands.push(Command::Admin(AdminCommand::SetFixCompId {
+                    broker,
+                    comp_id,
+                })),
+            },
             Some((_, current)) if *current != comp_id => tracing::info!(
                 broker = broker.0, current = %current, file = %comp_id,
                 "the cluster's FIX CompID for this broker is not the brokers file's: it was \
