@@ -15,11 +15,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use exchange::domain::{
-    AccountId, AdminCommand, Amount, Command as ExchangeCommand, Event, Price, Qty, RiskLimits,
-    SymbolId, SymbolSpec,
-};
-use support::{submit, Cluster, BASE, BROKERS, DROP_COPY, QUOTE};
+use exchange::domain::{Command as ExchangeCommand, Event, Price, Qty, SymbolId, SymbolSpec};
+use support::{setup_broker_accounts, submit, Cluster, BASE, BROKERS, DROP_COPY, QUOTE};
 
 const BASE_PORT: u16 = 29_600;
 
@@ -290,51 +287,16 @@ impl Drop for Initiator {
 
 /// AAPL (2 decimals) and funds for broker 1's accounts 1001 and 1002 and broker 2's 2001.
 async fn setup(cluster: &Cluster) {
-    let mut client = cluster.client();
-    let mut commands = vec![ExchangeCommand::Admin(AdminCommand::AddSymbol(
-        SymbolSpec {
-            symbol: AAPL,
-            base: BASE,
-            quote: QUOTE,
-            tick_size: Price(1),
-            lot_size: Qty(1),
-            name: exchange::domain::Name::new("AAPL").unwrap(),
-            price_decimals: 2,
-        },
-    ))];
-    for account in [1001, 1002, 2001] {
-        commands.push(ExchangeCommand::Admin(AdminCommand::SetRiskLimits {
-            account: AccountId(account),
-            limits: RiskLimits {
-                max_order_qty: Qty(1_000_000),
-                max_order_notional: Amount(i64::MAX),
-                max_open_orders: 10_000,
-            },
-        }));
-        for asset in [BASE, QUOTE] {
-            commands.push(ExchangeCommand::Admin(AdminCommand::Deposit {
-                account: AccountId(account),
-                asset,
-                amount: Amount(1_000_000_000_000),
-            }));
-        }
-    }
-    for command in commands {
-        // The brokers file's accounts are opened by the leader once it takes office: wait for
-        // them.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let outputs = submit(&mut client, command, Duration::from_secs(10)).await;
-            if !outputs
-                .iter()
-                .any(|o| matches!(o.event, Event::AdminRejected { .. }))
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "setup rejected: {outputs:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let aapl = SymbolSpec {
+        symbol: AAPL,
+        base: BASE,
+        quote: QUOTE,
+        tick_size: Price(1),
+        lot_size: Qty(1),
+        name: exchange::domain::Name::new("AAPL").unwrap(),
+        price_decimals: 2,
+    };
+    setup_broker_accounts(&mut cluster.client(), aapl, &[1001, 1002, 2001]).await;
 }
 
 fn key(broker: u32) -> &'static str {

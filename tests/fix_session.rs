@@ -8,11 +8,11 @@ mod support;
 use std::time::{Duration, Instant, SystemTime};
 
 use exchange::domain::{
-    AccountId, AdminCommand, Amount, Command as ExchangeCommand, Event, NewOrder, OrderType, Price,
-    Qty, RiskLimits, SelfTradePrevention, Side, SymbolSpec, TimeInForce,
+    AccountId, Command as ExchangeCommand, NewOrder, OrderType, Price, Qty, SelfTradePrevention,
+    Side, SymbolSpec, TimeInForce,
 };
 use exchange::fix::codec::{tag, utc_timestamp, Builder, Frame, Framer, Header, Message};
-use support::{submit, Cluster, BASE, BROKERS, QUOTE, SYMBOL};
+use support::{setup_broker_accounts, submit, Cluster, BASE, BROKERS, QUOTE, SYMBOL};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -66,13 +66,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     }
 
     async fn log_on(&mut self, key: &str) -> Message {
-        self.send(
-            Builder::new("A")
-                .field(tag::ENCRYPT_METHOD, 0)
-                .field(tag::HEART_BT_INT, 30)
-                .field(tag::PASSWORD, key),
-        )
-        .await;
+        self.send(logon_message(key)).await;
         self.expect("A", WAIT).await
     }
 
@@ -132,6 +126,14 @@ fn key(broker: u32) -> &'static str {
     BROKERS.iter().find(|(id, _, _)| *id == broker).unwrap().1
 }
 
+/// A Logon(A) with the broker's key, a 30 s heartbeat.
+fn logon_message(key: &str) -> Builder {
+    Builder::new("A")
+        .field(tag::ENCRYPT_METHOD, 0)
+        .field(tag::HEART_BT_INT, 30)
+        .field(tag::PASSWORD, key)
+}
+
 fn test_request(id: &str) -> Builder {
     Builder::new("1").field(tag::TEST_REQ_ID, id)
 }
@@ -159,13 +161,7 @@ async fn the_session_rules_hold_and_hostile_bytes_end_only_their_connection() {
     let deadline = Instant::now() + WAIT;
     loop {
         let mut raw = Raw::connect(cluster.fix_port(follower), "BROKER1").await;
-        raw.send(
-            Builder::new("A")
-                .field(tag::ENCRYPT_METHOD, 0)
-                .field(tag::HEART_BT_INT, 30)
-                .field(tag::PASSWORD, key(1)),
-        )
-        .await;
+        raw.send(logon_message(key(1))).await;
         let logout = raw.expect("5", WAIT).await;
         let text = logout.get(tag::TEXT).unwrap_or("").to_string();
         assert!(text.contains("not the leader"), "{text}");
@@ -272,13 +268,7 @@ async fn the_session_rules_hold_and_hostile_bytes_end_only_their_connection() {
     );
     // A second session of the same CompID at once is refused.
     let mut twin = Raw::connect(port, "BROKER1").await;
-    twin.send(
-        Builder::new("A")
-            .field(tag::ENCRYPT_METHOD, 0)
-            .field(tag::HEART_BT_INT, 30)
-            .field(tag::PASSWORD, key(1)),
-    )
-    .await;
+    twin.send(logon_message(key(1))).await;
     let logout = twin.expect("5", WAIT).await;
     assert!(
         logout
@@ -341,13 +331,7 @@ async fn fix_over_tls_logs_on_with_the_nodes_certificate() {
             comp_id: "BROKER1".into(),
             next_out: 1,
         };
-        raw.send(
-            Builder::new("A")
-                .field(tag::ENCRYPT_METHOD, 0)
-                .field(tag::HEART_BT_INT, 30)
-                .field(tag::PASSWORD, key(1)),
-        )
-        .await;
+        raw.send(logon_message(key(1))).await;
         let answer = raw.next(WAIT).await.expect("an answer to the Logon");
         if answer.msg_type() == "A" {
             break raw;
@@ -369,14 +353,7 @@ async fn fix_over_tls_logs_on_with_the_nodes_certificate() {
 
     // Plain FIX on the TLS port is not FIX: the handshake fails and nothing is answered.
     let mut plain = Raw::connect(cluster.fix_port(leader), "BROKER2").await;
-    plain
-        .send(
-            Builder::new("A")
-                .field(tag::ENCRYPT_METHOD, 0)
-                .field(tag::HEART_BT_INT, 30)
-                .field(tag::PASSWORD, key(2)),
-        )
-        .await;
+    plain.send(logon_message(key(2))).await;
     assert!(plain.next(Duration::from_secs(2)).await.is_none());
 }
 
@@ -391,25 +368,7 @@ async fn a_compid_set_by_admin_command_is_replicated_and_ends_the_old_session() 
     let leader = cluster.wait_for_leader(WAIT).await;
     let port = cluster.fix_port(leader);
     // The brokers file's CompID, seeded once the leader has taken office.
-    let deadline = Instant::now() + WAIT;
-    let mut old = loop {
-        let mut raw = Raw::connect(port, "BROKER1").await;
-        raw.send(
-            Builder::new("A")
-                .field(tag::ENCRYPT_METHOD, 0)
-                .field(tag::HEART_BT_INT, 30)
-                .field(tag::PASSWORD, key(1)),
-        )
-        .await;
-        match raw.next(WAIT).await {
-            Some(answer) if answer.msg_type() == "A" => break raw,
-            answer => assert!(
-                Instant::now() < deadline,
-                "BROKER1 never logged on: {answer:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mut old = logged_on(port, "BROKER1", key(1), false).await;
 
     // The operator renames broker 1's sessions (the CLI, as an operator would).
     let brokers_file = cluster.dir.join("brokers.toml");
@@ -450,14 +409,7 @@ async fn a_compid_set_by_admin_command_is_replicated_and_ends_the_old_session() 
     // The old CompID is nobody's now; the new one logs on, also on a new leader after the old
     // one is killed (the CompID is replicated state, not the leader's memory).
     let mut stale = Raw::connect(port, "BROKER1").await;
-    stale
-        .send(
-            Builder::new("A")
-                .field(tag::ENCRYPT_METHOD, 0)
-                .field(tag::HEART_BT_INT, 30)
-                .field(tag::PASSWORD, key(1)),
-        )
-        .await;
+    stale.send(logon_message(key(1))).await;
     let logout = stale.expect("5", WAIT).await;
     assert!(
         logout
@@ -481,25 +433,7 @@ async fn a_compid_set_by_admin_command_is_replicated_and_ends_the_old_session() 
     cluster.kill(leader);
     let new_leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
     assert_ne!(new_leader, leader);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut raw = Raw::connect(cluster.fix_port(new_leader), "FIRM-ONE").await;
-        raw.send(
-            Builder::new("A")
-                .field(tag::ENCRYPT_METHOD, 0)
-                .field(tag::HEART_BT_INT, 30)
-                .field(tag::PASSWORD, key(1)),
-        )
-        .await;
-        match raw.next(WAIT).await {
-            Some(answer) if answer.msg_type() == "A" => break,
-            answer => assert!(
-                Instant::now() < deadline,
-                "FIRM-ONE never logged on at the new leader: {answer:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    logged_on(cluster.fix_port(new_leader), "FIRM-ONE", key(1), false).await;
 }
 
 /// Logs on as `comp_id` with `key`, asking for ResetSeqNumFlag(141) when `reset`, until the
@@ -508,14 +442,11 @@ async fn logged_on(port: u16, comp_id: &str, key: &str, reset: bool) -> Raw {
     let deadline = Instant::now() + WAIT;
     loop {
         let mut raw = Raw::connect(port, comp_id).await;
-        let mut logon = Builder::new("A")
-            .field(tag::ENCRYPT_METHOD, 0)
-            .field(tag::HEART_BT_INT, 30)
-            .field(tag::PASSWORD, key);
+        let mut message = logon_message(key);
         if reset {
-            logon.push(tag::RESET_SEQ_NUM_FLAG, "Y");
+            message.push(tag::RESET_SEQ_NUM_FLAG, "Y");
         }
-        raw.send(logon).await;
+        raw.send(message).await;
         match raw.next(WAIT).await {
             Some(answer) if answer.msg_type() == "A" => return raw,
             answer => assert!(
@@ -537,50 +468,16 @@ async fn a_new_leader_reports_fills_of_orders_entered_before_it_led() {
     );
     let leader = cluster.wait_for_leader(WAIT).await;
     // A symbol (no decimals) and funds for broker 1's accounts 1001 and 1002.
-    let mut operator = cluster.client();
-    let mut setup = vec![ExchangeCommand::Admin(AdminCommand::AddSymbol(
-        SymbolSpec {
-            symbol: SYMBOL,
-            base: BASE,
-            quote: QUOTE,
-            tick_size: Price(1),
-            lot_size: Qty(1),
-            name: exchange::domain::Name::new("SYM1").unwrap(),
-            price_decimals: 0,
-        },
-    ))];
-    for account in [1001, 1002] {
-        setup.push(ExchangeCommand::Admin(AdminCommand::SetRiskLimits {
-            account: AccountId(account),
-            limits: RiskLimits {
-                max_order_qty: Qty(1_000_000),
-                max_order_notional: Amount(i64::MAX),
-                max_open_orders: 1_000,
-            },
-        }));
-        for asset in [BASE, QUOTE] {
-            setup.push(ExchangeCommand::Admin(AdminCommand::Deposit {
-                account: AccountId(account),
-                asset,
-                amount: Amount(1_000_000_000),
-            }));
-        }
-    }
-    for command in setup {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let outputs = submit(&mut operator, command, WAIT).await;
-            if !outputs
-                .iter()
-                .any(|o| matches!(o.event, Event::AdminRejected { .. }))
-            {
-                break;
-            }
-            // The brokers file's accounts are opened once the leader has taken office.
-            assert!(Instant::now() < deadline, "setup rejected: {outputs:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let sym1 = SymbolSpec {
+        symbol: SYMBOL,
+        base: BASE,
+        quote: QUOTE,
+        tick_size: Price(1),
+        lot_size: Qty(1),
+        name: exchange::domain::Name::new("SYM1").unwrap(),
+        price_decimals: 0,
+    };
+    setup_broker_accounts(&mut cluster.client(), sym1, &[1001, 1002]).await;
 
     // A resting buy over FIX on the first leader, partly filled there.
     let mut fix = logged_on(cluster.fix_port(leader), "BROKER1", key(1), false).await;

@@ -441,6 +441,15 @@ impl WordWriter<'_> {
     fn signed(&mut self, value: i64) -> &mut Self {
         self.word(value as u64)
     }
+    /// Bytes as little-endian words (a whole number of them).
+    fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        for chunk in bytes.chunks_exact(8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.word(u64::from_le_bytes(word));
+        }
+        self
+    }
     /// A name as two words, zero-padded.
     fn name(&mut self, name: Name) -> &mut Self {
         let mut words = [0u8; 16];
@@ -661,20 +670,10 @@ impl Output {
                     .word(rejected.map_or(0, |r| r.code() as u64));
             }
             Event::BrokerKeySet { broker, key_digest } => {
-                w.word(18).word(broker.0 as u64);
-                for chunk in key_digest.0.chunks_exact(8) {
-                    let mut word = [0u8; 8];
-                    word.copy_from_slice(chunk);
-                    w.word(u64::from_le_bytes(word));
-                }
+                w.word(18).word(broker.0 as u64).bytes(&key_digest.0);
             }
             Event::FixCompIdSet { broker, comp_id } => {
-                w.word(20).word(broker.0 as u64);
-                for chunk in comp_id.0.chunks_exact(8) {
-                    let mut word = [0u8; 8];
-                    word.copy_from_slice(chunk);
-                    w.word(u64::from_le_bytes(word));
-                }
+                w.word(20).word(broker.0 as u64).bytes(&comp_id.0);
             }
         }
         w.len

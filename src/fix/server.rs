@@ -199,6 +199,8 @@ struct Connection {
     heart_bt_int: Duration,
     last_sent: Mutex<Instant>,
     batch: Mutex<OrderBatch>,
+    /// The keys' generation at which the CompID was last found still this broker's.
+    comp_id_checked: std::sync::atomic::AtomicU64,
 }
 
 async fn run_connection<R, W>(
@@ -674,6 +676,8 @@ async fn log_on<W: AsyncWrite + Unpin>(
         heart_bt_int: Duration::from_secs(heart_bt_int),
         last_sent: Mutex::new(Instant::now()),
         batch: Mutex::default(),
+        // None yet: the first message looks.
+        comp_id_checked: std::sync::atomic::AtomicU64::new(u64::MAX),
     })
 }
 
@@ -803,9 +807,15 @@ impl Connection {
         {
             return Flow::Close;
         }
+        // The CompID is looked up again only when a key or CompID changed since the last look.
+        let keys = &self.server.gateway.keys;
+        let generation = keys.generation();
         if let Scope::Orders(broker) = self.scope {
-            let current = self.server.gateway.keys.comp_id_of(broker);
-            if current.is_none_or(|c| c.as_str() != self.comp_id) {
+            if self.comp_id_checked.swap(generation, Ordering::Relaxed) != generation
+                && keys
+                    .comp_id_of(broker)
+                    .is_none_or(|c| c.as_str() != self.comp_id)
+            {
                 self.logout("session ended: this broker's FIX CompID was changed")
                     .await;
                 return Flow::Close;

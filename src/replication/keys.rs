@@ -54,16 +54,20 @@ impl BrokerKeys {
 
     /// A broker's FIX CompID was set (the engine has checked that no other broker has it).
     pub fn set_comp_id(&self, broker: BrokerId, comp_id: CompId) {
-        let mut comp_ids = self.comp_ids.write().unwrap_or_else(|p| p.into_inner());
-        match comp_ids.iter_mut().find(|(id, _)| *id == broker) {
-            Some(entry) => entry.1 = comp_id,
-            None => comp_ids.push((broker, comp_id)),
+        {
+            let mut comp_ids = self.comp_ids.write().unwrap_or_else(|p| p.into_inner());
+            match comp_ids.iter_mut().find(|(id, _)| *id == broker) {
+                Some(entry) => entry.1 = comp_id,
+                None => comp_ids.push((broker, comp_id)),
+            }
         }
+        self.bump();
     }
 
     /// Every CompID at once, as a restored snapshot holds them.
     pub fn replace_all_comp_ids(&self, all: impl IntoIterator<Item = (BrokerId, CompId)>) {
         *self.comp_ids.write().unwrap_or_else(|p| p.into_inner()) = all.into_iter().collect();
+        self.bump();
     }
 
     /// The broker whose FIX sessions log on as `comp_id`.
@@ -91,8 +95,8 @@ impl BrokerKeys {
         self.changed.send_replace(generation);
     }
 
-    /// Changes so far: a session that checked its key at this generation need not check again
-    /// until it moves.
+    /// Changes so far (of keys and CompIDs): a session that checked its key or CompID at this
+    /// generation need not check again until it moves.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }

@@ -622,6 +622,44 @@ pub async fn setup_market(client: &mut Client, accounts: u64) {
     }
 }
 
+/// `spec`, and for each of `accounts` (brokers' accounts, which the leader opens from the
+/// brokers file once it has taken office: waited for) wide risk limits and funds in both of the
+/// symbol's assets.
+pub async fn setup_broker_accounts(client: &mut Client, spec: SymbolSpec, accounts: &[u64]) {
+    let mut commands = vec![ExchangeCommand::Admin(AdminCommand::AddSymbol(spec))];
+    for &account in accounts {
+        commands.push(ExchangeCommand::Admin(AdminCommand::SetRiskLimits {
+            account: AccountId(account),
+            limits: RiskLimits {
+                max_order_qty: Qty(1_000_000),
+                max_order_notional: Amount(i64::MAX),
+                max_open_orders: 10_000,
+            },
+        }));
+        for asset in [spec.base, spec.quote] {
+            commands.push(ExchangeCommand::Admin(AdminCommand::Deposit {
+                account: AccountId(account),
+                asset,
+                amount: Amount(1_000_000_000_000),
+            }));
+        }
+    }
+    for command in commands {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let outputs = submit(client, command, Duration::from_secs(10)).await;
+            if !outputs
+                .iter()
+                .any(|o| matches!(o.event, Event::AdminRejected { .. }))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "setup rejected: {outputs:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// The value of the first sample in a Prometheus page that `line_start` begins: a metric's
 /// name (not the start of a longer name), maybe with some of its labels.
 pub fn metric_sample(page: &str, line_start: &str) -> Option<f64> {
