@@ -99,6 +99,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
             if message.msg_type() == msg_type {
                 return message;
             }
+            if message.msg_type() == "1" {
+                // A TestRequest (the exchange asks whether its reports arrived): answered as
+                // a FIX engine answers it.
+                let mut heartbeat = Builder::new("0");
+                if let Some(id) = message.get(tag::TEST_REQ_ID) {
+                    heartbeat.push(tag::TEST_REQ_ID, id);
+                }
+                self.send(heartbeat).await;
+                continue;
+            }
             assert_eq!(
                 message.msg_type(),
                 "0",
@@ -505,6 +515,14 @@ async fn a_new_leader_reports_fills_of_orders_entered_before_it_led() {
         (Some("77"), Some("0"))
     );
     let order_id = new.get(tag::ORDER_ID).unwrap().to_string();
+    // The exchange asks whether its reports arrived; the answer confirms the New one, and the
+    // session's replicated mark says so.
+    let asked = fix.expect("1", WAIT).await;
+    let id = asked.get(tag::TEST_REQ_ID).unwrap().to_string();
+    assert!(id.starts_with("RECEIPT-"), "{asked:?}");
+    fix.send(Builder::new("0").field(tag::TEST_REQ_ID, id))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut broker = cluster.client_with_key(key(1));
     let sell = |client_order_id, qty| {
         ExchangeCommand::NewOrder(NewOrder {
@@ -527,18 +545,78 @@ async fn a_new_leader_reports_fills_of_orders_entered_before_it_led() {
         }
     };
     assert_eq!(fill.get(tag::CUM_QTY), Some("3"));
+    let last_received = fill.get_u64(tag::MSG_SEQ_NUM).unwrap().unwrap();
+    // The fill's receipt is never confirmed: the connection ends before the question comes.
+    let next_out = fix.next_out;
     drop(fix);
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // The leader dies. On the new one, BROKER1 logs on afresh (ResetSeqNumFlag, as docs/fix.md
-    // says for now): its session there has never seen order 77 entered.
+    // The leader dies. BROKER1 logs on to the new one with its numbers: the new leader goes
+    // on from the session's mark, past every number the old one could have used.
     cluster.kill(leader);
     let new_leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
     assert_ne!(new_leader, leader);
-    let mut fix = logged_on(cluster.fix_port(new_leader), "BROKER1", key(1), true).await;
+    let deadline = Instant::now() + WAIT;
+    let (mut fix, logon) = loop {
+        let mut raw = Raw::connect(cluster.fix_port(new_leader), "BROKER1").await;
+        raw.next_out = next_out;
+        raw.send(logon_message(key(1))).await;
+        match raw.next(WAIT).await {
+            Some(answer) if answer.msg_type() == "A" => break (raw, answer),
+            answer => assert!(
+                Instant::now() < deadline,
+                "BROKER1 never logged on to the new leader: {answer:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let logon_seq = logon.get_u64(tag::MSG_SEQ_NUM).unwrap().unwrap();
+    assert!(
+        logon_seq > last_received,
+        "the new leader's numbers must go on past {last_received}: {logon:?}"
+    );
+    // What the broker did not confirm comes again, marked PossResend: the fill (after the
+    // reports of the account-1002 sell that made it, also broker 1's), not the New.
+    let again = loop {
+        let m = fix.expect("8", WAIT).await;
+        assert_eq!(m.get(tag::POSS_RESEND), Some("Y"), "{m:?}");
+        assert_ne!(
+            (m.get(tag::CL_ORD_ID), m.get(tag::EXEC_TYPE)),
+            (Some("77"), Some("0")),
+            "a report the broker confirmed was sent again"
+        );
+        if m.get(tag::CL_ORD_ID) == Some("77") {
+            break m;
+        }
+    };
+    assert_eq!(
+        (
+            again.get(tag::CL_ORD_ID),
+            again.get(tag::EXEC_TYPE),
+            again.get(tag::CUM_QTY),
+            again.get(tag::POSS_RESEND),
+            again.get(tag::EXEC_ID),
+        ),
+        (
+            Some("77"),
+            Some("F"),
+            Some("3"),
+            Some("Y"),
+            fill.get(tag::EXEC_ID)
+        ),
+        "{again:?}"
+    );
 
-    // A resend of the order with PossResend: not entered again, its status instead.
+    // A resend of the order with PossResend: not entered again, its status instead (after
+    // the rest of what is sent again).
     fix.send(buy("77", true)).await;
-    let status = fix.expect("8", WAIT).await;
+    let status = loop {
+        let m = fix.expect("8", WAIT).await;
+        if m.get(tag::CL_ORD_ID) == Some("77") {
+            break m;
+        }
+        assert_eq!(m.get(tag::POSS_RESEND), Some("Y"), "{m:?}");
+    };
     assert_eq!(
         (
             status.get(tag::CL_ORD_ID),

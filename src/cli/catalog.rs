@@ -254,6 +254,10 @@ impl CatalogInput for Catalog {
             Event::FixCompIdSet { broker, comp_id } => {
                 format!("FIX COMPID SET broker {broker} {comp_id}")
             }
+            Event::FixSessionMarked { comp_id, mark } => format!(
+                "FIX SESSION MARKED {comp_id} in {} out {} reports {}",
+                mark.next_in, mark.next_out, mark.reports_received
+            ),
             Event::BrokerKeySet { broker, key_digest } => {
                 if key_digest.is_revoked() {
                     format!("BROKER KEY REVOKED broker {broker}")

@@ -373,4 +373,38 @@ pub enum AdminCommand {
         broker: BrokerId,
         comp_id: CompId,
     },
+    /// Where a FIX session stands, as its leader last recorded it, so that a new leader goes
+    /// on with its numbers (docs/fix.md, "Sequence numbers and failover"). Replaces the
+    /// session's earlier mark.
+    MarkFixSession {
+        comp_id: CompId,
+        mark: FixSessionMark,
+    },
+}
+
+/// A FIX session's place, replicated: what a new leader needs to go on with it.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq))]
+pub struct FixSessionMark {
+    /// The broker's MsgSeqNum expected next: every message below it had its commands
+    /// sequenced before this mark.
+    pub next_in: u32,
+    /// The exchange's MsgSeqNum: no message of the session was, or will be until a later
+    /// mark, numbered at or above it (numbers are reserved ahead).
+    pub next_out: u32,
+    /// The report journal's sequence number up to which the broker confirmed it received its
+    /// execution reports (it answered a TestRequest sent after them).
+    pub reports_received: u64,
 }

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccountId, Amount, AssetId, BrokerId, ClientOrderId, CompId, ExecId, KeyDigest, Name, OrderId,
-    OrderType, Price, Qty, RiskLimits, Side, SymbolId, SymbolSpec, TimeInForce, TradeId,
+    AccountId, Amount, AssetId, BrokerId, ClientOrderId, CompId, ExecId, FixSessionMark, KeyDigest,
+    Name, OrderId, OrderType, Price, Qty, RiskLimits, Side, SymbolId, SymbolSpec, TimeInForce,
+    TradeId,
 };
 
 /// One output event, stamped with the sequence number and timestamp of the input that caused it.
@@ -379,6 +380,10 @@ pub enum Event {
         broker: BrokerId,
         comp_id: CompId,
     },
+    FixSessionMarked {
+        comp_id: CompId,
+        mark: FixSessionMark,
+    },
 }
 
 impl Event {
@@ -416,7 +421,8 @@ impl Event {
             | Event::TradingStatus { .. }
             | Event::AdminRejected { .. }
             | Event::BrokerKeySet { .. }
-            | Event::FixCompIdSet { .. } => None,
+            | Event::FixCompIdSet { .. }
+            | Event::FixSessionMarked { .. } => None,
         }
     }
 }
@@ -674,6 +680,13 @@ impl Output {
             }
             Event::FixCompIdSet { broker, comp_id } => {
                 w.word(20).word(broker.0 as u64).bytes(&comp_id.0);
+            }
+            Event::FixSessionMarked { comp_id, mark } => {
+                w.word(21)
+                    .bytes(&comp_id.0)
+                    .word(mark.next_in as u64)
+                    .word(mark.next_out as u64)
+                    .word(mark.reports_received);
             }
         }
         w.len

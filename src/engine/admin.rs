@@ -22,6 +22,7 @@ impl State {
                 self.set_broker_key(broker, key_digest)
             }
             AdminCommand::SetFixCompId { broker, comp_id } => self.set_fix_comp_id(broker, comp_id),
+            AdminCommand::MarkFixSession { comp_id, mark } => self.mark_fix_session(comp_id, mark),
             AdminCommand::CreateAccount { account, owner } => {
                 if self.account_index.contains_key(&account) {
                     return Err(RejectReason::AccountExists);

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use exchange_domain::{
-    AccountId, AssetId, BrokerId, Command, CompId, Event, Input, KeyDigest, Name, NewOrder,
-    OrderId, Output, Price, Qty, RejectReason, Side, SymbolId, SymbolSpec,
+    AccountId, AssetId, BrokerId, Command, CompId, Event, FixSessionMark, Input, KeyDigest, Name,
+    NewOrder, OrderId, Output, Price, Qty, RejectReason, Side, SymbolId, SymbolSpec,
 };
 use rustc_hash::FxHashMap;
 
@@ -14,7 +14,7 @@ use crate::arena::{Handle, OrderArena};
 use crate::book::Book;
 use crate::brokers::{Broker, Recall};
 use crate::hash::OutputHasher;
-use crate::limits::{EngineConfig, BROKERS_MAX};
+use crate::limits::{EngineConfig, BROKERS_MAX, FIX_SESSIONS_MAX};
 use crate::sink::EventSink;
 use crate::wallet::Account;
 
@@ -46,6 +46,8 @@ pub(crate) struct State {
     pub assets: Vec<AssetSpec>,
     /// Deposits minus withdrawals per asset: what the balances of every account must sum to.
     pub asset_totals: BTreeMap<AssetId, i64>,
+    /// Each FIX session's place as its leader last marked it.
+    pub fix_sessions: BTreeMap<CompId, FixSessionMark>,
     pub trades: u64,
     pub executions: u64,
     pub last_seq: u64,
@@ -134,6 +136,7 @@ impl Engine {
                 brokers: Vec::new(),
                 broker_index: FxHashMap::default(),
                 assets: Vec::new(),
+                fix_sessions: BTreeMap::new(),
                 asset_totals: BTreeMap::new(),
                 trades: 0,
                 executions: 0,
@@ -297,6 +300,16 @@ impl Engine {
             .brokers
             .iter()
             .filter_map(|b| Some((b.id, b.fix_comp_id?)))
+    }
+
+    /// Where a FIX session stood at its last mark.
+    pub fn fix_session(&self, comp_id: &CompId) -> Option<FixSessionMark> {
+        self.state.fix_sessions.get(comp_id).copied()
+    }
+
+    /// Every FIX session's mark.
+    pub fn fix_sessions(&self) -> impl Iterator<Item = (CompId, FixSessionMark)> + '_ {
+        self.state.fix_sessions.iter().map(|(c, m)| (*c, *m))
     }
 
     /// Every symbol, in the order they were added.
@@ -514,7 +527,31 @@ impl State {
         {
             return Err(RejectReason::InvalidCompId);
         }
-        self.brokers[index as usize].fix_comp_id = Some(comp_id);
+        // A CompID that passes to another broker, or that a broker gives up, starts afresh.
+        let previous = self.brokers[index as usize].fix_comp_id.replace(comp_id);
+        if previous != Some(comp_id) {
+            if let Some(old) = previous {
+                self.fix_sessions.remove(&old);
+            }
+            self.fix_sessions.remove(&comp_id);
+        }
         Ok(Event::FixCompIdSet { broker, comp_id })
+    }
+
+    /// Records where a FIX session stands (replacing its earlier mark).
+    pub fn mark_fix_session(
+        &mut self,
+        comp_id: CompId,
+        mark: FixSessionMark,
+    ) -> Result<Event, RejectReason> {
+        if !comp_id.is_valid() {
+            return Err(RejectReason::InvalidCompId);
+        }
+        if self.fix_sessions.len() >= FIX_SESSIONS_MAX && !self.fix_sessions.contains_key(&comp_id)
+        {
+            return Err(RejectReason::InvalidCompId);
+        }
+        self.fix_sessions.insert(comp_id, mark);
+        Ok(Event::FixSessionMarked { comp_id, mark })
     }
 }

@@ -22,6 +22,9 @@ pub const CLIENT_ORDER_ID_WINDOW: usize = 4_096;
 /// A price band is given in basis points; more than 100% below the reference makes no sense
 /// for the lower bound but a wide upper band is allowed, up to 100x.
 pub const PRICE_BAND_BPS_MAX: u32 = 1_000_000;
+/// FIX sessions whose place is kept (brokers' and drop copies'): the leader marks only
+/// sessions that logged on, so this bounds what a misbehaving leader could make it hold.
+pub const FIX_SESSIONS_MAX: usize = 4_096;
 /// Assets that may be named (a lookup scans them: they are named by hand, and few).
 pub const NAMED_ASSETS_MAX: usize = 1_024;
 

@@ -7,8 +7,8 @@
 //! is an error, never a panic, and a restored state must pass the invariant check.
 
 use exchange_domain::{
-    AccountId, AssetId, BrokerId, ClientOrderId, CompId, KeyDigest, Name, OrderId, Price, Qty,
-    RejectReason, RiskLimits, SelfTradePrevention, Side, SymbolSpec, TimeInForce,
+    AccountId, AssetId, BrokerId, ClientOrderId, CompId, FixSessionMark, KeyDigest, Name, OrderId,
+    Price, Qty, RejectReason, RiskLimits, SelfTradePrevention, Side, SymbolSpec, TimeInForce,
 };
 
 use crate::arena::{Order, NIL};
@@ -21,7 +21,7 @@ use crate::limits::EngineConfig;
 use crate::wallet::{Account, Balance};
 
 /// Bumped whenever the snapshot's layout or meaning changes. Format 4 gave brokers their FIX
-/// CompID; format 3 snapshots are still read (`Snapshot::from_bytes`).
+/// CompID and kept FIX sessions' marks; format 3 snapshots are still read (`Snapshot::from_bytes`).
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub assets: Vec<NamedAsset>,
     /// In the engine's table order.
     pub brokers: Vec<BrokerSnapshot>,
+    /// Each FIX session's last mark, by CompID.
+    pub fix_sessions: Vec<(CompId, FixSessionMark)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -104,6 +106,7 @@ impl From<SnapshotV3> for Snapshot {
                     fix_comp_id: None,
                 })
                 .collect(),
+            fix_sessions: Vec::new(),
         }
     }
 }
@@ -356,6 +359,7 @@ impl Engine {
                     fix_comp_id: broker.fix_comp_id,
                 })
                 .collect(),
+            fix_sessions: state.fix_sessions.iter().map(|(c, m)| (*c, *m)).collect(),
         }
     }
 
@@ -454,6 +458,16 @@ impl Engine {
                 };
             }
             state.brokers.push(broker);
+        }
+        if snapshot.fix_sessions.len() > crate::limits::FIX_SESSIONS_MAX {
+            return Err(inconsistent("too many FIX sessions".into()));
+        }
+        for &(comp_id, mark) in &snapshot.fix_sessions {
+            if !comp_id.is_valid() || state.fix_sessions.insert(comp_id, mark).is_some() {
+                return Err(inconsistent(
+                    "a FIX session's CompID is invalid or twice".into(),
+                ));
+            }
         }
         let mut by_id = Vec::new();
         for (market_index, saved) in snapshot.markets.iter().enumerate() {

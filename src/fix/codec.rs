@@ -417,6 +417,9 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 pub struct Builder {
     msg_type: &'static str,
     body: Vec<u8>,
+    /// PossResend(97) Y in the header: the receiver may have had this message under another
+    /// number, and checks by its ids (an ExecutionReport by ExecID).
+    poss_resend: bool,
 }
 
 impl Builder {
@@ -424,12 +427,26 @@ impl Builder {
         Builder {
             msg_type,
             body: Vec::with_capacity(256),
+            poss_resend: false,
         }
     }
 
     /// A message whose body was written before (a resend).
-    pub fn with_body(msg_type: &'static str, body: Vec<u8>) -> Self {
-        Builder { msg_type, body }
+    pub fn with_body(msg_type: &'static str, body: Vec<u8>, poss_resend: bool) -> Self {
+        Builder {
+            msg_type,
+            body,
+            poss_resend,
+        }
+    }
+
+    /// Marks the message PossResend(97) Y.
+    pub fn set_poss_resend(&mut self) {
+        self.poss_resend = true;
+    }
+
+    pub fn is_poss_resend(&self) -> bool {
+        self.poss_resend
     }
 
     pub fn msg_type(&self) -> &'static str {
@@ -469,6 +486,9 @@ impl Builder {
         inner.push(tag::MSG_SEQ_NUM, header.seq);
         if header.poss_dup {
             inner.push(tag::POSS_DUP_FLAG, "Y");
+        }
+        if self.poss_resend {
+            inner.push(tag::POSS_RESEND, "Y");
         }
         inner.push(tag::SENDING_TIME, header.sending_time);
         if let Some(orig) = header.orig_sending_time {

@@ -9,13 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use exchange_client::catalog::Catalog;
-use exchange_domain::{BrokerId, Command, KeyDigest};
+use exchange_domain::{
+    AdminCommand, BrokerCommand, BrokerId, Command, CompId, Event, FixSessionMark, KeyDigest,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::codec::{tag, utc_timestamp, Builder, Frame, Framer, Message};
 use super::orders::{exec_id_of, Translated};
-use super::session::{SessionState, QUEUED_INBOUND_MAX};
+use super::session::{SessionState, NUMBERS_RESERVED_AHEAD, QUEUED_INBOUND_MAX};
 use super::EXCHANGE_COMP_ID;
 use crate::gateway::server::{catalog_of, Gateway, NotQueued, TranslatedLogon, TranslatedSession};
 
@@ -52,6 +54,9 @@ struct Slot {
     broker: BrokerId,
     state: Arc<AsyncMutex<SessionState>>,
     active: bool,
+    /// The Raft term this node led in when the state was made: in a later term another
+    /// leader may have gone on with the session, and its replicated mark is the truth.
+    term: u64,
 }
 
 /// The FIX acceptor of one node.
@@ -104,6 +109,90 @@ impl FixServer {
             (Arc::clone(&fresh), Some(Instant::now()));
         fresh
     }
+}
+
+/// Why outbound numbers could not be reserved.
+#[derive(Debug)]
+struct NotReserved;
+
+impl FixServer {
+    /// Queues a mark of a session (where it stands, for a later leader) for sequencing.
+    async fn propose_mark(
+        &self,
+        comp_id: &str,
+        mark: FixSessionMark,
+    ) -> Option<crate::replication::sequencer::Queued> {
+        let comp_id = CompId::new(comp_id).ok()?;
+        let command = Command::Admin(AdminCommand::MarkFixSession { comp_id, mark });
+        Some(
+            self.gateway
+                .sequencer
+                .enqueue_many(vec![BrokerCommand::operator(command)])
+                .await,
+        )
+    }
+
+    /// Proposes the session's mark unless it says what the last one said; nobody waits for
+    /// it (a later mark carries as much).
+    async fn mark_if_changed(&self, state: &mut SessionState) {
+        let mark = state.mark();
+        if state.marked == Some(mark) {
+            return;
+        }
+        state.marked = Some(mark);
+        let _ = self.propose_mark(&state.comp_id, mark).await;
+    }
+
+    /// Makes sure `count` more outbound numbers may be used: asks for the next block of
+    /// numbers when half the reservation is used, and waits for it only when they run out
+    /// (the session's lock is held meanwhile: nothing else may number a message).
+    async fn reserve(
+        &self,
+        shared: &Arc<AsyncMutex<SessionState>>,
+        state: &mut SessionState,
+        count: u64,
+    ) -> Result<(), NotReserved> {
+        let needed = state.next_out + count;
+        let low = state.numbers_left() < count + NUMBERS_RESERVED_AHEAD / 2;
+        let asking = state.out_reserving > state.out_reserved;
+        if needed <= state.out_reserved && (!low || asking) {
+            return Ok(());
+        }
+        let target = needed + NUMBERS_RESERVED_AHEAD;
+        state.out_reserving = state.out_reserving.max(target);
+        let mark = state.mark();
+        state.marked = Some(mark);
+        let Some(queued) = self.propose_mark(&state.comp_id, mark).await else {
+            return Err(NotReserved);
+        };
+        if needed > state.out_reserved {
+            if !mark_committed(queued.answers().await) {
+                state.out_reserving = state.out_reserved;
+                return Err(NotReserved);
+            }
+            state.out_reserved = state.out_reserved.max(mark.next_out.into());
+            return Ok(());
+        }
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            let committed = mark_committed(queued.answers().await);
+            let mut state = shared.lock().await;
+            if committed {
+                state.out_reserved = state.out_reserved.max(mark.next_out.into());
+            } else if state.out_reserving == u64::from(mark.next_out) {
+                state.out_reserving = state.out_reserved;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Whether a mark's command was committed and applied as a mark.
+fn mark_committed(answers: Vec<crate::replication::sequencer::Answer>) -> bool {
+    matches!(
+        answers.first(),
+        Some(Ok(outputs)) if outputs.iter().any(|o| matches!(o.event, Event::FixSessionMarked { .. }))
+    )
 }
 
 /// Accepts FIX connections (over TLS with `tls`) until the listener fails.
@@ -328,6 +417,11 @@ async fn run_connection<R, W>(
         if connection.flush_orders().await == Flow::Close {
             break 'session Flow::Close;
         }
+        {
+            // Every message taken so far had its commands queued: a mark may say so.
+            let mut state = connection.state.lock().await;
+            state.in_sequenced = state.next_in;
+        }
         tokio::select! {
             read = reader.read(&mut buffer) => match read {
                 Ok(n) if n > 0 => framer.extend(&buffer[..n]),
@@ -359,6 +453,9 @@ async fn run_connection<R, W>(
                     }
                     _ => {}
                 }
+                if connection.ask_receipt_and_mark().await.is_err() {
+                    break Flow::Close;
+                }
                 let since_sent = connection.last_sent.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
                 if since_sent >= connection.heart_bt_int && connection.send_admin(Builder::new("0")).await.is_err() {
                     break Flow::Close;
@@ -368,6 +465,12 @@ async fn run_connection<R, W>(
     };
     debug_assert_eq!(flow, Flow::Close);
     reports.abort();
+    {
+        // Where the session ends, for whichever leader it logs on to next.
+        let mut state = connection.state.lock().await;
+        state.in_sequenced = state.next_in;
+        server.mark_if_changed(&mut state).await;
+    }
     let _ = stop_writing.send(());
     // A broker that does not read keeps neither the task nor the socket: a second at most.
     if tokio::time::timeout(Duration::from_secs(1), &mut writer_task)
@@ -560,17 +663,21 @@ async fn log_on<W: AsyncWrite + Unpin>(
     // The session's state, for this connection alone. A CompID this node has not served yet
     // (its first logon here, or the first on a new leader) starts from the broker's orders as
     // the journal knows them, so that fills of orders entered before are reported.
+    // In a term of its own, a node goes on from the session's replicated mark (another
+    // leader may have served it since), not from what it kept in memory.
+    let term = server.gateway.leadership.term();
     let known = server
         .sessions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&sender)
-        .is_some_and(|slot| slot.broker == broker);
+        .is_some_and(|slot| slot.broker == broker && slot.term == term);
     let mut seeded = if known {
         None
     } else {
         Some(seeded_session(server, broker, scope, &sender).await)
     };
+    let resumed = seeded.as_ref().is_some_and(|(_, resumed)| *resumed);
     let state = {
         let mut sessions = server.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let cursor = *server.gateway.reports.subscribe().borrow();
@@ -579,15 +686,18 @@ async fn log_on<W: AsyncWrite + Unpin>(
             state: Arc::new(AsyncMutex::new(
                 seeded
                     .take()
+                    .map(|(state, _)| state)
                     .unwrap_or_else(|| SessionState::new(broker, sender.clone(), cursor)),
             )),
             active: false,
+            term,
         };
         let slot = sessions.entry(sender.clone()).or_insert_with(&mut fresh);
         // The CompID was another broker's: nothing of that session (its numbers, its messages,
         // its orders) passes to this one. While the other's connection lasts, it is refused
-        // below as logged on already; that connection ends at its next message.
-        if slot.broker != broker && !slot.active {
+        // below as logged on already; that connection ends at its next message. A state of an
+        // earlier term gives way to the mark likewise.
+        if (slot.broker != broker || slot.term != term) && !slot.active {
             *slot = fresh();
         }
         if slot.active {
@@ -611,6 +721,22 @@ async fn log_on<W: AsyncWrite + Unpin>(
     let mut guard = state.lock().await;
     if reset {
         guard.reset();
+    }
+    // A TestRequest asked on an earlier connection is never answered.
+    guard.receipt_asked = None;
+    // The Logon's answer and a ResendRequest: numbers reserved by a committed mark first,
+    // which also proves this node still leads.
+    if server.reserve(&state, &mut guard, 2).await.is_err() {
+        drop(guard);
+        release(server);
+        let why = refused("not the leader any more; try another node".into());
+        refuse(&server.metrics, writer, &sender, &why).await;
+        return None;
+    }
+    if resumed {
+        // Reports up to here (everything applied before the mark just committed) may have
+        // reached the broker from the old leader.
+        guard.poss_resend_through = *server.gateway.reports.subscribe().borrow();
     }
     if seq < guard.next_in {
         let text = format!(
@@ -689,9 +815,23 @@ async fn seeded_session(
     broker: BrokerId,
     scope: Scope,
     comp_id: &str,
-) -> SessionState {
+) -> (SessionState, bool) {
     let reports = &server.gateway.reports;
-    let cursor = *reports.subscribe().borrow();
+    let mark = match CompId::new(comp_id) {
+        Ok(comp_id) => server
+            .gateway
+            .engine
+            .query(move |engine| engine.fix_session(&comp_id))
+            .await
+            .ok()
+            .flatten(),
+        Err(_) => None,
+    };
+    // A session an earlier leader marked goes on from where its broker confirmed its reports.
+    let cursor = match mark {
+        Some(mark) => mark.reports_received,
+        None => *reports.subscribe().borrow(),
+    };
     let mut state = SessionState::new(broker, comp_id.to_string(), cursor);
     let catalog = server.catalog(|_| false).await;
     let mut since = 0;
@@ -723,7 +863,10 @@ async fn seeded_session(
         // A long journal is read a batch at a time, between other sessions' work.
         tokio::task::yield_now().await;
     }
-    state
+    if let Some(mark) = mark {
+        state.resume(mark);
+    }
+    (state, mark.is_some())
 }
 
 impl Connection {
@@ -733,15 +876,24 @@ impl Connection {
         state: &mut SessionState,
         messages: impl IntoIterator<Item = (Builder, bool)>,
     ) -> std::io::Result<()> {
-        let now = utc_timestamp(SystemTime::now());
-        let mut bytes = Vec::new();
-        let mut count = 0;
-        for (message, admin) in messages {
-            bytes.extend(state.number(&message, &now, admin));
-            count += 1;
-        }
+        let messages: Vec<(Builder, bool)> = messages.into_iter().collect();
+        let count = messages.len() as u64;
         if count == 0 {
             return Ok(());
+        }
+        self.server
+            .reserve(&self.state, state, count)
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "no outbound numbers: this node no longer leads",
+                )
+            })?;
+        let now = utc_timestamp(SystemTime::now());
+        let mut bytes = Vec::new();
+        for (message, admin) in &messages {
+            bytes.extend(state.number(message, &now, *admin));
         }
         self.outbox.send(bytes).await.map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection is closed")
@@ -751,6 +903,21 @@ impl Connection {
             .metrics
             .messages_sent
             .fetch_add(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Asks the broker to confirm the reports sent since it last did (a TestRequest, whose
+    /// Heartbeat answers for every message before it), and marks the session if it moved.
+    async fn ask_receipt_and_mark(&self) -> std::io::Result<()> {
+        let mut state = self.state.lock().await;
+        if state.receipt_asked.is_none() && state.report_cursor > state.reports_received {
+            let position = state.report_cursor;
+            let id = format!("RECEIPT-{position}");
+            state.receipt_asked = Some((id.clone(), position));
+            let ask = Builder::new("1").field(tag::TEST_REQ_ID, id);
+            self.send_locked(&mut state, [(ask, true)]).await?;
+        }
+        self.server.mark_if_changed(&mut state).await;
         Ok(())
     }
 
@@ -942,7 +1109,22 @@ impl Connection {
     /// A message in sequence.
     async fn process(self: &Arc<Self>, message: Message, seq: u64) -> Flow {
         match message.msg_type() {
-            "0" | "3" => Flow::Continue,
+            "0" => {
+                // The answer to a TestRequest asking for receipt: the broker has every report
+                // numbered before it.
+                let mut state = self.state.lock().await;
+                let confirmed = match (&state.receipt_asked, message.get(tag::TEST_REQ_ID)) {
+                    (Some((asked, position)), Some(id)) if asked == id => Some(*position),
+                    _ => None,
+                };
+                if let Some(position) = confirmed {
+                    state.receipt_asked = None;
+                    state.reports_received = state.reports_received.max(position);
+                    self.server.mark_if_changed(&mut state).await;
+                }
+                Flow::Continue
+            }
+            "3" => Flow::Continue,
             "A" => Flow::Continue, // the Logon that waited behind a gap: already answered
             "1" => {
                 let mut b = Builder::new("0");
@@ -1306,7 +1488,12 @@ impl Connection {
                 };
                 last_seq = Some(output.seq);
                 let exec_id = exec_id_of(output, k);
+                let first = out.len();
                 out.extend(state.application.on_output(output, &catalog, &exec_id));
+                if output.seq <= state.poss_resend_through {
+                    // The old leader may have sent it: the broker checks the ExecID.
+                    out[first..].iter_mut().for_each(Builder::set_poss_resend);
+                }
             }
             if let Some(last) = batch.last() {
                 state.report_cursor = last.seq;

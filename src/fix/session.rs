@@ -1,10 +1,11 @@
 //! What a FIX session keeps between its connections on this node: the sequence numbers both
 //! ways, the application messages sent (for ResendRequest), where its execution reports
-//! stand in the broker's report journal, and its orders.
+//! stand in the broker's report journal, and its orders. What a new leader needs of it to go
+//! on is replicated as the session's mark ([`FixSessionMark`], docs/fix.md).
 
 use std::collections::{BTreeMap, VecDeque};
 
-use exchange_domain::BrokerId;
+use exchange_domain::{BrokerId, FixSessionMark};
 
 use super::codec::{Builder, Header};
 use super::orders::Application;
@@ -17,11 +18,17 @@ pub const STORED_MESSAGES_MAX: usize = 100_000;
 /// asks for them again instead.
 pub const QUEUED_INBOUND_MAX: usize = 10_000;
 
+/// Outbound numbers reserved at a time by a replicated mark: a leader numbers messages only
+/// below a committed reservation, so a new leader that starts at the reservation never
+/// reuses a number the old one sent. Another block is asked for when half is used.
+pub const NUMBERS_RESERVED_AHEAD: u64 = 10_000;
+
 /// A sent application message, as a resend writes it again.
 pub struct Stored {
     pub msg_type: &'static str,
     pub body: Vec<u8>,
     pub sending_time: String,
+    pub poss_resend: bool,
 }
 
 /// One session's state on this node.
@@ -40,6 +47,23 @@ pub struct SessionState {
     pub queued: BTreeMap<u64, super::codec::Message>,
     /// The highest MsgSeqNum a ResendRequest now outstanding asked up to (0: none).
     pub resend_pending_to: u64,
+    /// Numbers below this are reserved by a committed mark: `next_out` may not pass it.
+    pub out_reserved: u64,
+    /// The reservation asked for and not yet committed (equal to `out_reserved`: none).
+    pub out_reserving: u64,
+    /// Every message below this MsgSeqNum had its commands queued for sequencing: a mark
+    /// taken now may say so.
+    pub in_sequenced: u64,
+    /// The report journal's position up to which the broker confirmed receipt.
+    pub reports_received: u64,
+    /// A TestRequest asking the broker to confirm receipt: its TestReqID and the journal
+    /// position its answer confirms.
+    pub receipt_asked: Option<(String, u64)>,
+    /// Reports up to this journal position may have reached the broker from an earlier
+    /// leader: they go out marked PossResend(97).
+    pub poss_resend_through: u64,
+    /// The last mark proposed, so an unchanged session is not marked again.
+    pub marked: Option<FixSessionMark>,
 }
 
 impl SessionState {
@@ -54,21 +78,70 @@ impl SessionState {
             application: Application::default(),
             queued: BTreeMap::new(),
             resend_pending_to: 0,
+            out_reserved: 1,
+            out_reserving: 1,
+            in_sequenced: 1,
+            reports_received: report_cursor,
+            receipt_asked: None,
+            poss_resend_through: 0,
+            marked: None,
         }
+    }
+
+    /// Goes on from a mark an earlier leader made: its numbers, and its reports from where the
+    /// broker last confirmed them (those after are sent again, marked PossResend, since this
+    /// node cannot know which the broker got).
+    pub fn resume(&mut self, mark: FixSessionMark) {
+        self.next_in = u64::from(mark.next_in);
+        self.in_sequenced = self.next_in;
+        self.next_out = u64::from(mark.next_out);
+        self.out_reserved = self.next_out;
+        self.out_reserving = self.next_out;
+        self.report_cursor = mark.reports_received;
+        self.reports_received = mark.reports_received;
+        self.marked = Some(mark);
+    }
+
+    /// The mark that says where the session stands now, with outbound numbers reserved up to
+    /// `next_out` (the larger of what is reserved and what is being asked for).
+    pub fn mark(&self) -> FixSessionMark {
+        let number = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        FixSessionMark {
+            next_in: number(self.in_sequenced),
+            next_out: number(self.out_reserved.max(self.out_reserving)),
+            reports_received: self.reports_received,
+        }
+    }
+
+    /// How many more numbers may be used before a reservation commits.
+    pub fn numbers_left(&self) -> u64 {
+        self.out_reserved.saturating_sub(self.next_out)
     }
 
     /// Both directions start again at 1 (ResetSeqNumFlag).
     pub fn reset(&mut self) {
         self.next_out = 1;
         self.next_in = 1;
+        self.in_sequenced = 1;
+        self.out_reserved = 1;
+        self.out_reserving = 1;
         self.stored.clear();
         self.queued.clear();
         self.resend_pending_to = 0;
+        self.receipt_asked = None;
     }
 
     /// The next message's bytes and number; an application message is kept for resends.
     pub fn number(&mut self, message: &Builder, sending_time: &str, admin: bool) -> Vec<u8> {
         let seq = self.next_out;
+        // The callers reserve first (`Connection::reserve`, the logon): a number past the
+        // reservation could be one a new leader also sends.
+        assert!(
+            seq < self.out_reserved,
+            "FIX session {}: number {seq} used past the reservation {}",
+            self.comp_id,
+            self.out_reserved
+        );
         self.next_out += 1;
         let bytes = message.finish(&Header {
             sender: super::EXCHANGE_COMP_ID,
@@ -88,6 +161,7 @@ impl SessionState {
                     msg_type: message.msg_type(),
                     body: message.body().to_vec(),
                     sending_time: sending_time.to_string(),
+                    poss_resend: message.is_poss_resend(),
                 },
             ));
         }
@@ -113,7 +187,8 @@ impl SessionState {
             if *seq > next {
                 out.push(self.gap_fill(next, *seq, sending_time));
             }
-            let message = Builder::with_body(stored.msg_type, stored.body.clone());
+            let message =
+                Builder::with_body(stored.msg_type, stored.body.clone(), stored.poss_resend);
             out.push(message.finish(&Header {
                 sender: super::EXCHANGE_COMP_ID,
                 target: &self.comp_id,
@@ -153,6 +228,7 @@ mod tests {
     #[test]
     fn a_resend_repeats_application_messages_and_gap_fills_the_rest() {
         let mut state = SessionState::new(BrokerId(1), "BROKER1".into(), 0);
+        state.out_reserved = 100;
         let t = "20261203-09:31:03.123";
         state.number(&Builder::new("A"), t, true); // 1
         state.number(&Builder::new("8").field(tag::CL_ORD_ID, "a"), t, false); // 2

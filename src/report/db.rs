@@ -588,14 +588,15 @@ impl<'tx> Rows<'tx> {
                     .context("inserting an asset")?;
                 Ok(1)
             }
-            // Administration the reports do not cover (accounts, limits, halts, keys, CompIDs).
+            // Administration the reports do not cover (accounts, limits, halts, keys, FIX sessions).
             Event::AccountCreated { .. }
             | Event::RiskLimitsSet { .. }
             | Event::PriceBandSet { .. }
             | Event::TradingStatus { .. }
             | Event::AdminRejected { .. }
             | Event::BrokerKeySet { .. }
-            | Event::FixCompIdSet { .. } => Ok(0),
+            | Event::FixCompIdSet { .. }
+            | Event::FixSessionMarked { .. } => Ok(0),
         }
     }
 

@@ -254,6 +254,70 @@ fn a_fix_comp_id_names_one_registered_broker_and_survives_a_snapshot() {
     assert!(Engine::restore(&snapshot).is_err());
 }
 
+#[test]
+fn a_fix_session_mark_is_replaced_kept_in_a_snapshot_and_dropped_with_its_comp_id() {
+    use exchange_domain::{CompId, FixSessionMark};
+    let mut h = brokers();
+    let comp_id = |text| CompId::new(text).unwrap();
+    let mark = |next_in, next_out, reports_received| FixSessionMark {
+        next_in,
+        next_out,
+        reports_received,
+    };
+    let set_mark = |h: &mut Harness, text, m| {
+        h.admin(AdminCommand::MarkFixSession {
+            comp_id: comp_id(text),
+            mark: m,
+        })
+    };
+    h.admin(AdminCommand::SetFixCompId {
+        broker: BROKER_A,
+        comp_id: comp_id("FIRM-A"),
+    });
+    assert!(matches!(
+        set_mark(&mut h, "FIRM-A", mark(5, 10_001, 40))[..],
+        [Event::FixSessionMarked { mark: m, .. }] if m == mark(5, 10_001, 40)
+    ));
+    // A later mark replaces the earlier one whole (a reset moves numbers down).
+    set_mark(&mut h, "FIRM-A", mark(1, 10_001, 41));
+    // A drop copy's CompID is no broker's, and is marked all the same.
+    set_mark(&mut h, "DROP", mark(2, 3, 4));
+    assert_eq!(
+        h.engine.fix_session(&comp_id("FIRM-A")),
+        Some(mark(1, 10_001, 41))
+    );
+    let restored = Engine::restore(&h.engine.snapshot()).expect("restore");
+    assert_eq!(
+        restored.fix_sessions().collect::<Vec<_>>(),
+        h.engine.fix_sessions().collect::<Vec<_>>()
+    );
+    // Bytes no CompId::new makes are refused.
+    let mut forged = comp_id("X");
+    forged.0[5] = b'Y';
+    assert_eq!(
+        rejection(&h.admin(AdminCommand::MarkFixSession {
+            comp_id: forged,
+            mark: mark(1, 1, 1),
+        })),
+        Some(RejectReason::InvalidCompId)
+    );
+    // Setting the same CompID again keeps the session; giving the broker another starts both
+    // the old and the new CompID afresh.
+    h.admin(AdminCommand::SetFixCompId {
+        broker: BROKER_A,
+        comp_id: comp_id("FIRM-A"),
+    });
+    assert!(h.engine.fix_session(&comp_id("FIRM-A")).is_some());
+    set_mark(&mut h, "FIRM-A2", mark(7, 7, 7));
+    h.admin(AdminCommand::SetFixCompId {
+        broker: BROKER_A,
+        comp_id: comp_id("FIRM-A2"),
+    });
+    assert_eq!(h.engine.fix_session(&comp_id("FIRM-A")), None);
+    assert_eq!(h.engine.fix_session(&comp_id("FIRM-A2")), None);
+    assert_eq!(h.engine.fix_session(&comp_id("DROP")), Some(mark(2, 3, 4)));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
