@@ -713,3 +713,217 @@ async fn a_quickfix_broker_trades_over_tls_and_checks_the_certificate() {
     );
     broker.stop();
 }
+
+/// A sell of broker 2's account 2001 on AAPL at 100.00, over the native protocol.
+fn aapl_sell(client_order_id: u64, qty: i64) -> ExchangeCommand {
+    match support::limit(2001, exchange::domain::Side::Sell, 10_000, qty) {
+        ExchangeCommand::NewOrder(mut o) => {
+            o.symbol = AAPL;
+            o.client_order_id = exchange::domain::ClientOrderId(client_order_id);
+            ExchangeCommand::NewOrder(o)
+        }
+        other => other,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QuickFIX: scripts/quickfix.sh builds it; scripts/test.sh runs this"]
+async fn a_quickfix_broker_and_drop_copy_ride_out_a_leader_kill() {
+    let mut cluster = Cluster::start(
+        "fix-quickfix-failover",
+        3,
+        BASE_PORT + 40,
+        &["--fix-listen", "127.0.0.1:{fix}"],
+    );
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    setup(&cluster).await;
+    // Every node, as a broker configures them: the initiators find the leader themselves.
+    let ports: Vec<u16> = (1..=3).map(|id| cluster.fix_port(id)).collect();
+    let dir = cluster.dir.join("quickfix");
+    let mut broker = Initiator::start(&dir.join("broker1"), "BROKER1", key(1), &ports);
+    let mut drop_copy = Initiator::start(&dir.join("drop-copy"), DROP_COPY.0, DROP_COPY.1, &ports);
+    broker.wait_for(Duration::from_secs(20), "LOGON", |f| f.kind == "LOGON");
+    drop_copy.wait_for(Duration::from_secs(20), "LOGON", |f| f.kind == "LOGON");
+    let mut seller = cluster.client_with_key(key(2));
+    let sell = aapl_sell;
+
+    // Buys of 2 at 100.00, each filled in two halves by broker 2's sells in the end.
+    const ORDERS: usize = 30;
+    let id = |i: usize| format!("k-{i}");
+    for i in 1..=10 {
+        broker.send(&order(&id(i), 1001, 1, 2, "100.00"));
+    }
+    for i in 1..=10 {
+        broker.wait_for(WAIT, "a New", |f| {
+            f.is("FROM_APP", "8") && f.get(11) == Some(id(i).as_str())
+        });
+    }
+    submit(&mut seller, sell(1, 5), WAIT).await;
+    // The stream goes on while the leader dies: some of these reach the old leader, some
+    // are committed without an answer, some never arrive.
+    for i in 11..=20 {
+        broker.send(&order(&id(i), 1001, 1, 2, "100.00"));
+    }
+    cluster.kill(leader);
+    let killed = Instant::now();
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    assert_ne!(new_leader, leader);
+    // Fills while the broker and its drop copy are away.
+    submit(&mut seller, sell(2, 4), WAIT).await;
+    let was_logged_on = |i: &Initiator| i.seen.iter().filter(|f| f.kind == "LOGON").count();
+    let before = (was_logged_on(&broker), was_logged_on(&drop_copy));
+    let back = |i: &mut Initiator, before: usize| {
+        while was_logged_on(i) == before {
+            i.wait_for(Duration::from_secs(30), "LOGON on the new leader", |f| {
+                f.kind == "LOGON"
+            });
+        }
+    };
+    back(&mut broker, before.0);
+    back(&mut drop_copy, before.1);
+    eprintln!(
+        "both QuickFIX sessions logged on to node {new_leader} {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    // Orders with no answer at all are sent again, PossResend: entered once, whatever the
+    // old leader did with them.
+    broker.drain(Duration::from_secs(1));
+    for i in 11..=20 {
+        if broker.reports_of(&id(i)).is_empty() {
+            broker.send(&format!("97=Y|{}", order(&id(i), 1001, 1, 2, "100.00")));
+        }
+    }
+    for i in 21..=ORDERS {
+        broker.send(&order(&id(i), 1001, 1, 2, "100.00"));
+    }
+    for i in 1..=ORDERS {
+        if broker.reports_of(&id(i)).is_empty() {
+            broker.wait_for(WAIT, "an answer", |f| {
+                f.is("FROM_APP", "8") && f.get(11) == Some(id(i).as_str())
+            });
+        }
+    }
+    // The rest of every order is filled: 2 each, 9 so far.
+    submit(&mut seller, sell(3, 2 * ORDERS as i64 - 9), WAIT).await;
+    let filled = |i: &Initiator, n: usize| {
+        i.seen.iter().any(|f| {
+            f.is("FROM_APP", "8") && f.get(11) == Some(id(n).as_str()) && f.get(39) == Some("2")
+        })
+    };
+    for n in 1..=ORDERS {
+        if !filled(&broker, n) {
+            broker.wait_for(WAIT, "a last fill", |f| {
+                f.is("FROM_APP", "8") && f.get(11) == Some(id(n).as_str()) && f.get(39) == Some("2")
+            });
+        }
+        if !filled(&drop_copy, n) {
+            drop_copy.wait_for(WAIT, "a last fill", |f| {
+                f.is("FROM_APP", "8") && f.get(11) == Some(id(n).as_str()) && f.get(39) == Some("2")
+            });
+        }
+    }
+    broker.drain(Duration::from_secs(1));
+    drop_copy.drain(Duration::from_secs(1));
+
+    // Each initiator: every report the engine made, each under one ExecID; a copy of one
+    // comes again only marked PossResend(97) or PossDupFlag(43), with the same content.
+    let engine_made = |f: &Fix| {
+        f.is("FROM_APP", "8")
+            && f.get(11).is_some_and(|c| c.starts_with("k-"))
+            && matches!(f.get(150), Some("0" | "F"))
+    };
+    let reports = |i: &Initiator| {
+        let mut by_exec_id = std::collections::BTreeMap::<String, Fix>::new();
+        for f in i.seen.iter().filter(|f| engine_made(f)) {
+            let exec_id = f.get(17).expect("ExecID").to_string();
+            match by_exec_id.get(&exec_id) {
+                None => {
+                    by_exec_id.insert(exec_id, f.clone());
+                }
+                Some(first) => {
+                    assert!(
+                        f.get(97) == Some("Y") || f.get(43) == Some("Y"),
+                        "{}: ExecID {exec_id} came twice, the second time not marked as a \
+                         possible resend: {f:?}",
+                        i.name
+                    );
+                    let content = |f: &Fix| {
+                        [11, 37, 150, 39, 14, 151, 32, 31].map(|t| f.get(t).map(str::to_string))
+                    };
+                    assert_eq!(content(first), content(f), "{}: {exec_id}", i.name);
+                }
+            }
+        }
+        by_exec_id
+    };
+    let (to_broker, copied) = (reports(&broker), reports(&drop_copy));
+    for n in 1..=ORDERS {
+        let of_order: Vec<&Fix> = to_broker
+            .values()
+            .filter(|f| f.get(11) == Some(id(n).as_str()))
+            .collect();
+        // Entered once: one New, one OrderID; nothing lost: its fills add up to its 2.
+        assert_eq!(
+            of_order.iter().filter(|f| f.get(150) == Some("0")).count(),
+            1,
+            "{}: {of_order:?}",
+            id(n)
+        );
+        let order_ids: std::collections::BTreeSet<_> =
+            of_order.iter().filter_map(|f| f.get(37)).collect();
+        assert_eq!(order_ids.len(), 1, "{}: {of_order:?}", id(n));
+        let filled: u64 = of_order
+            .iter()
+            .filter(|f| f.get(150) == Some("F"))
+            .map(|f| f.get(32).unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(filled, 2, "{}: fills reported {of_order:?}", id(n));
+    }
+    assert_eq!(
+        copied.keys().collect::<Vec<_>>(),
+        to_broker.keys().collect::<Vec<_>>(),
+        "the drop copy's reports are the broker's"
+    );
+    // The broker went on with its numbers: no logon asked for a reset, none was too low.
+    for i in [&broker, &drop_copy] {
+        assert!(
+            !i.seen
+                .iter()
+                .any(|f| f.is("TO_ADMIN", "A") && f.get(141) == Some("Y")),
+            "{}: a Logon reset the numbers",
+            i.name
+        );
+        assert!(
+            !i.seen
+                .iter()
+                .any(|f| f.is("FROM_ADMIN", "5") && f.get(58).unwrap_or("").contains("too low")),
+            "{}: {:?}",
+            i.name,
+            i.seen
+                .iter()
+                .filter(|f| f.get(35) == Some("5"))
+                .collect::<Vec<_>>()
+        );
+        let rejects = i.rejects_sent();
+        assert!(
+            rejects.is_empty(),
+            "{}: QuickFIX refused messages of the exchange: {rejects:?}",
+            i.name
+        );
+    }
+    let resent = |i: &Initiator| {
+        i.seen
+            .iter()
+            .filter(|f| f.is("FROM_APP", "8") && f.get(97) == Some("Y"))
+            .count()
+    };
+    eprintln!(
+        "reports: {} to the broker ({} of them PossResend), {} to the drop copy ({} PossResend)",
+        to_broker.len(),
+        resent(&broker),
+        copied.len(),
+        resent(&drop_copy)
+    );
+    broker.stop();
+    drop_copy.stop();
+}

@@ -10,7 +10,7 @@
 // With `tls`, QuickFIX's SSLSocketInitiator (OpenSSL): the session settings name the CA that
 // signed the exchange's certificate (CertificationAuthoritiesFile).
 // Commands (stdin):
-//   send TAG=VALUE|TAG=VALUE|...   an application message; 35 goes into the header
+//   send TAG=VALUE|TAG=VALUE|...   an application message; 35 and 97 go into the header
 //   skip N                         the next message is sent N numbers ahead (a gap)
 //   logout                         a Logout(5)
 //   quit
@@ -91,7 +91,8 @@ static bool send(Broker& broker, const std::string& fields) {
     if (eq == std::string::npos) return false;
     int tag = std::stoi(part.substr(0, eq));
     std::string value = part.substr(eq + 1);
-    if (tag == 35) {
+    // MsgType and PossResend belong to the header.
+    if (tag == 35 || tag == 97) {
       message.getHeader().setField(tag, value);
     } else {
       message.setField(tag, value);
