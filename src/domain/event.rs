@@ -99,7 +99,8 @@ pub enum RejectReason {
     InvalidAssetSpec,
     /// Another broker already has this key: a key must name one broker.
     KeyInUse,
-    /// The FIX CompID is malformed or another broker's, or the broker is not registered.
+    /// The FIX CompID is malformed or another broker's, or the broker is not registered; or a
+    /// FIX session's mark is malformed, or one too many.
     InvalidCompId,
 }
 

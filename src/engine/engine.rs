@@ -547,6 +547,10 @@ impl State {
         if !comp_id.is_valid() {
             return Err(RejectReason::InvalidCompId);
         }
+        // Numbers start at 1.
+        if mark.next_in == 0 || mark.next_out == 0 {
+            return Err(RejectReason::InvalidCompId);
+        }
         if self.fix_sessions.len() >= FIX_SESSIONS_MAX && !self.fix_sessions.contains_key(&comp_id)
         {
             return Err(RejectReason::InvalidCompId);

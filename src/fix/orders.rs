@@ -502,6 +502,41 @@ impl Application {
 
     /// Translates OrderMassCancelRequest(q): by symbol (530=1) or everything (530=7), for
     /// Account(1) or, without it, for every account with a live order.
+    /// The answer to a cancel, replace or mass cancel sent again after a change of leader
+    /// from where the old leader may have taken it: the exchange cannot tell whether it took
+    /// effect (these have no exactly-once key, as a new order's ClOrdID is), so it does not run
+    /// it a second time; the broker asks the orders' status and sends a new request if needed.
+    pub fn resent_across_failover(message: &Message, seq: u64) -> Result<Builder, FieldProblem> {
+        let cl_ord_id = message.require(tag::CL_ORD_ID)?;
+        let text = "sent again after a change of leader, and it may have taken effect before: \
+                    not run a second time; ask the orders' status (OrderStatusRequest) and send \
+                    a new request if it is still wanted";
+        if message.msg_type() == "q" {
+            return Ok(Builder::new("r")
+                .field(tag::CL_ORD_ID, cl_ord_id)
+                .field(tag::ORDER_ID, format!("M{seq}"))
+                .field(
+                    tag::MASS_CANCEL_REQUEST_TYPE,
+                    message.require(tag::MASS_CANCEL_REQUEST_TYPE)?,
+                )
+                .field(tag::MASS_CANCEL_RESPONSE, "0")
+                .field(tag::MASS_CANCEL_REJECT_REASON, 99)
+                .field(tag::TEXT, text)
+                .field(tag::TOTAL_AFFECTED_ORDERS, 0));
+        }
+        Ok(Builder::new("9")
+            .field(tag::ORDER_ID, message.get(tag::ORDER_ID).unwrap_or("NONE"))
+            .field(tag::CL_ORD_ID, cl_ord_id)
+            .field(tag::ORIG_CL_ORD_ID, message.require(tag::ORIG_CL_ORD_ID)?)
+            .field(tag::ORD_STATUS, "8")
+            .field(
+                tag::CXL_REJ_RESPONSE_TO,
+                if message.msg_type() == "G" { "2" } else { "1" },
+            )
+            .field(tag::CXL_REJ_REASON, 99)
+            .field(tag::TEXT, text))
+    }
+
     pub fn mass_cancel(
         &mut self,
         message: &Message,

@@ -27,6 +27,10 @@ pub const LOGON_TIMEOUT: Duration = Duration::from_secs(5);
 /// HeartBtInt(108) accepted, in seconds.
 pub const HEART_BT_INT_MAX: u64 = 600;
 
+/// A TestRequest asking for receipt of reports that is not answered within this is asked
+/// again (its answer may have been lost in a gap).
+const RECEIPT_ASKED_AGAIN_AFTER: Duration = Duration::from_secs(5);
+
 /// Reports the journal hands over at a time.
 const REPORTS_PER_BATCH: usize = 1_024;
 
@@ -136,7 +140,7 @@ impl FixServer {
     /// it (a later mark carries as much).
     async fn mark_if_changed(&self, state: &mut SessionState) {
         let mark = state.mark();
-        if state.marked == Some(mark) {
+        if state.marked == Some(mark) || state.retired {
             return;
         }
         state.marked = Some(mark);
@@ -152,6 +156,9 @@ impl FixServer {
         state: &mut SessionState,
         count: u64,
     ) -> Result<(), NotReserved> {
+        if state.retired {
+            return Err(NotReserved);
+        }
         let needed = state.next_out + count;
         let low = state.numbers_left() < count + NUMBERS_RESERVED_AHEAD / 2;
         let asking = state.out_reserving > state.out_reserved;
@@ -159,6 +166,10 @@ impl FixServer {
             return Ok(());
         }
         let target = needed + NUMBERS_RESERVED_AHEAD;
+        // A mark holds numbers below 2^32 (MsgSeqNum is a 32-bit int in most FIX engines).
+        if target > u64::from(u32::MAX) {
+            return Err(NotReserved);
+        }
         state.out_reserving = state.out_reserving.max(target);
         let mark = state.mark();
         state.marked = Some(mark);
@@ -171,13 +182,19 @@ impl FixServer {
                 return Err(NotReserved);
             }
             state.out_reserved = state.out_reserved.max(mark.next_out.into());
-            return Ok(());
+            return match needed <= state.out_reserved {
+                true => Ok(()),
+                false => Err(NotReserved),
+            };
         }
         let shared = Arc::clone(shared);
+        let epoch = state.epoch;
         tokio::spawn(async move {
             let committed = mark_committed(queued.answers().await);
             let mut state = shared.lock().await;
-            if committed {
+            if state.epoch != epoch || state.retired {
+                // Reset or replaced since: this reservation is not the session's any more.
+            } else if committed {
                 state.out_reserved = state.out_reserved.max(mark.next_out.into());
             } else if state.out_reserving == u64::from(mark.next_out) {
                 state.out_reserving = state.out_reserved;
@@ -672,12 +689,17 @@ async fn log_on<W: AsyncWrite + Unpin>(
         .unwrap_or_else(|p| p.into_inner())
         .get(&sender)
         .is_some_and(|slot| slot.broker == broker && slot.term == term);
-    let mut seeded = if known {
-        None
-    } else {
-        Some(seeded_session(server, broker, scope, &sender).await)
-    };
-    let resumed = seeded.as_ref().is_some_and(|(_, resumed)| *resumed);
+    let mut seeded = None;
+    if !known {
+        match seeded_session(server, broker, scope, &sender).await {
+            Some(state) => seeded = Some(state),
+            None => {
+                let why = refused("not the leader any more; try another node".into());
+                refuse(&server.metrics, writer, &sender, &why).await;
+                return None;
+            }
+        }
+    }
     let state = {
         let mut sessions = server.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let cursor = *server.gateway.reports.subscribe().borrow();
@@ -686,7 +708,6 @@ async fn log_on<W: AsyncWrite + Unpin>(
             state: Arc::new(AsyncMutex::new(
                 seeded
                     .take()
-                    .map(|(state, _)| state)
                     .unwrap_or_else(|| SessionState::new(broker, sender.clone(), cursor)),
             )),
             active: false,
@@ -698,7 +719,9 @@ async fn log_on<W: AsyncWrite + Unpin>(
         // below as logged on already; that connection ends at its next message. A state of an
         // earlier term gives way to the mark likewise.
         if (slot.broker != broker || slot.term != term) && !slot.active {
-            *slot = fresh();
+            let old = std::mem::replace(slot, fresh());
+            // Tasks of the old state's connection may still hold it: they stop using it.
+            tokio::spawn(async move { old.state.lock().await.retired = true });
         }
         if slot.active {
             None
@@ -719,24 +742,29 @@ async fn log_on<W: AsyncWrite + Unpin>(
         }
     };
     let mut guard = state.lock().await;
+    // Resumed from another leader's mark (before this logon's own reservation marks it).
+    let resumed = !known && guard.marked.is_some();
     if reset {
         guard.reset();
     }
     // A TestRequest asked on an earlier connection is never answered.
     guard.receipt_asked = None;
-    // The Logon's answer and a ResendRequest: numbers reserved by a committed mark first,
-    // which also proves this node still leads.
+    // The Logon's answer and a ResendRequest: numbers reserved by a committed mark first.
     if server.reserve(&state, &mut guard, 2).await.is_err() {
         drop(guard);
         release(server);
-        let why = refused("not the leader any more; try another node".into());
+        let why = refused(
+            "the session's numbers could not be reserved (this node no longer leads, or the \
+             cluster holds as many FIX sessions as it may); try again"
+                .into(),
+        );
         refuse(&server.metrics, writer, &sender, &why).await;
         return None;
     }
-    if resumed {
-        // Reports up to here (everything applied before the mark just committed) may have
-        // reached the broker from the old leader.
-        guard.poss_resend_through = *server.gateway.reports.subscribe().borrow();
+    if resumed && !reset {
+        // Resumed from another leader's mark: the broker's messages from the mark's number
+        // to this Logon may have been sequenced there, or not.
+        guard.uncertain_in = guard.next_in..seq;
     }
     if seq < guard.next_in {
         let text = format!(
@@ -815,8 +843,13 @@ async fn seeded_session(
     broker: BrokerId,
     scope: Scope,
     comp_id: &str,
-) -> (SessionState, bool) {
+) -> Option<SessionState> {
     let reports = &server.gateway.reports;
+    // Everything committed before this node led is applied first (a read index): the last
+    // mark the old leader made, and every report it could have sent.
+    if server.gateway.leadership.confirm().await.is_err() {
+        return None;
+    }
     let mark = match CompId::new(comp_id) {
         Ok(comp_id) => server
             .gateway
@@ -827,6 +860,7 @@ async fn seeded_session(
             .flatten(),
         Err(_) => None,
     };
+    let head = *reports.subscribe().borrow();
     // A session an earlier leader marked goes on from where its broker confirmed its reports.
     let cursor = match mark {
         Some(mark) => mark.reports_received,
@@ -865,8 +899,11 @@ async fn seeded_session(
     }
     if let Some(mark) = mark {
         state.resume(mark);
+        // Reports up to the journal's head (everything applied before this node led) may
+        // have reached the broker from the old leader: they go out marked PossResend.
+        state.poss_resend_through = head;
     }
-    (state, mark.is_some())
+    Some(state)
 }
 
 impl Connection {
@@ -910,10 +947,16 @@ impl Connection {
     /// Heartbeat answers for every message before it), and marks the session if it moved.
     async fn ask_receipt_and_mark(&self) -> std::io::Result<()> {
         let mut state = self.state.lock().await;
-        if state.receipt_asked.is_none() && state.report_cursor > state.reports_received {
+        let unanswered = state
+            .receipt_asked
+            .as_ref()
+            .is_some_and(|(_, _, at)| at.elapsed() >= RECEIPT_ASKED_AGAIN_AFTER);
+        if (state.receipt_asked.is_none() || unanswered)
+            && state.report_cursor > state.reports_received
+        {
             let position = state.report_cursor;
             let id = format!("RECEIPT-{position}");
-            state.receipt_asked = Some((id.clone(), position));
+            state.receipt_asked = Some((id.clone(), position, Instant::now()));
             let ask = Builder::new("1").field(tag::TEST_REQ_ID, id);
             self.send_locked(&mut state, [(ask, true)]).await?;
         }
@@ -1114,7 +1157,7 @@ impl Connection {
                 // numbered before it.
                 let mut state = self.state.lock().await;
                 let confirmed = match (&state.receipt_asked, message.get(tag::TEST_REQ_ID)) {
-                    (Some((asked, position)), Some(id)) if asked == id => Some(*position),
+                    (Some((asked, position, _)), Some(id)) if asked == id => Some(*position),
                     _ => None,
                 };
                 if let Some(position) = confirmed {
@@ -1270,6 +1313,28 @@ impl Connection {
             || message.get_flag(tag::POSS_DUP_FLAG).unwrap_or(false);
         let translated = {
             let mut state = self.state.lock().await;
+            if poss_resend
+                && matches!(message.msg_type(), "F" | "G" | "q")
+                && state.uncertain_in.contains(&seq)
+            {
+                drop(state);
+                match super::orders::Application::resent_across_failover(&message, seq) {
+                    Ok(answer) => {
+                        let _ = self.send_app(vec![answer]).await;
+                    }
+                    Err(bad) => {
+                        self.reject(
+                            seq,
+                            &message,
+                            bad.session_reject_reason(),
+                            Some(bad.tag()),
+                            &bad.to_string(),
+                        )
+                        .await;
+                    }
+                }
+                return Flow::Continue;
+            }
             let app = &mut state.application;
             match message.msg_type() {
                 "D" => app.new_order(&message, &catalog, poss_resend),

@@ -56,14 +56,24 @@ pub struct SessionState {
     pub in_sequenced: u64,
     /// The report journal's position up to which the broker confirmed receipt.
     pub reports_received: u64,
-    /// A TestRequest asking the broker to confirm receipt: its TestReqID and the journal
-    /// position its answer confirms.
-    pub receipt_asked: Option<(String, u64)>,
+    /// A TestRequest asking the broker to confirm receipt: its TestReqID, the journal
+    /// position its answer confirms, and when it was sent (one unanswered for long is asked
+    /// again).
+    pub receipt_asked: Option<(String, u64, std::time::Instant)>,
     /// Reports up to this journal position may have reached the broker from an earlier
     /// leader: they go out marked PossResend(97).
     pub poss_resend_through: u64,
     /// The last mark proposed, so an unchanged session is not marked again.
     pub marked: Option<FixSessionMark>,
+    /// Bumped by a reset: a reservation asked for before it no longer counts.
+    pub epoch: u64,
+    /// The broker's numbers a leader before this one may or may not have sequenced (from the
+    /// mark's `next_in` to the Logon that resumed the session here): a cancel, replace or
+    /// mass cancel resent from there is not run again.
+    pub uncertain_in: std::ops::Range<u64>,
+    /// Replaced by a later term's state (another leader may have gone on with the session):
+    /// nothing numbers, reserves or marks through this one any more.
+    pub retired: bool,
 }
 
 impl SessionState {
@@ -85,6 +95,9 @@ impl SessionState {
             receipt_asked: None,
             poss_resend_through: 0,
             marked: None,
+            epoch: 0,
+            uncertain_in: 0..0,
+            retired: false,
         }
     }
 
@@ -129,6 +142,7 @@ impl SessionState {
         self.queued.clear();
         self.resend_pending_to = 0;
         self.receipt_asked = None;
+        self.epoch += 1;
     }
 
     /// The next message's bytes and number; an application message is kept for resends.

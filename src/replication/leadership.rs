@@ -186,6 +186,11 @@ impl Leadership {
         self.quorum_lost_after
     }
 
+    /// The Raft term this node is in.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     pub fn view(&self) -> View {
         // Clone at once: holding the borrow would block Raft's updates.
         let metrics = self.raft.metrics().borrow().clone();
@@ -203,11 +208,6 @@ impl Leadership {
     /// Whether this node leads but has not heard from a majority for `quorum_lost_after`: the
     /// one check of it in the node, kept by `watch_quorum`. On every order's path: one atomic
     /// load.
-    /// The Raft term this node is in.
-    pub fn term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
-    }
-
     pub fn quorum_lost(&self) -> bool {
         self.quorum_lost.load(Ordering::Acquire)
     }

@@ -291,6 +291,11 @@ fn a_fix_session_mark_is_replaced_kept_in_a_snapshot_and_dropped_with_its_comp_i
         restored.fix_sessions().collect::<Vec<_>>(),
         h.engine.fix_sessions().collect::<Vec<_>>()
     );
+    // Numbers start at 1.
+    assert_eq!(
+        rejection(&set_mark(&mut h, "FIRM-A", mark(0, 9, 9))),
+        Some(RejectReason::InvalidCompId)
+    );
     // Bytes no CompId::new makes are refused.
     let mut forged = comp_id("X");
     forged.0[5] = b'Y';
