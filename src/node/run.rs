@@ -274,6 +274,13 @@ impl Node {
         if !founded {
             hold_candidacy_until_a_leader_is_heard(&raft);
         }
+        tokio::spawn(crate::replication::election::stand_on_time(
+            raft.clone(),
+            config.id,
+            Arc::clone(&leader_contact),
+            Duration::from_millis(config.election_max_ms),
+            (config.election_min_ms, config.election_max_ms),
+        ));
 
         let leadership = Leadership::new(raft.clone(), config.id, config.quorum_lost_after());
         let sequencer = Sequencer::start(

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod codec;
 pub mod data_format;
 pub mod divergence;
+pub mod election;
 pub mod engine_thread;
 pub mod keys;
 pub mod leadership;
