@@ -174,7 +174,8 @@ impl FileConfig {
 /// about 120 ms, and a full load on a 2-core machine causes no leader change
 /// (tests/cluster_rto.rs, tests/cluster_load.rs). openraft 0.9 lets a follower stand for
 /// election only after the leader's lease (the election timeout's upper end) and then its own
-/// election timeout, so a crash costs 90-120 ms of silence before a vote; the heartbeat does not
+/// election timeout (staggered by rank among the voters, checked every 4 ms:
+/// `replication::election`), so a crash costs 90-110 ms of silence before a vote; the heartbeat does not
 /// enter into it. openraft gives every AppendEntries one heartbeat to finish, the follower's
 /// fsync included: at 10 ms, a fully loaded 2-core host with other work beside it answered too
 /// late for 80 ms in a row and the leader gave up on a majority it still had (cluster_load beside
