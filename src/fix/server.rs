@@ -1313,30 +1313,14 @@ impl Connection {
             || message.get_flag(tag::POSS_DUP_FLAG).unwrap_or(false);
         let translated = {
             let mut state = self.state.lock().await;
-            if poss_resend
-                && matches!(message.msg_type(), "F" | "G" | "q")
-                && state.uncertain_in.contains(&seq)
-            {
-                drop(state);
-                match super::orders::Application::resent_across_failover(&message, seq) {
-                    Ok(answer) => {
-                        let _ = self.send_app(vec![answer]).await;
-                    }
-                    Err(bad) => {
-                        self.reject(
-                            seq,
-                            &message,
-                            bad.session_reject_reason(),
-                            Some(bad.tag()),
-                            &bad.to_string(),
-                        )
-                        .await;
-                    }
-                }
-                return Flow::Continue;
-            }
+            let uncertain = poss_resend && state.uncertain_in.contains(&seq);
             let app = &mut state.application;
             match message.msg_type() {
+                // A cancel, replace or mass cancel the old leader may have run: answered only.
+                "F" | "G" | "q" if uncertain => {
+                    super::orders::Application::resent_across_failover(&message, seq)
+                        .map(Translated::Answer)
+                }
                 "D" => app.new_order(&message, &catalog, poss_resend),
                 "F" => app.amend(&message, &catalog, false),
                 "G" => app.amend(&message, &catalog, true),
