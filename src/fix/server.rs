@@ -182,9 +182,10 @@ impl FixServer {
                 return Err(NotReserved);
             }
             state.out_reserved = state.out_reserved.max(mark.next_out.into());
-            return match needed <= state.out_reserved {
-                true => Ok(()),
-                false => Err(NotReserved),
+            return if needed <= state.out_reserved {
+                Ok(())
+            } else {
+                Err(NotReserved)
             };
         }
         let shared = Arc::clone(shared);
@@ -862,10 +863,7 @@ async fn seeded_session(
     };
     let head = *reports.subscribe().borrow();
     // A session an earlier leader marked goes on from where its broker confirmed its reports.
-    let cursor = match mark {
-        Some(mark) => mark.reports_received,
-        None => *reports.subscribe().borrow(),
-    };
+    let cursor = mark.map_or(head, |mark| mark.reports_received);
     let mut state = SessionState::new(broker, comp_id.to_string(), cursor);
     let catalog = server.catalog(|_| false).await;
     let mut since = 0;
@@ -911,9 +909,9 @@ impl Connection {
     async fn send_locked(
         &self,
         state: &mut SessionState,
-        messages: impl IntoIterator<Item = (Builder, bool)>,
+        messages: impl IntoIterator<Item = (Builder, bool), IntoIter: ExactSizeIterator>,
     ) -> std::io::Result<()> {
-        let messages: Vec<(Builder, bool)> = messages.into_iter().collect();
+        let messages = messages.into_iter();
         let count = messages.len() as u64;
         if count == 0 {
             return Ok(());
@@ -929,8 +927,8 @@ impl Connection {
             })?;
         let now = utc_timestamp(SystemTime::now());
         let mut bytes = Vec::new();
-        for (message, admin) in &messages {
-            bytes.extend(state.number(message, &now, *admin));
+        for (message, admin) in messages {
+            bytes.extend(state.number(&message, &now, admin));
         }
         self.outbox.send(bytes).await.map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection is closed")

@@ -45,11 +45,16 @@ pub async fn stand_on_time(
         }
         let (current, state, leader, rank) = {
             let m = server.borrow();
-            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-            let rank = voters
-                .iter()
-                .position(|&v| v == id)
-                .map(|rank| (rank, voters.len()));
+            // This node's place among the voters, and how many there are (no allocation: this
+            // runs every few milliseconds).
+            let (mut rank, mut voters) = (None, 0);
+            for voter in m.membership_config.membership().voter_ids() {
+                if voter == id {
+                    rank = Some(voters);
+                }
+                voters += 1;
+            }
+            let rank = rank.map(|rank| (rank, voters));
             (m.vote, m.state, m.current_leader, rank)
         };
         if current != vote {
