@@ -8,6 +8,8 @@
 #   RATES=2000 ROUNDS=1 DURATION=5 scripts/bench-fix.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A benchmark drives sessions harder than the limits sized for real brokers allow.
+export EXCHANGE_SESSION_RATE=${EXCHANGE_SESSION_RATE:-1000000} EXCHANGE_BROKER_RATE=${EXCHANGE_BROKER_RATE:-1000000}
 export EXCHANGE_DATA=${EXCHANGE_DATA:-/tmp/exchange-bench-fix}
 export EXCHANGE_NODES=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 scripts/cluster.sh down >/dev/null 2>&1 || true

@@ -4,6 +4,8 @@
 # cores. Uses prebuilt binaries from devbin/ (no cargo needed there). Prints JSON lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A benchmark drives sessions harder than the limits sized for real brokers allow.
+export EXCHANGE_SESSION_RATE=${EXCHANGE_SESSION_RATE:-1000000} EXCHANGE_BROKER_RATE=${EXCHANGE_BROKER_RATE:-1000000}
 mkdir -p target/release
 cp devbin/exchange-node devbin/exchange-cli target/release/
 export EXCHANGE_DATA=${EXCHANGE_DATA:-/tmp/exchange-latency} EXCHANGE_NO_BUILD=1

@@ -115,6 +115,8 @@ session_rate = 1000
 session_in_flight = 64
 broker_sessions_max = 8
 session_read_rate = 300
+broker_rate = 4000
+broker_read_rate = 900
 metrics_listen = "127.0.0.1:27999"
 md_subscriber_buffer = 512
 report_db = "/var/lib/exchange/report.db"
@@ -152,6 +154,8 @@ log_format = "json"
             ("EXCHANGE_SESSION_IN_FLIGHT", "64"),
             ("EXCHANGE_BROKER_SESSIONS_MAX", "8"),
             ("EXCHANGE_SESSION_READ_RATE", "300"),
+            ("EXCHANGE_BROKER_RATE", "4000"),
+            ("EXCHANGE_BROKER_READ_RATE", "900"),
             ("EXCHANGE_METRICS_LISTEN", "127.0.0.1:27999"),
             ("EXCHANGE_MD_SUBSCRIBER_BUFFER", "512"),
             ("EXCHANGE_REPORT_DB", "/var/lib/exchange/report.db"),
@@ -167,6 +171,8 @@ log_format = "json"
         "dev: true",
         "sessions_per_broker_max: 8",
         "reads_per_sec: 300",
+        "broker_commands_per_sec: 4000",
+        "broker_reads_per_sec: 900",
         "Always",
         "Spin",
     ] {

@@ -585,6 +585,124 @@ async fn a_broker_holds_at_most_its_sessions() {
     }
 }
 
+/// A throttled request's reason, or a panic naming what came instead.
+fn throttled_reason(reply: Result<exchange::gateway::protocol::Reply, ClientError>) -> String {
+    match reply {
+        Ok(exchange::gateway::protocol::Reply::Throttled { reason, .. }) => reason,
+        other => panic!("expected Throttled, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_is_held_to_its_rates_over_all_its_sessions() {
+    use exchange::gateway::protocol::{Reply, Request};
+    // Each session alone may send 10 commands and make 6 reads in its first second; the
+    // broker, over all its sessions, 15 and 8.
+    let cluster = Cluster::start(
+        "security-broker-rates",
+        1,
+        28_060,
+        &[
+            "--session-rate",
+            "10",
+            "--broker-rate",
+            "15",
+            "--session-read-rate",
+            "6",
+            "--broker-read-rate",
+            "8",
+        ],
+    );
+    cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let ((_, key_1, accounts_1), (_, key_2, accounts_2)) = (BROKERS[0], BROKERS[1]);
+    let batch = |account| Request::SubmitBatch((0..10).map(|_| broker_order(account)).collect());
+    let (mut first, mut second, mut other) = (
+        cluster.client_with_key(key_1),
+        cluster.client_with_key(key_1),
+        cluster.client_with_key(key_2),
+    );
+    // Logged on (the leader opens the brokers' accounts when it takes office).
+    for (session, account) in [
+        (&mut first, accounts_1[0]),
+        (&mut second, accounts_1[0]),
+        (&mut other, accounts_2[0]),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while session.instruments().await.is_err() {
+            assert!(Instant::now() < deadline, "no logon for account {account}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Commands: the first session's 10 pass; the second session's 10 would pass its own
+    // bucket but not the broker's (5 left), and spend nothing of its own; another broker is
+    // not held back.
+    let started = Instant::now();
+    match first.request_leader(&batch(accounts_1[0])).await {
+        Ok(Reply::BatchOutputs(answers)) => assert_eq!(answers.len(), 10),
+        other => panic!("the first session's batch: {other:?}"),
+    }
+    let why = throttled_reason(second.request_leader(&batch(accounts_1[0])).await);
+    assert!(
+        why.contains("broker's command rate") && why.contains("15"),
+        "{why}"
+    );
+    match other.request_leader(&batch(accounts_2[0])).await {
+        Ok(Reply::BatchOutputs(answers)) => assert_eq!(answers.len(), 10),
+        other => panic!("another broker's batch: {other:?}"),
+    }
+    // Reads: each session has 5 of its 6 left and the broker 6 of its 8 (each logon above
+    // read the instruments). Alternating between the two sessions, the broker's rate binds
+    // first, while each session still has reads of its own.
+    let mut reads = 0;
+    let why = loop {
+        let session = if reads % 2 == 0 {
+            &mut first
+        } else {
+            &mut second
+        };
+        match session.request_leader(&read_of(accounts_1[0])).await {
+            Ok(Reply::Balances { .. }) => reads += 1,
+            reply => break throttled_reason(reply),
+        }
+        assert!(
+            reads < 12,
+            "12 reads answered: the broker's rate did not bind"
+        );
+    };
+    assert!(
+        why.contains("broker's read rate") && why.contains("8 a second"),
+        "after {reads} reads: {why}"
+    );
+    // A session alone is held to its own rate first: broker 2 has 7 reads left, the session 6.
+    let mut alone = cluster.client_with_key(key_2);
+    let mut reads = 0;
+    let why = loop {
+        match alone.request_leader(&read_of(accounts_2[0])).await {
+            Ok(Reply::Balances { .. }) => reads += 1,
+            reply => break throttled_reason(reply),
+        }
+        assert!(
+            reads < 12,
+            "12 reads answered: the session's rate did not bind"
+        );
+    };
+    assert!(
+        why.contains("session's read rate (6 a second)"),
+        "after {reads} reads: {why}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "too slow to judge rates"
+    );
+}
+
+fn read_of(account: u64) -> exchange::gateway::protocol::Request {
+    exchange::gateway::protocol::Request::Balances {
+        account,
+        assets: vec![],
+    }
+}
+
 /// The order was accepted: at once, or, resent by the client after an unknown outcome, with
 /// the answer naming the original.
 fn assert_taken(outputs: &[exchange::domain::Output]) {

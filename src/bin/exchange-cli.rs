@@ -98,7 +98,10 @@ enum Commands {
     /// load generator's own part: from an order's scheduled time to the sending of its request
     /// (a session with one request out sends what fell due meanwhile when the answer comes;
     /// see --pipeline). Also measures, in the same run, the floor: a QUIC round trip on
-    /// loopback plus one fdatasync.
+    /// loopback plus one fdatasync. Each session is a broker of its own, held to the nodes'
+    /// --session-rate (20,000 commands a second by default): start the nodes with more
+    /// (EXCHANGE_SESSION_RATE=1000000) to drive a session harder, or a throttled request
+    /// waits and its wait counts in the latencies.
     Bench {
         /// Broker sessions, each with its own connection, broker and account.
         #[arg(long, visible_alias = "clients", default_value_t = 16)]

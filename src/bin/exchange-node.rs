@@ -123,8 +123,9 @@ struct RunArgs {
     /// with any of those keys. Never for a cluster that anyone else can reach.
     #[arg(long, env = "EXCHANGE_DEV")]
     dev: bool,
-    /// Commands per second one broker session may send (a burst of one second's worth).
-    /// [default: 500000]
+    /// Commands per second one broker session may send (a burst of one second's worth); more
+    /// are answered Throttled. Sized for a busy trading system; raise it for benchmarks.
+    /// [default: 20000]
     #[arg(long, env = "EXCHANGE_SESSION_RATE")]
     session_rate: Option<u32>,
     /// Commands one session may have waiting for their answers; at most 4096 (the engine's
@@ -142,6 +143,15 @@ struct RunArgs {
     /// [default: 64]
     #[arg(long, env = "EXCHANGE_BROKER_SESSIONS_MAX")]
     broker_sessions_max: Option<u32>,
+    /// Commands per second one broker may send over all its sessions on this node (a burst
+    /// of one second's worth); more are answered Throttled.
+    /// [default: 50000]
+    #[arg(long, env = "EXCHANGE_BROKER_RATE")]
+    broker_rate: Option<u32>,
+    /// Reads per second one broker may make over all its sessions on this node.
+    /// [default: 5000]
+    #[arg(long, env = "EXCHANGE_BROKER_READ_RATE")]
+    broker_read_rate: Option<u32>,
     /// Serve Prometheus metrics (GET /metrics: role, term, commit and applied index, apply
     /// lag, commands applied, rejects by reason; latency of broker answers, of Raft rounds
     /// and of log appends) on this address.
@@ -376,6 +386,14 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
                 .broker_sessions_max
                 .or(file.broker_sessions_max)
                 .unwrap_or(SessionLimits::default().sessions_per_broker_max),
+            broker_commands_per_sec: args
+                .broker_rate
+                .or(file.broker_rate)
+                .unwrap_or(SessionLimits::default().broker_commands_per_sec),
+            broker_reads_per_sec: args
+                .broker_read_rate
+                .or(file.broker_read_rate)
+                .unwrap_or(SessionLimits::default().broker_reads_per_sec),
         },
         #[cfg(feature = "test-faults")]
         fault_diverge_at: args.fault_diverge_at,

@@ -129,6 +129,8 @@ pub struct FileConfig {
     pub session_in_flight: Option<u32>,
     pub broker_sessions_max: Option<u32>,
     pub session_read_rate: Option<u32>,
+    pub broker_rate: Option<u32>,
+    pub broker_read_rate: Option<u32>,
     pub data_dir: Option<PathBuf>,
     pub certs_dir: Option<PathBuf>,
     pub fsync: Option<FlushPolicy>,

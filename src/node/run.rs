@@ -365,6 +365,7 @@ impl Node {
             keys,
             failed_logons: Arc::default(),
             broker_sessions: Arc::default(),
+            broker_rates: Arc::default(),
             connections: Arc::default(),
             development: config.dev,
             http_listen: config.http_listen,

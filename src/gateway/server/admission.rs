@@ -19,18 +19,37 @@ pub struct SessionLimits {
     /// second, with a burst of one second's worth: each costs the engine thread a question
     /// and most a leadership round.
     pub reads_per_sec: u32,
+    /// Commands per second one broker may send over all its sessions on this node, with a
+    /// burst of one second's worth: more sessions do not buy a broker more of the exchange.
+    pub broker_commands_per_sec: u32,
+    /// Reads per second one broker may make over all its sessions on this node.
+    pub broker_reads_per_sec: u32,
 }
 
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits {
-            commands_per_sec: 500_000,
+            commands_per_sec: COMMANDS_PER_SEC_DEFAULT,
             in_flight_max: 4_096,
             sessions_per_broker_max: SESSIONS_PER_BROKER_MAX_DEFAULT,
             reads_per_sec: READS_PER_SEC_DEFAULT,
+            broker_commands_per_sec: BROKER_COMMANDS_PER_SEC_DEFAULT,
+            broker_reads_per_sec: BROKER_READS_PER_SEC_DEFAULT,
         }
     }
 }
+
+/// Commands one broker session may send a second by default: a busy trading system's order
+/// gateway at its peak, with room; a tenth of what a 3-node cluster on a 2-core host sustains
+/// (about 200,000 a second, docs/performance.md), so that no one session can fill it.
+pub const COMMANDS_PER_SEC_DEFAULT: u32 = 20_000;
+
+/// Commands one broker may send a second over all its sessions by default: a quarter of what
+/// the cluster sustains, so that four brokers at their limit still leave room.
+pub const BROKER_COMMANDS_PER_SEC_DEFAULT: u32 = 50_000;
+
+/// Reads one broker may make a second over all its sessions by default.
+pub const BROKER_READS_PER_SEC_DEFAULT: u32 = 5_000;
 
 const _: () = assert!(4_096 <= exchange_engine::CLIENT_ORDER_ID_WINDOW);
 
@@ -61,6 +80,32 @@ pub struct InFlight {
 
 /// How many sessions each broker has logged on at this node.
 pub type BrokerSessions = Quota<BrokerId>;
+
+/// Each broker's rates over all its sessions on this node: one pair of buckets per broker
+/// that logged on here (so as many as the cluster has brokers), shared by its sessions.
+#[derive(Default)]
+pub struct BrokerRates {
+    by_broker: Mutex<std::collections::HashMap<BrokerId, Arc<BrokerBuckets>>>,
+}
+
+/// One broker's command and read buckets.
+pub(super) struct BrokerBuckets {
+    commands: Mutex<TokenBucket>,
+    reads: Mutex<TokenBucket>,
+}
+
+impl BrokerRates {
+    /// The buckets of `broker`, made full the first time it logs on here.
+    pub(super) fn of(&self, broker: BrokerId, limits: &SessionLimits) -> Arc<BrokerBuckets> {
+        let mut by_broker = self.by_broker.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(by_broker.entry(broker).or_insert_with(|| {
+            Arc::new(BrokerBuckets {
+                commands: Mutex::new(TokenBucket::new(limits.broker_commands_per_sec)),
+                reads: Mutex::new(TokenBucket::new(limits.broker_reads_per_sec)),
+            })
+        }))
+    }
+}
 
 /// A token bucket: `rate` tokens a second, holding at most one second's worth.
 pub(super) struct TokenBucket {
@@ -93,6 +138,31 @@ impl TokenBucket {
             ))
         }
     }
+
+    /// Returns `n` tokens taken for a request that another bucket refused.
+    pub(super) fn give_back(&mut self, n: u32) {
+        self.tokens = (self.tokens + n as f64).min(self.rate.max(n as f64));
+    }
+}
+
+/// Takes `n` tokens from the session's bucket, then from its broker's (when it has one),
+/// giving the session's back if the broker's refuse: a refused request spends nothing.
+fn take_both(
+    session: &Mutex<TokenBucket>,
+    broker: Option<&Mutex<TokenBucket>>,
+    n: u32,
+) -> Result<(), (Duration, bool)> {
+    // Buckets are plain numbers: a panic elsewhere cannot leave one half-written.
+    let mut own = session.lock().unwrap_or_else(|p| p.into_inner());
+    own.take(n).map_err(|wait| (wait, false))?;
+    if let Some(broker) = broker {
+        let taken = broker.lock().unwrap_or_else(|p| p.into_inner()).take(n);
+        if let Err(wait) = taken {
+            own.give_back(n);
+            return Err((wait, true));
+        }
+    }
+    Ok(())
 }
 
 impl Gateway {
@@ -119,6 +189,9 @@ impl Gateway {
                     ))
                 })?;
             let _ = session.slot.set(slot);
+            let _ = session
+                .broker_rates
+                .set(self.broker_rates.of(principal.broker, &self.session_limits));
         }
         let place = self.connections.try_session().ok_or_else(|| {
             LogonRefusal::Other(format!(
@@ -141,18 +214,23 @@ impl Gateway {
         if principal.is_operator() {
             return None;
         }
-        let wait = session
-            .read_bucket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(1)
-            .err()?;
+        let broker = session.broker_rates.get().map(|b| &b.reads);
+        let (wait, by_broker) = take_both(&session.read_bucket, broker, 1).err()?;
         self.metrics.throttled.fetch_add(1, Ordering::Relaxed);
+        let limits = &self.session_limits;
         Some(Reply::Throttled {
-            reason: format!(
-                "over the session's read rate ({} a second)",
-                self.session_limits.reads_per_sec
-            ),
+            reason: if by_broker {
+                format!(
+                    "over the broker's read rate over all its sessions on this node ({} a \
+                     second)",
+                    limits.broker_reads_per_sec
+                )
+            } else {
+                format!(
+                    "over the session's read rate ({} a second)",
+                    limits.reads_per_sec
+                )
+            },
             retry_after_ms: wait.as_millis().max(1) as u64,
         })
     }
@@ -217,12 +295,23 @@ impl Gateway {
                     Duration::from_millis(1),
                 )
             })?;
-        session
-            .bucket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(count as u32)
-            .map_err(|wait| throttled("over the session's command rate".into(), wait))?;
+        let broker = session.broker_rates.get().map(|b| &b.commands);
+        take_both(&session.bucket, broker, count as u32).map_err(|(wait, by_broker)| {
+            let limits = &self.session_limits;
+            let reason = if by_broker {
+                format!(
+                    "over the broker's command rate over all its sessions on this node ({} a \
+                     second)",
+                    limits.broker_commands_per_sec
+                )
+            } else {
+                format!(
+                    "over the session's command rate ({} a second)",
+                    limits.commands_per_sec
+                )
+            };
+            throttled(reason, wait)
+        })?;
         self.metrics
             .commands
             .fetch_add(count as u64, Ordering::Relaxed);

@@ -51,7 +51,9 @@ mod translated;
 
 use admission::TokenBucket;
 pub use admission::{
-    BrokerSessions, SessionLimits, READS_PER_SEC_DEFAULT, SESSIONS_PER_BROKER_MAX_DEFAULT,
+    BrokerRates, BrokerSessions, SessionLimits, BROKER_COMMANDS_PER_SEC_DEFAULT,
+    BROKER_READS_PER_SEC_DEFAULT, COMMANDS_PER_SEC_DEFAULT, READS_PER_SEC_DEFAULT,
+    SESSIONS_PER_BROKER_MAX_DEFAULT,
 };
 pub use connections::{
     ConnectionAdmission, HANDSHAKE_TIMEOUT, PENDING_MAX, PENDING_PER_SOURCE_MAX, RETRY_WHEN_PENDING,
@@ -85,6 +87,8 @@ pub struct Gateway {
     pub failed_logons: Arc<FailedLogons>,
     /// Each broker's sessions on this node, held to `SessionLimits::sessions_per_broker_max`.
     pub broker_sessions: Arc<BrokerSessions>,
+    /// Each broker's command and read rates over all its sessions on this node.
+    pub broker_rates: Arc<BrokerRates>,
     /// The node's connection places: a small pending pool, then a place per session.
     pub connections: Arc<ConnectionAdmission>,
     /// A development node (`--dev`), which says so in its status.
@@ -165,7 +169,34 @@ struct Session {
     bucket: Mutex<TokenBucket>,
     /// The session's read rate.
     read_bucket: Mutex<TokenBucket>,
+    /// Its broker's rates over all the broker's sessions on this node, once it logged on as
+    /// a broker.
+    broker_rates: OnceLock<Arc<admission::BrokerBuckets>>,
     in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Session {
+    /// A connection from `remote` that has not logged on, holding `pending`.
+    fn new(
+        remote: std::net::SocketAddr,
+        pending: connections::PendingSlot,
+        limits: &SessionLimits,
+    ) -> Session {
+        Session {
+            remote,
+            principal: OnceLock::new(),
+            key: OnceLock::new(),
+            keys_checked: AtomicU64::new(0),
+            ended_by_key_change: Default::default(),
+            slot: OnceLock::new(),
+            pending: Mutex::new(Some(pending)),
+            place: OnceLock::new(),
+            bucket: Mutex::new(TokenBucket::new(limits.commands_per_sec)),
+            read_bucket: Mutex::new(TokenBucket::new(limits.reads_per_sec)),
+            broker_rates: OnceLock::new(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.in_flight_max as usize)),
+        }
+    }
 }
 
 /// What a request does to its session besides its reply.
@@ -436,21 +467,11 @@ pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
             let Ok(Ok(connection)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await else {
                 return;
             };
-            let session = Arc::new(Session {
-                remote: connection.remote_address(),
-                principal: OnceLock::new(),
-                key: OnceLock::new(),
-                keys_checked: AtomicU64::new(0),
-                ended_by_key_change: Default::default(),
-                slot: OnceLock::new(),
-                pending: Mutex::new(Some(pending)),
-                place: OnceLock::new(),
-                bucket: Mutex::new(TokenBucket::new(gateway.session_limits.commands_per_sec)),
-                read_bucket: Mutex::new(TokenBucket::new(gateway.session_limits.reads_per_sec)),
-                in_flight: Arc::new(tokio::sync::Semaphore::new(
-                    gateway.session_limits.in_flight_max as usize,
-                )),
-            });
+            let session = Arc::new(Session::new(
+                connection.remote_address(),
+                pending,
+                &gateway.session_limits,
+            ));
             let logon_deadline = tokio::time::sleep(LOGON_TIMEOUT);
             tokio::pin!(logon_deadline);
             // A guard is read when the select is entered, which may be before a stream

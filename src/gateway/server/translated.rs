@@ -67,21 +67,7 @@ impl Gateway {
             return None;
         };
         Some(TranslatedSession {
-            session: Arc::new(Session {
-                remote,
-                principal: OnceLock::new(),
-                key: OnceLock::new(),
-                keys_checked: AtomicU64::new(0),
-                ended_by_key_change: Default::default(),
-                slot: OnceLock::new(),
-                pending: Mutex::new(Some(pending)),
-                place: OnceLock::new(),
-                bucket: Mutex::new(TokenBucket::new(self.session_limits.commands_per_sec)),
-                read_bucket: Mutex::new(TokenBucket::new(self.session_limits.reads_per_sec)),
-                in_flight: Arc::new(tokio::sync::Semaphore::new(
-                    self.session_limits.in_flight_max as usize,
-                )),
-            }),
+            session: Arc::new(Session::new(remote, pending, &self.session_limits)),
             metrics: Arc::clone(&self.metrics),
             read_only: Default::default(),
         })
