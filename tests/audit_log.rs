@@ -6,8 +6,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use exchange::domain::{AdminCommand, BrokerId, Command};
-use exchange::gateway::credentials;
 use support::*;
 
 /// The leader's audit records so far, as JSON objects.
@@ -30,13 +28,7 @@ async fn logons_keys_and_leaders_are_audited() {
     assert!(stranger.balances(1, vec![2]).await.is_err());
     // A broker key set by the operator.
     let key = "audited-broker-key-0123456789";
-    admin
-        .submit(Command::Admin(AdminCommand::SetBrokerKey {
-            broker: BrokerId(7),
-            key_digest: credentials::digest(key),
-        }))
-        .await
-        .expect("set the key");
+    admin.set_broker_key(7, key).await.expect("set the key");
     drop(admin);
 
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -218,6 +218,20 @@ async fn order_with(cluster: &Cluster, key: &str, account: u64) -> Result<(), St
     }
 }
 
+/// The key change was taken.
+fn accepted_key(outputs: &[exchange::domain::Output]) {
+    assert!(
+        matches!(
+            outputs[..],
+            [exchange::domain::Output {
+                event: Event::BrokerKeySet { .. },
+                ..
+            }]
+        ),
+        "{outputs:?}"
+    );
+}
+
 fn set_key(broker: u32, key_digest: KeyDigest) -> ExchangeCommand {
     ExchangeCommand::Admin(AdminCommand::SetBrokerKey {
         broker: BrokerId(broker),
@@ -237,12 +251,7 @@ async fn changed_keys_end_sessions_and_stay_changed_across_elections() {
     fund_when_open(&mut admin, account, 1_000_000).await;
 
     // A second broker may not be given a key another broker has.
-    let outputs = submit(
-        &mut admin,
-        set_key(7, credentials::digest(key_2)),
-        Duration::from_secs(5),
-    )
-    .await;
+    let outputs = admin.set_broker_key(7, key_2).await.expect("an answer");
     assert!(
         matches!(
             outputs[..],
@@ -285,12 +294,12 @@ async fn changed_keys_end_sessions_and_stay_changed_across_elections() {
     // The key is rotated: the trading session's next order is refused and its session ends;
     // the report stream ends too; the new key trades.
     let key_1b = "rotated-broker-1-key-0123456789";
-    submit(
-        &mut admin,
-        set_key(broker_1, credentials::digest(key_1b)),
-        Duration::from_secs(5),
-    )
-    .await;
+    accepted_key(
+        &admin
+            .set_broker_key(broker_1, key_1b)
+            .await
+            .expect("an answer"),
+    );
     match trading.submit(broker_order(account)).await {
         Err(ClientError::Rejected(why)) => {
             assert!(
@@ -344,6 +353,55 @@ async fn changed_keys_end_sessions_and_stay_changed_across_elections() {
         .await
         .expect_err("a revoked key traded");
     assert!(why.contains("logon refused"), "{why}");
+
+    // Digests are keyed with the cluster's salt: no node's log or snapshot holds the plain
+    // SHA-256 of a key it registered (broker 2's from the file, broker 1's rotated one), and
+    // a client may not send a digest of its own.
+    let mut searched = 0;
+    for id in 1..=3 {
+        for file in files_under(&cluster.data_dir(id)) {
+            let bytes = std::fs::read(&file).expect("a data file");
+            searched += bytes.len();
+            for key in [key_2, key_1b] {
+                let plain = credentials::digest(key).0;
+                assert!(
+                    !bytes.windows(32).any(|w| w == plain),
+                    "{} holds the unsalted digest of {key}",
+                    file.display()
+                );
+            }
+        }
+    }
+    assert!(searched > 1_000, "only {searched} bytes of data searched");
+    match admin
+        .request_leader(&exchange::gateway::protocol::Request::Submit(set_key(
+            9,
+            credentials::digest("a-digest-made-by-a-client-0123"),
+        )))
+        .await
+    {
+        Ok(exchange::gateway::protocol::Reply::Error(why)) | Err(ClientError::Rejected(why)) => {
+            assert!(why.contains("SetBrokerKey request"), "{why}")
+        }
+        other => panic!("a client's digest was taken: {other:?}"),
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
 }
 
 /// A connection to node `to`'s Raft port, presenting node `as_node`'s certificate.

@@ -779,13 +779,18 @@ async fn admin_command(
     admin: cluster::AdminArg,
 ) -> Result<(), CliError> {
     let (mut client, catalog) = logged_on(&args, "admin commands").await?;
-    let commands = cluster::admin_commands(&admin, &catalog)?;
     let mut outputs = Vec::new();
-    if commands.len() == 1 {
-        outputs = client.submit(commands[0]).await?;
-    } else {
-        for answer in client.submit_batch(commands).await? {
-            outputs.extend(answer?);
+    match cluster::admin_request(&admin, &catalog)? {
+        cluster::AdminRequest::SetBrokerKey { broker, key } => {
+            outputs = client.set_broker_key(broker, &key).await?;
+        }
+        cluster::AdminRequest::Commands(commands) if commands.len() == 1 => {
+            outputs = client.submit(commands[0]).await?;
+        }
+        cluster::AdminRequest::Commands(commands) => {
+            for answer in client.submit_batch(commands).await? {
+                outputs.extend(answer?);
+            }
         }
     }
     // Describe what was just added with the names it brought.

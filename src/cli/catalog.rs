@@ -258,6 +258,8 @@ impl CatalogInput for Catalog {
                 "FIX SESSION MARKED {comp_id} in {} out {} reports {}",
                 mark.next_in, mark.next_out, mark.reports_received
             ),
+            // The salt is no secret, but nobody needs to read it.
+            Event::KeySaltSet { .. } => "KEY SALT SET".to_string(),
             Event::BrokerKeySet { broker, key_digest } => {
                 if key_digest.is_revoked() {
                     format!("BROKER KEY REVOKED broker {broker}")

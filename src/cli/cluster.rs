@@ -364,7 +364,8 @@ pub enum AdminArg {
         /// The broker's id.
         #[arg(long)]
         broker: u32,
-        /// The broker's new key (16 to 256 characters); only its SHA-256 digest is sent.
+        /// The broker's new key (16 to 256 characters), sent over TLS to the leader, which
+        /// keeps only its digest keyed with the cluster's salt.
         #[arg(long, env = "EXCHANGE_NEW_BROKER_KEY", hide_env_values = true)]
         key: String,
     },
@@ -485,20 +486,35 @@ pub fn order_command(
     })
 }
 
-/// The commands an `admin` subcommand sends, in order (one, or two for a symbol with a band).
-pub fn admin_commands(admin: &AdminArg, catalog: &Catalog) -> Result<Vec<Command>, CliError> {
+/// What an `admin` subcommand sends.
+pub enum AdminRequest {
+    /// Commands, in order (one, or two for a symbol with a band).
+    Commands(Vec<Command>),
+    /// A broker's key, which the leader digests with the cluster's salt (empty: revoked).
+    SetBrokerKey { broker: u32, key: String },
+}
+
+/// What an `admin` subcommand sends, checked here first.
+pub fn admin_request(admin: &AdminArg, catalog: &Catalog) -> Result<AdminRequest, CliError> {
+    if let AdminArg::SetBrokerKey { broker, key } = admin {
+        if !key.is_empty() {
+            credentials::check_key(key)?;
+        }
+        return Ok(AdminRequest::SetBrokerKey {
+            broker: *broker,
+            key: key.clone(),
+        });
+    }
+    admin_commands(admin, catalog).map(AdminRequest::Commands)
+}
+
+fn admin_commands(admin: &AdminArg, catalog: &Catalog) -> Result<Vec<Command>, CliError> {
     let name = |text: &str| Name::new(text).map_err(|e| CliError::Usage(format!("--name: {e}")));
     let one = |command| Ok(vec![Command::Admin(command)]);
     match admin {
-        AdminArg::SetBrokerKey { broker, key } => one(AdminCommand::SetBrokerKey {
-            broker: exchange_domain::BrokerId(*broker),
-            key_digest: if key.is_empty() {
-                exchange_domain::KeyDigest::REVOKED
-            } else {
-                credentials::check_key(key)?;
-                credentials::digest(key)
-            },
-        }),
+        AdminArg::SetBrokerKey { .. } => Err(CliError::Usage(
+            "set-broker-key is a request of its own (admin_request)".into(),
+        )),
         AdminArg::SetFixCompId { broker, comp_id } => one(AdminCommand::SetFixCompId {
             broker: exchange_domain::BrokerId(*broker),
             comp_id: exchange_domain::CompId::new(comp_id)

@@ -33,7 +33,6 @@ use serde::Serialize;
 
 use super::cluster::ClusterArgs;
 use crate::gateway::client::{Client, ClientError, MarketFeed, Pipeline};
-use crate::gateway::credentials;
 use crate::marketdata::feed::{Channel, MdBody};
 
 #[derive(Clone, Debug)]
@@ -364,10 +363,12 @@ async fn setup(args: &ClusterArgs, config: &BenchConfig) -> Result<Vec<Member>, 
             key: format!("bench-{}-{n}-{nonce:x}", config.symbol),
             account: AccountId(config.first_account + n),
         };
-        commands.push(Command::Admin(AdminCommand::SetBrokerKey {
-            broker: member.broker,
-            key_digest: credentials::digest(&member.key),
-        }));
+        // The leader digests each key with the cluster's salt: one request a broker.
+        let outputs = admin
+            .set_broker_key(member.broker.0, &member.key)
+            .await
+            .map_err(|e| format!("setting up the benchmark: {e}"))?;
+        refused_setup(&outputs)?;
         commands.push(Command::Admin(AdminCommand::CreateAccount {
             account: member.account,
             owner: member.broker,
@@ -395,19 +396,24 @@ async fn setup(args: &ClusterArgs, config: &BenchConfig) -> Result<Vec<Member>, 
             .await
             .map_err(|e| format!("setting up the benchmark: {e}"))?;
         for result in results {
-            let outputs = result.map_err(|e| format!("setting up the benchmark: {e}"))?;
-            if let Some(reason) = outputs.iter().find_map(|o| match o.event {
-                Event::AdminRejected { reason } => Some(reason),
-                _ => None,
-            }) {
-                return Err(format!(
-                    "setting up the benchmark: {reason:?} (another --symbol, --first-account \
-                     and --first-broker for a second run on the same cluster)"
-                ));
-            }
+            refused_setup(&result.map_err(|e| format!("setting up the benchmark: {e}"))?)?;
         }
     }
     Ok(members)
+}
+
+/// The refusal of a set-up command, if it was refused.
+fn refused_setup(outputs: &[exchange_domain::Output]) -> Result<(), String> {
+    match outputs.iter().find_map(|o| match o.event {
+        Event::AdminRejected { reason } => Some(reason),
+        _ => None,
+    }) {
+        Some(reason) => Err(format!(
+            "setting up the benchmark: {reason:?} (another --symbol, --first-account and \
+             --first-broker for a second run on the same cluster)"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// What one session measured.

@@ -365,6 +365,23 @@ impl Client {
         }
     }
 
+    /// Registers a broker or gives it a new key (empty: revoked), as the operator; the node
+    /// digests the key. The command's outputs, as `submit` gives them.
+    pub async fn set_broker_key(
+        &mut self,
+        broker: u32,
+        key: &str,
+    ) -> Result<Vec<Output>, ClientError> {
+        let request = Request::SetBrokerKey {
+            broker,
+            key: key.to_owned(),
+        };
+        match self.request_with_resend(&request, false).await? {
+            Reply::Outputs(outputs) => Ok(outputs),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Whether an order of this session's broker rests, and how much of it is open.
     pub async fn order_status(
         &mut self,

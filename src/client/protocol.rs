@@ -91,6 +91,10 @@ pub enum Request {
     Instruments,
     /// Leader only: an account's open orders, oldest first: a broker, of its own accounts only.
     OpenOrders { account: u64 },
+    /// Operator only (leader): registers a broker or gives it a new API key (an empty key
+    /// revokes it). The node digests the key with the cluster's salt, so the key is sent and
+    /// never its digest; the reply is the command's outputs, as for `Submit`.
+    SetBrokerKey { broker: u32, key: String },
 }
 
 /// Reports in one `Reports` frame, at most.

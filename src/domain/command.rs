@@ -119,8 +119,30 @@ impl BrokerCommand {
     }
 }
 
-/// The SHA-256 digest of a broker's API key. The replicated state holds only digests, so no
-/// log, snapshot or report holds a usable key.
+/// The cluster's key salt: random bytes chosen once, by the first leader of a new cluster,
+/// that every broker key digest is keyed with (HMAC-SHA-256), so that a digest in one
+/// cluster's log or snapshot says nothing of the same key in another, and no table computed
+/// ahead of time finds a key.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq))]
+pub struct KeySalt(pub [u8; 16]);
+
+/// The digest of a broker's API key: HMAC-SHA-256 keyed with the cluster's [`KeySalt`] (plain
+/// SHA-256 in a cluster made before salts, which has none). The replicated state holds only
+/// digests, so no log, snapshot or report holds a usable key.
 #[derive(
     Clone,
     Copy,
@@ -379,6 +401,11 @@ pub enum AdminCommand {
     MarkFixSession {
         comp_id: CompId,
         mark: FixSessionMark,
+    },
+    /// Sets the cluster's key salt: once, before any broker is registered (a digest made
+    /// without it would no longer match). Proposed by the first leader of a new cluster.
+    SetKeySalt {
+        salt: KeySalt,
     },
 }
 

@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     AccountId, Amount, AssetId, BrokerId, ClientOrderId, CompId, ExecId, FixSessionMark, KeyDigest,
-    Name, OrderId, OrderType, Price, Qty, RiskLimits, Side, SymbolId, SymbolSpec, TimeInForce,
-    TradeId,
+    KeySalt, Name, OrderId, OrderType, Price, Qty, RiskLimits, Side, SymbolId, SymbolSpec,
+    TimeInForce, TradeId,
 };
 
 /// One output event, stamped with the sequence number and timestamp of the input that caused it.
@@ -385,6 +385,9 @@ pub enum Event {
         comp_id: CompId,
         mark: FixSessionMark,
     },
+    KeySaltSet {
+        salt: KeySalt,
+    },
 }
 
 impl Event {
@@ -423,7 +426,8 @@ impl Event {
             | Event::AdminRejected { .. }
             | Event::BrokerKeySet { .. }
             | Event::FixCompIdSet { .. }
-            | Event::FixSessionMarked { .. } => None,
+            | Event::FixSessionMarked { .. }
+            | Event::KeySaltSet { .. } => None,
         }
     }
 }
@@ -688,6 +692,9 @@ impl Output {
                     .word(mark.next_in as u64)
                     .word(mark.next_out as u64)
                     .word(mark.reports_received);
+            }
+            Event::KeySaltSet { salt } => {
+                w.word(22).bytes(&salt.0);
             }
         }
         w.len

@@ -22,7 +22,7 @@ mod units;
 
 pub use command::{
     AdminCommand, ArchivedInput, BrokerCommand, Cancel, CancelReplace, Command, FixSessionMark,
-    Input, KeyDigest, MassCancel, NewOrder, RiskLimits, SymbolSpec, INPUT_ARCHIVED_BYTES,
+    Input, KeyDigest, KeySalt, MassCancel, NewOrder, RiskLimits, SymbolSpec, INPUT_ARCHIVED_BYTES,
 };
 pub use event::{
     CancelReason, Event, Liquidity, Output, RejectReason, OUTPUT_CANONICAL_BYTES_MAX,

@@ -23,6 +23,7 @@ impl State {
             }
             AdminCommand::SetFixCompId { broker, comp_id } => self.set_fix_comp_id(broker, comp_id),
             AdminCommand::MarkFixSession { comp_id, mark } => self.mark_fix_session(comp_id, mark),
+            AdminCommand::SetKeySalt { salt } => self.set_key_salt(salt),
             AdminCommand::CreateAccount { account, owner } => {
                 if self.account_index.contains_key(&account) {
                     return Err(RejectReason::AccountExists);

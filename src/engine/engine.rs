@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use exchange_domain::{
-    AccountId, AssetId, BrokerId, Command, CompId, Event, FixSessionMark, Input, KeyDigest, Name,
-    NewOrder, OrderId, Output, Price, Qty, RejectReason, Side, SymbolId, SymbolSpec,
+    AccountId, AssetId, BrokerId, Command, CompId, Event, FixSessionMark, Input, KeyDigest,
+    KeySalt, Name, NewOrder, OrderId, Output, Price, Qty, RejectReason, Side, SymbolId, SymbolSpec,
 };
 use rustc_hash::FxHashMap;
 
@@ -48,6 +48,9 @@ pub(crate) struct State {
     pub asset_totals: BTreeMap<AssetId, i64>,
     /// Each FIX session's place as its leader last marked it.
     pub fix_sessions: BTreeMap<CompId, FixSessionMark>,
+    /// The salt broker key digests are keyed with; `None` until the first leader sets it (and
+    /// for good in a cluster made before salts).
+    pub key_salt: Option<KeySalt>,
     pub trades: u64,
     pub executions: u64,
     pub last_seq: u64,
@@ -137,6 +140,7 @@ impl Engine {
                 broker_index: FxHashMap::default(),
                 assets: Vec::new(),
                 fix_sessions: BTreeMap::new(),
+                key_salt: None,
                 asset_totals: BTreeMap::new(),
                 trades: 0,
                 executions: 0,
@@ -305,6 +309,11 @@ impl Engine {
     /// Where a FIX session stood at its last mark.
     pub fn fix_session(&self, comp_id: &CompId) -> Option<FixSessionMark> {
         self.state.fix_sessions.get(comp_id).copied()
+    }
+
+    /// The salt broker key digests are keyed with, once set.
+    pub fn key_salt(&self) -> Option<KeySalt> {
+        self.state.key_salt
     }
 
     /// Every FIX session's mark.
@@ -557,5 +566,15 @@ impl State {
         }
         self.fix_sessions.insert(comp_id, mark);
         Ok(Event::FixSessionMarked { comp_id, mark })
+    }
+
+    /// Sets the key salt: once, and only while no broker is registered, since a digest made
+    /// without the salt would no longer match (a cluster made before salts keeps none).
+    pub fn set_key_salt(&mut self, salt: KeySalt) -> Result<Event, RejectReason> {
+        if self.key_salt.is_some() || !self.brokers.is_empty() {
+            return Err(RejectReason::NotPermitted);
+        }
+        self.key_salt = Some(salt);
+        Ok(Event::KeySaltSet { salt })
     }
 }

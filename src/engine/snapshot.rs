@@ -7,8 +7,9 @@
 //! is an error, never a panic, and a restored state must pass the invariant check.
 
 use exchange_domain::{
-    AccountId, AssetId, BrokerId, ClientOrderId, CompId, FixSessionMark, KeyDigest, Name, OrderId,
-    Price, Qty, RejectReason, RiskLimits, SelfTradePrevention, Side, SymbolSpec, TimeInForce,
+    AccountId, AssetId, BrokerId, ClientOrderId, CompId, FixSessionMark, KeyDigest, KeySalt, Name,
+    OrderId, Price, Qty, RejectReason, RiskLimits, SelfTradePrevention, Side, SymbolSpec,
+    TimeInForce,
 };
 
 use crate::arena::{Order, NIL};
@@ -20,9 +21,10 @@ use crate::invariants::InvariantViolation;
 use crate::limits::EngineConfig;
 use crate::wallet::{Account, Balance};
 
-/// Bumped whenever the snapshot's layout or meaning changes. Format 4 gave brokers their FIX
-/// CompID and kept FIX sessions' marks; format 3 snapshots are still read (`Snapshot::from_bytes`).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
+/// Bumped whenever the snapshot's layout or meaning changes. Format 5 keeps the key salt;
+/// format 4 gave brokers their FIX CompID and kept FIX sessions' marks. Formats 3 and 4 are
+/// still read (`Snapshot::from_bytes`).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Snapshot {
@@ -44,6 +46,48 @@ pub struct Snapshot {
     pub brokers: Vec<BrokerSnapshot>,
     /// Each FIX session's last mark, by CompID.
     pub fix_sessions: Vec<(CompId, FixSessionMark)>,
+    /// The salt broker key digests are keyed with, once set.
+    pub key_salt: Option<KeySalt>,
+}
+
+/// Format 4's layout: format 5's without the key salt.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotV4 {
+    format_version: u32,
+    config: EngineConfig,
+    last_seq: u64,
+    last_timestamp_ns: u64,
+    output_hash: u64,
+    trades: u64,
+    executions: u64,
+    accounts: Vec<AccountSnapshot>,
+    markets: Vec<MarketSnapshot>,
+    asset_totals: Vec<AssetTotal>,
+    assets: Vec<NamedAsset>,
+    brokers: Vec<BrokerSnapshot>,
+    fix_sessions: Vec<(CompId, FixSessionMark)>,
+}
+
+impl From<SnapshotV4> for Snapshot {
+    fn from(old: SnapshotV4) -> Snapshot {
+        Snapshot {
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            config: old.config,
+            last_seq: old.last_seq,
+            last_timestamp_ns: old.last_timestamp_ns,
+            output_hash: old.output_hash,
+            trades: old.trades,
+            executions: old.executions,
+            accounts: old.accounts,
+            markets: old.markets,
+            asset_totals: old.asset_totals,
+            assets: old.assets,
+            brokers: old.brokers,
+            fix_sessions: old.fix_sessions,
+            // A cluster made before salts keeps plain digests, and no salt.
+            key_salt: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -107,6 +151,7 @@ impl From<SnapshotV3> for Snapshot {
                 })
                 .collect(),
             fix_sessions: Vec::new(),
+            key_salt: None,
         }
     }
 }
@@ -218,7 +263,13 @@ impl Snapshot {
                 return current.map_err(|e| RestoreError::Malformed(e.to_string()));
             }
         }
-        // Not this format's layout: perhaps format 3's (brokers without a CompID).
+        // Not this format's layout: perhaps format 4's (no key salt) or 3's (brokers without a
+        // CompID).
+        if let Ok(old) = rkyv::from_bytes::<SnapshotV4, rkyv::rancor::Error>(&aligned) {
+            if old.format_version == 4 {
+                return Ok(old.into());
+            }
+        }
         if let Ok(old) = rkyv::from_bytes::<SnapshotV3, rkyv::rancor::Error>(&aligned) {
             if old.format_version == 3 {
                 return Ok(old.into());
@@ -226,6 +277,30 @@ impl Snapshot {
         }
         let snapshot = current.map_err(|e| RestoreError::Malformed(e.to_string()))?;
         Err(RestoreError::UnsupportedVersion(snapshot.format_version))
+    }
+
+    /// This snapshot in format 4's layout (its key salt left out), for the test that this
+    /// build still reads it.
+    #[cfg(test)]
+    pub(crate) fn to_v4_bytes(&self) -> Vec<u8> {
+        let old = SnapshotV4 {
+            format_version: 4,
+            config: self.config,
+            last_seq: self.last_seq,
+            last_timestamp_ns: self.last_timestamp_ns,
+            output_hash: self.output_hash,
+            trades: self.trades,
+            executions: self.executions,
+            accounts: self.accounts.clone(),
+            markets: self.markets.clone(),
+            asset_totals: self.asset_totals.clone(),
+            assets: self.assets.clone(),
+            brokers: self.brokers.clone(),
+            fix_sessions: self.fix_sessions.clone(),
+        };
+        rkyv::to_bytes::<rkyv::rancor::Error>(&old)
+            .expect("plain owned data serializes")
+            .into_vec()
     }
 
     /// This snapshot in format 3's layout (its brokers' CompIDs left out), for the test
@@ -360,6 +435,7 @@ impl Engine {
                 })
                 .collect(),
             fix_sessions: state.fix_sessions.iter().map(|(c, m)| (*c, *m)).collect(),
+            key_salt: state.key_salt,
         }
     }
 
@@ -469,6 +545,7 @@ impl Engine {
                 ));
             }
         }
+        state.key_salt = snapshot.key_salt;
         let mut by_id = Vec::new();
         for (market_index, saved) in snapshot.markets.iter().enumerate() {
             if state

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use exchange_domain::{AccountId, BrokerId, CompId, KeyDigest};
+use exchange_domain::{AccountId, BrokerId, CompId, KeyDigest, KeySalt};
 use serde::Deserialize;
 
 /// The shortest key accepted: a key must not be guessable.
@@ -38,6 +38,21 @@ pub fn digest(key: &str) -> KeyDigest {
     let hash = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
     let mut bytes = [0u8; 32];
     bytes.copy_from_slice(hash.as_ref());
+    KeyDigest(bytes)
+}
+
+/// The digest a broker's key is registered and looked up by: HMAC-SHA-256 keyed with the
+/// cluster's salt, or, in a cluster made before salts (`None`), plain SHA-256.
+pub fn broker_digest(salt: Option<KeySalt>, key: &str) -> KeyDigest {
+    let Some(salt) = salt else {
+        return digest(key);
+    };
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &salt.0),
+        key.as_bytes(),
+    );
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(tag.as_ref());
     KeyDigest(bytes)
 }
 
@@ -221,14 +236,17 @@ impl BrokersFile {
         self.admin_key.as_deref().map(digest)
     }
 
-    /// (broker, key digest, owned accounts) for every broker of the file.
-    pub fn registrations(&self) -> Vec<(BrokerId, KeyDigest, Vec<AccountId>)> {
+    /// (broker, key digest with the cluster's salt, owned accounts) for every broker of the file.
+    pub fn registrations(
+        &self,
+        salt: Option<KeySalt>,
+    ) -> Vec<(BrokerId, KeyDigest, Vec<AccountId>)> {
         self.brokers
             .iter()
             .map(|b| {
                 (
                     BrokerId(b.id),
-                    digest(&b.key),
+                    broker_digest(salt, &b.key),
                     b.accounts.iter().map(|&a| AccountId(a)).collect(),
                 )
             })
@@ -289,6 +307,24 @@ mod tests {
                 .expect_err(text);
             assert!(error.contains(why), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn a_salted_digest_is_hmac_sha256_and_differs_by_salt() {
+        let (one, two) = (Some(KeySalt([1; 16])), Some(KeySalt([2; 16])));
+        let key = "a-broker-key-0123456789";
+        assert_eq!(broker_digest(None, key), digest(key));
+        assert_ne!(broker_digest(one, key), digest(key));
+        assert_ne!(broker_digest(one, key), broker_digest(two, key));
+        assert_eq!(broker_digest(one, key), broker_digest(one, key));
+        // RFC 4231 shape: HMAC-SHA-256 with a 16-byte key, checked against ring's verify.
+        let tag = broker_digest(one, key);
+        ring::hmac::verify(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[1; 16]),
+            key.as_bytes(),
+            &tag.0,
+        )
+        .expect("HMAC-SHA-256 of the key under the salt");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub use exchange_client::client;
 pub mod credentials;
+pub mod key_salt;
 pub mod metrics;
 pub use exchange_client::protocol;
 pub mod server;

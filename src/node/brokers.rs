@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use exchange_domain::{AdminCommand, BrokerCommand, BrokerId, Command, CompId, KeyDigest};
+use exchange_domain::{AdminCommand, BrokerCommand, BrokerId, Command, CompId, KeyDigest, KeySalt};
 use openraft::ServerState;
 
 use crate::gateway::credentials::BrokersFile;
@@ -25,8 +25,9 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 async fn missing(
     engine: &EngineHandle,
     file: &BrokersFile,
+    salt: Option<KeySalt>,
 ) -> Result<Vec<Command>, crate::replication::engine_thread::EngineStopped> {
-    let registrations = file.registrations();
+    let registrations = file.registrations(salt);
     let wanted = registrations.clone();
     type Known = (
         Vec<(BrokerId, KeyDigest)>,
@@ -111,7 +112,12 @@ async fn apply(raft: &Raft, engine: &EngineHandle, sequencer: &Sequencer, file: 
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let commands = match missing(engine, file).await {
+    // Digests are keyed with the cluster's salt, which a new cluster's first leader sets now.
+    let salt = match crate::gateway::key_salt::settle(sequencer, engine).await {
+        Ok(salt) => salt,
+        Err(e) => return tracing::warn!("brokers file not applied: {e}"),
+    };
+    let commands = match missing(engine, file, salt).await {
         Ok(commands) => commands,
         Err(e) => return tracing::warn!("brokers file not applied: {e}"),
     };

@@ -101,6 +101,7 @@ impl OutputTap for NodeTap {
             match output.event {
                 Event::BrokerKeySet { broker, key_digest } => self.keys.set(broker, key_digest),
                 Event::FixCompIdSet { broker, comp_id } => self.keys.set_comp_id(broker, comp_id),
+                Event::KeySaltSet { salt } => self.keys.set_salt(Some(salt)),
                 _ => {}
             }
         }
@@ -155,6 +156,7 @@ impl OutputTap for NodeTap {
 
     fn restore(&mut self, engine: &Engine, index: u64, saved: &[u8]) -> Result<(), String> {
         self.md = MarketData::restore(engine, saved)?;
+        self.keys.set_salt(engine.key_salt());
         self.keys.replace_all(engine.brokers());
         self.keys.replace_all_comp_ids(engine.fix_comp_ids());
         // Reports before the snapshot are not kept here: the journal starts after it.

@@ -10,7 +10,9 @@
 //! and the old file is then removed), and from then on a format 2 build refuses it instead of
 //! reading a stale vote. Format 4 adds a command (a broker's FIX CompID) that older builds
 //! cannot read, and snapshots that carry it; a format 3 directory is upgraded in place (its
-//! snapshots are still read), and older builds then refuse it. Format 1 directories have no
+//! snapshots are still read), and older builds then refuse it. Format 5 adds the cluster's
+//! key salt (a command and a snapshot field); a format 4 directory is upgraded in place and
+//! keeps no salt (its brokers' digests were made without one). Format 1 directories have no
 //! `FORMAT` file.
 
 use std::path::Path;
@@ -18,9 +20,9 @@ use std::path::Path;
 use exchange_log::MetaFile;
 
 /// The format this build writes and reads.
-pub const DATA_FORMAT_VERSION: u32 = 4;
+pub const DATA_FORMAT_VERSION: u32 = 5;
 /// Formats this build upgrades in place by marking them with its own.
-const UPGRADED_IN_PLACE: [u32; 2] = [2, 3];
+const UPGRADED_IN_PLACE: [u32; 3] = [2, 3, 4];
 const FORMAT_FILE: &str = "FORMAT";
 
 /// Why a data directory cannot be used by this build.
@@ -109,8 +111,8 @@ mod tests {
     }
 
     #[test]
-    fn formats_2_and_3_are_upgraded_in_place() {
-        for old in [2u32, 3] {
+    fn formats_2_to_4_are_upgraded_in_place() {
+        for old in [2u32, 3, 4] {
             let dir = tempfile::tempdir().unwrap();
             let file = MetaFile::new(dir.path().join(FORMAT_FILE));
             file.write(&old.to_le_bytes()).unwrap();

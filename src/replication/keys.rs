@@ -11,12 +11,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
-use exchange_domain::{BrokerId, CompId, KeyDigest};
+use exchange_domain::{BrokerId, CompId, KeyDigest, KeySalt};
 use subtle::ConstantTimeEq;
 
 pub struct BrokerKeys {
     keys: RwLock<Vec<(BrokerId, KeyDigest)>>,
     comp_ids: RwLock<Vec<(BrokerId, CompId)>>,
+    /// The cluster's key salt, once this node applied it.
+    salt: RwLock<Option<KeySalt>>,
     generation: AtomicU64,
     /// Wakes streams that must end when a key changes.
     changed: tokio::sync::watch::Sender<u64>,
@@ -27,6 +29,7 @@ impl Default for BrokerKeys {
         BrokerKeys {
             keys: RwLock::new(Vec::new()),
             comp_ids: RwLock::new(Vec::new()),
+            salt: RwLock::new(None),
             generation: AtomicU64::new(0),
             changed: tokio::sync::watch::Sender::new(0),
         }
@@ -44,6 +47,17 @@ impl BrokerKeys {
             }
         }
         self.bump();
+    }
+
+    /// The cluster's key salt, as applied (or restored).
+    pub fn set_salt(&self, salt: Option<KeySalt>) {
+        *self.salt.write().unwrap_or_else(|p| p.into_inner()) = salt;
+    }
+
+    /// The salt keys are digested with; `None` before this node applied it, or for good in a
+    /// cluster made before salts.
+    pub fn salt(&self) -> Option<KeySalt> {
+        *self.salt.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every key at once, as a restored snapshot holds them.

@@ -588,7 +588,7 @@ impl<'tx> Rows<'tx> {
                     .context("inserting an asset")?;
                 Ok(1)
             }
-            // Administration the reports do not cover (accounts, limits, halts, keys, FIX sessions).
+            // Administration the reports do not cover (accounts, limits, halts, keys and their salt, FIX sessions).
             Event::AccountCreated { .. }
             | Event::RiskLimitsSet { .. }
             | Event::PriceBandSet { .. }
@@ -596,7 +596,8 @@ impl<'tx> Rows<'tx> {
             | Event::AdminRejected { .. }
             | Event::BrokerKeySet { .. }
             | Event::FixCompIdSet { .. }
-            | Event::FixSessionMarked { .. } => Ok(0),
+            | Event::FixSessionMarked { .. }
+            | Event::KeySaltSet { .. } => Ok(0),
         }
     }
 

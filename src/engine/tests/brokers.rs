@@ -352,3 +352,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_key_salt_is_set_once_and_only_before_any_broker() {
+    use exchange_domain::KeySalt;
+    let refused = |events: &[Event]| {
+        events
+            .iter()
+            .any(|e| e.reject_reason() == Some(RejectReason::NotPermitted))
+    };
+    let mut h = Harness::new();
+    let events = h.admin(AdminCommand::SetKeySalt {
+        salt: KeySalt([1; 16]),
+    });
+    assert!(matches!(events[..], [Event::KeySaltSet { salt }] if salt == KeySalt([1; 16])));
+    // A second salt would break every digest made with the first.
+    assert!(refused(&h.admin(AdminCommand::SetKeySalt {
+        salt: KeySalt([2; 16]),
+    })));
+    assert_eq!(h.engine.key_salt(), Some(KeySalt([1; 16])));
+    // A cluster whose brokers were registered without a salt keeps none.
+    let mut old = brokers();
+    assert!(refused(&old.admin(AdminCommand::SetKeySalt {
+        salt: KeySalt([3; 16]),
+    })));
+    assert_eq!(old.engine.key_salt(), None);
+}

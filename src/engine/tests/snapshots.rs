@@ -112,3 +112,23 @@ fn an_inconsistent_snapshot_is_refused() {
         Err(RestoreError::UnsupportedVersion(_))
     ));
 }
+
+#[test]
+fn the_key_salt_is_kept_and_a_format_4_snapshot_is_read_without_one() {
+    use exchange_domain::{AdminCommand, KeySalt};
+    let mut h = Harness::new();
+    let salt = KeySalt([9; 16]);
+    h.admin(AdminCommand::SetKeySalt { salt });
+    h.register_broker(BROKER_A);
+    let snapshot = h.engine.snapshot();
+    assert_eq!(snapshot.key_salt, Some(salt));
+    let restored = Engine::restore(&Snapshot::from_bytes(&snapshot.to_bytes()).expect("read"))
+        .expect("restore");
+    assert_eq!(restored.key_salt(), Some(salt));
+    assert_eq!(restored.output_hash(), h.engine.output_hash());
+    // Format 4 had no salt: its clusters keep plain digests.
+    let read = Snapshot::from_bytes(&snapshot.to_v4_bytes()).expect("a format 4 snapshot");
+    assert_eq!(read.key_salt, None);
+    assert_eq!(read.brokers, snapshot.brokers);
+    assert_eq!(read.format_version, crate::SNAPSHOT_FORMAT_VERSION);
+}

@@ -126,33 +126,76 @@ impl Gateway {
     async fn check_key(&self, api_key: &str) -> Result<(Principal, KeyDigest), LogonRefusal> {
         credentials::check_key(api_key)
             .map_err(|e| LogonRefusal::Other(format!("logon refused: {e}")))?;
-        let digest = credentials::digest(api_key);
+        // The admin key is the node's own configuration, never replicated: plain SHA-256.
+        let admin = credentials::digest(api_key);
         if self
             .admin_digest
-            .is_some_and(|admin| bool::from(admin.0.ct_eq(&digest.0)))
+            .is_some_and(|digest| bool::from(digest.0.ct_eq(&admin.0)))
         {
             return Ok((
                 Principal {
                     broker: BrokerId::OPERATOR,
                 },
-                digest,
+                admin,
             ));
         }
+        let digest = credentials::broker_digest(self.keys.salt(), api_key);
         if let Some(broker) = self.keys.broker_of(&digest) {
             return Ok((Principal { broker }, digest));
         }
         // Not known here, yet perhaps registered in an entry this node has not applied (it
         // just started, or is behind). Only a leader that confirms it leads may say no: the
         // confirmation returns once everything committed before it is applied, and so in the
-        // key table (the engine thread records a key change before it answers the entry).
+        // key table (the engine thread records a key change before it answers the entry). The
+        // salt too: a node that had not applied it yet digests the key again.
         self.leadership
             .confirm()
             .await
             .map_err(|_| LogonRefusal::NotLeader)?;
+        let digest = credentials::broker_digest(self.keys.salt(), api_key);
         self.keys
             .broker_of(&digest)
             .map(|broker| (Principal { broker }, digest))
             .ok_or(LogonRefusal::UnknownKey)
+    }
+
+    /// Registers a broker or gives it a new key (empty: revoked), for the operator: the key
+    /// is digested here with the cluster's salt (settled first on a new cluster).
+    pub(super) async fn set_broker_key(
+        &self,
+        session: &Session,
+        principal: Principal,
+        broker: u32,
+        key: &str,
+    ) -> Reply {
+        let key_digest = if key.is_empty() {
+            KeyDigest::REVOKED
+        } else {
+            if let Err(why) = credentials::check_key(key) {
+                return Reply::Error(format!("refused: {why}"));
+            }
+            match crate::gateway::key_salt::settle(&self.sequencer, &self.engine).await {
+                Ok(salt) => credentials::broker_digest(salt, key),
+                Err(_) if !self.publishing() => return self.not_leader(),
+                Err(e) => return Reply::Error(e.to_string()),
+            }
+        };
+        let command = Command::Admin(AdminCommand::SetBrokerKey {
+            broker: BrokerId(broker),
+            key_digest,
+        });
+        match self.sequence(session, principal, vec![command]).await {
+            Ok(mut results) => match results.pop() {
+                Some(Ok(outputs)) => {
+                    audit_key_change(session, &command, &outputs);
+                    Reply::Outputs(outputs)
+                }
+                Some(Err(SubmitError::Unknown(why))) => Reply::OutcomeUnknown(why),
+                Some(Err(e)) => Reply::Error(e.to_string()),
+                None => Reply::Error("the engine returned no outputs".into()),
+            },
+            Err(reply) => reply,
+        }
     }
 
     /// Whether the key the session logged on with is still its broker's (the operator's key

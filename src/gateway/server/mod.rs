@@ -366,6 +366,19 @@ impl Gateway {
                 return refusal;
             }
         }
+        let digest_sent = match &request {
+            Request::Submit(command) => sends_a_digest(command),
+            Request::SubmitBatch(commands) => commands.iter().any(sends_a_digest),
+            _ => false,
+        };
+        if digest_sent {
+            return Reply::Error(
+                "a broker key is set with the SetBrokerKey request (exchange-cli admin \
+                 set-broker-key), which sends the key for the node to digest with the \
+                 cluster's salt; a digest, and the salt, are not taken from a client"
+                    .into(),
+            );
+        }
         match request {
             Request::Status
             | Request::Heartbeat
@@ -411,6 +424,12 @@ impl Gateway {
                 self.add_learner(session, id, raft, broker).await
             }
             Request::SetVoters { voters } => self.set_voters(session, voters).await,
+            Request::SetBrokerKey { .. } if !principal.is_operator() => {
+                Reply::Error("not permitted: broker keys need the admin credential".into())
+            }
+            Request::SetBrokerKey { broker, key } => {
+                self.set_broker_key(session, principal, broker, &key).await
+            }
             Request::Submit(command) => {
                 if let Some(reply) = self.planted_fault(principal, &command).await {
                     return reply;
@@ -435,6 +454,16 @@ impl Gateway {
                 }
             }
         }
+    }
+}
+
+/// Whether a command carries what only the node may make: a key digest (revoking, the
+/// all-zero digest, needs no key) or the key salt.
+fn sends_a_digest(command: &Command) -> bool {
+    match command {
+        Command::Admin(AdminCommand::SetBrokerKey { key_digest, .. }) => !key_digest.is_revoked(),
+        Command::Admin(AdminCommand::SetKeySalt { .. }) => true,
+        _ => false,
     }
 }
 
