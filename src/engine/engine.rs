@@ -568,10 +568,11 @@ impl State {
         Ok(Event::FixSessionMarked { comp_id, mark })
     }
 
-    /// Sets the key salt: once, and only while no broker is registered, since a digest made
-    /// without the salt would no longer match (a cluster made before salts keeps none).
+    /// Sets the key salt: once, and only while no broker holds a key, since a digest made
+    /// without the salt would no longer match (a cluster made before salts keeps none). A
+    /// revoked broker holds none: revoking an id first does not turn salting off.
     pub fn set_key_salt(&mut self, salt: KeySalt) -> Result<Event, RejectReason> {
-        if self.key_salt.is_some() || !self.brokers.is_empty() {
+        if self.key_salt.is_some() || self.brokers.iter().any(|b| !b.key_digest.is_revoked()) {
             return Err(RejectReason::NotPermitted);
         }
         self.key_salt = Some(salt);

@@ -1,8 +1,8 @@
 //! The cluster's key salt. The first leader of a new cluster chooses it, before any broker is
 //! registered, and every broker key digest is keyed with it from then on
-//! (`credentials::broker_digest`). The engine takes it once, and only while no broker exists,
-//! so a cluster whose brokers were registered before salts existed keeps plain digests: which
-//! kind a cluster has never changes under a registered key.
+//! (`credentials::broker_digest`). The engine takes it once, and only while no broker holds a
+//! key, so a cluster whose brokers were registered before salts existed keeps plain digests:
+//! which kind a cluster has never changes under a registered key.
 
 use exchange_domain::{AdminCommand, BrokerCommand, Command, KeySalt};
 use ring::rand::SecureRandom;
@@ -37,11 +37,14 @@ pub async fn settle(
     engine: &EngineHandle,
 ) -> Result<Option<KeySalt>, KeySaltError> {
     let unavailable = |e: &dyn std::fmt::Display| KeySaltError::Unavailable(e.to_string());
-    let (salt, any_broker) = engine
-        .query(|engine| (engine.key_salt(), engine.brokers().next().is_some()))
+    let (salt, any_key) = engine
+        .query(|engine| {
+            let any_key = engine.brokers().any(|(_, digest)| !digest.is_revoked());
+            (engine.key_salt(), any_key)
+        })
         .await
         .map_err(|e| unavailable(&e))?;
-    if salt.is_some() || any_broker {
+    if salt.is_some() || any_key {
         return Ok(salt);
     }
     let mut bytes = [0u8; 16];

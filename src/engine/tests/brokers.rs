@@ -371,6 +371,19 @@ fn the_key_salt_is_set_once_and_only_before_any_broker() {
         salt: KeySalt([2; 16]),
     })));
     assert_eq!(h.engine.key_salt(), Some(KeySalt([1; 16])));
+    // A revoked broker holds no key: revoking first does not turn salting off.
+    let mut revoked_first = Harness::new();
+    revoked_first.admin(AdminCommand::SetBrokerKey {
+        broker: BROKER_A,
+        key_digest: KeyDigest::REVOKED,
+    });
+    let events = revoked_first.admin(AdminCommand::SetKeySalt {
+        salt: KeySalt([4; 16]),
+    });
+    assert!(
+        matches!(events[..], [Event::KeySaltSet { .. }]),
+        "{events:?}"
+    );
     // A cluster whose brokers were registered without a salt keeps none.
     let mut old = brokers();
     assert!(refused(&old.admin(AdminCommand::SetKeySalt {
