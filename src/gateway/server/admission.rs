@@ -145,6 +145,18 @@ impl TokenBucket {
     }
 }
 
+/// Why a request was throttled: which of the two `kind` rates it passed.
+fn over_rate(kind: &str, by_broker: bool, session_rate: u32, broker_rate: u32) -> String {
+    if by_broker {
+        format!(
+            "over the broker's {kind} rate over all its sessions on this node ({broker_rate} a \
+             second)"
+        )
+    } else {
+        format!("over the session's {kind} rate ({session_rate} a second)")
+    }
+}
+
 /// Takes `n` tokens from the session's bucket, then from its broker's (when it has one),
 /// giving the session's back if the broker's refuse: a refused request spends nothing.
 fn take_both(
@@ -219,18 +231,12 @@ impl Gateway {
         self.metrics.throttled.fetch_add(1, Ordering::Relaxed);
         let limits = &self.session_limits;
         Some(Reply::Throttled {
-            reason: if by_broker {
-                format!(
-                    "over the broker's read rate over all its sessions on this node ({} a \
-                     second)",
-                    limits.broker_reads_per_sec
-                )
-            } else {
-                format!(
-                    "over the session's read rate ({} a second)",
-                    limits.reads_per_sec
-                )
-            },
+            reason: over_rate(
+                "read",
+                by_broker,
+                limits.reads_per_sec,
+                limits.broker_reads_per_sec,
+            ),
             retry_after_ms: wait.as_millis().max(1) as u64,
         })
     }
@@ -298,18 +304,12 @@ impl Gateway {
         let broker = session.broker_rates.get().map(|b| &b.commands);
         take_both(&session.bucket, broker, count as u32).map_err(|(wait, by_broker)| {
             let limits = &self.session_limits;
-            let reason = if by_broker {
-                format!(
-                    "over the broker's command rate over all its sessions on this node ({} a \
-                     second)",
-                    limits.broker_commands_per_sec
-                )
-            } else {
-                format!(
-                    "over the session's command rate ({} a second)",
-                    limits.commands_per_sec
-                )
-            };
+            let reason = over_rate(
+                "command",
+                by_broker,
+                limits.commands_per_sec,
+                limits.broker_commands_per_sec,
+            );
             throttled(reason, wait)
         })?;
         self.metrics

@@ -185,15 +185,7 @@ impl Gateway {
             key_digest,
         });
         match self.sequence(session, principal, vec![command]).await {
-            Ok(mut results) => match results.pop() {
-                Some(Ok(outputs)) => {
-                    audit_key_change(session, &command, &outputs);
-                    Reply::Outputs(outputs)
-                }
-                Some(Err(SubmitError::Unknown(why))) => Reply::OutcomeUnknown(why),
-                Some(Err(e)) => Reply::Error(e.to_string()),
-                None => Reply::Error("the engine returned no outputs".into()),
-            },
+            Ok(mut results) => super::one_answer(session, &command, results.pop()),
             Err(reply) => reply,
         }
     }

@@ -442,18 +442,29 @@ impl Gateway {
                         Some(Ok(_)) if self.planted_unknown(principal, &command) => {
                             Reply::OutcomeUnknown("no answer (a planted test fault)".into())
                         }
-                        Some(Ok(outputs)) => {
-                            audit_key_change(session, &command, &outputs);
-                            Reply::Outputs(outputs)
-                        }
-                        Some(Err(SubmitError::Unknown(why))) => Reply::OutcomeUnknown(why),
-                        Some(Err(e)) => Reply::Error(e.to_string()),
-                        None => Reply::Error("the engine returned no outputs".into()),
+                        answer => one_answer(session, &command, answer),
                     },
                     Err(reply) => reply,
                 }
             }
         }
+    }
+}
+
+/// The reply to one sequenced command: its outputs (a key change audited), or why not.
+fn one_answer(
+    session: &Session,
+    command: &Command,
+    answer: Option<Result<Vec<Output>, SubmitError>>,
+) -> Reply {
+    match answer {
+        Some(Ok(outputs)) => {
+            audit_key_change(session, command, &outputs);
+            Reply::Outputs(outputs)
+        }
+        Some(Err(SubmitError::Unknown(why))) => Reply::OutcomeUnknown(why),
+        Some(Err(e)) => Reply::Error(e.to_string()),
+        None => Reply::Error("the engine returned no outputs".into()),
     }
 }
 
