@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The cost of market data fan-out to the order path (docs/performance.md, "Fan-out"): one local
 # 3-node cluster, and `exchange-cli bench --rate R` alternating without subscribers, with 100
-# native subscribers (book and trades, on the leader) and with 100 WebSocket subscribers of a
-# follower, the web console open in headless Chromium on the follower during the subscriber
-# runs. Prints one JSON report a run, each prefixed with its name.
+# native subscribers (book and trades) of a follower, with 100 WebSocket subscribers of the same
+# follower, and with a CPU burner that takes the share of a core the native subscribers took in
+# the run before it, the web console open in headless Chromium on the follower during all but
+# the runs without subscribers. The burner's run tells the subscribers' own processing (they
+# share this host's cores with the nodes) from what serving them costs the nodes. Prints one
+# JSON report a run, each prefixed with its name.
 #
 #   scripts/bench-fanout.sh                 # rates 5000 and 10000, 3 rounds
 #   RATES=5000 ROUNDS=1 NICE_TOO=1 scripts/bench-fanout.sh
 #                                            # also the subscribers at nice 19
+#   MD_ON=leader scripts/bench-fanout.sh     # the native subscribers on the leader
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A benchmark drives sessions harder than the limits sized for real brokers allow.
@@ -18,33 +22,55 @@ command -v chromium >/dev/null || { echo "chromium is needed (apt-get install ch
 scripts/cluster.sh down >/dev/null 2>&1 || true
 rm -rf "$EXCHANGE_DATA"
 profile=$(mktemp -d)
-trap 'scripts/cluster.sh down >/dev/null 2>&1 || true; pkill -f "$profile" || true; rm -rf "$profile"' EXIT
+burner=
+trap 'scripts/cluster.sh down >/dev/null 2>&1 || true; [ -z "$burner" ] || kill "$burner" 2>/dev/null || true; pkill -f "$profile" || true; rm -rf "$profile"' EXIT
 scripts/cluster.sh up 3 >/dev/null
 sleep 2
-follower=$(curl -s 127.0.0.1:8081/api/v1/cluster | python3 -c '
+# A follower's HTTP address and node id (node i takes brokers on 127.0.0.1:710i), and the leader's id.
+read -r follower follower_id leader_id < <(curl -s 127.0.0.1:8081/api/v1/cluster | python3 -c '
 import json, sys
-nodes = json.load(sys.stdin)["nodes"]
-print(next(n["status"]["http"] for n in nodes if n["status"] and n["status"]["role"] != "leader"))')
+nodes = [n["status"] for n in json.load(sys.stdin)["nodes"] if n["status"]]
+follower = next(n for n in nodes if n["role"] != "leader")
+print(follower["http"], follower["id"], next(n["id"] for n in nodes if n["role"] == "leader"))')
+md_id=$follower_id
+[ "${MD_ON:-follower}" = leader ] && md_id=$leader_id
 cli=target/release/exchange-cli
 n=0
 console_open() { chromium --headless=new --no-sandbox --disable-gpu --user-data-dir="$profile" "http://$follower/" >/dev/null 2>&1 & sleep 3; }
 console_close() { pkill -f "$profile" || true; sleep 1; }
+# Busy for SHARE of each 5 ms, asleep for the rest, at the bench's priority, until killed.
+burner_start() {
+  python3 -c '
+import sys, time
+share, period = min(float(sys.argv[1]), 0.95), 0.005
+while True:
+    start = time.perf_counter()
+    while time.perf_counter() - start < share * period:
+        pass
+    time.sleep(period * (1 - share))' "$1" "$profile" & burner=$!
+}
+burner_stop() { kill "$burner" 2>/dev/null || true; wait "$burner" 2>/dev/null || true; burner=; }
+share_of() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])["market_data"]["subscribers_cpu_share"])' "$1" 2>/dev/null || echo 0.45; }
 bench() {
   n=$((n + 1))
-  echo "$1 $($cli bench --admin --json --duration "${DURATION:-10}" --symbol $((900 + n)) \
+  last=$($cli bench --admin --json --duration "${DURATION:-10}" --symbol $((900 + n)) \
     --first-account $((900000 + n * 1000)) --first-broker $((100 + n * 20)) \
-    --floor-dir "$EXCHANGE_DATA" "${@:2}" 2>/dev/null || echo '{"failed": true}')"
+    --floor-dir "$EXCHANGE_DATA" "${@:2}" 2>/dev/null || echo '{"failed": true}')
+  echo "$1 $last"
 }
 ws=(--ws-subscribers 100 --ws-url "ws://$follower/api/v1/ws")
+native=(--md-subscribers 100 --md-node "127.0.0.1:710$md_id")
 for rate in ${RATES:-5000 10000}; do
   for _ in $(seq "${ROUNDS:-3}"); do
     bench "none-$rate" --rate "$rate"
-    console_open; bench "native-$rate" --rate "$rate" --md-subscribers 100; console_close
+    console_open; bench "native-$rate" --rate "$rate" "${native[@]}"; console_close
+    share=$(share_of "$last")
+    console_open; burner_start "$share"; bench "burn-$share-$rate" --rate "$rate"; burner_stop; console_close
     bench "none-$rate" --rate "$rate"
     console_open; bench "ws-$rate" --rate "$rate" "${ws[@]}"; console_close
     if [ -n "${NICE_TOO:-}" ]; then
       bench "none-$rate" --rate "$rate"
-      console_open; bench "native-nice19-$rate" --rate "$rate" --md-subscribers 100 --subscribers-nice 19; console_close
+      console_open; bench "native-nice19-$rate" --rate "$rate" "${native[@]}" --subscribers-nice 19; console_close
       bench "none-$rate" --rate "$rate"
       console_open; bench "ws-nice19-$rate" --rate "$rate" "${ws[@]}" --subscribers-nice 19; console_close
     fi

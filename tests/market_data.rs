@@ -1,5 +1,5 @@
-//! Market data on a real cluster: a subscriber across a leader kill, candles on every node,
-//! and a subscriber that stops reading.
+//! Market data on a real cluster: a subscriber across a leader kill, a subscriber served by a
+//! follower, candles on every node, and a subscriber that stops reading.
 
 mod support;
 
@@ -88,6 +88,20 @@ async fn follow(mut feed: MarketFeed, stop: Arc<AtomicBool>) -> (MarketFeed, Vec
     }
 }
 
+/// A feed that subscribes on node `id`, and on the other nodes, in order, only when it cannot
+/// reach that one.
+fn feed_first_on(cluster: &Cluster, id: u64, channel: Channel) -> MarketFeed {
+    let ca = exchange::net::tls::load_ca(&cluster.dir.join("certs")).expect("CA");
+    let mut nodes = cluster.brokers();
+    nodes.retain(|node| *node != cluster.broker(id));
+    nodes.insert(0, cluster.broker(id));
+    Client::new(nodes, &ca)
+        .expect("client")
+        .with_api_key(ADMIN_KEY)
+        .with_nodes_in_order()
+        .into_market_feed(SYMBOL.0, channel)
+}
+
 /// The engine's book (from any node, once all agree) equals what the feed built.
 async fn assert_book_matches_engine(cluster: &Cluster, feed: &MarketFeed) {
     cluster.assert_converged(Duration::from_secs(10)).await;
@@ -118,12 +132,13 @@ async fn a_subscriber_sees_every_message_once_across_a_leader_kill() {
     let mut admin = cluster.client();
     setup_market(&mut admin, ACCOUNTS).await;
 
-    // Both subscribed (their snapshots received) before the first trade.
-    let mut book = cluster.client().into_market_feed(SYMBOL.0, Channel::Book);
-    let mut trades = cluster.client().into_market_feed(SYMBOL.0, Channel::Trades);
+    // Both subscribed on the leader (their snapshots received) before the first trade.
+    let mut book = feed_first_on(&cluster, leader, Channel::Book);
+    let mut trades = feed_first_on(&cluster, leader, Channel::Trades);
     for feed in [&mut book, &mut trades] {
         let first = feed.next(Duration::from_secs(5)).await.expect("subscribe");
         assert!(first.first().is_some_and(|m| m.is_snapshot()), "{first:?}");
+        assert_eq!(feed.node(), Some(cluster.broker(leader)));
     }
     let stop_reading = Arc::new(AtomicBool::new(false));
     let book = tokio::spawn(follow(book, Arc::clone(&stop_reading)));
@@ -247,6 +262,78 @@ async fn a_subscriber_sees_every_message_once_across_a_leader_kill() {
         volume, streamed_volume,
         "minute candles' volume is every trade's"
     );
+}
+
+/// Any node in touch with the leader serves market data (every node numbers the streams alike),
+/// so subscribers may leave the leader's cores to orders: one on a follower is served there and
+/// the leader sends nothing; when that follower goes, the feed resumes on another node after
+/// its last message, with no gap and no second snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_market_data_and_its_subscriber_resumes_elsewhere_when_it_goes() {
+    let mut cluster = Cluster::start(
+        "md-follower",
+        3,
+        26_400,
+        &["--metrics-listen", "127.0.0.1:{metrics}"],
+    );
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let mut admin = cluster.client();
+    setup_market(&mut admin, ACCOUNTS).await;
+
+    let mut book = feed_first_on(&cluster, follower, Channel::Book);
+    let first = book.next(Duration::from_secs(5)).await.expect("subscribe");
+    assert!(first.first().is_some_and(|m| m.is_snapshot()), "{first:?}");
+    assert_eq!(
+        book.node(),
+        Some(cluster.broker(follower)),
+        "the follower took the subscription itself"
+    );
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let book = tokio::spawn(follow(book, Arc::clone(&stop_reading)));
+    let stop_trading = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|seed| {
+            let batches = Arc::new(AtomicU64::new(0));
+            tokio::spawn(trade(
+                cluster.client(),
+                seed,
+                Arc::clone(&stop_trading),
+                batches,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let sent = |id| {
+        cluster
+            .metric(id, "exchange_market_messages_sent_total")
+            .unwrap_or_else(|| panic!("node {id} has no market data metrics"))
+    };
+    assert!(sent(follower) > 0.0, "the follower sent no market data");
+    assert_eq!(sent(leader), 0.0, "the leader sent market data");
+
+    cluster.kill(follower);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop_trading.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load");
+    }
+    stop_reading.store(true, Ordering::Relaxed);
+    let (book, messages) = book.await.expect("book feed");
+    assert_eq!(book.gaps(), 0, "a message did not follow its predecessor");
+    assert!(
+        book.subscriptions() >= 2,
+        "the feed never had to resubscribe"
+    );
+    assert_eq!(book.state().snapshots, 1, "it resumed without a snapshot");
+    assert!(
+        book.node()
+            .is_some_and(|node| node != cluster.broker(follower)),
+        "the feed is on another node now: {:?}",
+        book.node()
+    );
+    assert!(messages.len() > 50, "{} book messages", messages.len());
+    assert_book_matches_engine(&cluster, &book).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

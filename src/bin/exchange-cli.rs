@@ -138,6 +138,12 @@ enum Commands {
         /// (each its own connection); the report adds what they received per second.
         #[arg(long, default_value_t = 0)]
         md_subscribers: u64,
+        /// The node the market data subscribers read, by broker address: any node in touch
+        /// with the leader serves market data, so they may leave the leader's cores to orders.
+        /// The other --nodes are tried only when it cannot be reached; without it each
+        /// subscriber reads whichever of them answers first.
+        #[arg(long, value_name = "ADDR", value_parser = cluster::parse_node_address)]
+        md_node: Option<std::net::SocketAddr>,
         /// Market data subscribers that subscribe to the book and then stop reading, to show
         /// that a slow reader does not slow orders (compare with a run without).
         #[arg(long, default_value_t = 0)]
@@ -379,6 +385,7 @@ fn main() -> ExitCode {
             first_broker,
             floor_dir,
             md_subscribers,
+            md_node,
             md_stalled,
             ws_subscribers,
             ws_url,
@@ -400,6 +407,7 @@ fn main() -> ExitCode {
                 cancel_pct,
                 floor_dir,
                 md_subscribers,
+                md_node,
                 md_stalled,
                 ws_subscribers,
                 ws_url,

@@ -25,7 +25,7 @@ pub struct ClusterArgs {
         long,
         global = true,
         value_delimiter = ',',
-        value_parser = node_address,
+        value_parser = parse_node_address,
         env = "EXCHANGE_NODES",
         default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
     )]
@@ -107,6 +107,25 @@ impl ClusterArgs {
         Ok(self.anonymous_client()?.with_api_key(key))
     }
 
+    /// A client that logs on with `key` to `first`, and only when it cannot be reached to the
+    /// other nodes, in order (`None`: to whichever of the nodes answers first).
+    pub fn client_first_to(&self, first: Option<SocketAddr>, key: &str) -> Result<Client, String> {
+        let client = match first {
+            None => self.anonymous_client()?,
+            Some(first) => {
+                let mut nodes = self.nodes.clone();
+                nodes.retain(|node| *node != first);
+                nodes.insert(0, first);
+                let ca = trust(&self.certs_dir).map_err(|e| e.to_string())?;
+                Client::new(nodes, &ca)
+                    .map_err(|e| e.to_string())?
+                    .with_server_name(self.server_name.clone())
+                    .with_nodes_in_order()
+            }
+        };
+        Ok(client.with_api_key(key))
+    }
+
     /// As [`ClusterArgs::client`], with a small stream window (see
     /// `Client::with_stream_window`).
     pub fn client_with_stream_window(&self, bytes: u32) -> Result<Client, String> {
@@ -129,7 +148,7 @@ impl ClusterArgs {
 }
 
 /// A node's broker address: `ip:port`, or `host:port` resolved now (its first address).
-fn node_address(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_node_address(text: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     if let Ok(addr) = text.parse() {
         return Ok(addr);

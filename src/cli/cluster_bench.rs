@@ -57,6 +57,9 @@ pub struct BenchConfig {
     pub floor_dir: PathBuf,
     /// Market data subscribers that read the symbol's book and trades throughout.
     pub md_subscribers: u64,
+    /// The node they read (`None`: whichever node answers first); the others only when it
+    /// cannot be reached.
+    pub md_node: Option<std::net::SocketAddr>,
     /// Market data subscribers that subscribe to the book and then stop reading.
     pub md_stalled: u64,
     /// WebSocket subscribers (the HTTP API's) that follow the symbol's book and trades.
@@ -182,6 +185,9 @@ const RELEASED_QUEUE_MAX: usize = 65_536;
 const UNAVAILABLE_RESEND_FOR: Duration = Duration::from_secs(2);
 const UNAVAILABLE_RESEND_PAUSE: Duration = Duration::from_millis(5);
 
+/// How long the subscribers may take to connect and have their snapshots before the run.
+const SUBSCRIBED_WITHIN: Duration = Duration::from_secs(60);
+
 /// The stream window of a stalled subscriber's connection.
 const STALLED_WINDOW_BYTES: u32 = 16 * 1024;
 
@@ -194,13 +200,22 @@ struct FeedCount {
     resyncs: u64,
 }
 
-/// Reads one stream until `stop`, counting.
-async fn read_feed(mut feed: MarketFeed, stop: Arc<AtomicBool>) -> FeedCount {
+/// Reads one stream until `stop`, counting; adds one to `subscribed` once its snapshot came.
+async fn read_feed(
+    mut feed: MarketFeed,
+    stop: Arc<AtomicBool>,
+    subscribed: Arc<AtomicU64>,
+) -> FeedCount {
     let mut count = FeedCount::default();
+    let mut counted = false;
     while !stop.load(Ordering::Acquire) {
         let Ok(batch) = feed.next(Duration::from_millis(100)).await else {
             continue;
         };
+        if !counted && !batch.is_empty() {
+            counted = true;
+            subscribed.fetch_add(1, Ordering::AcqRel);
+        }
         count.messages += batch.len() as u64;
         count.updates += batch
             .iter()
@@ -217,8 +232,14 @@ async fn read_feed(mut feed: MarketFeed, stop: Arc<AtomicBool>) -> FeedCount {
 }
 
 /// A WebSocket subscriber of the HTTP API: follows the symbol's book and trades until `stop`,
-/// counting messages and checking that each stream's sequence numbers follow each other.
-async fn read_ws(url: String, symbol: String, stop: Arc<AtomicBool>) -> Result<FeedCount, String> {
+/// counting messages and checking that each stream's sequence numbers follow each other; adds
+/// one to `subscribed` once both snapshots came.
+async fn read_ws(
+    url: String,
+    symbol: String,
+    stop: Arc<AtomicBool>,
+    subscribed: Arc<AtomicU64>,
+) -> Result<FeedCount, String> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
@@ -258,7 +279,12 @@ async fn read_ws(url: String, symbol: String, stop: Arc<AtomicBool>) -> Result<F
         count.messages += 1;
         let previous = last.insert(channel.to_string(), seq);
         match kind {
-            "snapshot" => snapshots += 1,
+            "snapshot" => {
+                snapshots += 1;
+                if snapshots == 2 {
+                    subscribed.fetch_add(1, Ordering::AcqRel);
+                }
+            }
             _ => {
                 if previous.is_some_and(|p| seq != p + 1) {
                     count.gaps += 1;
@@ -301,10 +327,21 @@ fn threads_cpu_s(name: &str) -> f64 {
     total as f64 / ticks
 }
 
-/// Subscribes to the book, reads its snapshot, stops reading until `stop`, then reads again
-/// for a moment. Returns whether it was resynchronised by a fresh snapshot.
-async fn stall_feed(mut feed: MarketFeed, stop: Arc<AtomicBool>) -> bool {
-    let _ = feed.next(Duration::from_secs(5)).await;
+/// Subscribes to the book, reads its snapshot (then adds one to `subscribed`), stops reading
+/// until `stop`, then reads again for a moment. Returns whether it was resynchronised by a
+/// fresh snapshot.
+async fn stall_feed(
+    mut feed: MarketFeed,
+    stop: Arc<AtomicBool>,
+    subscribed: Arc<AtomicU64>,
+) -> bool {
+    if feed
+        .next(Duration::from_secs(5))
+        .await
+        .is_ok_and(|b| !b.is_empty())
+    {
+        subscribed.fetch_add(1, Ordering::AcqRel);
+    }
     while !stop.load(Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -880,6 +917,7 @@ pub async fn run(
         }
     }
     let stop_feeds = Arc::new(AtomicBool::new(false));
+    let subscribed = Arc::new(AtomicU64::new(0));
     // The subscribers run on threads of their own, so that their CPU can be told apart.
     let subscribers_runtime = BackgroundRuntime(Some(
         tokio::runtime::Builder::new_multi_thread()
@@ -904,9 +942,13 @@ pub async fn run(
         for _ in 0..config.md_subscribers {
             for channel in [Channel::Book, Channel::Trades] {
                 let feed = args
-                    .client_with_key(&args.required_key("market data")?)?
+                    .client_first_to(config.md_node, &args.required_key("market data")?)?
                     .into_market_feed(config.symbol, channel);
-                readers.push(tokio::spawn(read_feed(feed, Arc::clone(&stop_feeds))));
+                readers.push(tokio::spawn(read_feed(
+                    feed,
+                    Arc::clone(&stop_feeds),
+                    Arc::clone(&subscribed),
+                )));
             }
         }
         if config.ws_subscribers > 0 {
@@ -920,11 +962,11 @@ pub async fn run(
                     url.clone(),
                     name.clone(),
                     Arc::clone(&stop_feeds),
+                    Arc::clone(&subscribed),
                 )));
             }
         }
     }
-    let subscribers_cpu_before = threads_cpu_s(SUBSCRIBER_THREADS);
     let mut stalled = Vec::new();
     for _ in 0..config.md_stalled {
         // A small window, so that the node soon has nothing it may send ahead and the
@@ -932,8 +974,28 @@ pub async fn run(
         let feed = args
             .client_with_stream_window(STALLED_WINDOW_BYTES)?
             .into_market_feed(config.symbol, Channel::Book);
-        stalled.push(tokio::spawn(stall_feed(feed, Arc::clone(&stop_feeds))));
+        stalled.push(tokio::spawn(stall_feed(
+            feed,
+            Arc::clone(&stop_feeds),
+            Arc::clone(&subscribed),
+        )));
     }
+    // Every subscriber has its snapshots before the clock starts: 200 handshakes, logons and
+    // snapshots within the run would count against the orders scheduled meanwhile, and the
+    // run measures what serving subscribers costs, not what connecting them does.
+    let subscribers = readers.len() + ws_readers.len() + stalled.len();
+    let deadline = Instant::now() + SUBSCRIBED_WITHIN;
+    while subscribed.load(Ordering::Acquire) < subscribers as u64 {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} of {subscribers} market data subscribers had their snapshots within {:?}",
+                subscribed.load(Ordering::Acquire),
+                SUBSCRIBED_WITHIN
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let subscribers_cpu_before = threads_cpu_s(SUBSCRIBER_THREADS);
     let flows: Vec<Flow> = members
         .iter()
         .enumerate()

@@ -110,6 +110,8 @@ pub struct Client {
     suspects: Vec<(SocketAddr, std::time::Instant)>,
     /// The name the nodes' certificates must carry (`SERVER_NAME_DEFAULT` unless told).
     server_name: std::sync::Arc<str>,
+    /// Try the nodes one at a time, in the order given, instead of all at once.
+    in_order: bool,
 }
 
 /// The name development certificates carry for every node (`exchange-node gen-certs`).
@@ -166,6 +168,7 @@ impl Client {
             link: None,
             suspects: Vec::new(),
             server_name: SERVER_NAME_DEFAULT.into(),
+            in_order: false,
         })
     }
 
@@ -182,6 +185,14 @@ impl Client {
         self
     }
 
+    /// Try the nodes one at a time in the order given (the next one only when a node cannot
+    /// be reached), instead of all at once. For a client meant to stay on one node while it
+    /// lives: a market data feed on a follower, which leaves the leader's cores to orders.
+    pub fn with_nodes_in_order(mut self) -> Self {
+        self.in_order = true;
+        self
+    }
+
     /// The broker this client acts as, once a connection has logged on (0: the operator).
     pub fn broker(&self) -> Option<u32> {
         self.broker
@@ -192,6 +203,9 @@ impl Client {
     /// a node that has not yet applied a broker's registration (just replaced, or behind)
     /// does not know its key, while the others do.
     async fn connect_any(&mut self, candidates: &[SocketAddr]) -> Result<Link, ConnectError> {
+        if self.in_order {
+            return self.connect_in_order(candidates).await;
+        }
         let mut attempts = tokio::task::JoinSet::new();
         for &addr in candidates {
             let endpoint = self.endpoint.clone();
@@ -215,6 +229,31 @@ impl Client {
                 }
                 Ok(Err(ConnectError::Network(e))) => last_error = e,
                 Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(match refused {
+            Some(why) => ConnectError::Refused(why),
+            None => ConnectError::Network(last_error),
+        })
+    }
+
+    /// As `connect_any`, one candidate at a time.
+    async fn connect_in_order(&mut self, candidates: &[SocketAddr]) -> Result<Link, ConnectError> {
+        let mut last_error = String::from("no node to connect to");
+        let mut refused = None;
+        for &addr in candidates {
+            let api_key = self.api_key.as_deref();
+            match connect(&self.endpoint, addr, &self.server_name, api_key).await {
+                Ok((link, broker)) => {
+                    if broker.is_some() {
+                        self.broker = broker;
+                    }
+                    return Ok(link);
+                }
+                Err(ConnectError::Refused(e)) => {
+                    refused.get_or_insert(e);
+                }
+                Err(ConnectError::Network(e)) => last_error = e,
             }
         }
         Err(match refused {
@@ -876,6 +915,11 @@ impl MarketFeed {
     /// Subscriptions made: the first, and one per reconnection.
     pub fn subscriptions(&self) -> u64 {
         self.subscriptions
+    }
+
+    /// The node serving the stream now (its broker address), while subscribed.
+    pub fn node(&self) -> Option<SocketAddr> {
+        self.subscription.as_ref().map(|s| s.addr)
     }
 
     /// The next messages, applied to the state, waiting at most `within` for them (an empty

@@ -29,7 +29,7 @@ pub const TRADES_MAX: usize = 1_000;
 /// of minutes, or more than an hour of seconds.
 pub const CANDLES_MAX: usize = 5_000;
 /// A node this many entries behind what it knows committed is not ready.
-pub const READY_APPLY_LAG_MAX: u64 = 1_000;
+pub const READY_APPLY_LAG_MAX: u64 = crate::marketdata::SERVED_APPLY_LAG_MAX;
 
 /// An error answer: `{"error": "..."}` with its status.
 pub struct ApiError {

@@ -218,6 +218,17 @@ impl Leadership {
         self.raft.metrics().borrow().state == ServerState::Leader && !self.quorum_lost()
     }
 
+    /// Whether this node follows (or learns from) a leader that it knows: another node, for
+    /// which its vote is settled. A follower cut off from the leader stands for election within
+    /// a timeout, and from then until it hears a leader again it knows none.
+    pub fn follows_a_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let now = metrics.borrow();
+        matches!(now.state, ServerState::Follower | ServerState::Learner)
+            && now.vote.is_committed()
+            && now.current_leader.is_some_and(|leader| leader != self.id)
+    }
+
     /// The leader, if it is another node, with its broker address when known. A leader
     /// without its majority still names itself: it must not send brokers back to itself.
     pub fn leader_elsewhere(&self) -> (Option<u64>, Option<String>) {

@@ -1,7 +1,9 @@
-//! Streams: a broker's execution reports and market data, from the leader only, each
-//! following its source with no gap until the subscriber goes or the node stops leading.
+//! Streams: a broker's execution reports, from the leader only, and market data, from any node
+//! in touch with the leader; each follows its source with no gap until the subscriber goes or
+//! the node may serve it no longer.
 
 use super::*;
+use crate::marketdata::SERVED_APPLY_LAG_MAX;
 
 impl Gateway {
     /// `stream_market` on the fan-out runtime, whose threads run at a lower priority than the
@@ -33,8 +35,21 @@ impl Gateway {
         }
     }
 
-    /// Streams one market data stream until the subscriber goes, or this node stops leading.
-    /// Returns the reply that ends the stream, if any.
+    /// Whether this node may serve market data now: it leads with a majority, or it follows a
+    /// leader it knows and has applied nearly all it knows committed. Every node builds the
+    /// same streams with the same numbers (they come from the log), so subscribers may read a
+    /// follower and leave the leader's cores to orders. A follower cut off from the leader, or
+    /// behind, ends its streams with `NotLeader`, and the client's feed resumes on another node
+    /// after its last message.
+    pub(super) fn serves_market_data(&self) -> bool {
+        self.publishing()
+            || (self.leadership.follows_a_leader()
+                && self.engine.status().applied_index() + SERVED_APPLY_LAG_MAX
+                    >= self.committed.load(Ordering::Acquire))
+    }
+
+    /// Streams one market data stream until the subscriber goes, or this node may serve it no
+    /// longer (`serves_market_data`). Returns the reply that ends the stream, if any.
     pub(super) async fn stream_market(
         &self,
         session: &Session,
@@ -45,7 +60,7 @@ impl Gateway {
     ) -> Option<Reply> {
         let mut keys_changed = self.keys.subscribe();
         'subscribe: loop {
-            if !self.publishing() {
+            if !self.serves_market_data() {
                 return Some(self.not_leader());
             }
             let Some(subscription) = self.market.subscribe(symbol, channel, since) else {
@@ -83,7 +98,7 @@ impl Gateway {
                     _ = send.stopped() => return None,
                     _ = keys_changed.changed() => continue,
                     () = tokio::time::sleep(Duration::from_millis(100)) => {
-                        if !self.publishing() {
+                        if !self.serves_market_data() {
                             return Some(self.not_leader());
                         }
                         continue;
@@ -153,7 +168,7 @@ impl Gateway {
                     // A full frame leaves more waiting: the next goes at once.
                     last_frame = (batch.len() < MARKET_MESSAGES_PER_FRAME_MAX).then(Instant::now);
                 }
-                if !self.publishing() {
+                if !self.serves_market_data() {
                     return Some(self.not_leader());
                 }
                 if lagged {
