@@ -26,17 +26,26 @@ burner=
 trap 'scripts/cluster.sh down >/dev/null 2>&1 || true; [ -z "$burner" ] || kill "$burner" 2>/dev/null || true; pkill -f "$profile" || true; rm -rf "$profile"' EXIT
 scripts/cluster.sh up 3 >/dev/null
 sleep 2
-# A follower's HTTP address and node id (node i takes brokers on 127.0.0.1:710i), and the leader's id.
-read -r follower follower_id leader_id < <(curl -s 127.0.0.1:8081/api/v1/cluster | python3 -c '
+# Now: a follower's HTTP address and node id (node i takes brokers on 127.0.0.1:710i), the
+# leader's id and its term. Asked before every run: on these 2 cores the leader may change
+# under load.
+roles() {
+  local tries
+  for tries in $(seq 50); do
+    curl -s 127.0.0.1:8081/api/v1/cluster | python3 -c '
 import json, sys
 nodes = [n["status"] for n in json.load(sys.stdin)["nodes"] if n["status"]]
+leader = next(n for n in nodes if n["role"] == "leader")
 follower = next(n for n in nodes if n["role"] != "leader")
-print(follower["http"], follower["id"], next(n["id"] for n in nodes if n["role"] == "leader"))')
-md_id=$follower_id
-[ "${MD_ON:-follower}" = leader ] && md_id=$leader_id
+print(follower["http"], follower["id"], leader["id"], leader["term"])' 2>/dev/null && return
+    sleep 0.2
+  done
+  echo "no leader for 10 s" >&2
+  exit 1
+}
 cli=target/release/exchange-cli
 n=0
-console_open() { chromium --headless=new --no-sandbox --disable-gpu --user-data-dir="$profile" "http://$follower/" >/dev/null 2>&1 & sleep 3; }
+console_open() { read -r follower _ < <(roles); chromium --headless=new --no-sandbox --disable-gpu --user-data-dir="$profile" "http://$follower/" >/dev/null 2>&1 & sleep 3; }
 console_close() { pkill -f "$profile" || true; sleep 1; }
 # Busy for SHARE of each 5 ms, asleep for the rest, at the bench's priority, until killed.
 burner_start() {
@@ -51,15 +60,29 @@ while True:
 }
 burner_stop() { kill "$burner" 2>/dev/null || true; wait "$burner" 2>/dev/null || true; burner=; }
 share_of() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])["market_data"]["subscribers_cpu_share"])' "$1" 2>/dev/null || echo 0.45; }
+# Each run's line: its name, the leader's term before and after it (a leader change within a
+# run is a failover, not a fan-out measurement), and the bench's JSON report.
 bench() {
   n=$((n + 1))
+  read -r follower follower_id leader_id term_before < <(roles)
+  md_id=$follower_id
+  [ "${MD_ON:-follower}" = leader ] && md_id=$leader_id
+  local args=("${@:2}")
+  for i in "${!args[@]}"; do
+    case ${args[$i]} in
+      NATIVE) args[$i]="127.0.0.1:710$md_id" ;;
+      WS) args[$i]="ws://$follower/api/v1/ws" ;;
+    esac
+  done
   last=$($cli bench --admin --json --duration "${DURATION:-10}" --symbol $((900 + n)) \
     --first-account $((900000 + n * 1000)) --first-broker $((100 + n * 20)) \
-    --floor-dir "$EXCHANGE_DATA" "${@:2}" 2>/dev/null || echo '{"failed": true}')
-  echo "$1 $last"
+    --floor-dir "$EXCHANGE_DATA" "${args[@]}" 2>/dev/null) || last='{"failed": true}'
+  read -r _ _ _ term_after < <(roles)
+  echo "$1 term $term_before $term_after $last"
 }
-ws=(--ws-subscribers 100 --ws-url "ws://$follower/api/v1/ws")
-native=(--md-subscribers 100 --md-node "127.0.0.1:710$md_id")
+# NATIVE and WS stand for the follower's addresses at the time of each run.
+ws=(--ws-subscribers 100 --ws-url WS)
+native=(--md-subscribers 100 --md-node NATIVE)
 for rate in ${RATES:-5000 10000}; do
   for _ in $(seq "${ROUNDS:-3}"); do
     bench "none-$rate" --rate "$rate"
