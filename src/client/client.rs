@@ -732,8 +732,8 @@ impl Client {
                     self.suspect(open.addr);
                     *subscription = None;
                 }
-                // The node stopped leading (NotLeader), or said something odd: subscribe
-                // again.
+                // The node may serve the stream no longer (NotLeader), or said something odd:
+                // subscribe again.
                 Received::Reply(_) => *subscription = None,
             }
         }
@@ -887,8 +887,9 @@ impl Client {
     }
 }
 
-/// One market data stream, kept in a [`StreamState`]. Follows the leader: when the connection
-/// fails or the node stops leading, it subscribes again (to the new leader) after the last
+/// One market data stream, kept in a [`StreamState`]. Any node in touch with the leader serves
+/// it: when the connection fails or the node may serve it no longer (it lost the leader, fell
+/// behind, or stopped leading), it subscribes again, on another node if need be, after the last
 /// message applied, so it sees every message once and in order.
 pub struct MarketFeed {
     client: Client,

@@ -67,10 +67,12 @@ pub enum Request {
     /// how much of it is open. An order that is not open (filled, cancelled, never existed)
     /// is `open: None`; its history is in the broker's reports.
     OrderStatus { order_id: u64 },
-    /// Leader only: subscribes this stream to one market data stream. With `since`, resumes
-    /// after that message (on any leader: numbers come from the log) if the node still keeps
-    /// what follows, else starts from a snapshot; without, starts from a snapshot. The node
-    /// answers `Market` frames until the stream ends or it stops leading (then `NotLeader`).
+    /// Any node in touch with the leader (the leader, or a follower that knows it and is at
+    /// most 1,000 entries behind): subscribes this stream to one market data stream. With
+    /// `since`, resumes after that message (on any node: numbers come from the log) if the
+    /// node still keeps what follows, else starts from a snapshot; without, starts from a
+    /// snapshot. The node answers `Market` frames until the stream ends or it may serve it no
+    /// longer (then `NotLeader`).
     /// A subscriber that falls behind is sent a fresh snapshot and goes on from it.
     Subscribe {
         symbol: u32,
