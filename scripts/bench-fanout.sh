@@ -12,6 +12,8 @@
 #   RATES=5000 ROUNDS=1 NICE_TOO=1 scripts/bench-fanout.sh
 #                                            # also the subscribers at nice 19
 #   MD_ON=leader scripts/bench-fanout.sh     # the native subscribers on the leader
+#   MD_PORT=broker scripts/bench-fanout.sh   # on the broker endpoint (710i), not --md-listen's
+#                                            # (720i, on the fan-out runtime)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A benchmark drives sessions harder than the limits sized for real brokers allow.
@@ -70,7 +72,7 @@ bench() {
   local args=("${@:2}")
   for i in "${!args[@]}"; do
     case ${args[$i]} in
-      NATIVE) args[$i]="127.0.0.1:710$md_id" ;;
+      NATIVE) args[$i]="127.0.0.1:7$([ "${MD_PORT:-md}" = broker ] && echo 1 || echo 2)0$md_id" ;;
       WS) args[$i]="ws://$follower/api/v1/ws" ;;
     esac
   done

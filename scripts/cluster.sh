@@ -61,14 +61,16 @@ start_node() {
   local report=()
   if [ "$id" = "${EXCHANGE_REPORT_NODE-3}" ]; then report=(--report-db "$data/report.db"); fi
   # The HTTP API of node i on 127.0.0.1:808i (docs/http-api.md), FIX on 127.0.0.1:987i
-  # (docs/fix.md), Prometheus metrics on 127.0.0.1:920i (docs/operations.md).
+  # (docs/fix.md), Prometheus metrics on 127.0.0.1:920i (docs/operations.md), native market
+  # data subscribers on 127.0.0.1:720i (--md-listen, docs/protocol.md).
   local http="127.0.0.1:$((8080 + id))"
   local fix="127.0.0.1:$((9870 + id))"
   local metrics="127.0.0.1:$((9200 + id))"
+  local market_data="127.0.0.1:$((7200 + id))"
   # shellcheck disable=SC2086
   setsid "$node_bin" --id "$id" --peers "$(peers "$n")" --data-dir "$data/node-$id" \
     --certs-dir "$certs" --brokers "$brokers_file" --dev $bootstrap --http-listen "$http" \
-    --fix-listen "$fix" --metrics-listen "$metrics" \
+    --fix-listen "$fix" --metrics-listen "$metrics" --md-listen "$market_data" \
     "${pin[@]}" "${report[@]}" ${EXCHANGE_NODE_FLAGS:-} >>"$data/node-$id.log" 2>&1 < /dev/null &
   echo $! > "$data/node-$id.pid"
   echo "node $id started (pid $!, log $data/node-$id.log, HTTP API http://$http/api/v1/cluster, FIX $fix)"

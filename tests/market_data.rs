@@ -336,6 +336,63 @@ async fn a_follower_serves_market_data_and_its_subscriber_resumes_elsewhere_when
     assert_book_matches_engine(&cluster, &book).await;
 }
 
+/// The market data endpoint (`--md-listen`, on the fan-out runtime) serves subscribers on any
+/// node in touch with the leader, and refuses orders and reports with a pointer to the broker
+/// endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_market_data_endpoint_serves_subscribers_and_refuses_orders() {
+    let cluster = Cluster::start("md-endpoint", 3, 27_700, &["--md-listen", "127.0.0.1:{md}"]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let mut admin = cluster.client();
+    setup_market(&mut admin, ACCOUNTS).await;
+    submit(
+        &mut admin,
+        limit(1, Side::Buy, 995, 3),
+        Duration::from_secs(10),
+    )
+    .await;
+
+    let ca = exchange::net::tls::load_ca(&cluster.dir.join("certs")).expect("CA");
+    let endpoint = || {
+        Client::new(vec![cluster.market_data(follower)], &ca)
+            .expect("client")
+            .with_api_key(ADMIN_KEY)
+    };
+    let mut book = endpoint().into_market_feed(SYMBOL.0, Channel::Book);
+    let first = book.next(Duration::from_secs(5)).await.expect("subscribe");
+    assert!(first.first().is_some_and(|m| m.is_snapshot()), "{first:?}");
+    assert_eq!(book.node(), Some(cluster.market_data(follower)));
+    assert_eq!(
+        book.state().bids.first().map(|l| (l.price, l.qty)),
+        Some((995, 3))
+    );
+    // The book moves: the subscriber sees it.
+    submit(
+        &mut admin,
+        limit(2, Side::Sell, 1_005, 4),
+        Duration::from_secs(10),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while book.state().asks.is_empty() {
+        assert!(Instant::now() < deadline, "the ask never came");
+        book.next(Duration::from_millis(200)).await.expect("next");
+    }
+    assert_eq!(book.state().asks[0].price, 1_005);
+
+    let mut client = endpoint();
+    match client.submit(limit(1, Side::Buy, 990, 1)).await {
+        Err(ClientError::Rejected(why)) => assert!(why.contains("--md-listen"), "{why}"),
+        other => panic!("an order on the market data endpoint: {other:?}"),
+    }
+    let mut reports = endpoint().into_report_feed(0);
+    match reports.next(Duration::from_secs(5)).await {
+        Err(ClientError::Rejected(why)) => assert!(why.contains("broker endpoint"), "{why}"),
+        other => panic!("reports on the market data endpoint: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_is_resynchronised_by_a_snapshot() {
     let cluster = Cluster::start("md-slow", 3, 26_800, &["--md-subscriber-buffer", "32"]);

@@ -169,6 +169,15 @@ struct RunArgs {
     /// unless given.
     #[arg(long, value_name = "ADDR", env = "EXCHANGE_FIX_LISTEN")]
     fix_listen: Option<std::net::SocketAddr>,
+    /// A second endpoint of the native protocol (QUIC, the broker certificate and keys), for
+    /// market data subscribers only: its connections run on the fan-out runtime at a lower
+    /// priority than the order path, so that many subscribers' packets, acknowledgements and
+    /// encryption wait for the orders' and not the other way round. It answers logons,
+    /// Subscribe, MarketSnapshot, Depth, Instruments and Status; anything else is refused
+    /// with a pointer to the broker endpoint. Any node in touch with the leader serves it.
+    /// Off unless given.
+    #[arg(long, value_name = "ADDR", env = "EXCHANGE_MD_LISTEN")]
+    md_listen: Option<std::net::SocketAddr>,
     /// FIX over TLS (1.2 or 1.3) on --fix-listen, with the node's certificate (the brokers
     /// verify it with the cluster's ca.pem); without it FIX is plain TCP.
     #[arg(long, env = "EXCHANGE_FIX_TLS")]
@@ -356,6 +365,7 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         http_listen: args.http_listen.or(file.http_listen),
         fix_listen: args.fix_listen.or(file.fix_listen),
+        md_listen: args.md_listen.or(file.md_listen),
         fix_tls: args.fix_tls || file.fix_tls.unwrap_or(false),
         md_subscriber_buffer: args
             .md_subscriber_buffer

@@ -103,6 +103,8 @@ pub struct NodeConfig {
     pub http_listen: Option<SocketAddr>,
     /// Accept FIX 4.4 sessions here (docs/fix.md).
     pub fix_listen: Option<SocketAddr>,
+    /// Serve native market data subscribers here, on the fan-out runtime (`--md-listen`).
+    pub md_listen: Option<SocketAddr>,
     /// FIX over TLS, with the node certificate.
     pub fix_tls: bool,
     /// Market data messages a live subscriber may fall behind before it is resynchronised.
@@ -145,6 +147,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     pub fix_listen: Option<SocketAddr>,
+    pub md_listen: Option<SocketAddr>,
     pub fix_tls: Option<bool>,
     pub md_subscriber_buffer: Option<usize>,
     pub md_frame_ms: Option<u64>,

@@ -53,6 +53,8 @@ pub struct Node {
     pub raft: Raft,
     raft_endpoint: quinn::Endpoint,
     broker_endpoint: quinn::Endpoint,
+    /// The market data endpoint (`--md-listen`), on the fan-out runtime.
+    market_data_endpoint: Option<quinn::Endpoint>,
     /// Dropped last, after Raft: it writes what is queued before the process ends.
     reporter: Option<Arc<Reporter>>,
 }
@@ -356,6 +358,7 @@ impl Node {
         let fanout = fanout_runtime().map_err(StartError::Threads)?;
         let gateway = Gateway {
             fanout: Some(fanout.clone()),
+            market_data_only: false,
             leadership,
             sequencer,
             engine,
@@ -441,6 +444,31 @@ impl Node {
                 reason,
             })?;
         }
+        let market_data_endpoint = match config.md_listen {
+            Some(addr) => {
+                // Made and served on the fan-out runtime: quinn runs the endpoint's socket and
+                // each connection's driver (packets, acknowledgements, encryption, timers) on
+                // the runtime that makes them, so all of it waits for the order path.
+                let _fanout = fanout.enter();
+                let endpoint = quinn::Endpoint::server(
+                    tls::broker_server(&identity, tls::broker_transport())
+                        .map_err(StartError::Certificates)?,
+                    addr,
+                )
+                .map_err(|e| StartError::Listen {
+                    what: "market data",
+                    addr,
+                    reason: e.to_string(),
+                })?;
+                let market_data = Gateway {
+                    market_data_only: true,
+                    ..gateway.clone()
+                };
+                fanout.spawn(serve_brokers(endpoint.clone(), market_data));
+                Some(endpoint)
+            }
+            None => None,
+        };
         tokio::spawn(serve_brokers(broker_endpoint.clone(), gateway));
         tracing::info!(
             id = config.id,
@@ -454,6 +482,7 @@ impl Node {
             raft,
             raft_endpoint,
             broker_endpoint,
+            market_data_endpoint,
             reporter,
         })
     }
@@ -501,6 +530,9 @@ impl Node {
 
     pub async fn stop(self) {
         self.broker_endpoint.close(0u32.into(), b"node stopping");
+        if let Some(endpoint) = &self.market_data_endpoint {
+            endpoint.close(0u32.into(), b"node stopping");
+        }
         let _ = self.raft.shutdown().await;
         self.raft_endpoint.close(0u32.into(), b"node stopping");
         if let Some(why) = self.reporter.as_ref().and_then(|r| r.failed()) {

@@ -170,6 +170,11 @@ impl Cluster {
         SocketAddr::from(([127, 0, 0, 1], self.base_port + 100 + id as u16))
     }
 
+    /// The address `--md-listen 127.0.0.1:{md}` gives node `id`'s market data endpoint.
+    pub fn market_data(&self, id: u64) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base_port + 500 + id as u16))
+    }
+
     pub fn brokers(&self) -> Vec<SocketAddr> {
         (1..=self.size + self.spares)
             .map(|id| self.broker(id))
@@ -285,9 +290,10 @@ impl Cluster {
             .arg(self.dir.join("brokers.toml"))
             .args(self.flags.iter().map(|f| {
                 // A flag may name a per-node port: `{metrics}` is base port + 200 + id,
-                // `{http}` base port + 300 + id, `{fix}` base port + 400 + id; `{id}` is the
-                // node's id, `{dir}` the test's directory.
+                // `{http}` base port + 300 + id, `{fix}` base port + 400 + id, `{md}` base
+                // port + 500 + id; `{id}` is the node's id, `{dir}` the test's directory.
                 f.replace("{metrics}", &self.metrics_port(id).to_string())
+                    .replace("{md}", &self.market_data(id).port().to_string())
                     .replace("{http}", &self.http_port(id).to_string())
                     .replace("{fix}", &self.fix_port(id).to_string())
                     .replace("{id}", &id.to_string())

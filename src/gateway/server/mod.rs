@@ -73,6 +73,9 @@ pub use translated::{NotQueued, Queued, TranslatedLogon, TranslatedSession};
 pub struct Gateway {
     /// Where market data streams run (a runtime at a lower priority); `None`: here.
     pub fanout: Option<tokio::runtime::Handle>,
+    /// The market data endpoint's gateway (`--md-listen`): it answers logons, market data and
+    /// status, and refuses the rest.
+    pub market_data_only: bool,
     /// Who leads, and membership changes: the gateway's one window on Raft.
     pub leadership: Leadership,
     pub sequencer: Sequencer,
@@ -239,6 +242,9 @@ impl Gateway {
     }
 
     async fn handle(&self, session: &Session, request: Request) -> (Reply, After) {
+        if self.market_data_only && !market_data_request(&request) {
+            return (Reply::Error(MARKET_DATA_ONLY.into()), After::Continue);
+        }
         let principal = match request {
             Request::Status if self.planted_status_refused() => {
                 return (
@@ -478,6 +484,25 @@ fn sends_a_digest(command: &Command) -> bool {
     }
 }
 
+/// What the market data endpoint (`--md-listen`) answers to any other request.
+pub const MARKET_DATA_ONLY: &str = "this is a market data endpoint (--md-listen): it serves \
+     logons, Subscribe, MarketSnapshot, Depth, Instruments and Status; send orders, reports and \
+     other queries to the node's broker endpoint";
+
+/// What the market data endpoint answers.
+fn market_data_request(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Status
+            | Request::Heartbeat
+            | Request::Logon { .. }
+            | Request::Subscribe { .. }
+            | Request::MarketSnapshot { .. }
+            | Request::Depth { .. }
+            | Request::Instruments
+    )
+}
+
 /// Accepts brokers until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, gateway: Gateway) {
     while let Some(incoming) = endpoint.accept().await {
@@ -571,6 +596,9 @@ async fn serve_stream(
         let (reply, after) = match read_frame(&mut recv, limit).await {
             Ok(None) => break,
             Ok(Some(bytes)) => match postcard::from_bytes::<Request>(&bytes) {
+                Ok(Request::Reports { .. }) if gateway.market_data_only => {
+                    (Reply::Error(MARKET_DATA_ONLY.into()), After::Continue)
+                }
                 Ok(Request::Reports { since_seq }) => match session.principal.get() {
                     Some(principal) if !principal.is_operator() => {
                         let end = gateway
