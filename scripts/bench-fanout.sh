@@ -62,8 +62,41 @@ while True:
 }
 burner_stop() { kill "$burner" 2>/dev/null || true; wait "$burner" 2>/dev/null || true; burner=; }
 share_of() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])["market_data"]["subscribers_cpu_share"])' "$1" 2>/dev/null || echo 0.45; }
+# CPU seconds so far of each node and of its fan-out thread: "id total fanout" lines.
+node_cpu() {
+  python3 - "$EXCHANGE_DATA" <<'PY'
+import glob, os, sys
+tick = os.sysconf("SC_CLK_TCK")
+for pidfile in sorted(glob.glob(sys.argv[1] + "/node-*.pid")):
+    node = pidfile.rsplit("-", 1)[1].split(".")[0]
+    total = fanout = 0
+    try:
+        pid = open(pidfile).read().strip()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            stat = open(f"/proc/{pid}/task/{task}/stat").read()
+            fields = stat[stat.rindex(")") + 2:].split()
+            used = (int(fields[11]) + int(fields[12])) / tick
+            total += used
+            if "fanout" in stat[stat.index("(") + 1:stat.rindex(")")]:
+                fanout += used
+    except OSError:
+        pass
+    print(node, total, fanout)
+PY
+}
+# What each node took from STARTED (epoch seconds) to now, in cores: "node-1=0.49(fanout 0.05)
+# ...". It spans the whole bench command: the set-up and the subscribers' connections too.
+node_cpu_used() {
+  python3 -c '
+import sys, time
+before = {l.split()[0]: l.split()[1:] for l in sys.argv[1].splitlines()}
+after = [l.split() for l in sys.argv[2].splitlines()]
+seconds = time.time() - float(sys.argv[3])
+print(" ".join(f"node-{n}={(float(t) - float(before.get(n, [t, f])[0])) / seconds:.2f}(fanout {(float(f) - float(before.get(n, [t, f])[1])) / seconds:.2f})" for n, t, f in after))' "$1" "$2" "$3"
+}
 # Each run's line: its name, the leader's term before and after it (a leader change within a
-# run is a failover, not a fan-out measurement), and the bench's JSON report.
+# run is a failover, not a fan-out measurement), each node's CPU during it, and the bench's
+# JSON report.
 bench() {
   n=$((n + 1))
   read -r follower follower_id leader_id term_before < <(roles)
@@ -76,11 +109,16 @@ bench() {
       WS) args[$i]="ws://$follower/api/v1/ws" ;;
     esac
   done
+  local cpu_before started
+  cpu_before=$(node_cpu)
+  started=$(date +%s.%N)
   last=$($cli bench --admin --json --duration "${DURATION:-10}" --symbol $((900 + n)) \
     --first-account $((900000 + n * 1000)) --first-broker $((100 + n * 20)) \
     --floor-dir "$EXCHANGE_DATA" "${args[@]}" 2>/dev/null) || last='{"failed": true}'
+  local cpu
+  cpu=$(node_cpu_used "$cpu_before" "$(node_cpu)" "$started")
   read -r _ _ _ term_after < <(roles)
-  echo "$1 term $term_before $term_after $last"
+  echo "$1 term $term_before $term_after cpu $cpu $last"
 }
 # NATIVE and WS stand for the follower's addresses at the time of each run.
 ws=(--ws-subscribers 100 --ws-url WS)
