@@ -114,7 +114,8 @@ bench() {
   started=$(date +%s.%N)
   last=$($cli bench --admin --json --duration "${DURATION:-10}" --symbol $((900 + n)) \
     --first-account $((900000 + n * 1000)) --first-broker $((100 + n * 20)) \
-    --floor-dir "$EXCHANGE_DATA" "${args[@]}" 2>/dev/null) || last='{"failed": true}'
+    --floor-dir "$EXCHANGE_DATA" "${args[@]}" 2>"$profile/stderr") ||
+    last=$(tail -n 1 "$profile/stderr" | python3 -c 'import json, sys; print(json.dumps({"failed": True, "why": sys.stdin.read().strip()}))')
   local cpu
   cpu=$(node_cpu_used "$cpu_before" "$(node_cpu)" "$started")
   read -r _ _ _ term_after < <(roles)

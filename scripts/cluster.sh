@@ -73,7 +73,7 @@ start_node() {
     --fix-listen "$fix" --metrics-listen "$metrics" --md-listen "$market_data" \
     "${pin[@]}" "${report[@]}" ${EXCHANGE_NODE_FLAGS:-} >>"$data/node-$id.log" 2>&1 < /dev/null &
   echo $! > "$data/node-$id.pid"
-  echo "node $id started (pid $!, log $data/node-$id.log, HTTP API http://$http/api/v1/cluster, FIX $fix)"
+  echo "node $id started (pid $!, log $data/node-$id.log, HTTP API http://$http/api/v1/cluster, FIX $fix, metrics http://$metrics/metrics, market data $market_data)"
 }
 
 wait_for_leader() {

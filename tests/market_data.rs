@@ -273,7 +273,7 @@ async fn a_follower_serves_market_data_and_its_subscriber_resumes_elsewhere_when
     let mut cluster = Cluster::start(
         "md-follower",
         3,
-        26_400,
+        29_900,
         &["--metrics-listen", "127.0.0.1:{metrics}"],
     );
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
@@ -381,10 +381,29 @@ async fn the_market_data_endpoint_serves_subscribers_and_refuses_orders() {
     }
     assert_eq!(book.state().asks[0].price, 1_005);
 
+    // Market data queries are answered there.
     let mut client = endpoint();
+    let snapshot = client
+        .market_snapshot(SYMBOL.0, Channel::Trades)
+        .await
+        .expect("a snapshot on the market data endpoint");
+    assert!(snapshot.is_snapshot());
+    let (_, bids, asks) = client.depth(SYMBOL.0, 5).await.expect("depth");
+    assert_eq!((bids[0].price, asks[0].price), (995, 1_005));
+    assert!(!client
+        .instruments()
+        .await
+        .expect("instruments")
+        .0
+        .is_empty());
+    // Orders, order queries and reports are not.
     match client.submit(limit(1, Side::Buy, 990, 1)).await {
         Err(ClientError::Rejected(why)) => assert!(why.contains("--md-listen"), "{why}"),
         other => panic!("an order on the market data endpoint: {other:?}"),
+    }
+    match client.open_orders(1).await {
+        Err(ClientError::Rejected(why)) => assert!(why.contains("--md-listen"), "{why}"),
+        other => panic!("open orders on the market data endpoint: {other:?}"),
     }
     let mut reports = endpoint().into_report_feed(0);
     match reports.next(Duration::from_secs(5)).await {

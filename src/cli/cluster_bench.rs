@@ -194,6 +194,8 @@ const STALLED_WINDOW_BYTES: u32 = 16 * 1024;
 /// What one reading subscriber counted.
 #[derive(Default)]
 struct FeedCount {
+    /// The last error the feed met, if any.
+    last_error: Option<String>,
     messages: u64,
     updates: u64,
     gaps: u64,
@@ -209,8 +211,15 @@ async fn read_feed(
     let mut count = FeedCount::default();
     let mut counted = false;
     while !stop.load(Ordering::Acquire) {
-        let Ok(batch) = feed.next(Duration::from_millis(100)).await else {
-            continue;
+        let batch = match feed.next(Duration::from_millis(100)).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                // Kept for the report if the subscriber never gets going; the feed subscribes
+                // again on the next call.
+                count.last_error = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         if !counted && !batch.is_empty() {
             counted = true;
@@ -335,12 +344,16 @@ async fn stall_feed(
     stop: Arc<AtomicBool>,
     subscribed: Arc<AtomicU64>,
 ) -> bool {
-    if feed
-        .next(Duration::from_secs(5))
-        .await
-        .is_ok_and(|b| !b.is_empty())
-    {
-        subscribed.fetch_add(1, Ordering::AcqRel);
+    let until = Instant::now() + SUBSCRIBED_WITHIN;
+    while Instant::now() < until && !stop.load(Ordering::Acquire) {
+        if feed
+            .next(Duration::from_secs(1))
+            .await
+            .is_ok_and(|b| !b.is_empty())
+        {
+            subscribed.fetch_add(1, Ordering::AcqRel);
+            break;
+        }
     }
     while !stop.load(Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -986,9 +999,31 @@ pub async fn run(
     let subscribers = readers.len() + ws_readers.len() + stalled.len();
     let deadline = Instant::now() + SUBSCRIBED_WITHIN;
     while subscribed.load(Ordering::Acquire) < subscribers as u64 {
+        // A WebSocket subscriber that failed has ended: say why at once.
+        if let Some(index) = ws_readers.iter().position(|r| r.is_finished()) {
+            let why = match ws_readers.swap_remove(index).await {
+                Ok(Err(why)) => why,
+                Ok(Ok(_)) => "it ended before it subscribed".into(),
+                Err(e) => e.to_string(),
+            };
+            stop_feeds.store(true, Ordering::Release);
+            return Err(format!("a WebSocket subscriber failed: {why}"));
+        }
         if Instant::now() >= deadline {
+            stop_feeds.store(true, Ordering::Release);
+            let mut why = String::new();
+            for reader in readers {
+                if let Ok(FeedCount {
+                    last_error: Some(e),
+                    ..
+                }) = reader.await
+                {
+                    why = format!(" (a native subscriber's last error: {e})");
+                    break;
+                }
+            }
             return Err(format!(
-                "{} of {subscribers} market data subscribers had their snapshots within {:?}",
+                "{} of {subscribers} market data subscribers had their snapshots within {:?}{why}",
                 subscribed.load(Ordering::Acquire),
                 SUBSCRIBED_WITHIN
             ));

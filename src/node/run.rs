@@ -284,7 +284,12 @@ impl Node {
             (config.election_min_ms, config.election_max_ms),
         ));
 
-        let leadership = Leadership::new(raft.clone(), config.id, config.quorum_lost_after());
+        let leadership = Leadership::new(
+            raft.clone(),
+            config.id,
+            config.quorum_lost_after(),
+            Arc::clone(&leader_contact),
+        );
         let sequencer = Sequencer::start(
             raft.clone(),
             max_timestamp,
@@ -462,6 +467,8 @@ impl Node {
                 })?;
                 let market_data = Gateway {
                     market_data_only: true,
+                    // Already on the fan-out runtime: its streams need no hop to it.
+                    fanout: None,
                     ..gateway.clone()
                 };
                 fanout.spawn(serve_brokers(endpoint.clone(), market_data));

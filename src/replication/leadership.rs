@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use openraft::ServerState;
 
+use crate::replication::network::LeaderContact;
 use crate::replication::types::{NodeAddr, Raft};
 
 /// A Raft role, as `status` and the metrics name it.
@@ -90,6 +91,8 @@ pub struct Leadership {
     quorum_lost: Arc<AtomicBool>,
     /// Confirmations shared by the reads that arrive together.
     rounds: Arc<Rounds>,
+    /// When this node last heard from a leader, and what that leader had committed.
+    contact: Arc<LeaderContact>,
 }
 
 /// Samples of Raft's reports are taken at least this far apart.
@@ -159,7 +162,12 @@ impl Leadership {
     /// `quorum_lost_after`: a leader that has heard from no majority for this long is treated
     /// as not leading (it stops answering brokers and publishing, and its proposals are
     /// answered "outcome unknown").
-    pub fn new(raft: Raft, id: u64, quorum_lost_after: Duration) -> Leadership {
+    pub fn new(
+        raft: Raft,
+        id: u64,
+        quorum_lost_after: Duration,
+        contact: Arc<LeaderContact>,
+    ) -> Leadership {
         let quorum_lost = Arc::new(AtomicBool::new(false));
         tokio::spawn(watch_quorum(
             raft.metrics(),
@@ -171,6 +179,7 @@ impl Leadership {
             id,
             quorum_lost_after,
             quorum_lost,
+            contact,
             rounds: Arc::new(Rounds {
                 state: std::sync::Mutex::default(),
                 done: tokio::sync::watch::Sender::new((0, Err(LeadershipError::NotLeader))),
@@ -218,15 +227,23 @@ impl Leadership {
         self.raft.metrics().borrow().state == ServerState::Leader && !self.quorum_lost()
     }
 
-    /// Whether this node follows (or learns from) a leader that it knows: another node, for
-    /// which its vote is settled. A follower cut off from the leader stands for election within
-    /// a timeout, and from then until it hears a leader again it knows none.
-    pub fn follows_a_leader(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let now = metrics.borrow();
-        matches!(now.state, ServerState::Follower | ServerState::Learner)
-            && now.vote.is_committed()
-            && now.current_leader.is_some_and(|leader| leader != self.id)
+    /// What the leader had committed by its last AppendEntries, if this node follows (or
+    /// learns from) a leader that it knows (another node, for which its vote is settled) and
+    /// has heard from it within `quorum_lost_after`. `None` for a node cut off (a learner
+    /// never stands for election, so its vote alone would go on naming the leader), removed
+    /// from the cluster, just restarted and not yet reached, or in an election.
+    pub fn in_touch_with_leader(&self) -> Option<u64> {
+        let leader = {
+            let metrics = self.raft.metrics();
+            let now = metrics.borrow();
+            let follows = matches!(now.state, ServerState::Follower | ServerState::Learner)
+                && now.vote.is_committed();
+            now.current_leader
+                .filter(|&leader| follows && leader != self.id)?
+        };
+        let (heard_from, at) = self.contact.last()?;
+        (heard_from == leader && at.elapsed() <= self.quorum_lost_after)
+            .then(|| self.contact.leader_commit())
     }
 
     /// The leader, if it is another node, with its broker address when known. A leader

@@ -530,6 +530,8 @@ pub struct LeaderContact {
     /// The leader's id, and nanoseconds after `since` (0: never).
     leader: std::sync::atomic::AtomicU64,
     at_ns: std::sync::atomic::AtomicU64,
+    /// The commit index that leader's last AppendEntries carried.
+    leader_commit: std::sync::atomic::AtomicU64,
 }
 
 impl Default for LeaderContact {
@@ -538,16 +540,25 @@ impl Default for LeaderContact {
             since: std::time::Instant::now(),
             leader: Default::default(),
             at_ns: Default::default(),
+            leader_commit: Default::default(),
         }
     }
 }
 
 impl LeaderContact {
-    fn heard(&self, leader: NodeId) {
+    fn heard(&self, leader: NodeId, leader_commit: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.leader.store(leader, Relaxed);
+        self.leader_commit.store(leader_commit, Relaxed);
         self.at_ns
             .store(self.since.elapsed().as_nanos().max(1) as u64, Relaxed);
+    }
+
+    /// The commit index the last AppendEntries carried: what the leader had committed then,
+    /// which a follower still catching up has not yet got to itself.
+    pub fn leader_commit(&self) -> u64 {
+        self.leader_commit
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The leader last heard from, and when.
@@ -620,11 +631,12 @@ async fn handle_stream(
     let response = match decoded {
         Ok(Request::AppendEntries(rpc)) => {
             let leader = rpc.vote.leader_id().voted_for();
+            let leader_commit = rpc.leader_commit.map_or(0, |id| id.index);
             let answer = raft.append_entries(rpc).await;
             // Taken from a leader this node follows (a higher vote of its own refuses it).
             if let (Ok(response), Some(leader)) = (&answer, leader) {
                 if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
-                    contact.heard(leader);
+                    contact.heard(leader, leader_commit);
                 }
             }
             Response::AppendEntries(answer)

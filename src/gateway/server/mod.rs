@@ -243,7 +243,12 @@ impl Gateway {
 
     async fn handle(&self, session: &Session, request: Request) -> (Reply, After) {
         if self.market_data_only && !market_data_request(&request) {
-            return (Reply::Error(MARKET_DATA_ONLY.into()), After::Continue);
+            // Before logon, as on the broker endpoint: the session ends.
+            let after = match session.principal.get() {
+                Some(_) => After::Continue,
+                None => After::Close(close_code::PROTOCOL_ERROR),
+            };
+            return (Reply::Error(MARKET_DATA_ONLY.into()), after);
         }
         let principal = match request {
             Request::Status if self.planted_status_refused() => {

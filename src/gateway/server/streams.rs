@@ -36,16 +36,31 @@ impl Gateway {
     }
 
     /// Whether this node may serve market data now: it leads with a majority, or it follows a
-    /// leader it knows and has applied nearly all it knows committed. Every node builds the
+    /// leader it has heard from lately (`Leadership::in_touch_with_leader`) and has applied
+    /// all but `SERVED_APPLY_LAG_MAX` of what that leader had committed. Every node builds the
     /// same streams with the same numbers (they come from the log), so subscribers may read a
-    /// follower and leave the leader's cores to orders. A follower cut off from the leader, or
-    /// behind, ends its streams with `NotLeader`, and the client's feed resumes on another node
-    /// after its last message.
+    /// follower and leave the leader's cores to orders. A follower cut off, removed or behind
+    /// ends its streams (`market_data_elsewhere`), and the client's feed resumes on another
+    /// node after its last message.
     pub(super) fn serves_market_data(&self) -> bool {
         self.publishing()
-            || (self.leadership.follows_a_leader()
-                && self.engine.status().applied_index() + SERVED_APPLY_LAG_MAX
-                    >= self.committed.load(Ordering::Acquire))
+            || self
+                .leadership
+                .in_touch_with_leader()
+                .is_some_and(|leader_commit| {
+                    let committed = leader_commit.max(self.committed.load(Ordering::Acquire));
+                    self.engine.status().applied_index() + SERVED_APPLY_LAG_MAX >= committed
+                })
+    }
+
+    /// How a node that may not serve market data ends a stream or refuses one: `NotLeader`
+    /// naming no leader, so that the client tries its other nodes (its followers, its market
+    /// data endpoints) rather than the leader's order path.
+    fn market_data_elsewhere(&self) -> Reply {
+        Reply::NotLeader {
+            leader_id: None,
+            broker: None,
+        }
     }
 
     /// Streams one market data stream until the subscriber goes, or this node may serve it no
@@ -61,7 +76,7 @@ impl Gateway {
         let mut keys_changed = self.keys.subscribe();
         'subscribe: loop {
             if !self.serves_market_data() {
-                return Some(self.not_leader());
+                return Some(self.market_data_elsewhere());
             }
             let Some(subscription) = self.market.subscribe(symbol, channel, since) else {
                 return Some(self.no_market_data(symbol));
@@ -99,7 +114,7 @@ impl Gateway {
                     _ = keys_changed.changed() => continue,
                     () = tokio::time::sleep(Duration::from_millis(100)) => {
                         if !self.serves_market_data() {
-                            return Some(self.not_leader());
+                            return Some(self.market_data_elsewhere());
                         }
                         continue;
                     }
@@ -169,7 +184,7 @@ impl Gateway {
                     last_frame = (batch.len() < MARKET_MESSAGES_PER_FRAME_MAX).then(Instant::now);
                 }
                 if !self.serves_market_data() {
-                    return Some(self.not_leader());
+                    return Some(self.market_data_elsewhere());
                 }
                 if lagged {
                     // Too far behind to catch up message by message: start again from a
