@@ -25,6 +25,18 @@ pub struct Batch {
     pub commands: Vec<BrokerCommand>,
 }
 
+/// How openraft's logs name an entry's payload.
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "batch of {} commands at {} ns",
+            self.commands.len(),
+            self.timestamp_ns
+        )
+    }
+}
+
 /// The alignment an archived batch needs where it is read in place (the log keeps payloads
 /// 8-byte aligned).
 pub const BATCH_ARCHIVE_ALIGN: usize = 8;

@@ -17,10 +17,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::watch::WatchReceiver as _;
 use openraft::ServerState;
 
 use super::network::LeaderContact;
-use super::types::{NodeId, Raft};
+use super::types::{raft_stopped, NodeId, Raft};
 
 /// How often the rule is looked at.
 const CHECK_EVERY: Duration = Duration::from_millis(4);
@@ -35,16 +36,16 @@ pub async fn stand_on_time(
     lease: Duration,
     timeout_ms: (u64, u64),
 ) {
-    let server = raft.server_metrics();
-    let mut vote = server.borrow().vote;
+    let mut server = raft.server_metrics();
+    let mut vote = server.borrow_watched().vote;
     let mut vote_changed = Instant::now();
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        if server.has_changed().is_err() {
+        if raft_stopped(&mut server) {
             return;
         }
         let (current, state, leader, rank) = {
-            let m = server.borrow();
+            let m = server.borrow_watched();
             // This node's place among the voters, and how many there are (no allocation: this
             // runs every few milliseconds).
             let (mut rank, mut voters) = (None, 0);
@@ -82,7 +83,8 @@ pub async fn stand_on_time(
                 silent_ms = quiet_since.elapsed().as_millis() as u64,
                 "the leader is silent past its lease and the election timeout: standing for election"
             );
-            if raft.trigger().elect().await.is_err() {
+            // A pre-vote first: the election goes ahead only if a majority has lost the leader too.
+            if raft.trigger().elect(true).await.is_err() {
                 return;
             }
             // Once: the vote changes with the election, or this waits a whole timeout again.

@@ -737,7 +737,7 @@ mod tests {
 
     fn entry(index: u64, batch: Option<Batch>) -> CommittedEntry {
         CommittedEntry {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            log_id: LogId::new(crate::replication::codec::leader_of(1, 1), index),
             batch,
             membership: None,
         }

@@ -2,13 +2,15 @@
 //!
 //! One thread, the WAL thread, owns the log's writer: appends, truncations, purges and vote
 //! writes reach it through a channel and take effect in the order they were submitted, as
-//! openraft requires. An append returns once its entries are readable; the WAL thread then
-//! syncs and only then calls openraft's flush callback, so no entry is ever reported durable
-//! before it is (the trap in openraft's rocksdb example). The sync runs on the WAL thread, not
-//! on a tokio worker, so the node's tasks go on while the disk works; openraft 0.9's core
-//! itself waits for each append's flush callback (`append_to_log`), so a slow sync holds its
-//! heartbeats back: segments' blocks are allocated ahead (`exchange_log`) so that a sync
-//! writes only data and waits for no file system journal.
+//! openraft requires. An append returns once its entries are readable (openraft 0.10 then
+//! replicates them at once); its sync runs on a second thread, the sync thread, which merges
+//! every sync waiting for it into one `fdatasync` per file and only then calls openraft's flush
+//! callbacks, in order, so no entry is ever reported durable before it is (the trap in
+//! openraft's rocksdb example). So the leader's own disk write overlaps the followers' (the
+//! leader counts toward the commit quorum only once its callback fires), and the writer never
+//! waits for the disk on an append: segments' blocks are allocated ahead (`exchange_log`) so a
+//! sync writes only data and waits for no file system journal. A truncation first waits for
+//! the syncs before it, so no late callback reports entries that are gone.
 //!
 //! Readers (openraft's replication and apply tasks) read records directly from the map through
 //! their own `LogReader`, decoding each into an entry.
@@ -17,24 +19,27 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
-use exchange_log::{Config as LogConfig, FlushPolicy, Log, LogReader, MetaFile, Record, SlotFile};
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{EntryPayload, OptionalSend, RaftLogReader, StorageIOError};
+use exchange_log::{
+    Config as LogConfig, FlushPolicy, Log, LogReader, MetaFile, Record, SlotFile, SyncJob,
+};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader};
 use tokio::sync::oneshot;
 
 use super::codec;
-use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::types::{Entry, LogId, TypeConfig, Vote};
 use crate::latency::LatencyHistogram;
 
 /// Raft's vote, overwritten in place at every election (a `SlotFile`: see its module for why).
 const VOTE_FILE: &str = "vote.slots";
 /// Where data format 2 kept the vote: read until the first vote is saved in `VOTE_FILE`.
 const LEGACY_VOTE_FILE: &str = "vote.meta";
-/// Requests waiting for the WAL thread. openraft issues one log write at a time and waits for
-/// it, so a handful is plenty; the bound makes a stuck disk stop Raft rather than grow memory.
+/// Requests waiting for the WAL thread, and appends waiting for their sync. openraft waits
+/// for each append to be written but not synced; the bound makes a stuck disk stop Raft rather
+/// than grow memory.
 const WAL_QUEUE_REQUESTS_MAX: usize = 64;
 const LAST_PURGED_FILE: &str = "last-purged.meta";
 
@@ -44,7 +49,7 @@ enum WalRequest {
         /// (term, index, end of the payload in `payloads`).
         records: Vec<(u64, u64, usize)>,
         written: oneshot::Sender<Result<(), LogStoreError>>,
-        flushed: LogFlushed<TypeConfig>,
+        flushed: IOFlushed<TypeConfig>,
     },
     Truncate {
         index: u64,
@@ -60,11 +65,27 @@ enum WalRequest {
     },
 }
 
+/// What the WAL thread hands the sync thread, in the order of the log's writes.
+enum SyncRequest {
+    /// Call `flushed` once the records of an append are durable: after `job` (and every job
+    /// before it) has run, or at once under a flush policy that leaves nothing to sync. An
+    /// append that failed carries its error instead, which openraft keeps.
+    Flush {
+        job: Option<SyncJob>,
+        failed: Option<String>,
+        flushed: IOFlushed<TypeConfig>,
+        began: Instant,
+    },
+    /// Answer once everything before has been synced and reported.
+    Barrier(mpsc::SyncSender<()>),
+}
+
 /// The writer side, given to openraft.
 pub struct LogStore {
     wal: mpsc::SyncSender<WalRequest>,
     reader: LogReader,
-    dir: PathBuf,
+    /// The vote saved last, shared with readers (openraft reads it through one at start).
+    vote: Arc<Mutex<Option<Vote>>>,
     last_purged: Option<LogId>,
     /// The largest leader timestamp in any batch this node has stored.
     max_timestamp_ns: Arc<AtomicU64>,
@@ -77,6 +98,7 @@ pub struct LogStore {
 #[derive(Clone)]
 pub struct LogStoreReader {
     reader: LogReader,
+    vote: Arc<Mutex<Option<Vote>>>,
 }
 
 /// Why the log store failed: what a node's start reports, and what openraft is told as a
@@ -121,12 +143,12 @@ fn io_error(message: impl Into<String>) -> std::io::Error {
     std::io::Error::other(message.into())
 }
 
-fn write_error(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_logs(&io_error(e.to_string())).into()
+fn storage_error(e: impl std::fmt::Display) -> std::io::Error {
+    io_error(e.to_string())
 }
 
-fn read_error(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::read_logs(&io_error(e.to_string())).into()
+fn wal_stopped() -> std::io::Error {
+    io_error("the WAL thread has stopped")
 }
 
 impl LogStore {
@@ -154,18 +176,31 @@ impl LogStore {
         let mut reader = log.reader();
         let last_purged = read_meta::<LogId>(&dir.join(LAST_PURGED_FILE))?;
         let max_timestamp_ns = Arc::new(AtomicU64::new(last_timestamp(&mut reader, dir)?));
+        let vote = Arc::new(Mutex::new(read_vote(dir)?));
         let vote_path = dir.join(VOTE_FILE);
         let (vote_file, _) = SlotFile::open(&vote_path).map_err(|e| meta_error(&vote_path, e))?;
         let (wal, requests) = mpsc::sync_channel(WAL_QUEUE_REQUESTS_MAX);
-        let wal_dir = dir.to_path_buf();
+        let (syncs, sync_requests) = mpsc::sync_channel(WAL_QUEUE_REQUESTS_MAX);
+        std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || sync_thread(sync_requests, &append_latency))
+            .map_err(|e| LogStoreError::Wal(format!("cannot start its sync thread: {e}")))?;
+        let wal_thread = WalThread {
+            log,
+            vote_file,
+            vote: Arc::clone(&vote),
+            dir: dir.to_path_buf(),
+            flush,
+            syncs,
+        };
         std::thread::Builder::new()
             .name("wal".into())
-            .spawn(move || wal_thread(log, vote_file, wal_dir, flush, requests, &append_latency))
+            .spawn(move || wal_thread.run(requests))
             .map_err(|e| LogStoreError::Wal(format!("cannot start it: {e}")))?;
         Ok(LogStore {
             wal,
             reader,
-            dir: dir.to_path_buf(),
+            vote,
             last_purged,
             max_timestamp_ns,
             committed: Arc::new(AtomicU64::new(0)),
@@ -190,17 +225,14 @@ impl LogStore {
     async fn request<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<(), LogStoreError>>) -> WalRequest,
-        map: impl Fn(LogStoreError) -> StorageError,
         value: T,
-    ) -> Result<T, StorageError> {
+    ) -> Result<T, std::io::Error> {
         let (done, answer) = oneshot::channel();
-        self.wal
-            .send(make(done))
-            .map_err(|_| map(LogStoreError::Wal("it has stopped".into())))?;
+        self.wal.send(make(done)).map_err(|_| wal_stopped())?;
         match answer.await {
             Ok(Ok(())) => Ok(value),
-            Ok(Err(e)) => Err(map(e)),
-            Err(_) => Err(map(LogStoreError::Wal("it has stopped".into()))),
+            Ok(Err(e)) => Err(storage_error(e)),
+            Err(_) => Err(wal_stopped()),
         }
     }
 }
@@ -279,71 +311,140 @@ fn last_timestamp(reader: &mut LogReader, dir: &Path) -> Result<u64, LogStoreErr
     }
 }
 
-fn wal_thread(
-    mut log: Log,
-    mut vote_file: SlotFile,
+/// The WAL thread's state: the log's one writer, and the vote's file.
+struct WalThread {
+    log: Log,
+    vote_file: SlotFile,
+    vote: Arc<Mutex<Option<Vote>>>,
     dir: PathBuf,
     flush: FlushPolicy,
-    requests: mpsc::Receiver<WalRequest>,
-    append_latency: &LatencyHistogram,
-) {
-    for request in requests {
-        match request {
-            WalRequest::Append {
-                payloads,
-                records,
-                written,
-                flushed,
-            } => {
-                let began = Instant::now();
-                let mut start = 0;
-                // Readers (the state machine, catch-up) see the entries before they are synced:
-                // they are applied only once committed, which needs this sync on a majority.
-                let result = log.append_unsynced(records.iter().map(|&(term, index, end)| {
-                    let payload = &payloads[start..end];
-                    start = end;
-                    Record {
-                        term,
-                        index,
-                        payload,
+    syncs: mpsc::SyncSender<SyncRequest>,
+}
+
+impl WalThread {
+    fn run(mut self, requests: mpsc::Receiver<WalRequest>) {
+        for request in requests {
+            match request {
+                WalRequest::Append {
+                    payloads,
+                    records,
+                    written,
+                    flushed,
+                } => self.append(&payloads, &records, written, flushed),
+                WalRequest::Truncate { index, done } => {
+                    // Syncs in flight cover entries this may remove: their callbacks go first.
+                    self.wait_for_syncs();
+                    let _ = done.send(self.log.truncate(index).map_err(|e| self.log_error(e)));
+                }
+                WalRequest::Purge { log_id, done } => {
+                    // The purge point is recorded first: a crash between the two leaves entries
+                    // the log still holds but Raft no longer asks for, never a gap.
+                    let result = write_meta(&self.dir.join(LAST_PURGED_FILE), &log_id)
+                        .and_then(|()| self.log.purge(log_id.index).map_err(|e| self.log_error(e)));
+                    let _ = done.send(result);
+                }
+                WalRequest::SaveVote { vote, done } => {
+                    let result = save_vote(&mut self.vote_file, &self.dir, &vote);
+                    if result.is_ok() {
+                        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(vote);
                     }
-                }));
-                let failed = result.as_ref().err().map(|e| e.to_string());
-                let _ = written.send(result.map(|_| ()).map_err(|source| LogStoreError::Log {
-                    dir: dir.clone(),
-                    source,
-                }));
-                let flush = match failed {
-                    Some(e) => Err(io_error(e)),
-                    // Group commit: one sync for everything this append wrote.
-                    None if flush == FlushPolicy::Batch => {
-                        log.sync().map_err(|e| io_error(e.to_string()))
+                    let _ = done.send(result);
+                }
+            }
+        }
+    }
+
+    fn append(
+        &mut self,
+        payloads: &[u8],
+        records: &[(u64, u64, usize)],
+        written: oneshot::Sender<Result<(), LogStoreError>>,
+        flushed: IOFlushed<TypeConfig>,
+    ) {
+        let began = Instant::now();
+        let mut start = 0;
+        // Readers (replication, the state machine) see the entries before they are synced:
+        // they are applied only once committed, which needs them synced on a majority.
+        let result = self
+            .log
+            .append_unsynced(records.iter().map(|&(term, index, end)| {
+                let payload = &payloads[start..end];
+                start = end;
+                Record {
+                    term,
+                    index,
+                    payload,
+                }
+            }));
+        let failed = result.as_ref().err().map(|e| e.to_string());
+        let _ = written.send(result.map(|_| ()).map_err(|e| self.log_error(e)));
+        // Group commit: the sync thread merges this with every sync waiting beside it.
+        let job =
+            (failed.is_none() && self.flush == FlushPolicy::Batch).then(|| self.log.sync_later());
+        let request = SyncRequest::Flush {
+            job,
+            failed,
+            flushed,
+            began,
+        };
+        if let Err(mpsc::SendError(SyncRequest::Flush { flushed, .. })) = self.syncs.send(request) {
+            flushed.io_completed(Err(io_error("the WAL's sync thread has stopped")));
+        }
+    }
+
+    /// Returns once every sync handed over before has run and been reported.
+    fn wait_for_syncs(&self) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.syncs.send(SyncRequest::Barrier(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    fn log_error(&self, source: exchange_log::Error) -> LogStoreError {
+        LogStoreError::Log {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+}
+
+/// Runs the syncs the WAL thread hands over: everything waiting is merged into one job (one
+/// `fdatasync` per file), and its callbacks are then called in the order of the writes.
+fn sync_thread(requests: mpsc::Receiver<SyncRequest>, append_latency: &LatencyHistogram) {
+    let mut waiting = Vec::new();
+    while let Ok(first) = requests.recv() {
+        waiting.push(first);
+        waiting.extend(requests.try_iter());
+        let mut merged: Option<SyncJob> = None;
+        for request in &mut waiting {
+            if let SyncRequest::Flush { job, .. } = request {
+                if let Some(job) = job.take() {
+                    match merged.as_mut() {
+                        Some(merged) => merged.absorb(job),
+                        None => merged = Some(job),
                     }
-                    None => Ok(()),
-                };
-                append_latency.record(began.elapsed());
-                flushed.log_io_completed(flush);
+                }
             }
-            WalRequest::Truncate { index, done } => {
-                let _ = done.send(log.truncate(index).map_err(|source| LogStoreError::Log {
-                    dir: dir.clone(),
-                    source,
-                }));
-            }
-            WalRequest::Purge { log_id, done } => {
-                // The purge point is recorded first: a crash between the two leaves entries
-                // the log still holds but Raft no longer asks for, never a gap.
-                let result = write_meta(&dir.join(LAST_PURGED_FILE), &log_id).and_then(|()| {
-                    log.purge(log_id.index)
-                        .map_err(|source| LogStoreError::Log {
-                            dir: dir.clone(),
-                            source,
-                        })
-                });
-                let _ = done.send(result);
-            }
-            WalRequest::SaveVote { vote, done } => {
-                let _ = done.send(save_vote(&mut vote_file, &dir, &vote));
+        }
+        let synced = merged.map_or(Ok(()), |job| job.run().map_err(|e| e.to_string()));
+        for request in waiting.drain(..) {
+            match request {
+                SyncRequest::Flush {
+                    failed,
+                    flushed,
+                    began,
+                    ..
+                } => {
+                    let result = match (&failed, &synced) {
+                        (Some(e), _) | (None, Err(e)) => Err(io_error(e.clone())),
+                        (None, Ok(())) => Ok(()),
+                    };
+                    append_latency.record(began.elapsed());
+                    flushed.io_completed(result);
+                }
+                SyncRequest::Barrier(done) => {
+                    let _ = done.send(());
+                }
             }
         }
     }
@@ -367,15 +468,16 @@ fn bounds(range: &impl RangeBounds<u64>, first: u64, next: u64) -> std::ops::Ran
 fn read_entries(
     reader: &mut LogReader,
     range: &impl RangeBounds<u64>,
-) -> Result<Vec<Entry>, StorageError> {
+) -> Result<Vec<Entry>, std::io::Error> {
     let range = bounds(range, reader.first_index(), reader.next_index());
     let mut entries = Vec::with_capacity(range.end.saturating_sub(range.start) as usize);
     if range.is_empty() {
         return Ok(entries);
     }
-    for record in reader.range(range).map_err(read_error)? {
-        let record = record.map_err(read_error)?;
-        entries.push(codec::decode(record.term, record.index, record.payload).map_err(read_error)?);
+    for record in reader.range(range).map_err(storage_error)? {
+        let record = record.map_err(storage_error)?;
+        entries
+            .push(codec::decode(record.term, record.index, record.payload).map_err(storage_error)?);
     }
     Ok(entries)
 }
@@ -384,28 +486,26 @@ impl RaftLogReader<TypeConfig> for LogStoreReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, std::io::Error> {
         read_entries(&mut self.reader, &range)
     }
-}
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
-        read_entries(&mut self.reader, &range)
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        Ok(*self.vote.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStoreReader;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
         let last_log_id = match self.reader.last_index() {
             Some(index) => {
-                let record = self.reader.get(index).map_err(read_error)?;
-                Some(codec::log_id(record.term, record.index, record.payload).map_err(read_error)?)
+                let record = self.reader.get(index).map_err(storage_error)?;
+                Some(
+                    codec::log_id(record.term, record.index, record.payload)
+                        .map_err(storage_error)?,
+                )
             }
             None => self.last_purged,
         };
@@ -418,35 +518,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_reader(&mut self) -> Self::LogReader {
         LogStoreReader {
             reader: self.reader.clone(),
+            vote: Arc::clone(&self.vote),
         }
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let vote = *vote;
-        self.request(
-            |done| WalRequest::SaveVote { vote, done },
-            |e| StorageIOError::write_vote(&io_error(e.to_string())).into(),
-            (),
-        )
-        .await
+        self.request(|done| WalRequest::SaveVote { vote, done }, ())
+            .await
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         if let Some(committed) = committed {
             self.committed.fetch_max(committed.index, Ordering::AcqRel);
         }
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        read_vote(&self.dir).map_err(|e| StorageIOError::read_vote(&io_error(e.to_string())).into())
-    }
-
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -458,7 +551,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 self.max_timestamp_ns
                     .fetch_max(batch.timestamp_ns, Ordering::AcqRel);
             }
-            codec::encode_payload(&entry, &mut payloads).map_err(write_error)?;
+            codec::encode_payload(&entry, &mut payloads).map_err(storage_error)?;
             records.push((
                 entry.log_id.leader_id.term,
                 entry.log_id.index,
@@ -473,22 +566,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 written,
                 flushed: callback,
             })
-            .map_err(|_| write_error("the WAL thread has stopped"))?;
+            .map_err(|_| wal_stopped())?;
         match answer.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(write_error(e)),
-            Err(_) => Err(write_error("the WAL thread has stopped")),
+            Ok(Err(e)) => Err(storage_error(e)),
+            Err(_) => Err(wal_stopped()),
         }
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let index = log_id.index;
-        self.request(|done| WalRequest::Truncate { index, done }, write_error, ())
+    /// Keeps `last_log_id` and removes every entry after it.
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
+        // Nothing below the first entry kept is Raft's to remove (a purge took it).
+        let index = last_log_id
+            .map_or(0, |id| id.index + 1)
+            .max(self.reader.first_index());
+        self.request(|done| WalRequest::Truncate { index, done }, ())
             .await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.request(|done| WalRequest::Purge { log_id, done }, write_error, ())
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
+        self.request(|done| WalRequest::Purge { log_id, done }, ())
             .await?;
         self.last_purged = Some(log_id);
         Ok(())
