@@ -177,7 +177,7 @@ impl FileConfig {
 
 /// Defaults, measured rather than guessed (docs/performance.md, failover): a crashed leader is replaced in
 /// about 120 ms, and a full load on a 2-core machine causes no leader change
-/// (tests/cluster_rto.rs, tests/cluster_load.rs). openraft 0.9 lets a follower stand for
+/// (tests/cluster_rto.rs, tests/cluster_load.rs). openraft lets a follower stand for
 /// election only after the leader's lease (the election timeout's upper end) and then its own
 /// election timeout (staggered by rank among the voters, checked every 4 ms:
 /// `replication::election`), so a crash costs 90-110 ms of silence before a vote; the heartbeat does not

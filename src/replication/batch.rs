@@ -126,7 +126,7 @@ impl Batch {
     /// past it (and past 65,536 the numbers would run into the next entry's), and a peer, not
     /// only this node's own sequencer, can send one.
     pub fn from_bytes(bytes: &[u8]) -> Result<Batch, BatchError> {
-        let batch = if (bytes.as_ptr() as usize) % BATCH_ARCHIVE_ALIGN == 0 {
+        let batch = if (bytes.as_ptr() as usize).is_multiple_of(BATCH_ARCHIVE_ALIGN) {
             rkyv::from_bytes::<Batch, rkyv::rancor::Error>(bytes)
         } else {
             let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());

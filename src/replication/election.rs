@@ -1,8 +1,9 @@
 //! Standing for election on time when the leader falls silent.
 //!
-//! openraft 0.9 looks at its election timer on a tick every one and a half heartbeats (30 ms
-//! with the defaults), so a follower whose leader died stands up to a tick after its timeout
-//! passed: 15 ms late on average, the largest part of a failover after the timeouts themselves.
+//! openraft 0.9 looked at its election timer on a tick every one and a half heartbeats (30 ms
+//! with the defaults), so a follower whose leader died stood up to a tick after its timeout
+//! passed: 15 ms late on average, the largest part of a failover after the timeouts themselves
+//! (0.10 ticks every fifth of a heartbeat, but still draws each node's timeout at random).
 //! [`stand_on_time`] looks at openraft's own rule (nothing heard from the leader, and the vote
 //! unchanged, for the leader's lease and an election timeout) every few milliseconds and starts
 //! the election when it says so. The timeout is not drawn at random but staggered by the node's
@@ -26,7 +27,7 @@ use super::types::{raft_stopped, NodeId, Raft};
 /// How often the rule is looked at.
 const CHECK_EVERY: Duration = Duration::from_millis(4);
 
-/// Runs for the node's life (ends with Raft). `lease` is the leader's lease (openraft 0.9: the
+/// Runs for the node's life (ends with Raft). `lease` is the leader's lease (openraft: the
 /// election timeout's upper end); `timeout_ms` the election timeout's range, which the voters'
 /// timeouts divide among themselves.
 pub async fn stand_on_time(

@@ -202,7 +202,7 @@ impl EngineStatus {
     pub fn applied(&self) -> (u64, u64) {
         loop {
             let before = self.version.load(Ordering::SeqCst);
-            if before % 2 == 0 {
+            if before.is_multiple_of(2) {
                 let index = self.applied_index.load(Ordering::SeqCst);
                 let hash = self.output_hash.load(Ordering::SeqCst);
                 if self.version.load(Ordering::SeqCst) == before {

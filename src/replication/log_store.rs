@@ -1,16 +1,17 @@
 //! Raft's log storage on the mmap event log.
 //!
-//! One thread, the WAL thread, owns the log's writer: appends, truncations, purges and vote
-//! writes reach it through a channel and take effect in the order they were submitted, as
-//! openraft requires. An append returns once its entries are readable (openraft 0.10 then
-//! replicates them at once); its sync runs on a second thread, the sync thread, which merges
-//! every sync waiting for it into one `fdatasync` per file and only then calls openraft's flush
-//! callbacks, in order, so no entry is ever reported durable before it is (the trap in
-//! openraft's rocksdb example). So the leader's own disk write overlaps the followers' (the
-//! leader counts toward the commit quorum only once its callback fires), and the writer never
-//! waits for the disk on an append: segments' blocks are allocated ahead (`exchange_log`) so a
-//! sync writes only data and waits for no file system journal. A truncation first waits for
-//! the syncs before it, so no late callback reports entries that are gone.
+//! The log's writer sits behind a mutex, taken in the order openraft calls (it awaits each call
+//! before the next), so appends, truncations, purges and vote writes take effect in the order
+//! they were submitted. An append writes its entries on the caller's thread, with no hop to
+//! another thread, and returns once they are readable (openraft 0.10 then replicates them at
+//! once); its sync runs on the sync thread, which merges every sync waiting for it into one
+//! `fdatasync` per file and only then calls openraft's flush callbacks, in order, so no entry is
+//! ever reported durable before it is (the trap in openraft's rocksdb example). So the leader's
+//! own disk write overlaps the followers' (the leader counts toward the commit quorum only once
+//! its callback fires), and an append never waits for the disk: segments' blocks are allocated
+//! ahead (`exchange_log`) so a sync writes only data and waits for no file system journal.
+//! Truncations, purges and votes, which sync, run on a blocking thread; a truncation first
+//! waits for the syncs before it, so no late callback reports entries that are gone.
 //!
 //! Readers (openraft's replication and apply tasks) read records directly from the map through
 //! their own `LogReader`, decoding each into an entry.
@@ -27,7 +28,6 @@ use exchange_log::{
 };
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend, RaftLogReader};
-use tokio::sync::oneshot;
 
 use super::codec;
 use super::types::{Entry, LogId, TypeConfig, Vote};
@@ -37,35 +37,12 @@ use crate::latency::LatencyHistogram;
 const VOTE_FILE: &str = "vote.slots";
 /// Where data format 2 kept the vote: read until the first vote is saved in `VOTE_FILE`.
 const LEGACY_VOTE_FILE: &str = "vote.meta";
-/// Requests waiting for the WAL thread, and appends waiting for their sync. openraft waits
-/// for each append to be written but not synced; the bound makes a stuck disk stop Raft rather
-/// than grow memory.
-const WAL_QUEUE_REQUESTS_MAX: usize = 64;
+/// Appends waiting for their sync. openraft waits for each append to be written but not
+/// synced; the bound makes a stuck disk stop Raft rather than grow memory.
+const SYNC_QUEUE_REQUESTS_MAX: usize = 64;
 const LAST_PURGED_FILE: &str = "last-purged.meta";
 
-enum WalRequest {
-    Append {
-        payloads: Vec<u8>,
-        /// (term, index, end of the payload in `payloads`).
-        records: Vec<(u64, u64, usize)>,
-        written: oneshot::Sender<Result<(), LogStoreError>>,
-        flushed: IOFlushed<TypeConfig>,
-    },
-    Truncate {
-        index: u64,
-        done: oneshot::Sender<Result<(), LogStoreError>>,
-    },
-    Purge {
-        log_id: LogId,
-        done: oneshot::Sender<Result<(), LogStoreError>>,
-    },
-    SaveVote {
-        vote: Vote,
-        done: oneshot::Sender<Result<(), LogStoreError>>,
-    },
-}
-
-/// What the WAL thread hands the sync thread, in the order of the log's writes.
+/// What the writer hands the sync thread, in the order of the log's writes.
 enum SyncRequest {
     /// Call `flushed` once the records of an append are durable: after `job` (and every job
     /// before it) has run, or at once under a flush policy that leaves nothing to sync. An
@@ -82,7 +59,7 @@ enum SyncRequest {
 
 /// The writer side, given to openraft.
 pub struct LogStore {
-    wal: mpsc::SyncSender<WalRequest>,
+    writer: Arc<Mutex<Writer>>,
     reader: LogReader,
     /// The vote saved last, shared with readers (openraft reads it through one at start).
     vote: Arc<Mutex<Option<Vote>>>,
@@ -119,7 +96,7 @@ pub enum LogStoreError {
     Entry { index: u64, reason: String },
     /// A small meta file (the vote, the purge point) cannot be read, decoded or written.
     Meta { path: PathBuf, reason: String },
-    /// The WAL thread could not start, or has stopped.
+    /// The sync thread could not start.
     Wal(String),
 }
 
@@ -132,7 +109,7 @@ impl std::fmt::Display for LogStoreError {
                 write!(f, "log entry {index} does not decode: {reason}")
             }
             LogStoreError::Meta { path, reason } => write!(f, "{}: {reason}", path.display()),
-            LogStoreError::Wal(why) => write!(f, "the WAL thread: {why}"),
+            LogStoreError::Wal(why) => write!(f, "the log's sync thread: {why}"),
         }
     }
 }
@@ -147,12 +124,8 @@ fn storage_error(e: impl std::fmt::Display) -> std::io::Error {
     io_error(e.to_string())
 }
 
-fn wal_stopped() -> std::io::Error {
-    io_error("the WAL thread has stopped")
-}
-
 impl LogStore {
-    /// Opens (or creates) the log in `dir`, recovering a torn tail, and starts the WAL thread.
+    /// Opens (or creates) the log in `dir`, recovering a torn tail, and starts the sync thread.
     /// Each append's write and sync time goes into `append_latency`.
     pub fn open(
         dir: &Path,
@@ -179,13 +152,12 @@ impl LogStore {
         let vote = Arc::new(Mutex::new(read_vote(dir)?));
         let vote_path = dir.join(VOTE_FILE);
         let (vote_file, _) = SlotFile::open(&vote_path).map_err(|e| meta_error(&vote_path, e))?;
-        let (wal, requests) = mpsc::sync_channel(WAL_QUEUE_REQUESTS_MAX);
-        let (syncs, sync_requests) = mpsc::sync_channel(WAL_QUEUE_REQUESTS_MAX);
+        let (syncs, sync_requests) = mpsc::sync_channel(SYNC_QUEUE_REQUESTS_MAX);
         std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || sync_thread(sync_requests, &append_latency))
             .map_err(|e| LogStoreError::Wal(format!("cannot start its sync thread: {e}")))?;
-        let wal_thread = WalThread {
+        let writer = Writer {
             log,
             vote_file,
             vote: Arc::clone(&vote),
@@ -193,12 +165,8 @@ impl LogStore {
             flush,
             syncs,
         };
-        std::thread::Builder::new()
-            .name("wal".into())
-            .spawn(move || wal_thread.run(requests))
-            .map_err(|e| LogStoreError::Wal(format!("cannot start it: {e}")))?;
         Ok(LogStore {
-            wal,
+            writer: Arc::new(Mutex::new(writer)),
             reader,
             vote,
             last_purged,
@@ -222,18 +190,17 @@ impl LogStore {
         self.reader.clone()
     }
 
-    async fn request<T>(
+    /// Runs `work` on the writer on a blocking thread: it syncs, which a runtime worker must
+    /// not wait for.
+    async fn on_writer(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), LogStoreError>>) -> WalRequest,
-        value: T,
-    ) -> Result<T, std::io::Error> {
-        let (done, answer) = oneshot::channel();
-        self.wal.send(make(done)).map_err(|_| wal_stopped())?;
-        match answer.await {
-            Ok(Ok(())) => Ok(value),
-            Ok(Err(e)) => Err(storage_error(e)),
-            Err(_) => Err(wal_stopped()),
-        }
+        work: impl FnOnce(&mut Writer) -> Result<(), LogStoreError> + Send + 'static,
+    ) -> Result<(), std::io::Error> {
+        let writer = Arc::clone(&self.writer);
+        tokio::task::spawn_blocking(move || work(&mut lock(&writer)))
+            .await
+            .map_err(|e| io_error(format!("the log writer's task failed: {e}")))?
+            .map_err(storage_error)
     }
 }
 
@@ -311,8 +278,8 @@ fn last_timestamp(reader: &mut LogReader, dir: &Path) -> Result<u64, LogStoreErr
     }
 }
 
-/// The WAL thread's state: the log's one writer, and the vote's file.
-struct WalThread {
+/// The log's one writer, and the vote's file.
+struct Writer {
     log: Log,
     vote_file: SlotFile,
     vote: Arc<Mutex<Option<Vote>>>,
@@ -321,46 +288,38 @@ struct WalThread {
     syncs: mpsc::SyncSender<SyncRequest>,
 }
 
-impl WalThread {
-    fn run(mut self, requests: mpsc::Receiver<WalRequest>) {
-        for request in requests {
-            match request {
-                WalRequest::Append {
-                    payloads,
-                    records,
-                    written,
-                    flushed,
-                } => self.append(&payloads, &records, written, flushed),
-                WalRequest::Truncate { index, done } => {
-                    // Syncs in flight cover entries this may remove: their callbacks go first.
-                    self.wait_for_syncs();
-                    let _ = done.send(self.log.truncate(index).map_err(|e| self.log_error(e)));
-                }
-                WalRequest::Purge { log_id, done } => {
-                    // The purge point is recorded first: a crash between the two leaves entries
-                    // the log still holds but Raft no longer asks for, never a gap.
-                    let result = write_meta(&self.dir.join(LAST_PURGED_FILE), &log_id)
-                        .and_then(|()| self.log.purge(log_id.index).map_err(|e| self.log_error(e)));
-                    let _ = done.send(result);
-                }
-                WalRequest::SaveVote { vote, done } => {
-                    let result = save_vote(&mut self.vote_file, &self.dir, &vote);
-                    if result.is_ok() {
-                        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(vote);
-                    }
-                    let _ = done.send(result);
-                }
-            }
-        }
+fn lock(writer: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Writer {
+    fn truncate(&mut self, index: u64) -> Result<(), LogStoreError> {
+        // Syncs in flight cover entries this may remove: their callbacks go first.
+        self.wait_for_syncs();
+        self.log.truncate(index).map_err(|e| self.log_error(e))
     }
 
+    fn purge(&mut self, log_id: LogId) -> Result<(), LogStoreError> {
+        // The purge point is recorded first: a crash between the two leaves entries the log
+        // still holds but Raft no longer asks for, never a gap.
+        write_meta(&self.dir.join(LAST_PURGED_FILE), &log_id)?;
+        self.log.purge(log_id.index).map_err(|e| self.log_error(e))
+    }
+
+    fn save_vote(&mut self, vote: Vote) -> Result<(), LogStoreError> {
+        save_vote(&mut self.vote_file, &self.dir, &vote)?;
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(vote);
+        Ok(())
+    }
+
+    /// Writes the entries (readable when this returns) and hands their sync to the sync
+    /// thread, which calls `flushed`.
     fn append(
         &mut self,
         payloads: &[u8],
         records: &[(u64, u64, usize)],
-        written: oneshot::Sender<Result<(), LogStoreError>>,
         flushed: IOFlushed<TypeConfig>,
-    ) {
+    ) -> Result<(), LogStoreError> {
         let began = Instant::now();
         let mut start = 0;
         // Readers (replication, the state machine) see the entries before they are synced:
@@ -377,8 +336,8 @@ impl WalThread {
                 }
             }));
         let failed = result.as_ref().err().map(|e| e.to_string());
-        let _ = written.send(result.map(|_| ()).map_err(|e| self.log_error(e)));
-        // Group commit: the sync thread merges this with every sync waiting beside it.
+        // Group commit: the sync thread merges this with every sync waiting beside it. (A
+        // segment that fills up is synced here, and the next one made: once per segment.)
         let job =
             (failed.is_none() && self.flush == FlushPolicy::Batch).then(|| self.log.sync_later());
         let request = SyncRequest::Flush {
@@ -390,6 +349,7 @@ impl WalThread {
         if let Err(mpsc::SendError(SyncRequest::Flush { flushed, .. })) = self.syncs.send(request) {
             flushed.io_completed(Err(io_error("the WAL's sync thread has stopped")));
         }
+        result.map(|_| ()).map_err(|e| self.log_error(e))
     }
 
     /// Returns once every sync handed over before has run and been reported.
@@ -408,7 +368,7 @@ impl WalThread {
     }
 }
 
-/// Runs the syncs the WAL thread hands over: everything waiting is merged into one job (one
+/// Runs the syncs the writer hands over: everything waiting is merged into one job (one
 /// `fdatasync` per file), and its callbacks are then called in the order of the writes.
 fn sync_thread(requests: mpsc::Receiver<SyncRequest>, append_latency: &LatencyHistogram) {
     let mut waiting = Vec::new();
@@ -524,8 +484,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let vote = *vote;
-        self.request(|done| WalRequest::SaveVote { vote, done }, ())
-            .await
+        self.on_writer(move |writer| writer.save_vote(vote)).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
@@ -558,20 +517,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 payloads.len(),
             ));
         }
-        let (written, answer) = oneshot::channel();
-        self.wal
-            .send(WalRequest::Append {
-                payloads,
-                records,
-                written,
-                flushed: callback,
-            })
-            .map_err(|_| wal_stopped())?;
-        match answer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(storage_error(e)),
-            Err(_) => Err(wal_stopped()),
-        }
+        // Written here, with no hop to another thread: a copy into the log's map or a
+        // `pwrite` into allocated blocks; the sync goes to the sync thread.
+        lock(&self.writer)
+            .append(&payloads, &records, callback)
+            .map_err(storage_error)
     }
 
     /// Keeps `last_log_id` and removes every entry after it.
@@ -580,13 +530,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let index = last_log_id
             .map_or(0, |id| id.index + 1)
             .max(self.reader.first_index());
-        self.request(|done| WalRequest::Truncate { index, done }, ())
-            .await
+        self.on_writer(move |writer| writer.truncate(index)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
-        self.request(|done| WalRequest::Purge { log_id, done }, ())
-            .await?;
+        self.on_writer(move |writer| writer.purge(log_id)).await?;
         self.last_purged = Some(log_id);
         Ok(())
     }

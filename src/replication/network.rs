@@ -634,18 +634,26 @@ async fn handle_stream(
     } else {
         postcard::from_bytes::<Request>(&bytes).map_err(|e| e.to_string())
     };
-    let decoded = decoded.and_then(|request| match speaker(&request) {
-        Some(id) if peer.names(id) => Ok(request),
-        claimed => {
-            let why = format!(
+    let decoded = decoded
+        .map_err(|e| {
+            tracing::warn!(
+                "a peer's Raft request does not decode ({e}): a node of another version? A \
+                 cluster moves to a build on another openraft version all at once"
+            );
+            format!("undecodable request: {e}")
+        })
+        .and_then(|request| match speaker(&request) {
+            Some(id) if peer.names(id) => Ok(request),
+            claimed => {
+                let why = format!(
                 "refused: an RPC speaking for node {} on a connection whose certificate is not \
                  that node's",
                 claimed.map_or("none".into(), |id| id.to_string())
             );
-            tracing::warn!("{why}");
-            Err(why)
-        }
-    });
+                tracing::warn!("{why}");
+                Err(why)
+            }
+        });
     let response = match decoded {
         Ok(Request::AppendEntries(rpc)) => {
             let leader = Some(rpc.vote.leader_id().node_id);

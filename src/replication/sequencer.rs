@@ -22,7 +22,7 @@ use super::types::{NodeId, Raft};
 use crate::latency::LatencyHistogram;
 
 /// How long a proposal may wait to be committed and applied. Past it, the leader has lost its
-/// majority (openraft 0.9 does not step a leader down on its own): its waiters are told the
+/// majority (openraft refuses new proposals then, but not the ones in flight): its waiters are told the
 /// outcome is unknown instead of hanging.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
