@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A against B (docs/performance.md, "Comparing builds"): two builds of the exchange, each on a
+# A against B (docs/performance.md, "openraft 0.10"): two builds of the exchange, each on a
 # fresh local 3-node cluster, alternating A, B, B, A, A, B... so that a machine's slow spell
 # falls on both. Each cluster runs the same benches: one session closed loop (one order per
 # request: the round trip at its floor), open loop at 2,000 and 10,000 orders/s, 200,000/s
