@@ -17,7 +17,7 @@ use openraft::ServerState;
 use crate::gateway::credentials::BrokersFile;
 use crate::replication::engine_thread::EngineHandle;
 use crate::replication::sequencer::Sequencer;
-use crate::replication::types::Raft;
+use crate::replication::state_machine::Raft;
 
 /// How long a new leader waits for its engine to apply the log it inherited.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);

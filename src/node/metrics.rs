@@ -21,7 +21,8 @@ use crate::marketdata::history::MarketHistory;
 use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::EngineHandle;
 use crate::replication::leadership::Role;
-use crate::replication::types::{Raft, RaftMetrics};
+use crate::replication::state_machine::Raft;
+use crate::replication::types::RaftMetrics;
 use crate::report::Reporter;
 
 /// What the metrics page is made of.

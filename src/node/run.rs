@@ -41,8 +41,8 @@ use crate::replication::log_store::LogStore;
 use crate::replication::network::{serve as serve_raft, LeaderContact, Network};
 use crate::replication::reports::ReportJournal;
 use crate::replication::sequencer::Sequencer;
-use crate::replication::state_machine::{StateMachine, StoredSnapshot};
-use crate::replication::types::{raft_stopped, NodeAddr, Raft};
+use crate::replication::state_machine::{Raft, StateMachine, StoredSnapshot};
+use crate::replication::types::{raft_stopped, NodeAddr};
 use crate::report::Reporter;
 
 /// How often the node looks whether Raft stopped on a fatal error.

@@ -22,7 +22,8 @@ use openraft::async_runtime::watch::WatchReceiver as _;
 use openraft::ServerState;
 
 use super::network::LeaderContact;
-use super::types::{raft_stopped, NodeId, Raft};
+use super::state_machine::Raft;
+use super::types::{raft_stopped, NodeId};
 
 /// How often the rule is looked at.
 const CHECK_EVERY: Duration = Duration::from_millis(4);

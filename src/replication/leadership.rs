@@ -11,7 +11,8 @@ use openraft::async_runtime::watch::WatchReceiver as _;
 use openraft::{ReadPolicy, ServerState};
 
 use crate::replication::network::LeaderContact;
-use crate::replication::types::{MetricsReceiver, NodeAddr, Raft, RaftMetrics};
+use crate::replication::state_machine::Raft;
+use crate::replication::types::{MetricsReceiver, NodeAddr, RaftMetrics};
 
 /// A Raft role, as `status` and the metrics name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

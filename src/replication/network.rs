@@ -32,8 +32,9 @@ use openraft::raft::{
 use openraft::OptionalSend;
 use serde::{Deserialize, Serialize};
 
+use super::state_machine::Raft;
 use super::types::{
-    LogId, NodeAddr, NodeId, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
+    LogId, NodeAddr, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
 };
 use crate::net::frame::{read_frame, read_frame_by_kind, write_frame, FrameError};
 use crate::net::tls::node_name;

@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::batch::{Batch, BATCH_COMMANDS_MAX};
 use super::engine_thread::EngineHandle;
 use super::leadership::Leadership;
-use super::types::{NodeId, Raft};
+use super::state_machine::Raft;
+use super::types::NodeId;
 use crate::latency::LatencyHistogram;
 
 /// How long a proposal may wait to be committed and applied. Past it, the leader has lost its

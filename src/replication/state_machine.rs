@@ -110,6 +110,9 @@ impl StoredSnapshot {
     }
 }
 
+/// The node's Raft: openraft over this state machine.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
 #[derive(Clone)]
 pub struct StateMachine {
     engine: Arc<EngineHandle>,

@@ -38,7 +38,6 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-pub type Raft = openraft::Raft<TypeConfig, super::state_machine::StateMachine>;
 pub type Entry = alias::EntryOf<TypeConfig>;
 pub type LogId = alias::LogIdOf<TypeConfig>;
 pub type Vote = alias::VoteOf<TypeConfig>;
