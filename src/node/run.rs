@@ -81,6 +81,11 @@ fn raft_config(config: &NodeConfig) -> Result<Config, StartError> {
         // Replication sends entries as soon as they are written, not after this node's loop
         // turns: the leader's disk write overlaps the followers'.
         broadcast_submitted_on_append: Some(true),
+        // A node whose recovery cut a torn tail holds fewer entries than it may have
+        // acknowledged (only if its disk lost synced writes): the leader then sends again from
+        // where its log really ends, as openraft 0.9 did, rather than stop on it. The majority
+        // that committed those entries still holds them.
+        allow_log_reversion: Some(true),
         ..Default::default()
     }
     .validate()
