@@ -100,9 +100,15 @@ pub struct Leadership {
 /// Samples of Raft's reports are taken at least this far apart.
 const QUORUM_SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
-/// How long ago a majority last acknowledged this leader, by its report.
+/// How long ago a majority last acknowledged this leader, by its report. A leader that is
+/// the only voter is its own majority (openraft 0.10 stamps the quorum's acknowledgement only
+/// when a follower answers, so a lone voter's stamp is its election's).
 fn quorum_heard_ms_ago(report: &RaftMetrics) -> Option<u64> {
     use openraft::Instant as _;
+    let voters = report.membership_config.membership().voter_ids().count();
+    if voters <= 1 {
+        return Some(0);
+    }
     report
         .last_quorum_acked
         .as_ref()
