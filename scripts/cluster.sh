@@ -12,14 +12,16 @@
 # pids live under $EXCHANGE_DATA (default ./data); credentials in $EXCHANGE_BROKERS (default
 # cluster/brokers.toml). Extra node flags: $EXCHANGE_NODE_FLAGS. Node $EXCHANGE_REPORT_NODE
 # (default 3) writes the reporting database, $EXCHANGE_DATA/report.db. $EXCHANGE_PIN_CORES
-# pins the engine threads; EXCHANGE_NO_BUILD=1 skips the build.
+# pins the engine threads; EXCHANGE_NO_BUILD=1 skips the build; EXCHANGE_BIN_DIR (default
+# target/release) is where the binaries are taken from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${EXCHANGE_DATA:-data}
 certs=${EXCHANGE_CERTS:-cluster/certs}
-node_bin=target/release/exchange-node
+bin_dir=${EXCHANGE_BIN_DIR:-target/release}
+node_bin=$bin_dir/exchange-node
 brokers_file=${EXCHANGE_BROKERS:-cluster/brokers.toml}
-cli_bin=target/release/exchange-cli
+cli_bin=$bin_dir/exchange-cli
 
 # Whether a pid is a live process (a killed node may linger as a zombie until it is reaped).
 running() {
@@ -93,7 +95,7 @@ wait_for_leader() {
 case "${1:-}" in
   up)
     n=${2:-3}
-    # EXCHANGE_NO_BUILD=1: use the binaries already in target/release (a machine without cargo).
+    # EXCHANGE_NO_BUILD=1: use the binaries already in $bin_dir (a machine without cargo).
     if [ -z "${EXCHANGE_NO_BUILD:-}" ]; then
       cargo build --release --quiet --bin exchange-node --bin exchange-cli
     fi
