@@ -29,6 +29,10 @@ use hosts::{Hosts, Placement};
 use report::FaultRecord;
 use workload::History;
 
+/// How long the final state's reads are asked again while the cluster has no leader (a planted
+/// crash can take one down as they are made).
+const FINAL_READ_RETRY_FOR: Duration = Duration::from_secs(30);
+
 /// The faults the nemesis injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 enum FaultKind {
@@ -712,10 +716,17 @@ async fn chaos(
     md_stop.store(true, Ordering::Relaxed);
     let feed = md_task.await.map_err(|e| e.to_string())?;
     let mut probe = client(hosts, workload::ADMIN_KEY)?;
-    let (_, bids, asks) = probe
-        .depth(workload::SYMBOL.0, BOOK_LEVELS as u32)
-        .await
-        .map_err(|e| e.to_string())?;
+    let asked = Instant::now();
+    let (_, bids, asks) = loop {
+        match probe.depth(workload::SYMBOL.0, BOOK_LEVELS as u32).await {
+            Err(exchange::gateway::client::ClientError::Unavailable(_))
+                if asked.elapsed() < FINAL_READ_RETRY_FOR =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other.map_err(|e| e.to_string())?,
+        }
+    };
     let book_matches = feed.state().bids == bids && feed.state().asks == asks;
     md_stop_reports.store(true, Ordering::Relaxed);
     // A feed that failed leaves the checkers without part of the final state: the run fails
@@ -734,10 +745,22 @@ async fn chaos(
     }
     let mut balances = BTreeMap::new();
     for account in workload::desks().into_iter().flat_map(|b| b.accounts) {
-        let held = probe
-            .balances(account, vec![workload::BASE.0, workload::QUOTE.0])
-            .await
-            .map_err(|e| format!("account {account}'s balances: {e}"))?;
+        // A planted crash may take the leader down while the final state is read: an
+        // unavailable cluster is asked again once the others have elected a new one.
+        let asked = Instant::now();
+        let held = loop {
+            match probe
+                .balances(account, vec![workload::BASE.0, workload::QUOTE.0])
+                .await
+            {
+                Err(exchange::gateway::client::ClientError::Unavailable(_))
+                    if asked.elapsed() < FINAL_READ_RETRY_FOR =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other.map_err(|e| format!("account {account}'s balances: {e}"))?,
+            }
+        };
         balances.insert(account, held);
     }
     // A node that died after the last fault, even while the final state was read, crashed.
