@@ -716,18 +716,24 @@ async fn chaos(
     md_stop.store(true, Ordering::Relaxed);
     let feed = md_task.await.map_err(|e| e.to_string())?;
     let mut probe = client(hosts, workload::ADMIN_KEY)?;
+    // A final state that cannot be read (no leader for FINAL_READ_RETRY_FOR) fails the run
+    // with the reason, and its history and report are still written.
+    let mut unread = Vec::new();
     let asked = Instant::now();
-    let (_, bids, asks) = loop {
+    let book_matches = loop {
         match probe.depth(workload::SYMBOL.0, BOOK_LEVELS as u32).await {
             Err(exchange::gateway::client::ClientError::Unavailable(_))
                 if asked.elapsed() < FINAL_READ_RETRY_FOR =>
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            other => break other.map_err(|e| e.to_string())?,
+            Ok((_, bids, asks)) => break feed.state().bids == bids && feed.state().asks == asks,
+            Err(e) => {
+                unread.push(format!("the final book could not be read: {e}"));
+                break false;
+            }
         }
     };
-    let book_matches = feed.state().bids == bids && feed.state().asks == asks;
     md_stop_reports.store(true, Ordering::Relaxed);
     // A feed that failed leaves the checkers without part of the final state: the run fails
     // and says why, but its history and report are still written.
@@ -758,10 +764,18 @@ async fn chaos(
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                other => break other.map_err(|e| format!("account {account}'s balances: {e}"))?,
+                Ok(held) => break Some(held),
+                Err(e) => {
+                    unread.push(format!(
+                        "account {account}'s final balances could not be read: {e}"
+                    ));
+                    break None;
+                }
             }
         };
-        balances.insert(account, held);
+        if let Some(held) = held {
+            balances.insert(account, held);
+        }
     }
     // A node that died after the last fault, even while the final state was read, crashed.
     for (id, why) in hosts.reap_exited() {
@@ -779,8 +793,9 @@ async fn chaos(
     let mut verdict = checker::check_with(&ops, &state, args.search_visits_max);
     verdict.crashes = crashes.len() as u64;
     verdict.problems.extend(crashes);
-    verdict.harness_errors = feed_errors.len() as u64;
+    verdict.harness_errors = (feed_errors.len() + unread.len()) as u64;
     verdict.problems.extend(feed_errors);
+    verdict.problems.extend(unread);
     report::recovery_times(&ops, &mut faults);
     let facts = checker::RunFacts {
         faults_asked: args.faults,
