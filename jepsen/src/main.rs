@@ -33,6 +33,25 @@ use workload::History;
 /// crash can take one down as they are made).
 const FINAL_READ_RETRY_FOR: Duration = Duration::from_secs(30);
 
+/// One read of the final state, asked again while the cluster is unavailable (the others elect
+/// a new leader) for up to `FINAL_READ_RETRY_FOR`.
+async fn read_final<T>(
+    probe: &mut Client,
+    mut read: impl AsyncFnMut(&mut Client) -> Result<T, exchange::gateway::client::ClientError>,
+) -> Result<T, exchange::gateway::client::ClientError> {
+    let asked = Instant::now();
+    loop {
+        match read(probe).await {
+            Err(exchange::gateway::client::ClientError::Unavailable(_))
+                if asked.elapsed() < FINAL_READ_RETRY_FOR =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The faults the nemesis injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 enum FaultKind {
@@ -719,19 +738,14 @@ async fn chaos(
     // A final state that cannot be read (no leader for FINAL_READ_RETRY_FOR) fails the run
     // with the reason, and its history and report are still written.
     let mut unread = Vec::new();
-    let asked = Instant::now();
-    let book_matches = loop {
-        match probe.depth(workload::SYMBOL.0, BOOK_LEVELS as u32).await {
-            Err(exchange::gateway::client::ClientError::Unavailable(_))
-                if asked.elapsed() < FINAL_READ_RETRY_FOR =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok((_, bids, asks)) => break feed.state().bids == bids && feed.state().asks == asks,
-            Err(e) => {
-                unread.push(format!("the final book could not be read: {e}"));
-                break false;
-            }
+    let depth = read_final(&mut probe, async |probe| {
+        probe.depth(workload::SYMBOL.0, BOOK_LEVELS as u32).await
+    });
+    let book_matches = match depth.await {
+        Ok((_, bids, asks)) => feed.state().bids == bids && feed.state().asks == asks,
+        Err(e) => {
+            unread.push(format!("the final book could not be read: {e}"));
+            false
         }
     };
     md_stop_reports.store(true, Ordering::Relaxed);
@@ -751,30 +765,18 @@ async fn chaos(
     }
     let mut balances = BTreeMap::new();
     for account in workload::desks().into_iter().flat_map(|b| b.accounts) {
-        // A planted crash may take the leader down while the final state is read: an
-        // unavailable cluster is asked again once the others have elected a new one.
-        let asked = Instant::now();
-        let held = loop {
-            match probe
+        let held = read_final(&mut probe, async |probe| {
+            probe
                 .balances(account, vec![workload::BASE.0, workload::QUOTE.0])
                 .await
-            {
-                Err(exchange::gateway::client::ClientError::Unavailable(_))
-                    if asked.elapsed() < FINAL_READ_RETRY_FOR =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Ok(held) => break Some(held),
-                Err(e) => {
-                    unread.push(format!(
-                        "account {account}'s final balances could not be read: {e}"
-                    ));
-                    break None;
-                }
+        });
+        match held.await {
+            Ok(held) => {
+                balances.insert(account, held);
             }
-        };
-        if let Some(held) = held {
-            balances.insert(account, held);
+            Err(e) => unread.push(format!(
+                "account {account}'s final balances could not be read: {e}"
+            )),
         }
     }
     // A node that died after the last fault, even while the final state was read, crashed.
