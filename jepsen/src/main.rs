@@ -29,21 +29,22 @@ use hosts::{Hosts, Placement};
 use report::FaultRecord;
 use workload::History;
 
-/// How long the final state's reads are asked again while the cluster has no leader (a planted
-/// crash can take one down as they are made).
+/// How long the final state's reads, all together, are asked again while the cluster has no
+/// leader (a planted crash can take one down as they are made).
 const FINAL_READ_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// One read of the final state, asked again while the cluster is unavailable (the others elect
-/// a new leader) for up to `FINAL_READ_RETRY_FOR`.
+/// a new leader) until `give_up`: one deadline for all of them, so a cluster left without a
+/// leader costs the run `FINAL_READ_RETRY_FOR` once, not once per account.
 async fn read_final<T>(
     probe: &mut Client,
+    give_up: Instant,
     mut read: impl AsyncFnMut(&mut Client) -> Result<T, exchange::gateway::client::ClientError>,
 ) -> Result<T, exchange::gateway::client::ClientError> {
-    let asked = Instant::now();
     loop {
         match read(probe).await {
             Err(exchange::gateway::client::ClientError::Unavailable(_))
-                if asked.elapsed() < FINAL_READ_RETRY_FOR =>
+                if Instant::now() < give_up =>
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -738,7 +739,8 @@ async fn chaos(
     // A final state that cannot be read (no leader for FINAL_READ_RETRY_FOR) fails the run
     // with the reason, and its history and report are still written.
     let mut unread = Vec::new();
-    let depth = read_final(&mut probe, async |probe| {
+    let give_up = Instant::now() + FINAL_READ_RETRY_FOR;
+    let depth = read_final(&mut probe, give_up, async |probe| {
         probe.depth(workload::SYMBOL.0, BOOK_LEVELS as u32).await
     });
     let book_matches = match depth.await {
@@ -765,7 +767,7 @@ async fn chaos(
     }
     let mut balances = BTreeMap::new();
     for account in workload::desks().into_iter().flat_map(|b| b.accounts) {
-        let held = read_final(&mut probe, async |probe| {
+        let held = read_final(&mut probe, give_up, async |probe| {
             probe
                 .balances(account, vec![workload::BASE.0, workload::QUOTE.0])
                 .await
