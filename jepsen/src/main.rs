@@ -29,9 +29,29 @@ use hosts::{Hosts, Placement};
 use report::FaultRecord;
 use workload::History;
 
-/// How long the final state's reads are asked again while the cluster has no leader (a planted
-/// crash can take one down as they are made).
+/// How long the final state's reads, all together, are asked again while the cluster has no
+/// leader (a planted crash can take one down as they are made).
 const FINAL_READ_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// One read of the final state, asked again while the cluster is unavailable (the others elect
+/// a new leader) until `give_up`: one deadline for all of them, so a cluster left without a
+/// leader costs the run `FINAL_READ_RETRY_FOR` once, not once per account.
+async fn read_final<T>(
+    probe: &mut Client,
+    give_up: Instant,
+    mut read: impl AsyncFnMut(&mut Client) -> Result<T, exchange::gateway::client::ClientError>,
+) -> Result<T, exchange::gateway::client::ClientError> {
+    loop {
+        match read(probe).await {
+            Err(exchange::gateway::client::ClientError::Unavailable(_))
+                if Instant::now() < give_up =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// The faults the nemesis injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -716,18 +736,20 @@ async fn chaos(
     md_stop.store(true, Ordering::Relaxed);
     let feed = md_task.await.map_err(|e| e.to_string())?;
     let mut probe = client(hosts, workload::ADMIN_KEY)?;
-    let asked = Instant::now();
-    let (_, bids, asks) = loop {
-        match probe.depth(workload::SYMBOL.0, BOOK_LEVELS as u32).await {
-            Err(exchange::gateway::client::ClientError::Unavailable(_))
-                if asked.elapsed() < FINAL_READ_RETRY_FOR =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => break other.map_err(|e| e.to_string())?,
+    // A final state that cannot be read (no leader for FINAL_READ_RETRY_FOR) fails the run
+    // with the reason, and its history and report are still written.
+    let mut unread = Vec::new();
+    let give_up = Instant::now() + FINAL_READ_RETRY_FOR;
+    let depth = read_final(&mut probe, give_up, async |probe| {
+        probe.depth(workload::SYMBOL.0, BOOK_LEVELS as u32).await
+    });
+    let book_matches = match depth.await {
+        Ok((_, bids, asks)) => feed.state().bids == bids && feed.state().asks == asks,
+        Err(e) => {
+            unread.push(format!("the final book could not be read: {e}"));
+            false
         }
     };
-    let book_matches = feed.state().bids == bids && feed.state().asks == asks;
     md_stop_reports.store(true, Ordering::Relaxed);
     // A feed that failed leaves the checkers without part of the final state: the run fails
     // and says why, but its history and report are still written.
@@ -745,23 +767,19 @@ async fn chaos(
     }
     let mut balances = BTreeMap::new();
     for account in workload::desks().into_iter().flat_map(|b| b.accounts) {
-        // A planted crash may take the leader down while the final state is read: an
-        // unavailable cluster is asked again once the others have elected a new one.
-        let asked = Instant::now();
-        let held = loop {
-            match probe
+        let held = read_final(&mut probe, give_up, async |probe| {
+            probe
                 .balances(account, vec![workload::BASE.0, workload::QUOTE.0])
                 .await
-            {
-                Err(exchange::gateway::client::ClientError::Unavailable(_))
-                    if asked.elapsed() < FINAL_READ_RETRY_FOR =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => break other.map_err(|e| format!("account {account}'s balances: {e}"))?,
+        });
+        match held.await {
+            Ok(held) => {
+                balances.insert(account, held);
             }
-        };
-        balances.insert(account, held);
+            Err(e) => unread.push(format!(
+                "account {account}'s final balances could not be read: {e}"
+            )),
+        }
     }
     // A node that died after the last fault, even while the final state was read, crashed.
     for (id, why) in hosts.reap_exited() {
@@ -779,8 +797,9 @@ async fn chaos(
     let mut verdict = checker::check_with(&ops, &state, args.search_visits_max);
     verdict.crashes = crashes.len() as u64;
     verdict.problems.extend(crashes);
-    verdict.harness_errors = feed_errors.len() as u64;
+    verdict.harness_errors = (feed_errors.len() + unread.len()) as u64;
     verdict.problems.extend(feed_errors);
+    verdict.problems.extend(unread);
     report::recovery_times(&ops, &mut faults);
     let facts = checker::RunFacts {
         faults_asked: args.faults,

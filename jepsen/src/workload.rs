@@ -171,6 +171,15 @@ pub async fn setup(admin: &mut Client) -> Result<(), String> {
     for command in commands {
         loop {
             match admin.submit(command).await {
+                // A try whose answer was lost added the symbol already.
+                Ok(outputs)
+                    if outputs.iter().any(|o| {
+                        o.event.reject_reason()
+                            == Some(exchange::domain::RejectReason::SymbolExists)
+                    }) =>
+                {
+                    break
+                }
                 // The leader opens the brokers' accounts when it takes office: wait for them.
                 Ok(outputs) if outputs.iter().any(|o| o.event.reject_reason().is_some()) => {
                     if Instant::now() > deadline {
