@@ -139,6 +139,7 @@ impl Node {
         let append_latency = Arc::new(LatencyHistogram::default());
         let round_latency = Arc::new(LatencyHistogram::default());
         let log = LogStore::open(
+            config.id,
             &config.data_dir.join("log"),
             config.fsync,
             config.segment_bytes,
