@@ -347,6 +347,14 @@ impl PeerConnection {
     }
 }
 
+/// Reads the end of a stream whose one frame has been read, when it has arrived (it comes with
+/// the frame): a stream dropped before its end is read makes quinn send the peer a
+/// STOP_SENDING, which was a packet of its own on every round of replication.
+fn take_end(recv: &mut quinn::RecvStream) {
+    use futures_util::FutureExt;
+    let _ = recv.read(&mut [0u8; 1]).now_or_never();
+}
+
 /// One request and its answer, on a stream of its own on `connection`.
 async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Result<Response, CallError> {
     let (mut send, mut recv) = connection
@@ -360,6 +368,7 @@ async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Result<Respon
         .await
         .map_err(frame_error)?
         .ok_or_else(|| CallError::Network("the peer closed the stream".into()))?;
+    take_end(&mut recv);
     postcard::from_bytes::<Response>(&reply).map_err(|e| CallError::Network(e.to_string()))
 }
 
@@ -618,7 +627,10 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
 ) {
     let bytes = match read_frame_by_kind(&mut recv, RAFT_FRAME_BYTES_MAX, request_frame_max).await {
-        Ok(Some(bytes)) => bytes,
+        Ok(Some(bytes)) => {
+            take_end(&mut recv);
+            bytes
+        }
         Ok(None) => return,
         Err(e) => {
             tracing::warn!("a peer's Raft frame was refused: {e}");
