@@ -103,6 +103,7 @@ broker_listen = "0.0.0.0:27912"
 fsync = "always"
 idle = "spin"
 pin_core = 3
+runtime_threads = 3
 heartbeat_ms = 25
 election_min_ms = 50
 election_max_ms = 100
@@ -142,6 +143,7 @@ log_format = "json"
             ("EXCHANGE_FSYNC", "always"),
             ("EXCHANGE_IDLE", "spin"),
             ("EXCHANGE_PIN_CORE", "3"),
+            ("EXCHANGE_RUNTIME_THREADS", "3"),
             ("EXCHANGE_HEARTBEAT_MS", "25"),
             ("EXCHANGE_ELECTION_MIN_MS", "50"),
             ("EXCHANGE_ELECTION_MAX_MS", "100"),
@@ -167,6 +169,7 @@ log_format = "json"
     for expected in [
         "pin_core: Some(\n        3,",
         "heartbeat_ms: 25",
+        "runtime_threads: 3",
         "bootstrap: true",
         "dev: true",
         "sessions_per_broker_max: 8",

@@ -551,8 +551,8 @@ async fn a_peer_speaks_only_for_its_own_certificate_and_within_bounds() {
     let append = RaftRequest::AppendEntries(openraft::raft::AppendEntriesRequest {
         vote: openraft::Vote::new_committed(1, impostor),
         prev_log_id: None,
-        entries: vec![openraft::Entry {
-            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, impostor), 1),
+        entries: vec![exchange::replication::types::Entry {
+            log_id: openraft::LogId::new(exchange::replication::codec::leader_of(1, impostor), 1),
             payload: openraft::EntryPayload::Normal(batch),
         }],
         leader_commit: None,

@@ -93,6 +93,11 @@ struct RunArgs {
     /// Pin the engine thread to this CPU core.
     #[arg(long, env = "EXCHANGE_PIN_CORE")]
     pin_core: Option<usize>,
+    /// Threads serving brokers and Raft: one keeps an order's many task hand-offs on one
+    /// thread (no wake-ups between threads); more may help a node with many busy sessions
+    /// [default: 1].
+    #[arg(long, env = "EXCHANGE_RUNTIME_THREADS")]
+    runtime_threads: Option<usize>,
     /// Leader heartbeat interval; also the deadline of each AppendEntries [default: 20].
     #[arg(long, env = "EXCHANGE_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
@@ -339,6 +344,10 @@ fn resolve(args: RunArgs) -> Result<NodeConfig, String> {
         fsync: args.fsync.or(file.fsync).unwrap_or_default(),
         idle: args.idle.or(file.idle).unwrap_or_default(),
         pin_core: args.pin_core.or(file.pin_core),
+        runtime_threads: args
+            .runtime_threads
+            .or(file.runtime_threads)
+            .unwrap_or(config::RUNTIME_THREADS_DEFAULT),
         heartbeat_ms: args
             .heartbeat_ms
             .or(file.heartbeat_ms)
@@ -492,7 +501,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(config.runtime_threads)
         .enable_all()
         .build()
     {

@@ -93,7 +93,7 @@ impl Config {
                 "segment_bytes above SEGMENT_BYTES_MAX",
             ));
         }
-        if self.segment_bytes % SEGMENT_BYTES_ALIGN != 0 {
+        if !self.segment_bytes.is_multiple_of(SEGMENT_BYTES_ALIGN) {
             return Err(Error::InvalidConfig(
                 "segment_bytes not a multiple of SEGMENT_BYTES_ALIGN",
             ));

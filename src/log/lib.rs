@@ -76,7 +76,7 @@ mod slots;
 
 pub use config::{Config, FlushPolicy, SEGMENT_BYTES_ALIGN, SEGMENT_BYTES_DEFAULT};
 pub use error::{Damage, Error, Result};
-pub use log::{Appended, Log};
+pub use log::{Appended, Log, SyncJob};
 pub use meta::{MetaFile, META_VALUE_BYTES_MAX};
 pub use reader::{LogReader, Position, RecordIter};
 pub use record::{Record, RECORD_ALIGN, RECORD_HEADER_BYTES};

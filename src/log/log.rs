@@ -409,9 +409,8 @@ impl Log {
             // The old segment is synced before anything goes into the new one, so a crash can
             // never leave later records on disk behind an unsynced, torn tail (which recovery
             // would have to treat as damage in the middle of the log). One sync per segment.
-            if old.written > old.synced {
-                old.segment.sync_range(old.synced, old.written)?;
-            }
+            // Synced here even when a `sync_later` job covers it: that job may not have run.
+            old.segment.sync_range(SEGMENT_HEADER_BYTES, old.written)?;
         }
         let mut segments = self.table.segments.clone();
         // A segment that starts at the next index holds no record; the new one replaces it.
@@ -439,6 +438,31 @@ impl Log {
             allocated: SEGMENT_HEADER_BYTES,
         });
         Ok(())
+    }
+
+    /// Hand the sync of every record appended so far to another thread, so that the writer
+    /// goes on appending while the disk works: the job's [`SyncJob::run`] makes them durable.
+    /// Jobs may be merged ([`SyncJob::absorb`]) and run in any number, in order or not: each
+    /// `fdatasync` writes back all of a file's dirty pages, whoever wrote them.
+    ///
+    /// The writer counts the records as synced from here on, so it must not rely on their
+    /// durability (`truncate`, or reporting them durable) before the job has run. A segment
+    /// that fills up is synced by the writer itself before the next one starts, as ever.
+    pub fn sync_later(&mut self) -> SyncJob {
+        let mut segments: Vec<Arc<Segment>> = self.pending.drain(..).map(|p| p.segment).collect();
+        if let Some(active) = self.active.as_mut() {
+            if active.written > active.synced {
+                segments.push(Arc::clone(&active.segment));
+                active.synced = active.written;
+            }
+        }
+        let dir = std::mem::take(&mut self.dir_pending).then(|| self.dir.clone());
+        SyncJob {
+            segments,
+            dir,
+            next_index: self.next_index,
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Make every appended record durable. Cheap when nothing is pending.
@@ -569,6 +593,54 @@ impl Log {
         self.pending.retain(|p| kept(&p.segment));
         dir::sync_dir(&self.dir)?;
         self.table = self.shared.publish_table(segments);
+        Ok(())
+    }
+}
+
+/// The sync of records a [`Log`]'s writer appended, run by whoever holds it: see
+/// [`Log::sync_later`].
+#[derive(Debug)]
+pub struct SyncJob {
+    segments: Vec<Arc<Segment>>,
+    /// The log's directory, when segment files were made or removed since its last sync.
+    dir: Option<PathBuf>,
+    /// One past the last record this job makes durable.
+    next_index: u64,
+    shared: Arc<Shared>,
+}
+
+impl SyncJob {
+    /// One past the last record that is durable once this job has run.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Take a later job's work into this one: running the merged job does both with one
+    /// `fdatasync` per file.
+    pub fn absorb(&mut self, later: SyncJob) {
+        for segment in later.segments {
+            if !self.segments.iter().any(|s| Arc::ptr_eq(s, &segment)) {
+                self.segments.push(segment);
+            }
+        }
+        self.dir = self.dir.take().or(later.dir);
+        self.next_index = self.next_index.max(later.next_index);
+    }
+
+    /// Make the job's records durable, and publish that to readers.
+    pub fn run(self) -> Result<()> {
+        for segment in &self.segments {
+            segment.sync_range(SEGMENT_HEADER_BYTES, segment.len())?;
+        }
+        if let Some(dir) = &self.dir {
+            dir::sync_dir(dir)?;
+        }
+        // A truncation after this job was made may have moved the end below it.
+        let end = self.shared.end.0.load(Ordering::Acquire);
+        self.shared
+            .durable
+            .0
+            .fetch_max(self.next_index.min(end), Ordering::Release);
         Ok(())
     }
 }

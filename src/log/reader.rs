@@ -217,7 +217,7 @@ fn read<'t>(table: &'t Table, shared: &Shared, hint: &mut usize, index: u64) -> 
         return Err(removed());
     }
     let payload = segment.payload(offset, header.len).ok_or_else(removed)?;
-    debug_assert!(payload.as_ptr() as usize % RECORD_ALIGN == 0);
+    debug_assert!((payload.as_ptr() as usize).is_multiple_of(RECORD_ALIGN));
     Ok(Record {
         term: header.term,
         index,

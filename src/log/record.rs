@@ -23,7 +23,7 @@ pub const RECORD_HEADER_BYTES: usize = 24;
 pub const RECORD_ALIGN: usize = 8;
 
 const _: () = assert!(RECORD_HEADER_BYTES == 4 + 4 + 8 + 8);
-const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN == 0);
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
 
 /// One record: what a caller appends, and what a reader gets back (the payload then borrows
 /// from the map, zero-copy, 8-byte aligned).

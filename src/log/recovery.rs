@@ -311,7 +311,7 @@ fn scan(segment: &Segment, until: Option<u64>) -> Scan {
         index = next;
         offset += record_bytes(payload.len());
     };
-    debug_assert!(offset >= SEGMENT_HEADER_BYTES && offset % 8 == 0);
+    debug_assert!(offset >= SEGMENT_HEADER_BYTES && offset.is_multiple_of(8));
     Scan {
         next_index: index,
         offset,

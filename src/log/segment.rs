@@ -57,7 +57,7 @@ pub const SEGMENT_BYTES_MIN: u64 = 4096;
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 
 const _: () = assert!(SEGMENT_HEADER_BYTES == 8 + 4 + 4 + 8 + 8);
-const _: () = assert!(SEGMENT_HEADER_BYTES % RECORD_ALIGN == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
 const _: () = assert!(SEGMENT_BYTES_MIN as usize > SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 // The offset table holds u32 byte offsets.
@@ -166,7 +166,10 @@ impl Segment {
 
     /// The header at `offset`, or None if it would run past the end of the file.
     pub fn header(&self, offset: usize) -> Option<Header> {
-        assert!(offset % RECORD_ALIGN == 0, "record offsets are aligned");
+        assert!(
+            offset.is_multiple_of(RECORD_ALIGN),
+            "record offsets are aligned"
+        );
         if offset.checked_add(RECORD_HEADER_BYTES)? > self.len() {
             return None;
         }
@@ -207,7 +210,10 @@ impl Segment {
             end.is_some_and(|end| end <= self.len()),
             "the writer checks that records fit"
         );
-        assert!(offset % RECORD_ALIGN == 0, "record offsets are aligned");
+        assert!(
+            offset.is_multiple_of(RECORD_ALIGN),
+            "record offsets are aligned"
+        );
         if bytes.len() < MAP_WRITE_BYTES_MAX {
             // SAFETY: in bounds (asserted), and exclusively ours by the caller's contract;
             // `bytes` is the writer's own memory, not the map, so the two do not overlap.
@@ -259,7 +265,10 @@ impl Segment {
         if offset + RECORD_HEADER_BYTES > self.len() {
             return; // a cut file: there is nothing past its end to hide
         }
-        assert!(offset % RECORD_ALIGN == 0, "record offsets are aligned");
+        assert!(
+            offset.is_multiple_of(RECORD_ALIGN),
+            "record offsets are aligned"
+        );
         for i in 0..RECORD_HEADER_BYTES / 8 {
             // SAFETY: as in `header`: in bounds, aligned, accessed only atomically.
             let atomic = unsafe { &*self.map.as_ptr().add(offset + 8 * i).cast::<AtomicU64>() };

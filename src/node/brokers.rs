@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exchange_domain::{AdminCommand, BrokerCommand, BrokerId, Command, CompId, KeyDigest, KeySalt};
+use openraft::async_runtime::watch::WatchReceiver as _;
 use openraft::ServerState;
 
 use crate::gateway::credentials::BrokersFile;
 use crate::replication::engine_thread::EngineHandle;
 use crate::replication::sequencer::Sequencer;
-use crate::replication::types::Raft;
+use crate::replication::state_machine::Raft;
 
 /// How long a new leader waits for its engine to apply the log it inherited.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,7 +104,7 @@ async fn missing(
 }
 
 async fn apply(raft: &Raft, engine: &EngineHandle, sequencer: &Sequencer, file: &BrokersFile) {
-    let inherited = raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let inherited = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
     let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
     while engine.status().applied_index() < inherited {
         if tokio::time::Instant::now() > deadline {
@@ -151,7 +152,7 @@ pub async fn apply_when_leader(
     let mut done_term = None;
     loop {
         let (state, term) = {
-            let m = metrics.borrow();
+            let m = metrics.borrow_watched();
             (m.state, m.vote.leader_id().term)
         };
         if state == ServerState::Leader && done_term != Some(term) {

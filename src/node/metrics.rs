@@ -5,6 +5,7 @@
 //! sessions and latency histograms, and the process's CPU, memory, threads and descriptors.
 //! `cluster/grafana/exchange.json` is a dashboard over them.
 
+use openraft::async_runtime::watch::WatchReceiver as _;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -20,7 +21,8 @@ use crate::marketdata::history::MarketHistory;
 use crate::replication::divergence::DivergenceLog;
 use crate::replication::engine_thread::EngineHandle;
 use crate::replication::leadership::Role;
-use crate::replication::types::{NodeAddr, Raft};
+use crate::replication::state_machine::Raft;
+use crate::replication::types::RaftMetrics;
 use crate::report::Reporter;
 
 /// What the metrics page is made of.
@@ -66,7 +68,7 @@ fn labelled(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(St
 
 /// The page, in the Prometheus text exposition format (version 0.0.4).
 pub fn render(sources: &MetricsSources) -> String {
-    let raft = sources.raft.metrics().borrow().clone();
+    let raft = sources.raft.metrics().borrow_watched().clone();
     let status = sources.engine.status();
     let applied = status.applied_index();
     let committed = sources.committed.load(Ordering::Acquire);
@@ -375,7 +377,7 @@ pub fn render(sources: &MetricsSources) -> String {
 
 /// Each follower's matched index and how far it is behind the leader's log (only a leader
 /// knows), and the snapshot and purge points.
-fn replication_metrics(out: &mut String, raft: &openraft::RaftMetrics<u64, NodeAddr>) {
+fn replication_metrics(out: &mut String, raft: &RaftMetrics) {
     let last = raft.last_log_index.unwrap_or(0);
     let followers: Vec<(String, u64)> = raft
         .replication

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::watch::WatchReceiver as _;
 use openraft::{Config, SnapshotPolicy};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -40,8 +41,8 @@ use crate::replication::log_store::LogStore;
 use crate::replication::network::{serve as serve_raft, LeaderContact, Network};
 use crate::replication::reports::ReportJournal;
 use crate::replication::sequencer::Sequencer;
-use crate::replication::state_machine::{StateMachine, StoredSnapshot};
-use crate::replication::types::{NodeAddr, Raft};
+use crate::replication::state_machine::{Raft, StateMachine, StoredSnapshot};
+use crate::replication::types::{raft_stopped, NodeAddr};
 use crate::report::Reporter;
 
 /// How often the node looks whether Raft stopped on a fatal error.
@@ -74,6 +75,17 @@ fn raft_config(config: &NodeConfig) -> Result<Config, StartError> {
         max_in_snapshot_log_to_keep: config.snapshot_every / 2,
         purge_batch_size: (config.snapshot_every / 4).clamp(1, 256),
         install_snapshot_timeout: 10_000,
+        // A node asks whether a majority would vote before it stands (and raises the term),
+        // so a node cut off or restarted does not depose a leader the others still hear.
+        enable_pre_vote: Some(true),
+        // Replication sends entries as soon as they are written, not after this node's loop
+        // turns: the leader's disk write overlaps the followers'.
+        broadcast_submitted_on_append: Some(true),
+        // A node whose recovery cut a torn tail holds fewer entries than it may have
+        // acknowledged (only if its disk lost synced writes): the leader then sends again from
+        // where its log really ends, as openraft 0.9 did, rather than stop on it. The majority
+        // that committed those entries still holds them.
+        allow_log_reversion: Some(true),
         ..Default::default()
     }
     .validate()
@@ -127,6 +139,7 @@ impl Node {
         let append_latency = Arc::new(LatencyHistogram::default());
         let round_latency = Arc::new(LatencyHistogram::default());
         let log = LogStore::open(
+            config.id,
             &config.data_dir.join("log"),
             config.fsync,
             config.segment_bytes,
@@ -422,7 +435,7 @@ impl Node {
             tokio::spawn(async move {
                 view.watch_leader(|| {
                     let metrics = watched.metrics();
-                    let now = metrics.borrow();
+                    let now = metrics.borrow_watched();
                     // While its vote is for a candidate not yet elected, the node knows no
                     // leader (openraft keeps naming the old one until it learns the new).
                     let leader = now.vote.is_committed().then_some(now.current_leader);
@@ -499,7 +512,7 @@ impl Node {
     /// move on and a supervisor can restart it.
     pub async fn run_until_signalled(self) -> Result<(), String> {
         let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let metrics = self.raft.metrics();
+        let mut metrics = self.raft.metrics();
         // Looked at now and then, not on every change: Raft's metrics change several times
         // per entry, and waking this thread for each cost thousands of context switches a
         // second under load.
@@ -509,7 +522,7 @@ impl Node {
             loop {
                 every.tick().await;
                 let (leader, term) = {
-                    let now = metrics.borrow();
+                    let now = metrics.borrow_watched();
                     if let Err(fatal) = &now.running_state {
                         return fatal.to_string();
                     }
@@ -520,7 +533,7 @@ impl Node {
                     leader_seen = leader;
                     tracing::info!(target: "audit", event = "leader", leader = leader, term, "leader changed");
                 }
-                if metrics.has_changed().is_err() {
+                if raft_stopped(&mut metrics) {
                     return "Raft stopped".to_string();
                 }
             }

@@ -25,6 +25,18 @@ pub struct Batch {
     pub commands: Vec<BrokerCommand>,
 }
 
+/// How openraft's logs name an entry's payload.
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "batch of {} commands at {} ns",
+            self.commands.len(),
+            self.timestamp_ns
+        )
+    }
+}
+
 /// The alignment an archived batch needs where it is read in place (the log keeps payloads
 /// 8-byte aligned).
 pub const BATCH_ARCHIVE_ALIGN: usize = 8;
@@ -114,7 +126,7 @@ impl Batch {
     /// past it (and past 65,536 the numbers would run into the next entry's), and a peer, not
     /// only this node's own sequencer, can send one.
     pub fn from_bytes(bytes: &[u8]) -> Result<Batch, BatchError> {
-        let batch = if (bytes.as_ptr() as usize) % BATCH_ARCHIVE_ALIGN == 0 {
+        let batch = if (bytes.as_ptr() as usize).is_multiple_of(BATCH_ARCHIVE_ALIGN) {
             rkyv::from_bytes::<Batch, rkyv::rancor::Error>(bytes)
         } else {
             let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());

@@ -9,10 +9,10 @@
 //! kind 2: a membership change, body = postcard of openraft's Membership
 //! ```
 
-use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
+use openraft::EntryPayload;
 
 use super::batch::Batch;
-use super::types::{Entry, NodeAddr, NodeId};
+use super::types::{CommittedLeaderId, Entry, LogId, Membership};
 
 const KIND_BLANK: u64 = 0;
 const KIND_BATCH: u64 = 1;
@@ -94,23 +94,19 @@ pub fn decode(term: u64, index: u64, payload: &[u8]) -> Result<Entry, DecodeErro
             Batch::from_bytes(body).map_err(|e| DecodeError(format!("entry {index}: {e}")))?,
         ),
         KIND_MEMBERSHIP => EntryPayload::Membership(
-            postcard::from_bytes::<Membership<NodeId, NodeAddr>>(body)
+            postcard::from_bytes::<Membership>(body)
                 .map_err(|e| DecodeError(format!("entry {index}: {e}")))?,
         ),
         other => return Err(DecodeError(format!("entry {index}: unknown kind {other}"))),
     };
     Ok(Entry {
-        log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
+        log_id: LogId::new(leader_of(term, leader), index),
         payload,
     })
 }
 
 /// The log id of the entry stored at (`term`, `index`), from its payload's header alone.
-pub fn log_id(
-    term: u64,
-    index: u64,
-    payload: &[u8],
-) -> Result<openraft::LogId<NodeId>, DecodeError> {
+pub fn log_id(term: u64, index: u64, payload: &[u8]) -> Result<LogId, DecodeError> {
     if payload.len() < PAYLOAD_HEADER_BYTES {
         return Err(DecodeError(format!(
             "entry {index}: payload of {} bytes",
@@ -120,9 +116,17 @@ pub fn log_id(
     let mut leader = [0u8; 8];
     leader.copy_from_slice(&payload[8..16]);
     Ok(LogId::new(
-        CommittedLeaderId::new(term, u64::from_le_bytes(leader)),
+        leader_of(term, u64::from_le_bytes(leader)),
         index,
     ))
+}
+
+/// The leader of `term`, `node`, as a log id names it.
+pub fn leader_of(term: u64, node: u64) -> CommittedLeaderId {
+    CommittedLeaderId {
+        term,
+        node_id: node,
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +134,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
+    use crate::replication::types::{NodeAddr, SnapshotMeta, StoredMembership, Vote};
 
     fn round_trip(entry: Entry) {
         let mut payload = Vec::new();
@@ -149,7 +154,7 @@ mod tests {
 
     #[test]
     fn every_kind_of_entry_round_trips() {
-        let id = LogId::new(CommittedLeaderId::new(3, 2), 41);
+        let id = LogId::new(leader_of(3, 2), 41);
         round_trip(Entry {
             log_id: id,
             payload: EntryPayload::Blank,
@@ -168,7 +173,7 @@ mod tests {
                 broker: "b".into(),
             },
         )]);
-        let membership = Membership::new(vec![BTreeSet::from([1])], nodes);
+        let membership = Membership::new(vec![BTreeSet::from([1])], nodes).expect("membership");
         round_trip(Entry {
             log_id: id,
             payload: EntryPayload::Membership(membership),
@@ -185,5 +190,66 @@ mod tests {
         batch[0] = 1;
         batch.extend_from_slice(&[0xff; 5]);
         assert!(decode(1, 1, &batch).is_err());
+    }
+
+    fn hex(value: &impl serde::Serialize) -> String {
+        let bytes = postcard::to_allocvec(value).expect("encode");
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn bytes(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// The openraft types this node keeps on disk (the vote, the purge point, membership
+    /// entries, the snapshot's meta) encode to the bytes openraft 0.9 wrote, so a data
+    /// directory written before the move to 0.10 opens as it was.
+    #[test]
+    fn stored_openraft_types_keep_the_bytes_openraft_0_9_wrote() {
+        let id = LogId::new(leader_of(7, 3), 42);
+        assert_eq!(hex(&Vote::new(7, 3)), "070300");
+        assert_eq!(hex(&Vote::new_committed(7, 3)), "070301");
+        assert_eq!(hex(&id), "07032a");
+        let nodes = BTreeMap::from([
+            (
+                1,
+                NodeAddr {
+                    raft: "a".into(),
+                    broker: "b".into(),
+                },
+            ),
+            (
+                2,
+                NodeAddr {
+                    raft: "c".into(),
+                    broker: "d".into(),
+                },
+            ),
+        ]);
+        let membership = Membership::new(vec![BTreeSet::from([1, 2])], nodes).expect("membership");
+        let membership_hex = "010201020201016101620201630164";
+        assert_eq!(hex(&membership), membership_hex);
+        let stored = StoredMembership::new(Some(id), membership);
+        assert_eq!(hex(&stored), format!("0107032a{membership_hex}"));
+        let meta = SnapshotMeta {
+            last_log_id: Some(id),
+            last_membership: stored,
+        };
+        // 0.9's meta ended with a snapshot id ("7-42-00ff" here); 0.10 writes it empty and
+        // ignores it on reading.
+        assert_eq!(hex(&meta), format!("0107032a0107032a{membership_hex}00"));
+        let written_by_0_9 = bytes(&format!(
+            "0107032a0107032a{membership_hex}09372d34322d30306666"
+        ));
+        let read: SnapshotMeta = postcard::from_bytes(&written_by_0_9).expect("0.9 meta");
+        assert_eq!(read, meta);
+        let entry = Entry {
+            log_id: id,
+            payload: EntryPayload::Blank,
+        };
+        assert_eq!(hex(&entry.log_id), "07032a");
     }
 }

@@ -1,8 +1,9 @@
 //! Standing for election on time when the leader falls silent.
 //!
-//! openraft 0.9 looks at its election timer on a tick every one and a half heartbeats (30 ms
-//! with the defaults), so a follower whose leader died stands up to a tick after its timeout
-//! passed: 15 ms late on average, the largest part of a failover after the timeouts themselves.
+//! openraft 0.9 looked at its election timer on a tick every one and a half heartbeats (30 ms
+//! with the defaults), so a follower whose leader died stood up to a tick after its timeout
+//! passed: 15 ms late on average, the largest part of a failover after the timeouts themselves
+//! (0.10 ticks every fifth of a heartbeat, but still draws each node's timeout at random).
 //! [`stand_on_time`] looks at openraft's own rule (nothing heard from the leader, and the vote
 //! unchanged, for the leader's lease and an election timeout) every few milliseconds and starts
 //! the election when it says so. The timeout is not drawn at random but staggered by the node's
@@ -17,15 +18,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::watch::WatchReceiver as _;
 use openraft::ServerState;
 
 use super::network::LeaderContact;
-use super::types::{NodeId, Raft};
+use super::state_machine::Raft;
+use super::types::{raft_stopped, NodeId};
 
 /// How often the rule is looked at.
 const CHECK_EVERY: Duration = Duration::from_millis(4);
 
-/// Runs for the node's life (ends with Raft). `lease` is the leader's lease (openraft 0.9: the
+/// Runs for the node's life (ends with Raft). `lease` is the leader's lease (openraft: the
 /// election timeout's upper end); `timeout_ms` the election timeout's range, which the voters'
 /// timeouts divide among themselves.
 pub async fn stand_on_time(
@@ -35,16 +38,16 @@ pub async fn stand_on_time(
     lease: Duration,
     timeout_ms: (u64, u64),
 ) {
-    let server = raft.server_metrics();
-    let mut vote = server.borrow().vote;
+    let mut server = raft.server_metrics();
+    let mut vote = server.borrow_watched().vote;
     let mut vote_changed = Instant::now();
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        if server.has_changed().is_err() {
+        if raft_stopped(&mut server) {
             return;
         }
         let (current, state, leader, rank) = {
-            let m = server.borrow();
+            let m = server.borrow_watched();
             // This node's place among the voters, and how many there are (no allocation: this
             // runs every few milliseconds).
             let (mut rank, mut voters) = (None, 0);
@@ -82,7 +85,8 @@ pub async fn stand_on_time(
                 silent_ms = quiet_since.elapsed().as_millis() as u64,
                 "the leader is silent past its lease and the election timeout: standing for election"
             );
-            if raft.trigger().elect().await.is_err() {
+            // A pre-vote first: the election goes ahead only if a majority has lost the leader too.
+            if raft.trigger().elect(true).await.is_err() {
                 return;
             }
             // Once: the vote changes with the election, or this waits a whole timeout again.

@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::async_runtime::watch::WatchReceiver as _;
+use openraft::{ReadPolicy, ServerState};
 
 use crate::replication::network::LeaderContact;
-use crate::replication::types::{NodeAddr, Raft};
+use crate::replication::state_machine::Raft;
+use crate::replication::types::{MetricsReceiver, NodeAddr, RaftMetrics};
 
 /// A Raft role, as `status` and the metrics name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +100,21 @@ pub struct Leadership {
 /// Samples of Raft's reports are taken at least this far apart.
 const QUORUM_SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
+/// How long ago a majority last acknowledged this leader, by its report. A leader that is
+/// the only voter is its own majority (openraft 0.10 stamps the quorum's acknowledgement only
+/// when a follower answers, so a lone voter's stamp is its election's).
+fn quorum_heard_ms_ago(report: &RaftMetrics) -> Option<u64> {
+    use openraft::Instant as _;
+    let voters = report.membership_config.membership().voter_ids().count();
+    if voters <= 1 {
+        return Some(0);
+    }
+    report
+        .last_quorum_acked
+        .as_ref()
+        .map(|at| at.elapsed().as_millis() as u64)
+}
+
 /// Keeps `lost`: set when two of Raft's reports, fresh when taken and at least
 /// `QUORUM_SAMPLE_EVERY` apart, both say this node leads and has heard from no majority for
 /// `quorum_lost_after`; cleared by the first report that says otherwise. One report is not
@@ -105,7 +122,7 @@ const QUORUM_SAMPLE_EVERY: Duration = Duration::from_millis(10);
 /// core itself stalled (on its own log sync, or a busy CPU) counts the answers that queued
 /// meanwhile as missing; it takes them an instant later. Ends with Raft.
 async fn watch_quorum(
-    mut reports: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, NodeAddr>>,
+    mut reports: MetricsReceiver<RaftMetrics>,
     quorum_lost_after: Duration,
     lost: Arc<AtomicBool>,
 ) {
@@ -114,23 +131,21 @@ async fn watch_quorum(
     loop {
         tokio::time::sleep(QUORUM_SAMPLE_EVERY).await;
         // A report made after the pause: one waiting already may be the stale one.
-        reports.mark_unchanged();
+        let _ = reports.borrow_and_update();
         if reports.changed().await.is_err() {
             return;
         }
         let lost_now = {
             let report = reports.borrow_and_update();
             report.state == ServerState::Leader
-                && report
-                    .millis_since_quorum_ack
-                    .is_some_and(|ms| ms > window_ms)
+                && quorum_heard_ms_ago(&report).is_some_and(|ms| ms > window_ms)
         };
         let lost_both = lost_now && lost_before;
         if lost.swap(lost_both, Ordering::AcqRel) != lost_both {
-            let report = reports.borrow();
+            let report = reports.borrow_watched();
             if lost_both {
                 tracing::warn!(
-                    heard_ms_ago = report.millis_since_quorum_ack,
+                    heard_ms_ago = quorum_heard_ms_ago(&report),
                     term = report.current_term,
                     "no majority heard from lately: brokers are sent away until one answers"
                 );
@@ -197,12 +212,12 @@ impl Leadership {
 
     /// The Raft term this node is in.
     pub fn term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
+        self.raft.metrics().borrow_watched().current_term
     }
 
     pub fn view(&self) -> View {
         // Clone at once: holding the borrow would block Raft's updates.
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
         View {
             role: Role::of(metrics.state),
@@ -224,7 +239,7 @@ impl Leadership {
     /// Whether this node leads and has heard from a majority lately: only then it serves
     /// brokers and publishes.
     pub fn publishing(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader && !self.quorum_lost()
+        self.raft.metrics().borrow_watched().state == ServerState::Leader && !self.quorum_lost()
     }
 
     /// What the leader had committed by its last AppendEntries, if this node follows (or
@@ -235,7 +250,7 @@ impl Leadership {
     pub fn in_touch_with_leader(&self) -> Option<u64> {
         let leader = {
             let metrics = self.raft.metrics();
-            let now = metrics.borrow();
+            let now = metrics.borrow_watched();
             let follows = matches!(now.state, ServerState::Follower | ServerState::Learner)
                 && now.vote.is_committed();
             now.current_leader
@@ -249,7 +264,7 @@ impl Leadership {
     /// The leader, if it is another node, with its broker address when known. A leader
     /// without its majority still names itself: it must not send brokers back to itself.
     pub fn leader_elsewhere(&self) -> (Option<u64>, Option<String>) {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics().borrow_watched().clone();
         let leader = metrics.current_leader.filter(|&leader| leader != self.id);
         let broker = leader.and_then(|leader| {
             metrics
@@ -327,7 +342,12 @@ impl Leadership {
             if !self.publishing() {
                 return Err(LeadershipError::NotLeader);
             }
-            match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+            match tokio::time::timeout_at(
+                deadline,
+                self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+            )
+            .await
+            {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) if e.forward_to_leader().is_some() => {
                     return Err(LeadershipError::NotLeader)

@@ -1,14 +1,20 @@
 //! Raft's log storage on the mmap event log.
 //!
-//! One thread, the WAL thread, owns the log's writer: appends, truncations, purges and vote
-//! writes reach it through a channel and take effect in the order they were submitted, as
-//! openraft requires. An append returns once its entries are readable; the WAL thread then
-//! syncs and only then calls openraft's flush callback, so no entry is ever reported durable
-//! before it is (the trap in openraft's rocksdb example). The sync runs on the WAL thread, not
-//! on a tokio worker, so the node's tasks go on while the disk works; openraft 0.9's core
-//! itself waits for each append's flush callback (`append_to_log`), so a slow sync holds its
-//! heartbeats back: segments' blocks are allocated ahead (`exchange_log`) so that a sync
-//! writes only data and waits for no file system journal.
+//! The log's writer sits behind a mutex, taken in the order openraft calls (it awaits each call
+//! before the next), so appends, truncations, purges and vote writes take effect in the order
+//! they were submitted. An append writes its entries on the caller's thread, with no hop to
+//! another thread, and returns once they are readable (openraft 0.10 then replicates them at
+//! once). The leader's own entries are synced on the sync thread, which merges every sync
+//! waiting for it into one `fdatasync` per file and only then calls openraft's flush callbacks,
+//! in order, so no entry is ever reported durable before it is (the trap in openraft's rocksdb
+//! example). So the leader's own disk write overlaps the followers' (the leader counts toward
+//! the commit quorum only once its callback fires). A follower's append syncs before it returns
+//! and reports at once: the follower answers only after its sync and has nothing to overlap it
+//! with, and the hop to the sync thread and back cost two thread wake-ups on every round.
+//! Segments' blocks are allocated ahead (`exchange_log`) so a sync writes only data and waits
+//! for no file system journal.
+//! Truncations, purges and votes, which sync, run on a blocking thread; a truncation first
+//! waits for the syncs before it, so no late callback reports entries that are gone.
 //!
 //! Readers (openraft's replication and apply tasks) read records directly from the map through
 //! their own `LogReader`, decoding each into an entry.
@@ -16,55 +22,52 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
-use exchange_log::{Config as LogConfig, FlushPolicy, Log, LogReader, MetaFile, Record, SlotFile};
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{EntryPayload, OptionalSend, RaftLogReader, StorageIOError};
-use tokio::sync::oneshot;
+use exchange_log::{
+    Config as LogConfig, FlushPolicy, Log, LogReader, MetaFile, Record, SlotFile, SyncJob,
+};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader};
 
 use super::codec;
-use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::types::{Entry, LogId, TypeConfig, Vote};
 use crate::latency::LatencyHistogram;
 
 /// Raft's vote, overwritten in place at every election (a `SlotFile`: see its module for why).
 const VOTE_FILE: &str = "vote.slots";
 /// Where data format 2 kept the vote: read until the first vote is saved in `VOTE_FILE`.
 const LEGACY_VOTE_FILE: &str = "vote.meta";
-/// Requests waiting for the WAL thread. openraft issues one log write at a time and waits for
-/// it, so a handful is plenty; the bound makes a stuck disk stop Raft rather than grow memory.
-const WAL_QUEUE_REQUESTS_MAX: usize = 64;
+/// Appends waiting for their sync. openraft waits for each append to be written but not
+/// synced; the bound makes a stuck disk stop Raft rather than grow memory.
+const SYNC_QUEUE_REQUESTS_MAX: usize = 64;
 const LAST_PURGED_FILE: &str = "last-purged.meta";
 
-enum WalRequest {
-    Append {
-        payloads: Vec<u8>,
-        /// (term, index, end of the payload in `payloads`).
-        records: Vec<(u64, u64, usize)>,
-        written: oneshot::Sender<Result<(), LogStoreError>>,
-        flushed: LogFlushed<TypeConfig>,
+/// What the writer hands the sync thread, in the order of the log's writes.
+enum SyncRequest {
+    /// Call `flushed` once the records of an append are durable: after `job` (and every job
+    /// before it) has run, or at once under a flush policy that leaves nothing to sync. An
+    /// append that failed carries its error instead, which openraft keeps.
+    Flush {
+        job: Option<SyncJob>,
+        failed: Option<String>,
+        flushed: IOFlushed<TypeConfig>,
+        began: Instant,
     },
-    Truncate {
-        index: u64,
-        done: oneshot::Sender<Result<(), LogStoreError>>,
-    },
-    Purge {
-        log_id: LogId,
-        done: oneshot::Sender<Result<(), LogStoreError>>,
-    },
-    SaveVote {
-        vote: Vote,
-        done: oneshot::Sender<Result<(), LogStoreError>>,
-    },
+    /// Answer once everything before has been synced and reported.
+    Barrier(mpsc::SyncSender<()>),
 }
 
 /// The writer side, given to openraft.
 pub struct LogStore {
-    wal: mpsc::SyncSender<WalRequest>,
+    /// This node: an append of entries it proposed is its own as leader.
+    node_id: u64,
+    writer: Arc<Mutex<Writer>>,
     reader: LogReader,
-    dir: PathBuf,
+    /// The vote saved last, shared with readers (openraft reads it through one at start).
+    vote: Arc<Mutex<Option<Vote>>>,
     last_purged: Option<LogId>,
     /// The largest leader timestamp in any batch this node has stored.
     max_timestamp_ns: Arc<AtomicU64>,
@@ -77,6 +80,7 @@ pub struct LogStore {
 #[derive(Clone)]
 pub struct LogStoreReader {
     reader: LogReader,
+    vote: Arc<Mutex<Option<Vote>>>,
 }
 
 /// Why the log store failed: what a node's start reports, and what openraft is told as a
@@ -97,7 +101,7 @@ pub enum LogStoreError {
     Entry { index: u64, reason: String },
     /// A small meta file (the vote, the purge point) cannot be read, decoded or written.
     Meta { path: PathBuf, reason: String },
-    /// The WAL thread could not start, or has stopped.
+    /// The sync thread could not start.
     Wal(String),
 }
 
@@ -110,7 +114,7 @@ impl std::fmt::Display for LogStoreError {
                 write!(f, "log entry {index} does not decode: {reason}")
             }
             LogStoreError::Meta { path, reason } => write!(f, "{}: {reason}", path.display()),
-            LogStoreError::Wal(why) => write!(f, "the WAL thread: {why}"),
+            LogStoreError::Wal(why) => write!(f, "the log's sync thread: {why}"),
         }
     }
 }
@@ -121,18 +125,15 @@ fn io_error(message: impl Into<String>) -> std::io::Error {
     std::io::Error::other(message.into())
 }
 
-fn write_error(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_logs(&io_error(e.to_string())).into()
-}
-
-fn read_error(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::read_logs(&io_error(e.to_string())).into()
+fn storage_error(e: impl std::fmt::Display) -> std::io::Error {
+    io_error(e.to_string())
 }
 
 impl LogStore {
-    /// Opens (or creates) the log in `dir`, recovering a torn tail, and starts the WAL thread.
-    /// Each append's write and sync time goes into `append_latency`.
+    /// Opens (or creates) the log in `dir` for node `node_id`, recovering a torn tail, and
+    /// starts the sync thread. Each append's write and sync time goes into `append_latency`.
     pub fn open(
+        node_id: u64,
         dir: &Path,
         flush: FlushPolicy,
         segment_bytes: u64,
@@ -154,18 +155,32 @@ impl LogStore {
         let mut reader = log.reader();
         let last_purged = read_meta::<LogId>(&dir.join(LAST_PURGED_FILE))?;
         let max_timestamp_ns = Arc::new(AtomicU64::new(last_timestamp(&mut reader, dir)?));
+        let vote = Arc::new(Mutex::new(read_vote(dir)?));
         let vote_path = dir.join(VOTE_FILE);
         let (vote_file, _) = SlotFile::open(&vote_path).map_err(|e| meta_error(&vote_path, e))?;
-        let (wal, requests) = mpsc::sync_channel(WAL_QUEUE_REQUESTS_MAX);
-        let wal_dir = dir.to_path_buf();
+        let (syncs, sync_requests) = mpsc::sync_channel(SYNC_QUEUE_REQUESTS_MAX);
+        let syncs_in_flight = Arc::new(AtomicUsize::new(0));
+        let thread_latency = Arc::clone(&append_latency);
+        let thread_in_flight = Arc::clone(&syncs_in_flight);
         std::thread::Builder::new()
-            .name("wal".into())
-            .spawn(move || wal_thread(log, vote_file, wal_dir, flush, requests, &append_latency))
-            .map_err(|e| LogStoreError::Wal(format!("cannot start it: {e}")))?;
-        Ok(LogStore {
-            wal,
-            reader,
+            .name("wal-sync".into())
+            .spawn(move || sync_thread(sync_requests, &thread_latency, &thread_in_flight))
+            .map_err(|e| LogStoreError::Wal(format!("cannot start its sync thread: {e}")))?;
+        let writer = Writer {
+            log,
+            vote_file,
+            vote: Arc::clone(&vote),
             dir: dir.to_path_buf(),
+            flush,
+            syncs,
+            syncs_in_flight,
+            append_latency,
+        };
+        Ok(LogStore {
+            node_id,
+            writer: Arc::new(Mutex::new(writer)),
+            reader,
+            vote,
             last_purged,
             max_timestamp_ns,
             committed: Arc::new(AtomicU64::new(0)),
@@ -187,21 +202,17 @@ impl LogStore {
         self.reader.clone()
     }
 
-    async fn request<T>(
+    /// Runs `work` on the writer on a blocking thread: it syncs, which a runtime worker must
+    /// not wait for.
+    async fn on_writer(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), LogStoreError>>) -> WalRequest,
-        map: impl Fn(LogStoreError) -> StorageError,
-        value: T,
-    ) -> Result<T, StorageError> {
-        let (done, answer) = oneshot::channel();
-        self.wal
-            .send(make(done))
-            .map_err(|_| map(LogStoreError::Wal("it has stopped".into())))?;
-        match answer.await {
-            Ok(Ok(())) => Ok(value),
-            Ok(Err(e)) => Err(map(e)),
-            Err(_) => Err(map(LogStoreError::Wal("it has stopped".into()))),
-        }
+        work: impl FnOnce(&mut Writer) -> Result<(), LogStoreError> + Send + 'static,
+    ) -> Result<(), std::io::Error> {
+        let writer = Arc::clone(&self.writer);
+        tokio::task::spawn_blocking(move || work(&mut lock(&writer)))
+            .await
+            .map_err(|e| io_error(format!("the log writer's task failed: {e}")))?
+            .map_err(storage_error)
     }
 }
 
@@ -279,71 +290,170 @@ fn last_timestamp(reader: &mut LogReader, dir: &Path) -> Result<u64, LogStoreErr
     }
 }
 
-fn wal_thread(
-    mut log: Log,
-    mut vote_file: SlotFile,
+/// The log's one writer, and the vote's file.
+struct Writer {
+    log: Log,
+    vote_file: SlotFile,
+    vote: Arc<Mutex<Option<Vote>>>,
     dir: PathBuf,
     flush: FlushPolicy,
-    requests: mpsc::Receiver<WalRequest>,
+    syncs: mpsc::SyncSender<SyncRequest>,
+    /// Flush requests handed to the sync thread and not yet reported.
+    syncs_in_flight: Arc<AtomicUsize>,
+    append_latency: Arc<LatencyHistogram>,
+}
+
+fn lock(writer: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Writer {
+    fn truncate(&mut self, index: u64) -> Result<(), LogStoreError> {
+        // Syncs in flight cover entries this may remove: their callbacks go first.
+        self.wait_for_syncs();
+        self.log.truncate(index).map_err(|e| self.log_error(e))
+    }
+
+    fn purge(&mut self, log_id: LogId) -> Result<(), LogStoreError> {
+        // The purge point is recorded first: a crash between the two leaves entries the log
+        // still holds but Raft no longer asks for, never a gap.
+        write_meta(&self.dir.join(LAST_PURGED_FILE), &log_id)?;
+        self.log.purge(log_id.index).map_err(|e| self.log_error(e))
+    }
+
+    fn save_vote(&mut self, vote: Vote) -> Result<(), LogStoreError> {
+        save_vote(&mut self.vote_file, &self.dir, &vote)?;
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(vote);
+        Ok(())
+    }
+
+    /// Writes the entries (readable when this returns). The leader's own entries
+    /// (`proposed_here`) have their sync handed to the sync thread, which calls `flushed`, so
+    /// that replication goes on meanwhile; a follower's are synced before this returns.
+    fn append(
+        &mut self,
+        payloads: &[u8],
+        records: &[(u64, u64, usize)],
+        proposed_here: bool,
+        flushed: IOFlushed<TypeConfig>,
+    ) -> Result<(), LogStoreError> {
+        let began = Instant::now();
+        let mut start = 0;
+        // Readers (replication, the state machine) see the entries before they are synced:
+        // they are applied only once committed, which needs them synced on a majority.
+        let result = self
+            .log
+            .append_unsynced(records.iter().map(|&(term, index, end)| {
+                let payload = &payloads[start..end];
+                start = end;
+                Record {
+                    term,
+                    index,
+                    payload,
+                }
+            }));
+        let failed = result.as_ref().err().map(|e| e.to_string());
+        if !proposed_here && failed.is_none() {
+            // A follower's append: it answers its leader only once these are durable, and has
+            // nothing to overlap the sync with, so it syncs here rather than wake a thread to
+            // do it and be woken in turn (two thread switches off every round's path).
+            let synced = self.sync_in_order();
+            self.append_latency.record(began.elapsed());
+            flushed.io_completed(match &synced {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io_error(e.to_string())),
+            });
+            return synced;
+        }
+        // Group commit: the sync thread merges this with every sync waiting beside it. (A
+        // segment that fills up is synced here, and the next one made: once per segment.)
+        let job =
+            (failed.is_none() && self.flush == FlushPolicy::Batch).then(|| self.log.sync_later());
+        let request = SyncRequest::Flush {
+            job,
+            failed,
+            flushed,
+            began,
+        };
+        self.syncs_in_flight.fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::SendError(SyncRequest::Flush { flushed, .. })) = self.syncs.send(request) {
+            self.syncs_in_flight.fetch_sub(1, Ordering::AcqRel);
+            flushed.io_completed(Err(io_error("the WAL's sync thread has stopped")));
+        }
+        result.map(|_| ()).map_err(|e| self.log_error(e))
+    }
+
+    /// Makes every record appended so far durable on this thread. Syncs still with the sync
+    /// thread (appends from this node's time as leader) run and are reported first: their
+    /// callbacks name earlier entries, which openraft must hear of in order.
+    fn sync_in_order(&mut self) -> Result<(), LogStoreError> {
+        if self.syncs_in_flight.load(Ordering::Acquire) > 0 {
+            self.wait_for_syncs();
+        }
+        match self.flush {
+            FlushPolicy::Batch => self.log.sync().map_err(|e| self.log_error(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Returns once every sync handed over before has run and been reported.
+    fn wait_for_syncs(&self) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.syncs.send(SyncRequest::Barrier(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    fn log_error(&self, source: exchange_log::Error) -> LogStoreError {
+        LogStoreError::Log {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+}
+
+/// Runs the syncs the writer hands over: everything waiting is merged into one job (one
+/// `fdatasync` per file), and its callbacks are then called in the order of the writes.
+fn sync_thread(
+    requests: mpsc::Receiver<SyncRequest>,
     append_latency: &LatencyHistogram,
+    in_flight: &AtomicUsize,
 ) {
-    for request in requests {
-        match request {
-            WalRequest::Append {
-                payloads,
-                records,
-                written,
-                flushed,
-            } => {
-                let began = Instant::now();
-                let mut start = 0;
-                // Readers (the state machine, catch-up) see the entries before they are synced:
-                // they are applied only once committed, which needs this sync on a majority.
-                let result = log.append_unsynced(records.iter().map(|&(term, index, end)| {
-                    let payload = &payloads[start..end];
-                    start = end;
-                    Record {
-                        term,
-                        index,
-                        payload,
+    let mut waiting = Vec::new();
+    while let Ok(first) = requests.recv() {
+        waiting.push(first);
+        waiting.extend(requests.try_iter());
+        let mut merged: Option<SyncJob> = None;
+        for request in &mut waiting {
+            if let SyncRequest::Flush { job, .. } = request {
+                if let Some(job) = job.take() {
+                    match merged.as_mut() {
+                        Some(merged) => merged.absorb(job),
+                        None => merged = Some(job),
                     }
-                }));
-                let failed = result.as_ref().err().map(|e| e.to_string());
-                let _ = written.send(result.map(|_| ()).map_err(|source| LogStoreError::Log {
-                    dir: dir.clone(),
-                    source,
-                }));
-                let flush = match failed {
-                    Some(e) => Err(io_error(e)),
-                    // Group commit: one sync for everything this append wrote.
-                    None if flush == FlushPolicy::Batch => {
-                        log.sync().map_err(|e| io_error(e.to_string()))
-                    }
-                    None => Ok(()),
-                };
-                append_latency.record(began.elapsed());
-                flushed.log_io_completed(flush);
+                }
             }
-            WalRequest::Truncate { index, done } => {
-                let _ = done.send(log.truncate(index).map_err(|source| LogStoreError::Log {
-                    dir: dir.clone(),
-                    source,
-                }));
-            }
-            WalRequest::Purge { log_id, done } => {
-                // The purge point is recorded first: a crash between the two leaves entries
-                // the log still holds but Raft no longer asks for, never a gap.
-                let result = write_meta(&dir.join(LAST_PURGED_FILE), &log_id).and_then(|()| {
-                    log.purge(log_id.index)
-                        .map_err(|source| LogStoreError::Log {
-                            dir: dir.clone(),
-                            source,
-                        })
-                });
-                let _ = done.send(result);
-            }
-            WalRequest::SaveVote { vote, done } => {
-                let _ = done.send(save_vote(&mut vote_file, &dir, &vote));
+        }
+        let synced = merged.map_or(Ok(()), |job| job.run().map_err(|e| e.to_string()));
+        for request in waiting.drain(..) {
+            match request {
+                SyncRequest::Flush {
+                    failed,
+                    flushed,
+                    began,
+                    ..
+                } => {
+                    let result = match (&failed, &synced) {
+                        (Some(e), _) | (None, Err(e)) => Err(io_error(e.clone())),
+                        (None, Ok(())) => Ok(()),
+                    };
+                    append_latency.record(began.elapsed());
+                    flushed.io_completed(result);
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+                SyncRequest::Barrier(done) => {
+                    let _ = done.send(());
+                }
             }
         }
     }
@@ -367,15 +477,16 @@ fn bounds(range: &impl RangeBounds<u64>, first: u64, next: u64) -> std::ops::Ran
 fn read_entries(
     reader: &mut LogReader,
     range: &impl RangeBounds<u64>,
-) -> Result<Vec<Entry>, StorageError> {
+) -> Result<Vec<Entry>, std::io::Error> {
     let range = bounds(range, reader.first_index(), reader.next_index());
     let mut entries = Vec::with_capacity(range.end.saturating_sub(range.start) as usize);
     if range.is_empty() {
         return Ok(entries);
     }
-    for record in reader.range(range).map_err(read_error)? {
-        let record = record.map_err(read_error)?;
-        entries.push(codec::decode(record.term, record.index, record.payload).map_err(read_error)?);
+    for record in reader.range(range).map_err(storage_error)? {
+        let record = record.map_err(storage_error)?;
+        entries
+            .push(codec::decode(record.term, record.index, record.payload).map_err(storage_error)?);
     }
     Ok(entries)
 }
@@ -384,28 +495,26 @@ impl RaftLogReader<TypeConfig> for LogStoreReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, std::io::Error> {
         read_entries(&mut self.reader, &range)
     }
-}
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
-        read_entries(&mut self.reader, &range)
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        Ok(*self.vote.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStoreReader;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
         let last_log_id = match self.reader.last_index() {
             Some(index) => {
-                let record = self.reader.get(index).map_err(read_error)?;
-                Some(codec::log_id(record.term, record.index, record.payload).map_err(read_error)?)
+                let record = self.reader.get(index).map_err(storage_error)?;
+                Some(
+                    codec::log_id(record.term, record.index, record.payload)
+                        .map_err(storage_error)?,
+                )
             }
             None => self.last_purged,
         };
@@ -418,79 +527,140 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_reader(&mut self) -> Self::LogReader {
         LogStoreReader {
             reader: self.reader.clone(),
+            vote: Arc::clone(&self.vote),
         }
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let vote = *vote;
-        self.request(
-            |done| WalRequest::SaveVote { vote, done },
-            |e| StorageIOError::write_vote(&io_error(e.to_string())).into(),
-            (),
-        )
-        .await
+        self.on_writer(move |writer| writer.save_vote(vote)).await
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         if let Some(committed) = committed {
             self.committed.fetch_max(committed.index, Ordering::AcqRel);
         }
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        read_vote(&self.dir).map_err(|e| StorageIOError::read_vote(&io_error(e.to_string())).into())
-    }
-
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut payloads = Vec::new();
         let mut records = Vec::new();
+        let mut proposed_here = false;
         for entry in entries {
+            proposed_here = entry.log_id.leader_id.node_id == self.node_id;
             if let EntryPayload::Normal(batch) = &entry.payload {
                 self.max_timestamp_ns
                     .fetch_max(batch.timestamp_ns, Ordering::AcqRel);
             }
-            codec::encode_payload(&entry, &mut payloads).map_err(write_error)?;
+            codec::encode_payload(&entry, &mut payloads).map_err(storage_error)?;
             records.push((
                 entry.log_id.leader_id.term,
                 entry.log_id.index,
                 payloads.len(),
             ));
         }
-        let (written, answer) = oneshot::channel();
-        self.wal
-            .send(WalRequest::Append {
-                payloads,
-                records,
-                written,
-                flushed: callback,
-            })
-            .map_err(|_| write_error("the WAL thread has stopped"))?;
-        match answer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(write_error(e)),
-            Err(_) => Err(write_error("the WAL thread has stopped")),
+        // Written here, with no hop to another thread: a copy into the log's map or a
+        // `pwrite` into allocated blocks; the sync goes to the sync thread.
+        lock(&self.writer)
+            .append(&payloads, &records, proposed_here, callback)
+            .map_err(storage_error)
+    }
+
+    /// Keeps `last_log_id` and removes every entry after it.
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
+        // Nothing below the first entry kept is Raft's to remove (a purge took it).
+        let index = last_log_id
+            .map_or(0, |id| id.index + 1)
+            .max(self.reader.first_index());
+        self.on_writer(move |writer| writer.truncate(index)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
+        self.on_writer(move |writer| writer.purge(log_id)).await?;
+        self.last_purged = Some(log_id);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::IOFlushed;
+    use openraft::type_config::TypeConfigExt;
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::replication::codec::leader_of;
+
+    const NODE: u64 = 1;
+
+    fn store(dir: &Path) -> LogStore {
+        LogStore::open(
+            NODE,
+            dir,
+            FlushPolicy::Batch,
+            1 << 20,
+            Arc::new(LatencyHistogram::default()),
+        )
+        .expect("open")
+    }
+
+    fn blank(leader: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(leader_of(1, leader), index),
+            payload: EntryPayload::Blank,
         }
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let index = log_id.index;
-        self.request(|done| WalRequest::Truncate { index, done }, write_error, ())
+    #[tokio::test]
+    async fn a_followers_append_is_durable_and_reported_when_it_returns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = store(dir.path());
+        let (flushed, mut reported) = TypeConfig::oneshot();
+        log.append([blank(2, 0), blank(2, 1)], IOFlushed::signal(flushed))
             .await
+            .expect("append");
+        assert!(matches!(reported.try_recv(), Ok(Ok(()))));
+        assert_eq!(log.reader().durable_next_index(), 2);
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.request(|done| WalRequest::Purge { log_id, done }, write_error, ())
-            .await?;
-        self.last_purged = Some(log_id);
-        Ok(())
+    #[tokio::test]
+    async fn the_leaders_append_is_reported_once_durable_and_before_a_later_followers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = store(dir.path());
+        let (leader_flushed, leader_reported) = TypeConfig::oneshot();
+        log.append([blank(NODE, 0)], IOFlushed::signal(leader_flushed))
+            .await
+            .expect("append");
+        // Deposed: the next entries come from another leader. They are reported (at once)
+        // only after the leader's own append before them.
+        let (flushed, mut reported) = TypeConfig::oneshot();
+        log.append([blank(2, 1)], IOFlushed::signal(flushed))
+            .await
+            .expect("append");
+        assert!(matches!(reported.try_recv(), Ok(Ok(()))));
+        let mut leader_reported = leader_reported;
+        assert!(matches!(leader_reported.try_recv(), Ok(Ok(()))));
+        assert_eq!(log.reader().durable_next_index(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_leaders_own_append_becomes_durable_on_the_sync_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = store(dir.path());
+        let (flushed, reported) = TypeConfig::oneshot();
+        log.append([blank(NODE, 0), blank(NODE, 1)], IOFlushed::signal(flushed))
+            .await
+            .expect("append");
+        reported.await.expect("reported").expect("synced");
+        assert_eq!(log.reader().durable_next_index(), 2);
     }
 }

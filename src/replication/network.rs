@@ -1,11 +1,12 @@
 //! Raft's network: one QUIC connection per peer (mutual TLS), one bidirectional stream per
 //! RPC, postcard frames. The outbound side implements openraft's network traits; the inbound
-//! side only decodes and forwards to `raft.append_entries / vote / install_full_snapshot`.
+//! side only decodes and forwards to `raft.append_entries / vote / pre_vote /
+//! install_full_snapshot`.
 //!
 //! Every RPC is bounded by openraft's deadline for it; a failed connection is dropped and
 //! re-dialled on the next RPC, so a healed partition reconnects by itself.
 //!
-//! openraft 0.9 gives each AppendEntries one heartbeat (20 ms by default) and, when that runs
+//! openraft gives each AppendEntries one heartbeat (20 ms by default) and, when that runs
 //! out, sends the same entries again at once. On a busy host a follower's answer (its fsync
 //! included) can take longer than that for a while: every try would time out and each resend
 //! would queue behind the last. So an AppendEntries exchange runs as a task of its own that
@@ -21,19 +22,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use openraft::error::{
-    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
-    StreamingError, Timeout, Unreachable,
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout,
+    Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::storage::Snapshot;
 use openraft::OptionalSend;
 use serde::{Deserialize, Serialize};
 
-use super::types::{LogId, NodeAddr, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+use super::state_machine::Raft;
+use super::types::{
+    LogId, NodeAddr, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
+};
 use crate::net::frame::{read_frame, read_frame_by_kind, write_frame, FrameError};
 use crate::net::tls::node_name;
 
@@ -44,7 +46,7 @@ pub const RAFT_FRAME_BYTES_MAX: usize = 1 << 30;
 /// `BATCH_COMMANDS_MAX` (2,048) commands of about 100 bytes each come to under 1 MiB; this
 /// leaves room for membership entries and a change of encoding.
 pub const APPEND_FRAME_BYTES_MAX: usize = 16 << 20;
-/// The largest Vote frame (a vote and a log id).
+/// The largest Vote or PreVote frame (a vote and a log id).
 pub const VOTE_FRAME_BYTES_MAX: usize = 4 << 10;
 /// The largest answer to any RPC (a vote, a log id, an error's text).
 pub const RESPONSE_FRAME_BYTES_MAX: usize = 1 << 20;
@@ -65,24 +67,32 @@ const SNAPSHOT_TIMEOUT_PER_MIB: Duration = Duration::from_millis(100);
 
 /// What a Raft RPC is. postcard writes an enum's variant index first (a varint, one byte for
 /// these), so the first byte of a request's frame says which it is, and how large it may be.
+///
+/// A node of a build on openraft 0.9 cannot read a Vote of this one (it gained a field), nor
+/// this one its: such a request is answered `Malformed`, so a cluster moves to this build all
+/// at once (README, release notes).
 #[derive(Serialize, Deserialize)]
 pub enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
-    Vote(VoteRequest<NodeId>),
+    Vote(VoteRequest<TypeConfig>),
     FullSnapshot {
         vote: Vote,
         meta: SnapshotMeta,
         data: Vec<u8>,
     },
+    /// Would this node vote for the candidate? Asked before an election, which a candidate
+    /// holds only if a majority would: a node cut off and back does not depose a live leader.
+    PreVote(VoteRequest<TypeConfig>),
 }
 
 #[derive(Serialize, Deserialize)]
 pub enum Response {
-    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
-    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    FullSnapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
+    AppendEntries(Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>>),
+    Vote(Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>),
+    FullSnapshot(Result<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>>),
     /// The request could not be decoded.
     Malformed(String),
+    PreVote(Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>),
 }
 
 #[derive(Debug)]
@@ -318,12 +328,12 @@ impl PeerConnection {
         }
     }
 
-    fn rpc_error<E: std::error::Error>(
+    fn rpc_error(
         &self,
         error: CallError,
         deadline: Duration,
         action: openraft::network::RPCTypes,
-    ) -> RPCError<NodeId, NodeAddr, E> {
+    ) -> RPCError<TypeConfig> {
         match error {
             CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&Failure(e))),
             CallError::Network(e) => RPCError::Network(NetworkError::new(&Failure(e))),
@@ -335,6 +345,14 @@ impl PeerConnection {
             }),
         }
     }
+}
+
+/// Reads the end of a stream whose one frame has been read, when it has arrived (it comes with
+/// the frame): a stream dropped before its end is read makes quinn send the peer a
+/// STOP_SENDING, which was a packet of its own on every round of replication.
+fn take_end(recv: &mut quinn::RecvStream) {
+    use futures_util::FutureExt;
+    let _ = recv.read(&mut [0u8; 1]).now_or_never();
 }
 
 /// One request and its answer, on a stream of its own on `connection`.
@@ -350,67 +368,77 @@ async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Result<Respon
         .await
         .map_err(frame_error)?
         .ok_or_else(|| CallError::Network("the peer closed the stream".into()))?;
+    take_end(&mut recv);
     postcard::from_bytes::<Response>(&reply).map_err(|e| CallError::Network(e.to_string()))
 }
 
-type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>;
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 
-impl RaftNetwork<TypeConfig> for PeerConnection {
+/// A peer that answered with an error of its own (it is shutting down, say) is, for the
+/// caller, a peer that cannot take the request now.
+fn remote_failure(target: NodeId, error: &RaftError<TypeConfig>) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&Failure(format!(
+        "node {target} answered: {error}"
+    ))))
+}
+
+fn unexpected_reply() -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&Failure("unexpected reply".into())))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
         let deadline = option.hard_ttl();
         match self.append(rpc, deadline).await {
             Ok(Response::AppendEntries(Ok(response))) => Ok(response),
-            Ok(Response::AppendEntries(Err(e))) => {
-                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(_) => Err(RPCError::Network(NetworkError::new(&Failure(
-                "unexpected reply".into(),
-            )))),
+            Ok(Response::AppendEntries(Err(e))) => Err(remote_failure(self.target, &e)),
+            Ok(_) => Err(unexpected_reply()),
             Err(e) => Err(self.rpc_error(e, deadline, openraft::network::RPCTypes::AppendEntries)),
         }
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<VoteResponse<NodeId>> {
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
         let deadline = option.hard_ttl();
         match self.call(&Request::Vote(rpc), deadline).await {
             Ok(Response::Vote(Ok(response))) => Ok(response),
-            Ok(Response::Vote(Err(e))) => {
-                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(_) => Err(RPCError::Network(NetworkError::new(&Failure(
-                "unexpected reply".into(),
-            )))),
+            Ok(Response::Vote(Err(e))) => Err(remote_failure(self.target, &e)),
+            Ok(_) => Err(unexpected_reply()),
             Err(e) => Err(self.rpc_error(e, deadline, openraft::network::RPCTypes::Vote)),
         }
     }
 
-    /// Not used: snapshots travel whole through `full_snapshot`.
-    async fn install_snapshot(
+    /// A peer that cannot be asked counts as a refusal (openraft's default would grant it).
+    async fn pre_vote(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        Err(RPCError::Network(NetworkError::new(&Failure(
-            "chunked snapshots are not supported; snapshots travel whole".into(),
-        ))))
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        let deadline = option.hard_ttl();
+        match self.call(&Request::PreVote(rpc), deadline).await {
+            Ok(Response::PreVote(Ok(response))) => Ok(response),
+            Ok(Response::PreVote(Err(e))) => Err(remote_failure(self.target, &e)),
+            Ok(_) => Err(unexpected_reply()),
+            Err(e) => Err(self.rpc_error(e, deadline, openraft::network::RPCTypes::Vote)),
+        }
     }
 
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: Snapshot<TypeConfig>,
+        snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
-    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let data = snapshot.snapshot.into_inner();
         let deadline = SNAPSHOT_TIMEOUT_BASE + SNAPSHOT_TIMEOUT_PER_MIB * (data.len() >> 20) as u32;
         let request = Request::FullSnapshot {
@@ -459,7 +487,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 fn request_frame_max(variant: u8) -> usize {
     match variant {
         0 => APPEND_FRAME_BYTES_MAX,
-        1 => VOTE_FRAME_BYTES_MAX,
+        1 | 3 => VOTE_FRAME_BYTES_MAX,
         2 => RAFT_FRAME_BYTES_MAX,
         _ => 0,
     }
@@ -517,10 +545,10 @@ impl PeerCertificate {
 fn speaker(request: &Request) -> Option<NodeId> {
     let vote = match request {
         Request::AppendEntries(rpc) => &rpc.vote,
-        Request::Vote(rpc) => &rpc.vote,
+        Request::Vote(rpc) | Request::PreVote(rpc) => &rpc.vote,
         Request::FullSnapshot { vote, .. } => vote,
     };
-    vote.leader_id().voted_for()
+    Some(vote.leader_id().node_id)
 }
 
 /// When this node last took an AppendEntries (entries or a heartbeat) from a leader, and from
@@ -599,7 +627,10 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
 ) {
     let bytes = match read_frame_by_kind(&mut recv, RAFT_FRAME_BYTES_MAX, request_frame_max).await {
-        Ok(Some(bytes)) => bytes,
+        Ok(Some(bytes)) => {
+            take_end(&mut recv);
+            bytes
+        }
         Ok(None) => return,
         Err(e) => {
             tracing::warn!("a peer's Raft frame was refused: {e}");
@@ -616,21 +647,29 @@ async fn handle_stream(
     } else {
         postcard::from_bytes::<Request>(&bytes).map_err(|e| e.to_string())
     };
-    let decoded = decoded.and_then(|request| match speaker(&request) {
-        Some(id) if peer.names(id) => Ok(request),
-        claimed => {
-            let why = format!(
+    let decoded = decoded
+        .map_err(|e| {
+            tracing::warn!(
+                "a peer's Raft request does not decode ({e}): a node of another version? A \
+                 cluster moves to a build on another openraft version all at once"
+            );
+            format!("undecodable request: {e}")
+        })
+        .and_then(|request| match speaker(&request) {
+            Some(id) if peer.names(id) => Ok(request),
+            claimed => {
+                let why = format!(
                 "refused: an RPC speaking for node {} on a connection whose certificate is not \
                  that node's",
                 claimed.map_or("none".into(), |id| id.to_string())
             );
-            tracing::warn!("{why}");
-            Err(why)
-        }
-    });
+                tracing::warn!("{why}");
+                Err(why)
+            }
+        });
     let response = match decoded {
         Ok(Request::AppendEntries(rpc)) => {
-            let leader = rpc.vote.leader_id().voted_for();
+            let leader = Some(rpc.vote.leader_id().node_id);
             let leader_commit = rpc.leader_commit.map_or(0, |id| id.index);
             let answer = raft.append_entries(rpc).await;
             // Taken from a leader this node follows (a higher vote of its own refuses it).
@@ -642,10 +681,11 @@ async fn handle_stream(
             Response::AppendEntries(answer)
         }
         Ok(Request::Vote(rpc)) => Response::Vote(raft.vote(rpc).await),
+        Ok(Request::PreVote(rpc)) => Response::PreVote(raft.pre_vote(rpc).await),
         Ok(Request::FullSnapshot { vote, meta, data }) => {
             let snapshot = Snapshot {
                 meta,
-                snapshot: Box::new(Cursor::new(data)),
+                snapshot: Cursor::new(data),
             };
             Response::FullSnapshot(raft.install_full_snapshot(vote, snapshot).await)
         }

@@ -11,17 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use exchange_domain::{BrokerCommand, Output};
+use openraft::async_runtime::watch::WatchReceiver as _;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{Batch, BATCH_COMMANDS_MAX};
 use super::engine_thread::EngineHandle;
 use super::leadership::Leadership;
-use super::types::{NodeId, Raft};
+use super::state_machine::Raft;
+use super::types::NodeId;
 use crate::latency::LatencyHistogram;
 
 /// How long a proposal may wait to be committed and applied. Past it, the leader has lost its
-/// majority (openraft 0.9 does not step a leader down on its own): its waiters are told the
+/// majority (openraft refuses new proposals then, but not the ones in flight): its waiters are told the
 /// outcome is unknown instead of hanging.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -153,7 +155,7 @@ async fn majority_lost(leadership: &Leadership) {
 /// `None` while this node leads; else "not the leader", naming the leader if one is known.
 async fn not_leading(raft: &Raft) -> Option<SubmitError> {
     let leads = |state| state == openraft::ServerState::Leader;
-    if leads(raft.metrics().borrow().state) {
+    if leads(raft.metrics().borrow_watched().state) {
         return None;
     }
     // The metrics trail Raft's own state for a moment after an election: ask Raft before
@@ -165,7 +167,7 @@ async fn not_leading(raft: &Raft) -> Option<SubmitError> {
     {
         return None;
     }
-    let leader_id = raft.metrics().borrow().current_leader;
+    let leader_id = raft.metrics().borrow_watched().current_leader;
     Some(SubmitError::NotLeader { leader_id })
 }
 
@@ -196,10 +198,9 @@ async fn run(
                 Err(_) => break,
             }
         }
-        // Only a leader proposes. What Raft refuses later with "forward to the leader" may
-        // have been appended first (openraft answers so when it truncates an uncommitted
-        // entry), and a later leader may still commit it: then the outcome is unknown, never a
-        // plain "not the leader" that a client would take as "not done".
+        // Only a leader proposes. What Raft drops after appending it (`LogEntryDiscarded`) a
+        // later leader may still commit: its outcome is unknown, never a plain "not the
+        // leader" that a client would take as "not done".
         if let Some(not_leader) = not_leading(&raft).await {
             for waiter in waiting.drain(..) {
                 let _ = waiter.reply.send(Err(not_leader.clone()));
@@ -251,7 +252,16 @@ async fn run(
             }
             Err(error) => {
                 let error = match error {
+                    // Refused before it was appended (another leader, or this one without a
+                    // majority's answer within its lease): not done, and safe to send again.
                     RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                        SubmitError::NotLeader {
+                            leader_id: forward.leader_id,
+                        }
+                    }
+                    // Appended, then dropped when another leader's log replaced it: that
+                    // leader may have it too, and commit it.
+                    RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => {
                         SubmitError::Unknown(format!(
                             "leadership passed to {} while this was proposed",
                             forward

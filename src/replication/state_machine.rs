@@ -1,7 +1,7 @@
 //! Raft's state machine: the engine thread, plus the snapshot it builds, kept on disk.
 //!
 //! `apply` hands the committed entries to the engine thread and waits for their outcomes (one
-//! per entry, blank and membership entries included, as openraft requires). Snapshots are
+//! per entry, blank and membership entries included), which go to the entries' proposers. Snapshots are
 //! built by the engine thread between two entries, so they are a consistent cut even though
 //! openraft builds them concurrently with later applies; the engine reports the log id and
 //! membership of the cut itself.
@@ -18,12 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use futures_util::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use super::engine_thread::{AppliedPosition, CommittedEntry, EngineHandle, EngineStopped};
 use super::types::{
-    Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Applied, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -109,6 +110,9 @@ impl StoredSnapshot {
     }
 }
 
+/// The node's Raft: openraft over this state machine.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
 #[derive(Clone)]
 pub struct StateMachine {
     engine: Arc<EngineHandle>,
@@ -118,8 +122,8 @@ pub struct StateMachine {
     gate: Option<Arc<dyn SnapshotGate>>,
 }
 
-fn sm_error(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())).into()
+fn sm_error(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
 impl StateMachine {
@@ -144,9 +148,9 @@ impl StateMachine {
     /// Saves `snapshot` as the current one, unless the current one is as new or newer: a build
     /// (which openraft runs concurrently) may finish after a newer snapshot was installed, and
     /// must not replace it on disk. Runs on a blocking thread: it writes and syncs a file.
-    async fn keep(&self, snapshot: StoredSnapshot) -> Result<(), StorageError> {
+    async fn keep(&self, snapshot: StoredSnapshot) -> Result<(), std::io::Error> {
         let (current, dir) = (Arc::clone(&self.current), self.dir.clone());
-        let signature = snapshot.meta.signature();
+        let last = snapshot.meta.last_log_id;
         let saved = tokio::task::spawn_blocking(move || {
             // A std mutex, held across the save so that two saves never interleave; nothing
             // awaits while it is held.
@@ -163,7 +167,10 @@ impl StateMachine {
         .await
         .map_err(std::io::Error::other)
         .and_then(|saved| saved);
-        saved.map_err(|e| StorageError::from(StorageIOError::write_snapshot(Some(signature), &e)))
+        saved.map_err(|e| {
+            let at = last.map_or(0, |id| id.index);
+            std::io::Error::new(e.kind(), format!("saving the snapshot at {at}: {e}"))
+        })
     }
 }
 
@@ -203,20 +210,21 @@ impl StateMachine {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let cut = self.engine.snapshot().await.map_err(sm_error)?;
         let last = cut.last_log_id;
         self.pass_gate(last.map_or(0, |id| id.index)).await;
         let meta = SnapshotMeta {
             last_log_id: last,
             last_membership: cut.membership,
-            snapshot_id: format!(
-                "{}-{}-{:016x}",
-                last.map_or(0, |id| id.leader_id.term),
-                last.map_or(0, |id| id.index),
-                cut.output_hash
-            ),
         };
+        tracing::debug!(
+            index = last.map_or(0, |id| id.index),
+            output_hash = format_args!("{:016x}", cut.output_hash),
+            "built a snapshot"
+        );
         let stored = StoredSnapshot {
             meta: meta.clone(),
             state: cut.bytes,
@@ -225,26 +233,29 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         self.keep(stored).await?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Cursor::new(data),
         })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
         Ok((self.applied.last_log_id, self.applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    async fn apply<S>(&mut self, entries: S) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + OptionalSend,
     {
+        let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        let mut responders = Vec::with_capacity(entries.len());
         let committed: Vec<CommittedEntry> = entries
             .into_iter()
-            .map(|entry| {
+            .map(|(entry, responder)| {
+                responders.push(responder);
                 let (batch, membership) = match entry.payload {
                     EntryPayload::Blank => (None, None),
                     EntryPayload::Normal(batch) => (Some(batch), None),
@@ -272,35 +283,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .apply(committed)
             .await
             .map_err(|e: EngineStopped| sm_error(e))?;
-        let applied: Vec<Applied> = outcomes
-            .into_iter()
-            .map(|outcome| Applied {
-                outputs: outcome.outputs,
-            })
-            .collect();
-        // openraft needs one response per entry, and the engine thread gives one.
-        if applied.len() != count {
+        // Each entry's proposer waits for its outcome, and the engine thread gives one per
+        // entry.
+        if outcomes.len() != count {
             return Err(sm_error(format!(
                 "the engine answered {} of {count} entries",
-                applied.len()
+                outcomes.len()
             )));
         }
-        Ok(applied)
+        for (outcome, responder) in outcomes.into_iter().zip(responders) {
+            if let Some(responder) = responder {
+                responder.send(Applied {
+                    outputs: outcome.outputs,
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+        snapshot: SnapshotData,
+    ) -> Result<(), std::io::Error> {
         let bytes = snapshot.into_inner();
         let position = AppliedPosition {
             last_log_id: meta.last_log_id,
@@ -317,11 +326,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state: bytes,
         })
         .await?;
-        tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
+        tracing::info!(
+            index = meta.last_log_id.map_or(0, |id| id.index),
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         let current = self
             .current
             .lock()
@@ -329,7 +341,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .clone();
         Ok(current.map(|stored| Snapshot {
             meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.state)),
+            snapshot: Cursor::new(stored.state),
         }))
     }
 }
@@ -342,9 +354,8 @@ mod tests {
     fn a_snapshot_file_round_trips_and_damage_is_detected() {
         let stored = StoredSnapshot {
             meta: SnapshotMeta {
-                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), 9)),
+                last_log_id: Some(LogId::new(super::super::codec::leader_of(2, 1), 9)),
                 last_membership: StoredMembership::default(),
-                snapshot_id: "2-9".into(),
             },
             state: vec![7; 100],
         };

@@ -1,9 +1,8 @@
 //! openraft's type configuration for the exchange: what Raft replicates (batches of
 //! commands), what applying an entry returns, and what the cluster knows about each node.
 
-use std::io::Cursor;
-
 use exchange_domain::Output;
+use openraft::type_config::alias;
 use serde::{Deserialize, Serialize};
 
 use super::batch::Batch;
@@ -36,15 +35,36 @@ openraft::declare_raft_types!(
         R = Applied,
         NodeId = NodeId,
         Node = NodeAddr,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, NodeAddr>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeAddr>;
-pub type StorageError = openraft::StorageError<NodeId>;
+pub type Entry = alias::EntryOf<TypeConfig>;
+pub type LogId = alias::LogIdOf<TypeConfig>;
+pub type Vote = alias::VoteOf<TypeConfig>;
+/// The leader of a term, as log ids and votes name it.
+pub type CommittedLeaderId = alias::CommittedLeaderIdOf<TypeConfig>;
+pub type StoredMembership = alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = alias::SnapshotMetaOf<TypeConfig>;
+/// A snapshot as openraft moves it: its meta and the bytes in memory.
+pub type Snapshot = alias::SnapshotOf<TypeConfig, SnapshotData>;
+/// A snapshot's bytes, held in memory (they are one engine state, encoded).
+pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+pub type Membership = openraft::Membership<NodeId, NodeAddr>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+
+/// What openraft publishes its metrics through.
+pub type MetricsReceiver<T> = alias::WatchReceiverOf<TypeConfig, T>;
+
+/// Whether the Raft that publishes to `metrics` has stopped. Takes any change waiting, so
+/// a caller that waits for changes reads the value again afterwards.
+pub fn raft_stopped<T>(metrics: &mut MetricsReceiver<T>) -> bool
+where
+    T: openraft::OptionalSend + openraft::OptionalSync,
+{
+    use futures_util::FutureExt;
+    use openraft::async_runtime::watch::WatchReceiver;
+    metrics
+        .changed()
+        .now_or_never()
+        .is_some_and(|changed| changed.is_err())
+}

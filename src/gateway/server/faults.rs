@@ -25,7 +25,7 @@ pub struct FaultState {
 /// "every Nth").
 #[cfg(feature = "test-faults")]
 pub(super) fn nth(counter: &AtomicU64, every: u64) -> bool {
-    (counter.fetch_add(1, Ordering::Relaxed) + 1) % every == 0
+    (counter.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(every)
 }
 
 /// Faults planted in the gateway so that the chaos suite can show its checkers catch them.
@@ -91,7 +91,7 @@ impl Gateway {
             eprintln!("exchange-node: exiting after {n} commands (a planted test fault)");
             std::process::exit(70);
         }
-        refuse_sequenced_every.is_some_and(|every| n % every == 0)
+        refuse_sequenced_every.is_some_and(|every| n.is_multiple_of(every))
     }
 
     /// The test-only "outcome unknown" for an operator's deposit or withdrawal that was
@@ -130,7 +130,7 @@ impl Gateway {
             return None;
         }
         let n = self.fault_state.orders.fetch_add(1, Ordering::Relaxed) + 1;
-        if ack_unsequenced_every.is_some_and(|every| n % every == 0) {
+        if ack_unsequenced_every.is_some_and(|every| n.is_multiple_of(every)) {
             let made_up = Output {
                 seq: u64::MAX - n,
                 timestamp_ns: 0,
@@ -148,7 +148,7 @@ impl Gateway {
             };
             return Some(Reply::Outputs(vec![made_up]));
         }
-        if double_submit_every.is_some_and(|every| n % every == 0) {
+        if double_submit_every.is_some_and(|every| n.is_multiple_of(every)) {
             let copy = BrokerCommand {
                 broker: BrokerId::OPERATOR,
                 command: *command,
@@ -181,7 +181,7 @@ impl Gateway {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let previous = last.insert(account, balances.clone());
-            if n % every == 0 {
+            if n.is_multiple_of(every) {
                 if let Some(previous) = previous {
                     return previous;
                 }

@@ -432,6 +432,42 @@ proptest! {
     }
 }
 
+/// The node's WAL thread hands syncs to a thread of their own and goes on appending: jobs
+/// made across segment boundaries, merged and run on another thread, make every record they
+/// cover durable, and a reopened log holds them all.
+#[test]
+fn syncs_handed_to_another_thread_make_their_records_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = Log::open(dir.path(), small(FlushPolicy::Batch)).expect("open");
+    let first = records(1, 3, 1);
+    log.append_unsynced(first.iter().map(Expected::record))
+        .expect("append");
+    let mut job = log.sync_later();
+    assert_eq!(job.next_index(), 4);
+    assert!(
+        log.durable_next_index() < 4,
+        "not durable before the job runs"
+    );
+    // More records while the job waits, across several segments (about five fit one).
+    let second = records(4, 14, 1);
+    log.append_unsynced(second.iter().map(Expected::record))
+        .expect("append");
+    job.absorb(log.sync_later());
+    assert_eq!(job.next_index(), 18);
+    std::thread::spawn(move || job.run())
+        .join()
+        .expect("sync thread")
+        .expect("sync");
+    assert_eq!(log.durable_next_index(), 18);
+    let empty = log.sync_later();
+    assert_eq!(empty.next_index(), 18);
+    empty.run().expect("an empty job");
+    drop(log);
+    let mut log = Log::open(dir.path(), small(FlushPolicy::Batch)).expect("reopen");
+    let all: Vec<Expected> = first.into_iter().chain(second).collect();
+    check(&mut log, &all);
+}
+
 /// The WAL thread's way to group-commit: the records are readable at once and durable only
 /// after the one `sync` that follows.
 #[test]
