@@ -566,11 +566,13 @@ impl Node {
 const CANDIDACY_HOLD_ON_START: Duration = Duration::from_secs(1);
 
 /// A node that (re)starts into a running cluster does not stand for election until it has
-/// heard a leader, or for `CANDIDACY_HOLD_ON_START`. openraft 0.9 has no pre-vote: a node
-/// restarted while the leader's first heartbeats had not yet reached it (a slow handshake on a
-/// busy host) stood for election with a higher term, and although the others refused it (its
-/// log is behind), the higher term alone made a leader with a healthy majority step down. A
-/// whole cluster restarting elects its first leader this much later.
+/// heard a leader, or for `CANDIDACY_HOLD_ON_START`. Under openraft 0.9, which had no pre-vote,
+/// a node restarted while the leader's first heartbeats had not yet reached it (a slow
+/// handshake on a busy host) stood for election with a higher term, and although the others
+/// refused it (its log is behind), the higher term alone made a leader with a healthy majority
+/// step down. Pre-vote (0.10) now keeps such a node from raising its term; the hold stays until
+/// a test shows restarts under load without it. A whole cluster restarting elects its first
+/// leader this much later.
 fn hold_candidacy_until_a_leader_is_heard(raft: &Raft) {
     raft.runtime_config().elect(false);
     let raft = raft.clone();
