@@ -11,7 +11,7 @@ pub enum FlushPolicy {
     /// Sync after every record, so each record is durable on its own, even inside a batch.
     Always,
     /// Group commit: one sync for everything one `append`/`append_batch` call wrote. The log
-    /// syncs before the call returns; the node's WAL thread instead appends without a sync,
+    /// syncs before the call returns; the node's log store instead appends without a sync,
     /// lets readers see the records, and then calls [`crate::Log::sync`] once for all it
     /// wrote: the same single sync, issued by the caller (`Log::append_unsynced`).
     #[default]

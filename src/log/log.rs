@@ -223,7 +223,7 @@ impl Log {
 
     /// As [`Log::append_batch`], but under `FlushPolicy::Batch` without the sync: readers see
     /// the records at once, and the caller makes them durable with one [`Log::sync`] when it
-    /// likes (the node's WAL thread: publish first, then sync). `Always` still syncs each
+    /// likes (the node's log store: publish first, then sync). `Always` still syncs each
     /// record.
     pub fn append_unsynced<'a>(
         &mut self,

@@ -202,8 +202,10 @@ impl LogStore {
         self.reader.clone()
     }
 
-    /// Runs `work` on the writer on a blocking thread: it syncs, which a runtime worker must
-    /// not wait for.
+    /// Runs `work` on the writer on a blocking thread: truncations, purges and vote writes
+    /// sync files of their own (a truncation first waits for the sync thread), and no round of
+    /// replication waits on them as a follower's answer waits on its append's sync (which runs
+    /// in place, `Writer::append`).
     async fn on_writer(
         &self,
         work: impl FnOnce(&mut Writer) -> Result<(), LogStoreError> + Send + 'static,
@@ -359,10 +361,12 @@ impl Writer {
             // do it and be woken in turn (two thread switches off every round's path).
             let synced = self.sync_in_order();
             self.append_latency.record(began.elapsed());
-            flushed.io_completed(match &synced {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io_error(e.to_string())),
-            });
+            flushed.io_completed(
+                synced
+                    .as_ref()
+                    .map_err(|e| io_error(e.to_string()))
+                    .copied(),
+            );
             return synced;
         }
         // Group commit: the sync thread merges this with every sync waiting beside it. (A
@@ -378,7 +382,7 @@ impl Writer {
         self.syncs_in_flight.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::SendError(SyncRequest::Flush { flushed, .. })) = self.syncs.send(request) {
             self.syncs_in_flight.fetch_sub(1, Ordering::AcqRel);
-            flushed.io_completed(Err(io_error("the WAL's sync thread has stopped")));
+            flushed.io_completed(Err(io_error("the log's sync thread has stopped")));
         }
         result.map(|_| ()).map_err(|e| self.log_error(e))
     }
@@ -556,6 +560,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut records = Vec::new();
         let mut proposed_here = false;
         for entry in entries {
+            // The last entry's leader decides: a follower's entries come from its leader.
             proposed_here = entry.log_id.leader_id.node_id == self.node_id;
             if let EntryPayload::Normal(batch) = &entry.payload {
                 self.max_timestamp_ns
@@ -636,7 +641,7 @@ mod tests {
     async fn the_leaders_append_is_reported_once_durable_and_before_a_later_followers() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = store(dir.path());
-        let (leader_flushed, leader_reported) = TypeConfig::oneshot();
+        let (leader_flushed, mut leader_reported) = TypeConfig::oneshot();
         log.append([blank(NODE, 0)], IOFlushed::signal(leader_flushed))
             .await
             .expect("append");
@@ -647,7 +652,6 @@ mod tests {
             .await
             .expect("append");
         assert!(matches!(reported.try_recv(), Ok(Ok(()))));
-        let mut leader_reported = leader_reported;
         assert!(matches!(leader_reported.try_recv(), Ok(Ok(()))));
         assert_eq!(log.reader().durable_next_index(), 2);
     }

@@ -432,7 +432,8 @@ proptest! {
     }
 }
 
-/// The node's WAL thread hands syncs to a thread of their own and goes on appending: jobs
+/// The node's log store hands the leader's syncs to a thread of their own and goes on
+/// appending: jobs
 /// made across segment boundaries, merged and run on another thread, make every record they
 /// cover durable, and a reopened log holds them all.
 #[test]
@@ -468,7 +469,7 @@ fn syncs_handed_to_another_thread_make_their_records_durable() {
     check(&mut log, &all);
 }
 
-/// The WAL thread's way to group-commit: the records are readable at once and durable only
+/// The log store's way to group-commit: the records are readable at once and durable only
 /// after the one `sync` that follows.
 #[test]
 fn unsynced_appends_are_readable_then_durable_after_one_sync() {
