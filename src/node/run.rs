@@ -38,7 +38,7 @@ use crate::replication::engine_thread::{
 use crate::replication::keys::BrokerKeys;
 use crate::replication::leadership::Leadership;
 use crate::replication::log_store::LogStore;
-use crate::replication::network::{serve as serve_raft, LeaderContact, Network};
+use crate::replication::network::{keep_connected, serve as serve_raft, LeaderContact, Network};
 use crate::replication::reports::ReportJournal;
 use crate::replication::sequencer::Sequencer;
 use crate::replication::state_machine::{Raft, StateMachine, StoredSnapshot};
@@ -241,10 +241,11 @@ impl Node {
                 .map_err(StartError::Certificates)?,
         );
 
+        let network = Network::new(raft_endpoint.clone());
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config(config)?),
-            Network::new(raft_endpoint.clone()),
+            network.clone(),
             log,
             state_machine,
         )
@@ -289,6 +290,7 @@ impl Node {
         if !founded {
             hold_candidacy_until_a_leader_is_heard(&raft);
         }
+        tokio::spawn(keep_connected(raft.clone(), network, config.id));
         tokio::spawn(crate::replication::election::stand_on_time(
             raft.clone(),
             config.id,
@@ -518,26 +520,17 @@ impl Node {
         // second under load.
         let fatal = async move {
             let mut every = tokio::time::interval(FATAL_CHECK_EVERY);
-            let mut leader_seen = None;
             loop {
                 every.tick().await;
-                let (leader, term) = {
-                    let now = metrics.borrow_watched();
-                    if let Err(fatal) = &now.running_state {
-                        return fatal.to_string();
-                    }
-                    (now.current_leader, now.current_term)
-                };
-                // The audit trail: each leader this node learns of, once.
-                if leader.is_some() && leader != leader_seen {
-                    leader_seen = leader;
-                    tracing::info!(target: "audit", event = "leader", leader = leader, term, "leader changed");
+                if let Err(fatal) = &metrics.borrow_watched().running_state {
+                    return fatal.to_string();
                 }
                 if raft_stopped(&mut metrics) {
                     return "Raft stopped".to_string();
                 }
             }
         };
+        tokio::spawn(audit_leaders(self.raft.clone()));
         let result = tokio::select! {
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = terminate.recv() => Ok(()),
@@ -564,6 +557,27 @@ impl Node {
 /// How long a node that starts into an existing cluster waits to hear a leader before it may
 /// stand for election itself.
 const CANDIDACY_HOLD_ON_START: Duration = Duration::from_secs(1);
+
+/// The audit trail: each leader this node learns of, once, logged when it learns of it. It
+/// watches Raft's server metrics, which change with the vote, the role or the leader, not with
+/// every entry, so the timestamps say when a failover ended at no cost under load.
+async fn audit_leaders(raft: Raft) {
+    let mut server = raft.server_metrics();
+    let mut leader_seen = None;
+    loop {
+        let (leader, term) = {
+            let now = server.borrow_watched();
+            (now.current_leader, now.vote.leader_id().term)
+        };
+        if leader.is_some() && leader != leader_seen {
+            leader_seen = leader;
+            tracing::info!(target: "audit", event = "leader", leader = leader, term, "leader changed");
+        }
+        if server.changed().await.is_err() {
+            return;
+        }
+    }
+}
 
 /// A node that (re)starts into a running cluster does not stand for election until it has
 /// heard a leader, or for `CANDIDACY_HOLD_ON_START`. Under openraft 0.9, which had no pre-vote,

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state_machine::Raft;
 use super::types::{
-    LogId, NodeAddr, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
+    raft_stopped, LogId, NodeAddr, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
 };
 use crate::net::frame::{read_frame, read_frame_by_kind, write_frame, FrameError};
 use crate::net::tls::node_name;
@@ -106,20 +106,71 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// Creates a connection handle per peer; openraft calls it for each replication stream.
+/// Creates a connection handle per peer; openraft calls it for each replication stream, and
+/// for each round of vote requests.
 #[derive(Clone)]
 pub struct Network {
     endpoint: quinn::Endpoint,
+    connections: std::sync::Arc<Connections>,
 }
 
 impl Network {
     pub fn new(endpoint: quinn::Endpoint) -> Self {
-        Network { endpoint }
+        Network {
+            endpoint,
+            connections: std::sync::Arc::default(),
+        }
+    }
+}
+
+/// This node's connection to each peer, shared by every handle openraft makes for it.
+/// openraft makes a new handle for each election's pre-vote and vote rounds and for each new
+/// leader's replication streams; with a connection of its own, each of them began with a
+/// QUIC and TLS handshake, on a failover's critical path and when the host is busiest (five
+/// nodes on two cores: docs/performance.md, "Five nodes"). `keep_connected` keeps one open to
+/// every member, followers' connections to each other included.
+#[derive(Default)]
+struct Connections(
+    std::sync::Mutex<std::collections::HashMap<NodeId, (String, quinn::Connection)>>,
+);
+
+impl Connections {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<NodeId, (String, quinn::Connection)>>
+    {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The open connection to `target` at `addr`, if there is one.
+    fn get(&self, target: NodeId, addr: &str) -> Option<quinn::Connection> {
+        let connections = self.lock();
+        let (at, connection) = connections.get(&target)?;
+        (at == addr && connection.close_reason().is_none()).then(|| connection.clone())
+    }
+
+    fn put(&self, target: NodeId, addr: &str, connection: &quinn::Connection) {
+        self.lock()
+            .insert(target, (addr.to_string(), connection.clone()));
+    }
+
+    /// Forgets `connection` (an exchange on it failed), unless another has replaced it.
+    fn forget(&self, target: NodeId, connection: &quinn::Connection) {
+        let mut connections = self.lock();
+        if connections
+            .get(&target)
+            .is_some_and(|(_, kept)| kept.stable_id() == connection.stable_id())
+        {
+            connections.remove(&target);
+        }
     }
 }
 
 pub struct PeerConnection {
     endpoint: quinn::Endpoint,
+    shared: std::sync::Arc<Connections>,
     target: NodeId,
     addr: String,
     connection: Option<quinn::Connection>,
@@ -166,13 +217,49 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerConnection {
-        PeerConnection {
-            endpoint: self.endpoint.clone(),
-            target,
-            addr: node.raft.clone(),
-            connection: None,
-            dialing: None,
-            in_flight: None,
+        PeerConnection::new(self, target, node.raft.clone())
+    }
+}
+
+/// How often `keep_connected` looks for a member it has no open connection to.
+const KEEP_CONNECTED_EVERY: Duration = Duration::from_millis(250);
+
+/// Keeps a connection open from this node to every other member, for the node's life (it
+/// ends with Raft), so that a candidate's vote requests and a new leader's first
+/// AppendEntries find one ready: a follower otherwise has none to the other followers. The
+/// transport's keep-alives hold an idle one open (four a second each way per pair, at an
+/// idle timeout of four election timeouts); a closed one (a peer restarted, a partition) is
+/// dialled again within `KEEP_CONNECTED_EVERY`, without waiting for the dial here.
+pub async fn keep_connected(raft: Raft, network: Network, id: NodeId) {
+    use futures_util::FutureExt;
+    use openraft::async_runtime::watch::WatchReceiver as _;
+    let mut server = raft.server_metrics();
+    let mut peers: std::collections::HashMap<NodeId, PeerConnection> = Default::default();
+    loop {
+        tokio::time::sleep(KEEP_CONNECTED_EVERY).await;
+        if raft_stopped(&mut server) {
+            return;
+        }
+        let members: Vec<(NodeId, String)> = {
+            let metrics = server.borrow_watched();
+            let membership = metrics.membership_config.membership();
+            membership
+                .nodes()
+                .filter(|(member, _)| **member != id)
+                .map(|(member, node)| (*member, node.raft.clone()))
+                .collect()
+        };
+        peers.retain(|peer, handle| {
+            members
+                .iter()
+                .any(|(member, addr)| member == peer && *addr == handle.addr)
+        });
+        for (member, addr) in members {
+            let handle = peers
+                .entry(member)
+                .or_insert_with(|| PeerConnection::new(&network, member, addr));
+            // Starts a dial, or takes up one started earlier, without waiting for it.
+            let _ = handle.connection().now_or_never();
         }
     }
 }
@@ -185,13 +272,29 @@ enum CallError {
 }
 
 impl PeerConnection {
+    fn new(network: &Network, target: NodeId, addr: String) -> Self {
+        PeerConnection {
+            endpoint: network.endpoint.clone(),
+            shared: std::sync::Arc::clone(&network.connections),
+            target,
+            addr,
+            connection: None,
+            dialing: None,
+            in_flight: None,
+        }
+    }
+
     async fn connection(&mut self) -> Result<quinn::Connection, CallError> {
         if let Some(connection) = &self.connection {
             if connection.close_reason().is_none() {
                 return Ok(connection.clone());
             }
         }
-        self.connection = None;
+        self.drop_connection();
+        if let Some(connection) = self.shared.get(self.target, &self.addr) {
+            self.connection = Some(connection.clone());
+            return Ok(connection);
+        }
         if self.dialing.is_none() {
             let (endpoint, addr, name) = (
                 self.endpoint.clone(),
@@ -221,8 +324,17 @@ impl PeerConnection {
         let connection = dialed
             .map_err(|e| CallError::Unreachable(format!("dialing node {}: {e}", self.target)))?
             .map_err(CallError::Unreachable)?;
+        self.shared.put(self.target, &self.addr, &connection);
         self.connection = Some(connection.clone());
         Ok(connection)
+    }
+
+    /// Stops using the connection (it closed, or an exchange on it failed): the next call
+    /// takes another peer handle's, or dials afresh.
+    fn drop_connection(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.shared.forget(self.target, &connection);
+        }
     }
 
     async fn call(&mut self, request: &Request, deadline: Duration) -> Result<Response, CallError> {
@@ -244,7 +356,7 @@ impl PeerConnection {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => {
                 // Drop the connection so the next call dials afresh.
-                self.connection = None;
+                self.drop_connection();
                 Err(error)
             }
             Err(_) => Err(CallError::Timeout),
@@ -320,7 +432,7 @@ impl PeerConnection {
             Ok(Err(error)) => {
                 if !matches!(error, CallError::Timeout) {
                     // Drop the connection so the next call dials afresh.
-                    self.connection = None;
+                    self.drop_connection();
                 }
                 Err(error)
             }
