@@ -106,6 +106,15 @@ pub struct Client {
     /// Who the node said the session acts as (0: the operator), once logged on.
     broker: Option<u32>,
     link: Option<Link>,
+    /// Logged-on links to other nodes, opened while looking for the leader and kept until it
+    /// answers: during a failover the client asks one node after another, and a link already
+    /// open costs no handshake. (Every client handshaking with every node on each round slowed
+    /// the very election it waited for: docs/performance.md, "Five nodes".)
+    standby: Vec<Link>,
+    /// Connection attempts `connect_any` started and has not yet collected, with the node each
+    /// one is to.
+    connecting: tokio::task::JoinSet<Result<(Link, Option<u32>), ConnectError>>,
+    connecting_to: Vec<(tokio::task::Id, SocketAddr)>,
     /// Nodes whose connection failed within `SUSPECT_FOR`, and when.
     suspects: Vec<(SocketAddr, std::time::Instant)>,
     /// The name the nodes' certificates must carry (`SERVER_NAME_DEFAULT` unless told).
@@ -166,6 +175,9 @@ impl Client {
             api_key: None,
             broker: None,
             link: None,
+            standby: Vec::new(),
+            connecting: tokio::task::JoinSet::new(),
+            connecting_to: Vec::new(),
             suspects: Vec::new(),
             server_name: SERVER_NAME_DEFAULT.into(),
             in_order: false,
@@ -198,43 +210,119 @@ impl Client {
         self.broker
     }
 
-    /// Connects to every candidate at once and keeps the first that answers, so a dead node
-    /// costs nothing while another is up. A refused logon counts only if no node accepts it:
-    /// a node that has not yet applied a broker's registration (just replaced, or behind)
-    /// does not know its key, while the others do.
+    /// Connects to every candidate at once and returns the first that answers, so a dead node
+    /// costs nothing while another is up; the other connections are kept on standby (until
+    /// the leader answers) for the redirect or the next try. A link already on standby to a
+    /// candidate is used at once, and a candidate already being connected to is not connected
+    /// to twice. A refused logon counts only if no node accepts it: a node that has not yet
+    /// applied a broker's registration (just replaced, or behind) does not know its key, while
+    /// the others do.
     async fn connect_any(&mut self, candidates: &[SocketAddr]) -> Result<Link, ConnectError> {
         if self.in_order {
             return self.connect_in_order(candidates).await;
         }
-        let mut attempts = tokio::task::JoinSet::new();
+        self.collect_connected();
+        if let Some(link) = self.take_standby(candidates) {
+            return Ok(link);
+        }
         for &addr in candidates {
+            if self.connecting_to.iter().any(|(_, to)| *to == addr) {
+                continue;
+            }
             let endpoint = self.endpoint.clone();
             let api_key = self.api_key.clone();
             let name = self.server_name.clone();
-            attempts
+            let attempt = self
+                .connecting
                 .spawn(async move { connect(&endpoint, addr, &name, api_key.as_deref()).await });
+            self.connecting_to.push((attempt.id(), addr));
         }
         let mut last_error = String::from("no node to connect to");
         let mut refused = None;
-        while let Some(attempt) = attempts.join_next().await {
+        while self
+            .connecting_to
+            .iter()
+            .any(|(_, to)| candidates.contains(to))
+        {
+            let Some(joined) = self.connecting.join_next_with_id().await else {
+                break;
+            };
+            let (id, attempt) = match joined {
+                Ok((id, attempt)) => (id, Some(attempt)),
+                Err(e) => (e.id(), None),
+            };
+            let addr = self.attempt_ended(id);
+            let wanted = addr.is_some_and(|addr| candidates.contains(&addr));
             match attempt {
-                Ok(Ok((link, broker))) => {
+                Some(Ok((link, broker))) => {
                     if broker.is_some() {
                         self.broker = broker;
                     }
-                    return Ok(link);
+                    if wanted {
+                        return Ok(link);
+                    }
+                    self.standby.push(link);
                 }
-                Ok(Err(ConnectError::Refused(e))) => {
+                Some(Err(ConnectError::Refused(e))) if wanted => {
                     refused.get_or_insert(e);
                 }
-                Ok(Err(ConnectError::Network(e))) => last_error = e,
-                Err(e) => last_error = e.to_string(),
+                Some(Err(ConnectError::Network(e))) if wanted => last_error = e,
+                _ => {}
             }
         }
         Err(match refused {
             Some(why) => ConnectError::Refused(why),
             None => ConnectError::Network(last_error),
         })
+    }
+
+    /// Forgets a finished connection attempt; returns the node it was to.
+    fn attempt_ended(&mut self, id: tokio::task::Id) -> Option<SocketAddr> {
+        let at = self.connecting_to.iter().position(|(of, _)| *of == id)?;
+        Some(self.connecting_to.swap_remove(at).1)
+    }
+
+    /// Moves the links that attempts have opened since `connect_any` returned onto standby,
+    /// without waiting for the others.
+    fn collect_connected(&mut self) {
+        while let Some(joined) = self.connecting.try_join_next_with_id() {
+            let id = match &joined {
+                Ok((id, _)) => *id,
+                Err(e) => e.id(),
+            };
+            self.attempt_ended(id);
+            if let Ok((_, Ok((link, broker)))) = joined {
+                if broker.is_some() {
+                    self.broker = broker;
+                }
+                self.standby.push(link);
+            }
+        }
+    }
+
+    /// A live standby link to one of `candidates`, the longest kept first (a node asked and
+    /// put back goes last, so asking round the nodes visits each in turn).
+    fn take_standby(&mut self, candidates: &[SocketAddr]) -> Option<Link> {
+        self.standby
+            .retain(|link| link._connection.close_reason().is_none());
+        let at = self
+            .standby
+            .iter()
+            .position(|link| candidates.contains(&link.addr))?;
+        Some(self.standby.remove(at))
+    }
+
+    /// The leader answered: the links kept for finding it are closed, and attempts still under
+    /// way are abandoned.
+    fn leader_found(&mut self) {
+        if !self.standby.is_empty() {
+            self.standby.clear();
+        }
+        if !self.connecting.is_empty() {
+            self.connecting.abort_all();
+            self.connecting.detach_all();
+            self.connecting_to.clear();
+        }
     }
 
     /// As `connect_any`, one candidate at a time.
@@ -505,6 +593,7 @@ impl Client {
                             }
                             redirected_to.push(leader);
                             candidates = vec![leader];
+                            self.standby.push(link);
                         }
                         // No leader known, or the one named just failed us: an election is
                         // under way. Give it a moment, then ask another node: this one may
@@ -520,12 +609,14 @@ impl Client {
                                 self.link = Some(link);
                             } else {
                                 candidates = others;
+                                self.standby.push(link);
                             }
                         }
                     }
                 }
                 Ok(Reply::Error(e)) => {
                     self.link = Some(link);
+                    self.leader_found();
                     return Err(ClientError::Rejected(e));
                 }
                 Ok(Reply::OutcomeUnknown(e)) => {
@@ -535,6 +626,7 @@ impl Client {
                 }
                 Ok(reply) => {
                     self.link = Some(link);
+                    self.leader_found();
                     return Ok(reply);
                 }
                 Err(e) => {
