@@ -90,3 +90,57 @@ async fn killing_the_leader_loses_no_acknowledged_order() {
     cluster.start_node(leader);
     cluster.assert_converged(Duration::from_secs(15)).await;
 }
+
+/// A client that meets an election asks the nodes in turn on the connections it opened once
+/// and finds the new leader among them: each surviving node sees one logon from it per
+/// failover, not one per try. (Every client handshaking with every node on each try slowed
+/// the very election it waited for: docs/performance.md, "Five nodes".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_finds_the_new_leader_on_one_connection_per_node() {
+    let mut cluster = Cluster::start(
+        "standby",
+        3,
+        28_400,
+        &["--metrics-listen", "127.0.0.1:{metrics}"],
+    );
+    let mut client = cluster.client();
+    setup_market(&mut client, 1).await;
+    let logons = |cluster: &Cluster, id: u64| {
+        cluster
+            .metric(id, "exchange_gateway_logons_total")
+            .expect("the logon counter")
+    };
+    for round in 0..3 {
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        // Connected to the leader, and to no other node.
+        accepted(
+            &submit(
+                &mut client,
+                limit(1, Side::Buy, 100 + round, 1),
+                Duration::from_secs(5),
+            )
+            .await,
+        );
+        let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+        let before: Vec<f64> = others.iter().map(|&id| logons(&cluster, id)).collect();
+        cluster.kill(leader);
+        // Sent at once: the client finds the dead leader gone while the others elect.
+        accepted(
+            &submit(
+                &mut client,
+                limit(1, Side::Buy, 200 + round, 1),
+                Duration::from_secs(10),
+            )
+            .await,
+        );
+        for (id, before) in others.iter().zip(before) {
+            let logged_on = logons(&cluster, *id) - before;
+            assert!(
+                logged_on <= 1.0,
+                "round {round}: node {id} saw {logged_on} logons from one client's failover"
+            );
+        }
+        cluster.start_node(leader);
+        cluster.assert_converged(Duration::from_secs(15)).await;
+    }
+}

@@ -813,3 +813,81 @@ async fn respond(send: &mut quinn::SendStream, response: &Response) {
         let _ = send.finish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::net::tls;
+
+    /// A Raft endpoint for node 2 that counts the connections it accepts, and node 1's
+    /// `Network` towards it.
+    async fn node_two_and_a_network_to_it(
+        scratch: &std::path::Path,
+    ) -> (quinn::Endpoint, Arc<AtomicUsize>, Network) {
+        let certs = scratch.join("certs");
+        tls::generate(&certs, &[1, 2], &[]).expect("certificates");
+        let transport = tls::transport(Duration::from_secs(5));
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let two = tls::load_identity(&certs, 2).expect("identity");
+        let server = quinn::Endpoint::server(
+            tls::mutual_server(&two, Arc::clone(&transport)).expect("server config"),
+            loopback,
+        )
+        .expect("node 2's endpoint");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (listener, counter) = (server.clone(), Arc::clone(&accepted));
+        tokio::spawn(async move {
+            while let Some(incoming) = listener.accept().await {
+                // Counted when the handshake begins: the dialler may finish first.
+                counter.fetch_add(1, Ordering::SeqCst);
+                if let Ok(connection) = incoming.await {
+                    // Held open until the peer closes it.
+                    tokio::spawn(async move { connection.closed().await });
+                }
+            }
+        });
+        let one = tls::load_identity(&certs, 1).expect("identity");
+        let mut client = quinn::Endpoint::client(loopback).expect("node 1's endpoint");
+        client
+            .set_default_client_config(tls::mutual_client(&one, transport).expect("client config"));
+        (server, accepted, Network::new(client))
+    }
+
+    fn node_two(server: &quinn::Endpoint) -> NodeAddr {
+        NodeAddr {
+            raft: server.local_addr().expect("bound").to_string(),
+            broker: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_handle_to_a_peer_uses_one_connection() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let (server, accepted, mut network) = node_two_and_a_network_to_it(scratch.path()).await;
+        // As openraft makes them: a replication stream's handle, then a vote round's.
+        let mut replication = network.new_client(2, &node_two(&server)).await;
+        let mut vote_round = network.new_client(2, &node_two(&server)).await;
+        let first = replication.connection().await.ok().expect("connected");
+        let second = vote_round.connection().await.ok().expect("connected");
+        assert_eq!(first.stable_id(), second.stable_id());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one handshake");
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_replaced_once_for_every_handle() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let (server, accepted, mut network) = node_two_and_a_network_to_it(scratch.path()).await;
+        let mut replication = network.new_client(2, &node_two(&server)).await;
+        let mut vote_round = network.new_client(2, &node_two(&server)).await;
+        let old = replication.connection().await.ok().expect("connected");
+        old.close(0u32.into(), b"test");
+        let new = vote_round.connection().await.ok().expect("dialled again");
+        assert_ne!(new.stable_id(), old.stable_id());
+        let taken_up = replication.connection().await.ok().expect("connected");
+        assert_eq!(taken_up.stable_id(), new.stable_id());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "one more handshake");
+    }
+}
