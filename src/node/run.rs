@@ -66,9 +66,15 @@ fn raft_config(config: &NodeConfig) -> Result<Config, StartError> {
         heartbeat_interval: config.heartbeat_ms,
         election_timeout_min: config.election_min_ms,
         election_timeout_max: config.election_max_ms,
-        // AppendEntries must finish within a heartbeat, the follower's fsync included: keep
-        // each message to a few (already batched, bounded) entries.
-        max_payload_entries: 4,
+        // How fast a follower that fell behind (restarted, resumed, healed) catches up: one
+        // round trip and one fsync per message. At 4 a follower a second behind was still
+        // catching up when the next fault came, and on three nodes the new leader's first
+        // commit waited for it: pause-leader RTO 174 ms against 118 at 32 (docs/performance.md,
+        // "Five nodes"). The log store caps a message at 1 MiB of entries past its first
+        // (`APPEND_PAYLOAD_BYTES`), so full batches still make small messages, and an
+        // AppendEntries that outlives its heartbeat is waited for, not resent
+        // (`replication::network`). A follower that keeps up gets one entry a message anyway.
+        max_payload_entries: 32,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         // Keep enough log behind a snapshot that a briefly lagging follower catches up from
         // the log rather than by a full snapshot.

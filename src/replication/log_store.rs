@@ -495,12 +495,50 @@ fn read_entries(
     Ok(entries)
 }
 
+/// The most entry bytes one AppendEntries carries past its first entry (which always goes):
+/// `max_payload_entries` bounds the count, this the size, so that a follower catching up
+/// writes, syncs and answers each message in about a heartbeat even when the entries are full
+/// batches, and a message stays far inside `APPEND_FRAME_BYTES_MAX`.
+pub const APPEND_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// The entries from `start` up to `end` (exclusive) whose payloads fit `budget` bytes, the
+/// first always: a prefix of the range, as openraft's replication may be given.
+fn read_entries_within(
+    reader: &mut LogReader,
+    start: u64,
+    end: u64,
+    budget: usize,
+) -> Result<Vec<Entry>, std::io::Error> {
+    let range = bounds(&(start..end), reader.first_index(), reader.next_index());
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    for record in reader.range(range).map_err(storage_error)? {
+        let record = record.map_err(storage_error)?;
+        bytes += record.payload.len();
+        if !entries.is_empty() && bytes > budget {
+            break;
+        }
+        entries
+            .push(codec::decode(record.term, record.index, record.payload).map_err(storage_error)?);
+    }
+    Ok(entries)
+}
+
 impl RaftLogReader<TypeConfig> for LogStoreReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, std::io::Error> {
         read_entries(&mut self.reader, &range)
+    }
+
+    /// What replication sends: at most `APPEND_PAYLOAD_BYTES` of entries a message.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, std::io::Error> {
+        read_entries_within(&mut self.reader, start, end, APPEND_PAYLOAD_BYTES)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
@@ -654,6 +692,49 @@ mod tests {
         assert!(matches!(reported.try_recv(), Ok(Ok(()))));
         assert!(matches!(leader_reported.try_recv(), Ok(Ok(()))));
         assert_eq!(log.reader().durable_next_index(), 2);
+    }
+
+    /// A batch whose payload is `commands` mass cancels (a few dozen bytes each).
+    fn batch(leader: u64, index: u64, commands: usize) -> Entry {
+        let command = exchange_domain::BrokerCommand {
+            broker: exchange_domain::BrokerId(9),
+            command: exchange_domain::Command::MassCancel(exchange_domain::MassCancel {
+                account: exchange_domain::AccountId(3),
+                symbol: None,
+            }),
+        };
+        Entry {
+            log_id: LogId::new(leader_of(1, leader), index),
+            payload: EntryPayload::Normal(crate::replication::batch::Batch {
+                timestamp_ns: index,
+                commands: vec![command; commands],
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn replication_reads_a_prefix_within_the_byte_budget_and_never_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = store(dir.path());
+        let entries: Vec<Entry> = (0..8).map(|index| batch(NODE, index, 1_000)).collect();
+        let (flushed, reported) = TypeConfig::oneshot();
+        log.append(entries.clone(), IOFlushed::signal(flushed))
+            .await
+            .expect("append");
+        reported.await.expect("reported").expect("synced");
+        let mut reader = log.reader();
+        let one = reader.range(0..1).expect("range").next().expect("a record");
+        let size = one.expect("record").payload.len();
+        // Room for three entries and a half: three are read.
+        let three = read_entries_within(&mut reader, 2, 8, size * 7 / 2).expect("read");
+        assert_eq!(three, entries[2..5]);
+        // An entry larger than the budget still goes, alone: replication must progress.
+        let alone = read_entries_within(&mut reader, 6, 8, size / 2).expect("read");
+        assert_eq!(alone, entries[6..7]);
+        // What replication calls: all eight fit the real budget.
+        let mut reader = log.get_log_reader().await;
+        let all = reader.limited_get_log_entries(0, 8).await.expect("read");
+        assert_eq!(all, entries);
     }
 
     #[tokio::test]

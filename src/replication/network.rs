@@ -42,9 +42,10 @@ use crate::net::tls::node_name;
 /// The largest Raft frame: a whole snapshot travels in one. Memory for it is taken as its
 /// bytes arrive, not when a peer announces it.
 pub const RAFT_FRAME_BYTES_MAX: usize = 1 << 30;
-/// The largest AppendEntries frame: at most `max_payload_entries` (4) entries of at most
-/// `BATCH_COMMANDS_MAX` (2,048) commands of about 100 bytes each come to under 1 MiB; this
-/// leaves room for membership entries and a change of encoding.
+/// The largest AppendEntries frame: the log store gives replication at most
+/// `APPEND_PAYLOAD_BYTES` (1 MiB) of entries past the first, and one entry holds at most
+/// `BATCH_COMMANDS_MAX` (2,048) commands of about 100 bytes; this leaves room for membership
+/// entries and a change of encoding.
 pub const APPEND_FRAME_BYTES_MAX: usize = 16 << 20;
 /// The largest Vote or PreVote frame (a vote and a log id).
 pub const VOTE_FRAME_BYTES_MAX: usize = 4 << 10;
@@ -249,11 +250,17 @@ pub async fn keep_connected(raft: Raft, network: Network, id: NodeId) {
                 .map(|(member, node)| (*member, node.raft.clone()))
                 .collect()
         };
-        peers.retain(|peer, handle| {
+        let is_member = |peer: &NodeId, addr: &str| {
             members
                 .iter()
-                .any(|(member, addr)| member == peer && *addr == handle.addr)
-        });
+                .any(|(member, at)| member == peer && at == addr)
+        };
+        peers.retain(|peer, handle| is_member(peer, &handle.addr));
+        // A node removed from the cluster keeps no connection open.
+        network
+            .connections
+            .lock()
+            .retain(|peer, (addr, _)| is_member(peer, addr));
         for (member, addr) in members {
             let handle = peers
                 .entry(member)
