@@ -218,12 +218,12 @@ impl Client {
     /// applied a broker's registration (just replaced, or behind) does not know its key, while
     /// the others do.
     async fn connect_any(&mut self, candidates: &[SocketAddr]) -> Result<Link, ConnectError> {
-        if self.in_order {
-            return self.connect_in_order(candidates).await;
-        }
         self.collect_connected();
         if let Some(link) = self.take_standby(candidates) {
             return Ok(link);
+        }
+        if self.in_order {
+            return self.connect_in_order(candidates).await;
         }
         for &addr in candidates {
             if self.connecting_to.iter().any(|(_, to)| *to == addr) {
@@ -261,7 +261,7 @@ impl Client {
                     if wanted {
                         return Ok(link);
                     }
-                    self.standby.push(link);
+                    self.keep_on_standby(link);
                 }
                 Some(Err(ConnectError::Refused(e))) if wanted => {
                     refused.get_or_insert(e);
@@ -295,9 +295,16 @@ impl Client {
                 if broker.is_some() {
                     self.broker = broker;
                 }
-                self.standby.push(link);
+                self.keep_on_standby(link);
             }
         }
+    }
+
+    /// Keeps `link` for a later try, in place of any older one to the same node: the standby
+    /// links are at most one a node.
+    fn keep_on_standby(&mut self, link: Link) {
+        self.standby.retain(|kept| kept.addr != link.addr);
+        self.standby.push(link);
     }
 
     /// A live standby link to one of `candidates`, the longest kept first (a node asked and
@@ -593,7 +600,7 @@ impl Client {
                             }
                             redirected_to.push(leader);
                             candidates = vec![leader];
-                            self.standby.push(link);
+                            self.keep_on_standby(link);
                         }
                         // No leader known, or the one named just failed us: an election is
                         // under way. Give it a moment, then ask another node: this one may
@@ -609,7 +616,7 @@ impl Client {
                                 self.link = Some(link);
                             } else {
                                 candidates = others;
-                                self.standby.push(link);
+                                self.keep_on_standby(link);
                             }
                         }
                     }
