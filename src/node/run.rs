@@ -70,8 +70,8 @@ fn raft_config(config: &NodeConfig) -> Result<Config, StartError> {
         // round trip and one fsync per message. At 4 a follower a second behind was still
         // catching up when the next fault came, and on three nodes the new leader's first
         // commit waited for it: pause-leader RTO 174 ms against 118 at 32 (docs/performance.md,
-        // "Five nodes"). The log store caps a message at 1 MiB of entries past its first
-        // (`APPEND_PAYLOAD_BYTES`), so full batches still make small messages, and an
+        // "Five nodes"). The log store caps a message at 1 MiB of entries, or one entry if it
+        // is larger (`APPEND_PAYLOAD_BYTES`), so full batches still make small messages, and an
         // AppendEntries that outlives its heartbeat is waited for, not resent
         // (`replication::network`). A follower that keeps up gets one entry a message anyway.
         max_payload_entries: 32,

@@ -495,8 +495,9 @@ fn read_entries(
     Ok(entries)
 }
 
-/// The most entry bytes one AppendEntries carries past its first entry (which always goes):
-/// `max_payload_entries` bounds the count, this the size, so that a follower catching up
+/// The most entry bytes one AppendEntries carries, unless its first entry alone is larger
+/// (the first always goes): `max_payload_entries` bounds the count, this the size, so that a
+/// follower catching up
 /// writes, syncs and answers each message in about a heartbeat even when the entries are full
 /// batches, and a message stays far inside `APPEND_FRAME_BYTES_MAX`.
 pub const APPEND_PAYLOAD_BYTES: usize = 1 << 20;
@@ -511,6 +512,9 @@ fn read_entries_within(
 ) -> Result<Vec<Entry>, std::io::Error> {
     let range = bounds(&(start..end), reader.first_index(), reader.next_index());
     let mut entries = Vec::new();
+    if range.is_empty() {
+        return Ok(entries);
+    }
     let mut bytes = 0;
     for record in reader.range(range).map_err(storage_error)? {
         let record = record.map_err(storage_error)?;

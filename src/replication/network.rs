@@ -43,7 +43,7 @@ use crate::net::tls::node_name;
 /// bytes arrive, not when a peer announces it.
 pub const RAFT_FRAME_BYTES_MAX: usize = 1 << 30;
 /// The largest AppendEntries frame: the log store gives replication at most
-/// `APPEND_PAYLOAD_BYTES` (1 MiB) of entries past the first, and one entry holds at most
+/// `APPEND_PAYLOAD_BYTES` (1 MiB) of entries, or one entry if it is larger, and one holds at most
 /// `BATCH_COMMANDS_MAX` (2,048) commands of about 100 bytes; this leaves room for membership
 /// entries and a change of encoding.
 pub const APPEND_FRAME_BYTES_MAX: usize = 16 << 20;
@@ -107,8 +107,8 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// Creates a connection handle per peer; openraft calls it for each replication stream, and
-/// for each round of vote requests.
+/// Creates a connection handle per peer; openraft calls it for each replication stream (its
+/// heartbeats and snapshots too), and for each round of vote requests.
 #[derive(Clone)]
 pub struct Network {
     endpoint: quinn::Endpoint,
@@ -152,9 +152,17 @@ impl Connections {
         (at == addr && connection.close_reason().is_none()).then(|| connection.clone())
     }
 
-    fn put(&self, target: NodeId, addr: &str, connection: &quinn::Connection) {
-        self.lock()
-            .insert(target, (addr.to_string(), connection.clone()));
+    /// Shares a connection just dialled, unless an open one to `target` is shared already:
+    /// returns the one to use (a spare is closed as its last handle drops).
+    fn keep(&self, target: NodeId, addr: &str, connection: quinn::Connection) -> quinn::Connection {
+        let mut connections = self.lock();
+        if let Some((at, kept)) = connections.get(&target) {
+            if at == addr && kept.close_reason().is_none() {
+                return kept.clone();
+            }
+        }
+        connections.insert(target, (addr.to_string(), connection.clone()));
+        connection
     }
 
     /// Forgets `connection` (an exchange on it failed), unless another has replaced it.
@@ -228,45 +236,54 @@ const KEEP_CONNECTED_EVERY: Duration = Duration::from_millis(250);
 /// Keeps a connection open from this node to every other member, for the node's life (it
 /// ends with Raft), so that a candidate's vote requests and a new leader's first
 /// AppendEntries find one ready: a follower otherwise has none to the other followers. The
-/// transport's keep-alives hold an idle one open (four a second each way per pair, at an
-/// idle timeout of four election timeouts); a closed one (a peer restarted, a partition) is
-/// dialled again within `KEEP_CONNECTED_EVERY`, without waiting for the dial here.
+/// transport's keep-alives hold an idle one open (one every election timeout's upper end, 60
+/// ms by default, each way per pair); a closed one (a peer restarted, a partition, an exchange
+/// that failed) is dialled again within `KEEP_CONNECTED_EVERY`, without waiting for the dial
+/// here. A node that is no longer a member keeps none.
 pub async fn keep_connected(raft: Raft, network: Network, id: NodeId) {
-    use futures_util::FutureExt;
     use openraft::async_runtime::watch::WatchReceiver as _;
     let mut server = raft.server_metrics();
-    let mut peers: std::collections::HashMap<NodeId, PeerConnection> = Default::default();
+    let mut dials: std::collections::HashMap<
+        NodeId,
+        tokio::task::JoinHandle<Result<quinn::Connection, String>>,
+    > = Default::default();
     loop {
         tokio::time::sleep(KEEP_CONNECTED_EVERY).await;
         if raft_stopped(&mut server) {
             return;
         }
-        let members: Vec<(NodeId, String)> = {
+        let (member, peers): (bool, Vec<(NodeId, String)>) = {
             let metrics = server.borrow_watched();
             let membership = metrics.membership_config.membership();
-            membership
+            let peers = membership
                 .nodes()
-                .filter(|(member, _)| **member != id)
-                .map(|(member, node)| (*member, node.raft.clone()))
-                .collect()
+                .filter(|(peer, _)| **peer != id)
+                .map(|(peer, node)| (*peer, node.raft.clone()))
+                .collect();
+            (membership.get_node(&id).is_some(), peers)
         };
-        let is_member = |peer: &NodeId, addr: &str| {
-            members
+        let peers = if member { peers } else { Vec::new() };
+        let is_peer = |peer: &NodeId, addr: Option<&str>| {
+            peers
                 .iter()
-                .any(|(member, at)| member == peer && at == addr)
+                .any(|(of, at)| of == peer && addr.is_none_or(|addr| at == addr))
         };
-        peers.retain(|peer, handle| is_member(peer, &handle.addr));
-        // A node removed from the cluster keeps no connection open.
+        dials.retain(|peer, dial| {
+            let keep = !dial.is_finished() && is_peer(peer, None);
+            if !keep {
+                dial.abort();
+            }
+            keep
+        });
         network
             .connections
             .lock()
-            .retain(|peer, (addr, _)| is_member(peer, addr));
-        for (member, addr) in members {
-            let handle = peers
-                .entry(member)
-                .or_insert_with(|| PeerConnection::new(&network, member, addr));
-            // Starts a dial, or takes up one started earlier, without waiting for it.
-            let _ = handle.connection().now_or_never();
+            .retain(|peer, (addr, _)| is_peer(peer, Some(addr)));
+        for (peer, addr) in &peers {
+            if network.connections.get(*peer, addr).is_none() && !dials.contains_key(peer) {
+                let dialling = dial(&network.endpoint, &network.connections, *peer, addr.clone());
+                dials.insert(*peer, dialling);
+            }
         }
     }
 }
@@ -276,6 +293,33 @@ enum CallError {
     Unreachable(String),
     Network(String),
     Timeout,
+}
+
+/// Dials `target` at `addr` on a task of its own and shares what it opens (`Connections::keep`):
+/// a handle that gives up waiting, or is dropped, mid-handshake does not waste the handshake
+/// (on a busy host one can outlast a heartbeat).
+fn dial(
+    endpoint: &quinn::Endpoint,
+    shared: &std::sync::Arc<Connections>,
+    target: NodeId,
+    addr: String,
+) -> tokio::task::JoinHandle<Result<quinn::Connection, String>> {
+    let (endpoint, shared) = (endpoint.clone(), std::sync::Arc::clone(shared));
+    tokio::spawn(async move {
+        let at: SocketAddr = tokio::net::lookup_host(&addr)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| format!("cannot resolve {addr}"))?;
+        let connecting = endpoint
+            .connect(at, &node_name(target))
+            .map_err(|e| e.to_string())?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| format!("connecting to {at} timed out"))?
+            .map_err(|e| e.to_string())?;
+        Ok(shared.keep(target, &addr, connection))
+    })
 }
 
 impl PeerConnection {
@@ -299,27 +343,19 @@ impl PeerConnection {
         }
         self.drop_connection();
         if let Some(connection) = self.shared.get(self.target, &self.addr) {
+            // A dial of this handle's own is not waited for: it goes on, and what it opens is
+            // kept only if no other is shared by then.
+            self.dialing = None;
             self.connection = Some(connection.clone());
             return Ok(connection);
         }
         if self.dialing.is_none() {
-            let (endpoint, addr, name) = (
-                self.endpoint.clone(),
+            self.dialing = Some(dial(
+                &self.endpoint,
+                &self.shared,
+                self.target,
                 self.addr.clone(),
-                node_name(self.target),
-            );
-            self.dialing = Some(tokio::spawn(async move {
-                let addr: SocketAddr = tokio::net::lookup_host(&addr)
-                    .await
-                    .ok()
-                    .and_then(|mut addrs| addrs.next())
-                    .ok_or_else(|| format!("cannot resolve {addr}"))?;
-                let connecting = endpoint.connect(addr, &name).map_err(|e| e.to_string())?;
-                tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-                    .await
-                    .map_err(|_| format!("connecting to {addr} timed out"))?
-                    .map_err(|e| e.to_string())
-            }));
+            ));
         }
         // Awaiting the handle is cancel-safe: a call that times out here leaves the dial
         // running for the next call to pick up.
@@ -331,7 +367,6 @@ impl PeerConnection {
         let connection = dialed
             .map_err(|e| CallError::Unreachable(format!("dialing node {}: {e}", self.target)))?
             .map_err(CallError::Unreachable)?;
-        self.shared.put(self.target, &self.addr, &connection);
         self.connection = Some(connection.clone());
         Ok(connection)
     }
@@ -347,17 +382,18 @@ impl PeerConnection {
     async fn call(&mut self, request: &Request, deadline: Duration) -> Result<Response, CallError> {
         let bytes =
             postcard::to_allocvec(request).map_err(|e| CallError::Network(e.to_string()))?;
-        self.call_encoded(bytes, deadline).await
+        self.call_encoded(bytes, deadline, PRIORITY_DEFAULT).await
     }
 
     async fn call_encoded(
         &mut self,
         bytes: Vec<u8>,
         deadline: Duration,
+        priority: i32,
     ) -> Result<Response, CallError> {
         let attempt = async {
             let connection = self.connection().await?;
-            exchange(&connection, &bytes).await
+            exchange_at(&connection, &bytes, priority).await
         };
         match tokio::time::timeout(deadline, attempt).await {
             Ok(Ok(response)) => Ok(response),
@@ -476,10 +512,28 @@ fn take_end(recv: &mut quinn::RecvStream) {
 
 /// One request and its answer, on a stream of its own on `connection`.
 async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Result<Response, CallError> {
+    exchange_at(connection, bytes, PRIORITY_DEFAULT).await
+}
+
+/// The priority of a request's stream among those on its connection.
+const PRIORITY_DEFAULT: i32 = 0;
+/// A snapshot (up to a GiB) shares its peer's connection with entries, heartbeats and votes:
+/// its stream sends only what they leave room for.
+const PRIORITY_SNAPSHOT: i32 = -1;
+
+/// `exchange`, with the request's stream at `priority`.
+async fn exchange_at(
+    connection: &quinn::Connection,
+    bytes: &[u8],
+    priority: i32,
+) -> Result<Response, CallError> {
     let (mut send, mut recv) = connection
         .open_bi()
         .await
         .map_err(|e| CallError::Unreachable(e.to_string()))?;
+    if priority != PRIORITY_DEFAULT {
+        let _ = send.set_priority(priority);
+    }
     let frame_error = |e: FrameError| CallError::Network(e.to_string());
     write_frame(&mut send, bytes).await.map_err(frame_error)?;
     let _ = send.finish();
@@ -570,7 +624,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             .await
             .map_err(|e| StreamingError::Network(NetworkError::new(&Failure(e.to_string()))))?
             .map_err(|e| StreamingError::Network(NetworkError::new(&Failure(e.to_string()))))?;
-        let call = self.call_encoded(encoded, deadline);
+        let call = self.call_encoded(encoded, deadline, PRIORITY_SNAPSHOT);
         let result = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             result = call => result,
