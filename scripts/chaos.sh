@@ -39,6 +39,12 @@ faults_node=target/faults/$profile/exchange-node
 chaos=target/$profile/exchange-chaos
 
 if [ ${#args[@]} -gt 0 ]; then
+  # exchange-chaos's own default, target/chaos, holds this script's runs' directories, which
+  # it would refuse to write into: a run given here goes to a directory of its own.
+  case " ${args[*]} " in
+    *" --out"*) ;;
+    *) args+=(--out target/chaos/run) ;;
+  esac
   case " ${args[*]} " in
     *" --node-bin"*) exec "$chaos" "${args[@]}" ;;
     *) exec "$chaos" --node-bin "$node" "${args[@]}" ;;
