@@ -89,6 +89,9 @@ const SUSPECT_FOR: Duration = Duration::from_millis(1_000);
 /// second whenever their connection to a live leader had failed.
 const TRUST_REDIRECT_AFTER: Duration = Duration::from_millis(150);
 
+/// A connection attempt's end: the logged-on link and the broker it acts as, or why not.
+type Attempt = Result<(Link, Option<u32>), ConnectError>;
+
 /// Why a connection could not be used.
 enum ConnectError {
     /// The node could not be reached (down, unreachable, slow).
@@ -113,7 +116,7 @@ pub struct Client {
     standby: Vec<Link>,
     /// Connection attempts `connect_any` started and has not yet collected, with the node each
     /// one is to.
-    connecting: tokio::task::JoinSet<Result<(Link, Option<u32>), ConnectError>>,
+    connecting: tokio::task::JoinSet<Attempt>,
     connecting_to: Vec<(tokio::task::Id, SocketAddr)>,
     /// Nodes whose connection failed within `SUSPECT_FOR`, and when.
     suspects: Vec<(SocketAddr, std::time::Instant)>,
@@ -247,22 +250,11 @@ impl Client {
             let Some(joined) = self.connecting.join_next_with_id().await else {
                 break;
             };
-            let (id, attempt) = match joined {
-                Ok((id, attempt)) => (id, Some(attempt)),
-                Err(e) => (e.id(), None),
-            };
-            let addr = self.attempt_ended(id);
+            let (addr, attempt) = self.attempt_ended(joined);
             let wanted = addr.is_some_and(|addr| candidates.contains(&addr));
             match attempt {
-                Some(Ok((link, broker))) => {
-                    if broker.is_some() {
-                        self.broker = broker;
-                    }
-                    if wanted {
-                        return Ok(link);
-                    }
-                    self.keep_on_standby(link);
-                }
+                Some(Ok(link)) if wanted => return Ok(link),
+                Some(Ok(link)) => self.keep_on_standby(link),
                 Some(Err(ConnectError::Refused(e))) if wanted => {
                     refused.get_or_insert(e);
                 }
@@ -276,25 +268,38 @@ impl Client {
         })
     }
 
-    /// Forgets a finished connection attempt; returns the node it was to.
-    fn attempt_ended(&mut self, id: tokio::task::Id) -> Option<SocketAddr> {
-        let at = self.connecting_to.iter().position(|(of, _)| *of == id)?;
-        Some(self.connecting_to.swap_remove(at).1)
+    /// Takes a finished connection attempt off the books: the node it was to, and its link
+    /// or why there is none (`None`: the attempt's task itself failed). A logon's broker is
+    /// noted.
+    fn attempt_ended(
+        &mut self,
+        joined: Result<(tokio::task::Id, Attempt), tokio::task::JoinError>,
+    ) -> (Option<SocketAddr>, Option<Result<Link, ConnectError>>) {
+        let (id, attempt) = match joined {
+            Ok((id, attempt)) => (id, Some(attempt)),
+            Err(e) => (e.id(), None),
+        };
+        let addr = self
+            .connecting_to
+            .iter()
+            .position(|(of, _)| *of == id)
+            .map(|at| self.connecting_to.swap_remove(at).1);
+        let attempt = attempt.map(|result| {
+            result.map(|(link, broker)| {
+                if broker.is_some() {
+                    self.broker = broker;
+                }
+                link
+            })
+        });
+        (addr, attempt)
     }
 
     /// Moves the links that attempts have opened since `connect_any` returned onto standby,
     /// without waiting for the others.
     fn collect_connected(&mut self) {
         while let Some(joined) = self.connecting.try_join_next_with_id() {
-            let id = match &joined {
-                Ok((id, _)) => *id,
-                Err(e) => e.id(),
-            };
-            self.attempt_ended(id);
-            if let Ok((_, Ok((link, broker)))) = joined {
-                if broker.is_some() {
-                    self.broker = broker;
-                }
+            if let (_, Some(Ok(link))) = self.attempt_ended(joined) {
                 self.keep_on_standby(link);
             }
         }
@@ -322,9 +327,8 @@ impl Client {
     /// The leader answered: the links kept for finding it are closed, and attempts still under
     /// way are abandoned.
     fn leader_found(&mut self) {
-        if !self.standby.is_empty() {
-            self.standby.clear();
-        }
+        self.standby.clear();
+        // Checked first: aborting walks the set under its lock, on every answered request.
         if !self.connecting.is_empty() {
             self.connecting.abort_all();
             self.connecting.detach_all();
@@ -1080,7 +1084,7 @@ async fn connect(
     addr: SocketAddr,
     server_name: &str,
     api_key: Option<&str>,
-) -> Result<(Link, Option<u32>), ConnectError> {
+) -> Attempt {
     let network = ConnectError::Network;
     // Every node's certificate carries the server name (development ones: "localhost"), and
     // the cluster's authority signed it.

@@ -478,47 +478,28 @@ fn bounds(range: &impl RangeBounds<u64>, first: u64, next: u64) -> std::ops::Ran
     start..end.min(next)
 }
 
+/// The most entry bytes one AppendEntries carries, unless its first entry alone is larger
+/// (the first always goes): `max_payload_entries` bounds the count, this the size, so that a
+/// follower catching up writes, syncs and answers each message in about a heartbeat even when
+/// the entries are full batches, and a message stays far inside `APPEND_FRAME_BYTES_MAX`.
+pub const APPEND_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// The entries in `range` whose payloads fit `budget` bytes, the first always: a prefix of
+/// the range, as openraft's replication may be given (`usize::MAX`: the whole range).
 fn read_entries(
     reader: &mut LogReader,
     range: &impl RangeBounds<u64>,
+    budget: usize,
 ) -> Result<Vec<Entry>, std::io::Error> {
     let range = bounds(range, reader.first_index(), reader.next_index());
     let mut entries = Vec::with_capacity(range.end.saturating_sub(range.start) as usize);
     if range.is_empty() {
         return Ok(entries);
     }
+    let mut bytes = 0usize;
     for record in reader.range(range).map_err(storage_error)? {
         let record = record.map_err(storage_error)?;
-        entries
-            .push(codec::decode(record.term, record.index, record.payload).map_err(storage_error)?);
-    }
-    Ok(entries)
-}
-
-/// The most entry bytes one AppendEntries carries, unless its first entry alone is larger
-/// (the first always goes): `max_payload_entries` bounds the count, this the size, so that a
-/// follower catching up
-/// writes, syncs and answers each message in about a heartbeat even when the entries are full
-/// batches, and a message stays far inside `APPEND_FRAME_BYTES_MAX`.
-pub const APPEND_PAYLOAD_BYTES: usize = 1 << 20;
-
-/// The entries from `start` up to `end` (exclusive) whose payloads fit `budget` bytes, the
-/// first always: a prefix of the range, as openraft's replication may be given.
-fn read_entries_within(
-    reader: &mut LogReader,
-    start: u64,
-    end: u64,
-    budget: usize,
-) -> Result<Vec<Entry>, std::io::Error> {
-    let range = bounds(&(start..end), reader.first_index(), reader.next_index());
-    let mut entries = Vec::new();
-    if range.is_empty() {
-        return Ok(entries);
-    }
-    let mut bytes = 0;
-    for record in reader.range(range).map_err(storage_error)? {
-        let record = record.map_err(storage_error)?;
-        bytes += record.payload.len();
+        bytes = bytes.saturating_add(record.payload.len());
         if !entries.is_empty() && bytes > budget {
             break;
         }
@@ -533,7 +514,7 @@ impl RaftLogReader<TypeConfig> for LogStoreReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, std::io::Error> {
-        read_entries(&mut self.reader, &range)
+        read_entries(&mut self.reader, &range, usize::MAX)
     }
 
     /// What replication sends: at most `APPEND_PAYLOAD_BYTES` of entries a message.
@@ -542,7 +523,7 @@ impl RaftLogReader<TypeConfig> for LogStoreReader {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, std::io::Error> {
-        read_entries_within(&mut self.reader, start, end, APPEND_PAYLOAD_BYTES)
+        read_entries(&mut self.reader, &(start..end), APPEND_PAYLOAD_BYTES)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
@@ -730,10 +711,10 @@ mod tests {
         let one = reader.range(0..1).expect("range").next().expect("a record");
         let size = one.expect("record").payload.len();
         // Room for three entries and a half: three are read.
-        let three = read_entries_within(&mut reader, 2, 8, size * 7 / 2).expect("read");
+        let three = read_entries(&mut reader, &(2..8), size * 7 / 2).expect("read");
         assert_eq!(three, entries[2..5]);
         // An entry larger than the budget still goes, alone: replication must progress.
-        let alone = read_entries_within(&mut reader, 6, 8, size / 2).expect("read");
+        let alone = read_entries(&mut reader, &(6..8), size / 2).expect("read");
         assert_eq!(alone, entries[6..7]);
         // What replication calls: all eight fit the real budget.
         let mut reader = log.get_log_reader().await;

@@ -131,37 +131,40 @@ impl Network {
 /// nodes on two cores: docs/performance.md, "Five nodes"). `keep_connected` keeps one open to
 /// every member, followers' connections to each other included.
 #[derive(Default)]
-struct Connections(
-    std::sync::Mutex<std::collections::HashMap<NodeId, (String, quinn::Connection)>>,
-);
+struct Connections(std::sync::Mutex<PeerTable>);
+
+/// Each peer's shared connection, and the address it was dialled at.
+type PeerTable = std::collections::HashMap<NodeId, (String, quinn::Connection)>;
+
+/// A dial under way (`dial`), and the connection it ends with.
+type Dial = tokio::task::JoinHandle<Result<quinn::Connection, String>>;
 
 impl Connections {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<NodeId, (String, quinn::Connection)>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PeerTable> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The open connection to `target` at `addr` in `table`, if there is one.
+    fn open_in(table: &PeerTable, target: NodeId, addr: &str) -> Option<quinn::Connection> {
+        let (at, connection) = table.get(&target)?;
+        (at == addr && connection.close_reason().is_none()).then(|| connection.clone())
+    }
+
     /// The open connection to `target` at `addr`, if there is one.
     fn get(&self, target: NodeId, addr: &str) -> Option<quinn::Connection> {
-        let connections = self.lock();
-        let (at, connection) = connections.get(&target)?;
-        (at == addr && connection.close_reason().is_none()).then(|| connection.clone())
+        Self::open_in(&self.lock(), target, addr)
     }
 
     /// Shares a connection just dialled, unless an open one to `target` is shared already:
     /// returns the one to use (a spare is closed as its last handle drops).
     fn keep(&self, target: NodeId, addr: &str, connection: quinn::Connection) -> quinn::Connection {
-        let mut connections = self.lock();
-        if let Some((at, kept)) = connections.get(&target) {
-            if at == addr && kept.close_reason().is_none() {
-                return kept.clone();
-            }
+        let mut table = self.lock();
+        if let Some(open) = Self::open_in(&table, target, addr) {
+            return open;
         }
-        connections.insert(target, (addr.to_string(), connection.clone()));
+        table.insert(target, (addr.to_string(), connection.clone()));
         connection
     }
 
@@ -187,7 +190,7 @@ pub struct PeerConnection {
     /// heartbeat) ends mid-handshake does not throw the handshake away: on a busy host a QUIC
     /// and TLS handshake can take longer than a heartbeat, and a node just restarted would
     /// otherwise never be reached, stand for election, and depose a healthy leader.
-    dialing: Option<tokio::task::JoinHandle<Result<quinn::Connection, String>>>,
+    dialing: Option<Dial>,
     /// The AppendEntries exchange whose call timed out, still running, and its answer to come.
     in_flight: Option<InFlight>,
 }
@@ -243,26 +246,25 @@ const KEEP_CONNECTED_EVERY: Duration = Duration::from_millis(250);
 pub async fn keep_connected(raft: Raft, network: Network, id: NodeId) {
     use openraft::async_runtime::watch::WatchReceiver as _;
     let mut server = raft.server_metrics();
-    let mut dials: std::collections::HashMap<
-        NodeId,
-        tokio::task::JoinHandle<Result<quinn::Connection, String>>,
-    > = Default::default();
+    let mut dials: std::collections::HashMap<NodeId, Dial> = Default::default();
     loop {
         tokio::time::sleep(KEEP_CONNECTED_EVERY).await;
         if raft_stopped(&mut server) {
             return;
         }
-        let (member, peers): (bool, Vec<(NodeId, String)>) = {
+        // The other members, if this node is one.
+        let peers: Vec<(NodeId, String)> = {
             let metrics = server.borrow_watched();
             let membership = metrics.membership_config.membership();
-            let peers = membership
-                .nodes()
-                .filter(|(peer, _)| **peer != id)
-                .map(|(peer, node)| (*peer, node.raft.clone()))
-                .collect();
-            (membership.get_node(&id).is_some(), peers)
+            match membership.get_node(&id) {
+                Some(_) => membership
+                    .nodes()
+                    .filter(|(peer, _)| **peer != id)
+                    .map(|(peer, node)| (*peer, node.raft.clone()))
+                    .collect(),
+                None => Vec::new(),
+            }
         };
-        let peers = if member { peers } else { Vec::new() };
         let is_peer = |peer: &NodeId, addr: Option<&str>| {
             peers
                 .iter()
@@ -303,7 +305,7 @@ fn dial(
     shared: &std::sync::Arc<Connections>,
     target: NodeId,
     addr: String,
-) -> tokio::task::JoinHandle<Result<quinn::Connection, String>> {
+) -> Dial {
     let (endpoint, shared) = (endpoint.clone(), std::sync::Arc::clone(shared));
     tokio::spawn(async move {
         let at: SocketAddr = tokio::net::lookup_host(&addr)
@@ -393,7 +395,7 @@ impl PeerConnection {
     ) -> Result<Response, CallError> {
         let attempt = async {
             let connection = self.connection().await?;
-            exchange_at(&connection, &bytes, priority).await
+            exchange(&connection, &bytes, priority).await
         };
         match tokio::time::timeout(deadline, attempt).await {
             Ok(Ok(response)) => Ok(response),
@@ -413,7 +415,7 @@ impl PeerConnection {
         bound: Duration,
     ) -> tokio::task::JoinHandle<Result<Response, CallError>> {
         tokio::spawn(async move {
-            tokio::time::timeout(bound, exchange(&connection, &bytes))
+            tokio::time::timeout(bound, exchange(&connection, &bytes, PRIORITY_DEFAULT))
                 .await
                 .unwrap_or(Err(CallError::Timeout))
         })
@@ -510,19 +512,14 @@ fn take_end(recv: &mut quinn::RecvStream) {
     let _ = recv.read(&mut [0u8; 1]).now_or_never();
 }
 
-/// One request and its answer, on a stream of its own on `connection`.
-async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Result<Response, CallError> {
-    exchange_at(connection, bytes, PRIORITY_DEFAULT).await
-}
-
 /// The priority of a request's stream among those on its connection.
 const PRIORITY_DEFAULT: i32 = 0;
 /// A snapshot (up to a GiB) shares its peer's connection with entries, heartbeats and votes:
 /// its stream sends only what they leave room for.
 const PRIORITY_SNAPSHOT: i32 = -1;
 
-/// `exchange`, with the request's stream at `priority`.
-async fn exchange_at(
+/// One request and its answer, on a stream of its own on `connection`, at `priority`.
+async fn exchange(
     connection: &quinn::Connection,
     bytes: &[u8],
     priority: i32,
