@@ -23,10 +23,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
+use exchange_client::tls::{
+    ask_for_prompt_acks, err, provider, quic_client, read_cert, roots, TLS_VERSIONS,
+};
 pub use exchange_client::tls::{
     broker_client, load_ca, transport, transport_config, TlsError, BROKER_ALPN, RAFT_ALPN,
 };
-use exchange_client::tls::{err, provider, quic_client, read_cert, roots, TLS_VERSIONS};
 
 /// The name a node's certificate carries and peers dial it by.
 pub fn node_name(id: u64) -> String {
@@ -206,6 +208,7 @@ pub fn broker_transport() -> Arc<TransportConfig> {
     transport.stream_receive_window(VarInt::from_u32(BROKER_STREAM_WINDOW_BYTES));
     transport.receive_window(VarInt::from_u32(4 * BROKER_STREAM_WINDOW_BYTES));
     transport.initial_rtt(Duration::from_millis(1));
+    ask_for_prompt_acks(&mut transport);
     Arc::new(transport)
 }
 
@@ -393,5 +396,92 @@ mod tests {
             dial(&client, &brokers, "localhost").await.is_err(),
             "Raft on the broker port"
         );
+    }
+
+    /// Every connection, the Raft one and the brokers', asks its peer to acknowledge within
+    /// `ACK_DELAY_MAX` (an ACK_FREQUENCY frame each way), so that a lost packet is probed for
+    /// within milliseconds, not QUIC's default 25 ms doubled with each loss in a row
+    /// (docs/performance.md, "Packet loss").
+    #[tokio::test]
+    async fn both_ends_ask_their_peer_to_acknowledge_promptly() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let dir = scratch.path().join("certs");
+        generate(&dir, &[1], &[]).expect("generate");
+        let identity = load_identity(&dir, 1).expect("identity");
+        let idle = Duration::from_secs(2);
+        let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let brokers = quinn::Endpoint::server(
+            broker_server(&identity, broker_transport()).expect("broker server"),
+            loopback,
+        )
+        .expect("broker endpoint");
+        let raft = quinn::Endpoint::server(
+            mutual_server(&identity, transport(idle)).expect("raft server"),
+            loopback,
+        )
+        .expect("raft endpoint");
+        // Each server echoes one stream.
+        for server in [brokers.clone(), raft.clone()] {
+            tokio::spawn(async move {
+                while let Some(incoming) = server.accept().await {
+                    tokio::spawn(async move {
+                        let Ok(connection) = incoming.await else {
+                            return;
+                        };
+                        let Ok((mut send, mut recv)) = connection.accept_bi().await else {
+                            return;
+                        };
+                        let Ok(bytes) = recv.read_to_end(64).await else {
+                            return;
+                        };
+                        let _ = send.write_all(&bytes).await;
+                        let _ = send.finish();
+                        // Held until the client has read the answer and closes.
+                        connection.closed().await;
+                    });
+                }
+            });
+        }
+        let mut client = quinn::Endpoint::client(loopback).expect("client endpoint");
+        let clients = [
+            (
+                broker_client(&identity.ca, transport(idle)).expect("broker client"),
+                &brokers,
+                "localhost",
+            ),
+            (
+                mutual_client(&identity, transport(idle)).expect("raft client"),
+                &raft,
+                "node-1",
+            ),
+        ];
+        for (config, server, name) in clients {
+            client.set_default_client_config(config);
+            let exchange = async {
+                let connection = client
+                    .connect(server.local_addr().expect("bound"), name)
+                    .expect("connect")
+                    .await
+                    .expect("handshake");
+                let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+                send.write_all(b"ping").await.expect("write");
+                send.finish().expect("finish");
+                assert_eq!(recv.read_to_end(64).await.expect("echo"), b"ping");
+                connection
+            };
+            let connection = tokio::time::timeout(Duration::from_secs(5), exchange)
+                .await
+                .expect("the exchange ends");
+            let stats = connection.stats();
+            assert!(
+                stats.frame_tx.ack_frequency >= 1,
+                "{name}: asked nothing of the server"
+            );
+            assert!(
+                stats.frame_rx.ack_frequency >= 1,
+                "{name}: the server asked nothing"
+            );
+            connection.close(0u32.into(), b"done");
+        }
     }
 }
