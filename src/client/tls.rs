@@ -64,7 +64,8 @@ pub fn transport_config(idle_timeout: Duration) -> TransportConfig {
 /// extension. QUIC's default is 25 ms, and a sender that hears nothing back waits that long
 /// (after a round trip) before it probes, twice as long after each probe lost in a row: with
 /// packets lost at random, an order's round could take hundreds of milliseconds. Within a data
-/// centre an acknowledgement a few milliseconds late is already lost.
+/// centre a round trip is well under a millisecond: 2 ms still lets most acknowledgements ride
+/// on a packet going back anyway (docs/performance.md, "Packet loss").
 pub const ACK_DELAY_MAX: Duration = Duration::from_millis(2);
 
 /// Asks the peer to acknowledge within `ACK_DELAY_MAX`, so that a lost packet is probed for
