@@ -337,16 +337,12 @@ mod tests {
         }
     }
 
-    /// Each endpoint speaks its own application protocol: a Raft client cannot complete a
-    /// handshake with the broker endpoint, nor a broker client with the Raft endpoint, nor
-    /// either under a server name the certificate does not carry.
-    #[tokio::test]
-    async fn each_endpoint_accepts_only_its_own_protocol_and_name() {
-        let scratch = tempfile::tempdir().expect("tempdir");
-        let dir = scratch.path().join("certs");
+    /// Node 1's identity (generated under `dir`), and its broker and Raft endpoints on
+    /// loopback, as a node makes them.
+    fn node_endpoints(dir: &Path) -> (Identity, quinn::Endpoint, quinn::Endpoint) {
+        let dir = dir.join("certs");
         generate(&dir, &[1], &[]).expect("generate");
         let identity = load_identity(&dir, 1).expect("identity");
-        let idle = Duration::from_secs(2);
         let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
         let brokers = quinn::Endpoint::server(
             broker_server(&identity, broker_transport()).expect("broker server"),
@@ -354,10 +350,22 @@ mod tests {
         )
         .expect("broker endpoint");
         let raft = quinn::Endpoint::server(
-            mutual_server(&identity, transport(idle)).expect("raft server"),
+            mutual_server(&identity, transport(Duration::from_secs(2))).expect("raft server"),
             loopback,
         )
         .expect("raft endpoint");
+        (identity, brokers, raft)
+    }
+
+    /// Each endpoint speaks its own application protocol: a Raft client cannot complete a
+    /// handshake with the broker endpoint, nor a broker client with the Raft endpoint, nor
+    /// either under a server name the certificate does not carry.
+    #[tokio::test]
+    async fn each_endpoint_accepts_only_its_own_protocol_and_name() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let (identity, brokers, raft) = node_endpoints(scratch.path());
+        let idle = Duration::from_secs(2);
+        let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
         for server in [brokers.clone(), raft.clone()] {
             tokio::spawn(async move {
                 while let Some(incoming) = server.accept().await {
@@ -405,21 +413,9 @@ mod tests {
     #[tokio::test]
     async fn both_ends_ask_their_peer_to_acknowledge_promptly() {
         let scratch = tempfile::tempdir().expect("tempdir");
-        let dir = scratch.path().join("certs");
-        generate(&dir, &[1], &[]).expect("generate");
-        let identity = load_identity(&dir, 1).expect("identity");
+        let (identity, brokers, raft) = node_endpoints(scratch.path());
         let idle = Duration::from_secs(2);
         let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let brokers = quinn::Endpoint::server(
-            broker_server(&identity, broker_transport()).expect("broker server"),
-            loopback,
-        )
-        .expect("broker endpoint");
-        let raft = quinn::Endpoint::server(
-            mutual_server(&identity, transport(idle)).expect("raft server"),
-            loopback,
-        )
-        .expect("raft endpoint");
         // Each server echoes one stream.
         for server in [brokers.clone(), raft.clone()] {
             tokio::spawn(async move {
