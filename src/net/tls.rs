@@ -468,6 +468,15 @@ mod tests {
             let connection = tokio::time::timeout(Duration::from_secs(5), exchange)
                 .await
                 .expect("the exchange ends");
+            // Each end asks in its first packet once the handshake is confirmed, which for the
+            // client may come after the echo: wait for it, a while.
+            let asked_both = |stats: &quinn::ConnectionStats| {
+                stats.frame_tx.ack_frequency >= 1 && stats.frame_rx.ack_frequency >= 1
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while !asked_both(&connection.stats()) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let stats = connection.stats();
             assert!(
                 stats.frame_tx.ack_frequency >= 1,
