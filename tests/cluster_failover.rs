@@ -93,8 +93,9 @@ async fn killing_the_leader_loses_no_acknowledged_order() {
 
 /// A client that meets an election asks the nodes in turn on the connections it opened once
 /// and finds the new leader among them: each surviving node sees one logon from it per
-/// failover, not one per try (two are allowed: a link may fail once on a starved host). (Every client handshaking with every node on each try slowed
-/// the very election it waited for: docs/performance.md, "Five nodes".)
+/// failover, not one per try (two are allowed: a link may fail once on a starved host). Every
+/// client handshaking with every node on each try slowed the very election it waited for
+/// (docs/performance.md, "Five nodes").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_finds_the_new_leader_on_one_connection_per_node() {
     let mut cluster = Cluster::start(
